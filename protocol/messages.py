@@ -1,0 +1,395 @@
+"""Every control message on the wire, as typed msgspec Structs (msgpack-encoded).
+
+Three named unions, one decoder each:
+
+* :data:`ClientRequest` — client to daemon; each carries an ``id`` the reply echoes.
+* :data:`DaemonReply` — daemon to client, answering one request (``id`` echoed).
+* :data:`DaemonEvent` — daemon to client, unsolicited.
+
+Sync frames carry a :class:`SyncEnvelope`. Evolution rules: new fields get defaults; tags
+and field types never change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from protocol.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "CellQueued",
+    "ClearOutputs",
+    "ClientRequest",
+    "CloseNotebook",
+    "CreateNotebook",
+    "DaemonEvent",
+    "DaemonMessage",
+    "DaemonReply",
+    "DaemonShuttingDown",
+    "DaemonStatus",
+    "DocKind",
+    "ErrorReply",
+    "ExecuteCell",
+    "ExecutionDone",
+    "ExecutionStarted",
+    "ExecutionStatus",
+    "InputReply",
+    "InputRequested",
+    "InterruptKernel",
+    "KernelInfo",
+    "KernelStatusChanged",
+    "ListNotebooks",
+    "NotebookClosed",
+    "NotebookInfo",
+    "NotebookList",
+    "NotebookOpened",
+    "NotebookSaved",
+    "Ok",
+    "OpenNotebook",
+    "Ping",
+    "Pong",
+    "RestartKernel",
+    "RunAll",
+    "RunAllQueued",
+    "RuntimeDocReset",
+    "SaveNotebook",
+    "Shutdown",
+    "StatusReply",
+    "SyncEnvelope",
+    "decode_client_message",
+    "decode_daemon_message",
+    "decode_sync",
+    "encode",
+]
+
+DocKind = Literal["notebook", "runtime"]
+ExecutionStatus = Literal[
+    "queued", "running", "ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"
+]
+
+
+def _tag(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+# msgspec derives each subclass's tag by calling ``tag`` with the class name.
+class Request(msgspec.Struct, tag_field="type", tag=_tag, frozen=True, kw_only=True):
+    """A client request; ``id`` is chosen by the client and echoed by the reply."""
+
+    id: int
+
+
+class Reply(msgspec.Struct, tag_field="type", tag=_tag, frozen=True, kw_only=True):
+    """A daemon reply; ``id`` echoes the request's."""
+
+    id: int
+
+
+class Event(msgspec.Struct, tag_field="type", tag=_tag, frozen=True, kw_only=True):
+    """An unsolicited daemon event."""
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Ping(Request, frozen=True, kw_only=True):
+    pass
+
+
+class OpenNotebook(Request, frozen=True, kw_only=True):
+    """Open an ``.ipynb`` by path; two opens of one path join the same document."""
+
+    path: str
+
+
+class CreateNotebook(Request, frozen=True, kw_only=True):
+    """Create a new notebook, to be saved at ``path`` (None: untitled until saved with a path)."""
+
+    path: str | None = None
+    kernel_name: str | None = None
+
+
+class CloseNotebook(Request, frozen=True, kw_only=True):
+    """Leave the notebook. ``heads``: wait (bounded) until the daemon has these changes."""
+
+    notebook_id: str
+    heads: list[str] | None = None
+
+
+class SaveNotebook(Request, frozen=True, kw_only=True):
+    """Checkpoint to ``path`` (None: the notebook's own path), after the daemon's document
+    contains ``heads`` (the client's edits)."""
+
+    notebook_id: str
+    path: str | None = None
+    heads: list[str] | None = None
+
+
+class ListNotebooks(Request, frozen=True, kw_only=True):
+    pass
+
+
+class DaemonStatus(Request, frozen=True, kw_only=True):
+    pass
+
+
+class Shutdown(Request, frozen=True, kw_only=True):
+    """Stop the daemon cleanly (checkpoint, stop kernels, remove the socket)."""
+
+
+class ExecuteCell(Request, frozen=True, kw_only=True):
+    """Run the cell's source as the document holds it. Never carries code.
+
+    ``heads``: hex change hashes of the notebook document the client has seen; the daemon
+    waits (bounded) until its document contains them before reading the source.
+    """
+
+    notebook_id: str
+    cell_id: str
+    heads: list[str] | None = None
+
+
+class RunAll(Request, frozen=True, kw_only=True):
+    notebook_id: str
+    heads: list[str] | None = None
+
+
+class InterruptKernel(Request, frozen=True, kw_only=True):
+    notebook_id: str
+
+
+class RestartKernel(Request, frozen=True, kw_only=True):
+    notebook_id: str
+
+
+class ClearOutputs(Request, frozen=True, kw_only=True):
+    """Clear outputs of ``cell_ids`` (None: every cell)."""
+
+    notebook_id: str
+    cell_ids: list[str] | None = None
+
+
+class InputReply(Request, frozen=True, kw_only=True):
+    """Answer an :class:`InputRequested` event."""
+
+    notebook_id: str
+    execution_id: str
+    value: str
+
+
+ClientRequest = (
+    Ping
+    | OpenNotebook
+    | CreateNotebook
+    | CloseNotebook
+    | SaveNotebook
+    | ListNotebooks
+    | DaemonStatus
+    | Shutdown
+    | ExecuteCell
+    | RunAll
+    | InterruptKernel
+    | RestartKernel
+    | ClearOutputs
+    | InputReply
+)
+
+# ---------------------------------------------------------------- replies
+
+
+class Pong(Reply, frozen=True, kw_only=True):
+    pass
+
+
+class Ok(Reply, frozen=True, kw_only=True):
+    pass
+
+
+class ErrorReply(Reply, frozen=True, kw_only=True):
+    """A request failed; the connection stays open. ``id`` is 0 when the request was unreadable."""
+
+    code: ErrorCode
+    message: str
+
+
+class NotebookOpened(Reply, frozen=True, kw_only=True):
+    """The notebook is open for this connection; sync frames for it follow."""
+
+    notebook_id: str
+    path: str | None
+
+
+class NotebookClosed(Reply, frozen=True, kw_only=True):
+    notebook_id: str
+
+
+class NotebookSaved(Reply, frozen=True, kw_only=True):
+    notebook_id: str
+    path: str
+
+
+class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    state: str
+    name: str
+    pid: int | None = None
+
+
+class NotebookInfo(msgspec.Struct, frozen=True, kw_only=True):
+    notebook_id: str
+    path: str | None
+    cells: int
+    clients: int
+    kernel: KernelInfo | None = None
+    queue: list[str] = msgspec.field(default_factory=list)
+    running: str | None = None
+
+
+class NotebookList(Reply, frozen=True, kw_only=True):
+    notebooks: list[NotebookInfo]
+
+
+class StatusReply(Reply, frozen=True, kw_only=True):
+    pid: int
+    version: str
+    protocol_version: int
+    socket: str
+    home: str
+    uptime_seconds: float
+    notebooks: list[NotebookInfo]
+    clients: int
+
+
+class CellQueued(Reply, frozen=True, kw_only=True):
+    notebook_id: str
+    cell_id: str
+    execution_id: str
+
+
+class RunAllQueued(Reply, frozen=True, kw_only=True):
+    notebook_id: str
+    executions: list[CellQueued]
+
+
+DaemonReply = (
+    Pong
+    | Ok
+    | ErrorReply
+    | NotebookOpened
+    | NotebookClosed
+    | NotebookSaved
+    | NotebookList
+    | StatusReply
+    | CellQueued
+    | RunAllQueued
+)
+
+# ---------------------------------------------------------------- events
+
+
+class ExecutionStarted(Event, frozen=True, kw_only=True):
+    notebook_id: str
+    cell_id: str
+    execution_id: str
+
+
+class ExecutionDone(Event, frozen=True, kw_only=True):
+    """An execution ended. The runtime document already holds its outputs when this arrives."""
+
+    notebook_id: str
+    cell_id: str
+    execution_id: str
+    status: ExecutionStatus
+    execution_count: int | None = None
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: list[str] = msgspec.field(default_factory=list)
+
+
+class KernelStatusChanged(Event, frozen=True, kw_only=True):
+    notebook_id: str
+    state: str
+    message: str = ""
+
+
+class InputRequested(Event, frozen=True, kw_only=True):
+    """The running cell called ``input()``; answer with :class:`InputReply`."""
+
+    notebook_id: str
+    execution_id: str
+    prompt: str
+    password: bool = False
+
+
+class RuntimeDocReset(Event, frozen=True, kw_only=True):
+    """The daemon compacted the runtime document; drop the replica and resync from empty."""
+
+    notebook_id: str
+
+
+class DaemonShuttingDown(Event, frozen=True, kw_only=True):
+    pass
+
+
+DaemonEvent = ExecutionStarted | ExecutionDone | KernelStatusChanged | InputRequested | RuntimeDocReset | DaemonShuttingDown
+
+DaemonMessage = DaemonReply | DaemonEvent
+
+# ---------------------------------------------------------------- sync frames
+
+
+class SyncEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """Payload of a SYNC frame: one Automerge sync message for one document of one notebook."""
+
+    notebook_id: str
+    doc: DocKind
+    data: bytes
+
+
+# ---------------------------------------------------------------- codecs
+
+_encoder = msgspec.msgpack.Encoder()
+_client_decoder = msgspec.msgpack.Decoder(ClientRequest)
+_daemon_decoder = msgspec.msgpack.Decoder(DaemonMessage)
+_sync_decoder = msgspec.msgpack.Decoder(SyncEnvelope)
+
+
+def encode(message: Request | Reply | Event | SyncEnvelope) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_client_message(payload: bytes) -> ClientRequest:
+    """Decode a CONTROL frame sent by a client.
+
+    Raises:
+        ProtocolError: not msgpack, an unknown ``type`` tag, or fields of the wrong shape.
+    """
+    try:
+        return _client_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"invalid client message: {exc}") from exc
+
+
+def decode_daemon_message(payload: bytes) -> DaemonMessage:
+    """Decode a CONTROL frame sent by the daemon.
+
+    Raises:
+        ProtocolError: as :func:`decode_client_message`.
+    """
+    try:
+        return _daemon_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"invalid daemon message: {exc}") from exc
+
+
+def decode_sync(payload: bytes) -> SyncEnvelope:
+    """Decode a SYNC frame payload.
+
+    Raises:
+        ProtocolError: the payload is not a sync envelope.
+    """
+    try:
+        return _sync_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"invalid sync frame: {exc}") from exc

@@ -1,0 +1,7 @@
+"""runtimed: a local notebook runtime daemon and its clients."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,158 @@
+"""The blocking facade: the async client driven from a private event loop thread."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from runtimed.amjson import JsonValue
+from runtimed.notebook_doc import Cell
+
+if TYPE_CHECKING:
+    from protocol.messages import NotebookInfo, StatusReply
+    from runtimed.client import AsyncClient
+    from runtimed.client.notebook import AsyncNotebook, ExecutionResult
+
+__all__ = ["Client", "Notebook"]
+
+
+class Client:
+    """Blocking client. ``with Client.connect() as client: ...``"""
+
+    def __init__(self, portal: BlockingPortal, stack: contextlib.ExitStack,
+                 client: AsyncClient) -> None:
+        self._portal = portal
+        self._stack = stack
+        self._client = client
+
+    @classmethod
+    def connect(cls, socket: str | Path | None = None, *, autostart: bool = False,
+                home: str | Path | None = None, timeout: float = 30.0) -> Client:
+        """See :meth:`runtimed.client.AsyncClient.connect`."""
+        from runtimed.client import AsyncClient
+
+        stack = contextlib.ExitStack()
+        portal = stack.enter_context(
+            start_blocking_portal("asyncio", backend_options={"use_uvloop": True})
+        )
+        try:
+            client = portal.call(lambda: AsyncClient.connect(socket, autostart=autostart,
+                                                             home=home, timeout=timeout))
+            stack.enter_context(portal.wrap_async_context_manager(client))
+        except BaseException:
+            stack.close()
+            raise
+        return cls(portal, stack, client)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        self._portal.call(self._client.ping)
+
+    def status(self) -> StatusReply:
+        return self._portal.call(self._client.status)
+
+    def list_notebooks(self) -> list[NotebookInfo]:
+        return self._portal.call(self._client.list_notebooks)
+
+    def shutdown_daemon(self) -> None:
+        self._portal.call(self._client.shutdown_daemon)
+
+    def open(self, path: str | Path) -> Notebook:
+        return Notebook(self._portal, self._portal.call(self._client.open, path))
+
+    def create(self, path: str | Path | None = None, *, kernel_name: str | None = None) -> Notebook:
+        nb = self._portal.call(lambda: self._client.create(path, kernel_name=kernel_name))
+        return Notebook(self._portal, nb)
+
+
+class Notebook:
+    """Blocking view of an :class:`~runtimed.client.AsyncNotebook`."""
+
+    def __init__(self, portal: BlockingPortal, notebook: AsyncNotebook) -> None:
+        self._portal = portal
+        self._nb = notebook
+
+    @property
+    def id(self) -> str:
+        return self._nb.id
+
+    @property
+    def path(self) -> Path | None:
+        return self._nb.path
+
+    def _read(self, fn: Any, *args: Any) -> Any:
+        # Replicas live on the portal's loop thread; read them there.
+        return self._portal.call(lambda: _sync_call(fn, *args))
+
+    def cells(self) -> list[Cell]:
+        return self._read(self._nb.cells)  # type: ignore[no-any-return]
+
+    def cell(self, cell_id: str) -> Cell:
+        return self._read(self._nb.cell, cell_id)  # type: ignore[no-any-return]
+
+    def cell_ids(self) -> list[str]:
+        return self._read(self._nb.cell_ids)  # type: ignore[no-any-return]
+
+    def metadata(self) -> dict[str, JsonValue]:
+        return self._read(self._nb.metadata)  # type: ignore[no-any-return]
+
+    def outputs(self, cell_id: str) -> list[dict[str, Any]]:
+        return self._read(self._nb.outputs, cell_id)  # type: ignore[no-any-return]
+
+    def add_cell(self, cell_type: str = "code", source: str = "", *, index: int | None = None,
+                 cell_id: str | None = None) -> str:
+        return self._portal.call(lambda: self._nb.add_cell(cell_type, source, index=index,
+                                                            cell_id=cell_id))
+
+    def delete_cell(self, cell_id: str) -> None:
+        self._portal.call(self._nb.delete_cell, cell_id)
+
+    def move_cell(self, cell_id: str, index: int) -> None:
+        self._portal.call(self._nb.move_cell, cell_id, index)
+
+    def set_source(self, cell_id: str, source: str) -> None:
+        self._portal.call(self._nb.set_source, cell_id, source)
+
+    def splice_source(self, cell_id: str, index: int, delete: int, insert: str) -> None:
+        self._portal.call(self._nb.splice_source, cell_id, index, delete, insert)
+
+    def set_cell_metadata(self, cell_id: str, key: str, value: JsonValue) -> None:
+        self._portal.call(self._nb.set_cell_metadata, cell_id, key, value)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        return self._portal.call(self._nb.save, path)
+
+    def execute(self, cell_id: str, *, timeout: float | None = None) -> ExecutionResult:
+        return self._portal.call(lambda: self._nb.execute(cell_id, timeout=timeout))
+
+    def run_all(self, *, timeout: float | None = None) -> list[ExecutionResult]:
+        return self._portal.call(lambda: self._nb.run_all(timeout=timeout))
+
+    def interrupt(self) -> None:
+        self._portal.call(self._nb.interrupt)
+
+    def restart(self) -> None:
+        self._portal.call(self._nb.restart)
+
+    def clear_outputs(self, cell_ids: list[str] | None = None) -> None:
+        self._portal.call(self._nb.clear_outputs, cell_ids)
+
+    def close(self) -> None:
+        self._portal.call(self._nb.close)
+
+
+async def _sync_call(fn: Any, *args: Any) -> Any:
+    return fn(*args)

@@ -1,0 +1,278 @@
+"""A client-side notebook: local Automerge replicas synced with the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from automerge.core import Message, SyncState
+
+from protocol.messages import (
+    CellQueued,
+    ClearOutputs,
+    CloseNotebook,
+    DocKind,
+    ExecuteCell,
+    InputReply,
+    InterruptKernel,
+    NotebookSaved,
+    RestartKernel,
+    RunAll,
+    RunAllQueued,
+    SaveNotebook,
+)
+from runtimed.amjson import JsonValue
+from runtimed.errors import ConnectionClosed
+from runtimed.notebook_doc import Cell, NotebookDoc
+from runtimed.runtime_doc import FINISHED, RuntimeDoc
+
+if TYPE_CHECKING:
+    from runtimed.client import AsyncClient
+
+__all__ = ["AsyncNotebook", "ExecutionResult", "Replica"]
+
+
+class Replica:
+    """One notebook's two local documents and their sync states with the daemon."""
+
+    def __init__(self, notebook_id: str) -> None:
+        self.notebook_id = notebook_id
+        self.notebook = NotebookDoc.empty()
+        self.runtime = RuntimeDoc.empty()
+        self.states: dict[DocKind, SyncState] = {"notebook": SyncState(), "runtime": SyncState()}
+
+    def receive(self, doc: DocKind, data: bytes) -> None:
+        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        target.receive_sync_message(self.states[doc], Message.decode(data))
+
+    def generate(self, doc: DocKind) -> bytes | None:
+        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        message = target.generate_sync_message(self.states[doc])
+        return None if message is None else bytes(message.encode())
+
+    def reset_runtime(self) -> None:
+        self.runtime = RuntimeDoc.empty()
+        self.states["runtime"] = SyncState()
+
+    def reset_sync(self) -> None:
+        """Fresh sync states (after a reconnect; the documents are kept)."""
+        self.states = {"notebook": SyncState(), "runtime": SyncState()}
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """How one execution ended, with the cell's outputs as nbformat dicts."""
+
+    execution_id: str
+    cell_id: str
+    status: str
+    execution_count: int | None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class AsyncNotebook:
+    """An open notebook. Edits apply to the local replica at once and sync in the background;
+    executions run what the daemon's document holds (after it has this replica's changes)."""
+
+    def __init__(self, client: AsyncClient, replica: Replica, path: str | None) -> None:
+        self._client = client
+        self._replica = replica
+        self.path = Path(path) if path else None
+
+    @property
+    def id(self) -> str:
+        return self._replica.notebook_id
+
+    @property
+    def doc(self) -> NotebookDoc:
+        """The local notebook replica (read it freely; edit through this class)."""
+        return self._replica.notebook
+
+    @property
+    def runtime(self) -> RuntimeDoc:
+        return self._replica.runtime
+
+    # ------------------------------------------------------------ reads
+
+    async def wait_ready(self, *, timeout: float = 30) -> None:
+        """Wait until the first sync delivered the document (open() does this for you)."""
+        await self._client.wait_until(lambda: self.doc.ready and self.runtime.ready,
+                                      timeout=timeout)
+
+    def cells(self) -> list[Cell]:
+        return self.doc.cells()
+
+    def cell(self, cell_id: str) -> Cell:
+        return self.doc.cell(cell_id)
+
+    def cell_ids(self) -> list[str]:
+        return self.doc.cell_ids()
+
+    def metadata(self) -> dict[str, JsonValue]:
+        return self.doc.metadata()
+
+    def outputs(self, cell_id: str) -> list[dict[str, Any]]:
+        """The cell's current outputs as nbformat dicts (blob references resolved)."""
+        _, manifests = self.runtime.cell_state(cell_id)
+        return [self._client.resolve_output(m) for m in manifests]
+
+    def execution_count(self, cell_id: str) -> int | None:
+        return self.runtime.cell_state(cell_id)[0]
+
+    def heads(self) -> list[str]:
+        return self.doc.heads_hex()
+
+    # ------------------------------------------------------------ edits
+
+    async def _edited(self) -> None:
+        await self._client.push(self.id, "notebook")
+
+    async def add_cell(self, cell_type: str = "code", source: str = "", *,
+                       index: int | None = None, cell_id: str | None = None,
+                       metadata: dict[str, JsonValue] | None = None) -> str:
+        """Insert a cell (at the end unless ``index``); returns its id."""
+        new_id = self.doc.add_cell(cell_type, source, index=index, cell_id=cell_id,
+                                   metadata=metadata)
+        await self._edited()
+        return new_id
+
+    async def delete_cell(self, cell_id: str) -> None:
+        self.doc.delete_cell(cell_id)
+        await self._edited()
+
+    async def move_cell(self, cell_id: str, index: int) -> None:
+        self.doc.move_cell(cell_id, index)
+        await self._edited()
+
+    async def set_source(self, cell_id: str, source: str) -> None:
+        self.doc.set_source(cell_id, source)
+        await self._edited()
+
+    async def splice_source(self, cell_id: str, index: int, delete: int, insert: str) -> None:
+        self.doc.splice_source(cell_id, index, delete, insert)
+        await self._edited()
+
+    async def set_cell_metadata(self, cell_id: str, key: str, value: JsonValue) -> None:
+        self.doc.set_cell_metadata(cell_id, key, value)
+        await self._edited()
+
+    async def set_metadata(self, key: str, value: JsonValue) -> None:
+        self.doc.set_metadata(key, value)
+        await self._edited()
+
+    # ------------------------------------------------------------ daemon requests
+
+    async def save(self, path: str | Path | None = None) -> Path:
+        """Checkpoint to ``path`` (default: the notebook's own); the daemon first waits until
+        it has every edit this replica made."""
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        reply: NotebookSaved = await self._client.request(
+            lambda i: SaveNotebook(id=i, notebook_id=self.id,
+                                   path=str(path) if path else None, heads=heads)
+        )
+        self.path = Path(reply.path)
+        return self.path
+
+    async def queue(self, cell_id: str) -> str:
+        """Queue the cell for execution (as the document holds it); returns the execution id."""
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        reply: CellQueued = await self._client.request(
+            lambda i: ExecuteCell(id=i, notebook_id=self.id, cell_id=cell_id, heads=heads)
+        )
+        return reply.execution_id
+
+    async def execute(self, cell_id: str, *, timeout: float | None = None) -> ExecutionResult:
+        """Run one cell and wait for it to finish."""
+        execution_id = await self.queue(cell_id)
+        return await self.wait_execution(execution_id, timeout=timeout)
+
+    async def run_all(self, *, timeout: float | None = None) -> list[ExecutionResult]:
+        """Queue every code cell in order and wait for all of them to finish (or be skipped)."""
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        reply: RunAllQueued = await self._client.request(
+            lambda i: RunAll(id=i, notebook_id=self.id, heads=heads)
+        )
+        results = []
+        with anyio.fail_after(timeout):
+            for queued in reply.executions:
+                results.append(await self.wait_execution(queued.execution_id))
+        return results
+
+    async def wait_execution(self, execution_id: str, *,
+                             timeout: float | None = None) -> ExecutionResult:
+        """Wait until the runtime document shows ``execution_id`` finished."""
+
+        def finished() -> bool:
+            if not self.runtime.ready:
+                return False
+            record = self.runtime.execution(execution_id)
+            return record is not None and record.get("status") in FINISHED
+
+        await self._client.wait_until(finished, timeout=timeout)
+        record = self.runtime.execution(execution_id) or {}
+        cell_id = str(record.get("cell_id", ""))
+        count, manifests = self.runtime.cell_state(cell_id)
+        same_run = self.runtime.doc and self._current_execution(cell_id) == execution_id
+        error = record.get("error") if isinstance(record.get("error"), dict) else {}
+        return ExecutionResult(
+            execution_id=execution_id, cell_id=cell_id, status=str(record.get("status")),
+            execution_count=record.get("execution_count")  # type: ignore[arg-type]
+            if isinstance(record.get("execution_count"), int) else None,
+            outputs=[self._client.resolve_output(m) for m in manifests] if same_run else [],
+            ename=record.get("ename") if isinstance(record.get("ename"), str) else None,
+            evalue=record.get("evalue") if isinstance(record.get("evalue"), str) else None,
+            traceback=list(error.get("traceback", [])) if error else [],
+        )
+
+    def _current_execution(self, cell_id: str) -> str | None:
+        cells = self.runtime.doc.get(self.runtime._obj("cells"), cell_id)
+        if cells is None:
+            return None
+        got = self.runtime.doc.get(cells[1], "execution_id")
+        return None if got is None or got[0][1] is None else str(got[0][1])
+
+    async def interrupt(self) -> None:
+        await self._client.request(lambda i: InterruptKernel(id=i, notebook_id=self.id))
+
+    async def restart(self) -> None:
+        await self._client.request(lambda i: RestartKernel(id=i, notebook_id=self.id))
+
+    async def clear_outputs(self, cell_ids: list[str] | None = None) -> None:
+        await self._client.request(lambda i: ClearOutputs(id=i, notebook_id=self.id,
+                                                          cell_ids=cell_ids))
+
+    async def answer_input(self, execution_id: str, value: str) -> None:
+        await self._client.request(lambda i: InputReply(id=i, notebook_id=self.id,
+                                                        execution_id=execution_id, value=value))
+
+    async def close(self) -> None:
+        """Leave the notebook (after the daemon has this replica's edits). The daemon keeps
+        it, and its kernel, open for other clients."""
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        try:
+            await self._client.request(
+                lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads)
+            )
+        except ConnectionClosed:
+            pass
+        self._client.forget(self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncNotebook {self.id} {self.path}>"
+
+
+OutputResolver = Callable[[dict[str, Any]], dict[str, Any]]

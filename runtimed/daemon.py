@@ -1,0 +1,415 @@
+"""The daemon: listens on the Unix socket, owns every notebook room and their kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, assert_never
+
+import anyio
+import msgspec
+from anyio.abc import SocketStream, TaskStatus
+
+from protocol import framing
+from protocol.messages import (
+    CellQueued,
+    ClearOutputs,
+    ClientRequest,
+    CloseNotebook,
+    CreateNotebook,
+    DaemonShuttingDown,
+    DaemonStatus,
+    ExecuteCell,
+    InputReply,
+    InterruptKernel,
+    KernelInfo,
+    ListNotebooks,
+    NotebookClosed,
+    NotebookInfo,
+    NotebookList,
+    NotebookOpened,
+    NotebookSaved,
+    Ok,
+    OpenNotebook,
+    Ping,
+    Pong,
+    RestartKernel,
+    RunAll,
+    RunAllQueued,
+    SaveNotebook,
+    Shutdown,
+    StatusReply,
+    encode,
+)
+from runtimed import __version__
+from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
+from runtimed.execution import NotebookExecutor
+from runtimed.instance import InstanceLock
+from runtimed.notebook_file import read_notebook, write_notebook_atomic
+from runtimed.paths import RuntimedPaths
+from runtimed.persistence import DocumentStore, file_digest
+from runtimed.room import NotebookRoom
+from runtimed.session import ClientSession
+
+__all__ = ["Daemon", "DaemonConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Tunables (see docs/running.md)."""
+
+    max_frame_size: int = framing.DEFAULT_MAX_FRAME_SIZE
+    heads_timeout: float = 10.0
+    persist_debounce: float = 0.2
+    kernel_startup_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    keep_executions: int = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _OpenRoom:
+    """A room plus what the daemon keeps beside it."""
+
+    def __init__(self, room: NotebookRoom, *, file_sha256: str | None) -> None:
+        self.room = room
+        self.file_sha256 = file_sha256
+        self.executor: NotebookExecutor | None = None
+        self.cancel_scope = anyio.CancelScope()
+        self.closed = anyio.Event()
+
+
+class Daemon:
+    """Serve notebooks on ``paths.socket`` until :meth:`request_stop` or cancellation."""
+
+    def __init__(self, paths: RuntimedPaths, *, config: DaemonConfig | None = None) -> None:
+        self.paths = paths
+        self.config = config or DaemonConfig()
+        self.started_at = time.time()
+        self._rooms: dict[str, _OpenRoom] = {}
+        self._by_path: dict[Path, str] = {}
+        self._open_locks: dict[Path, anyio.Lock] = {}
+        self._sessions: set[ClientSession] = set()
+        self._stop = anyio.Event()
+        self._stopping = False
+        self._persist_wanted: set[str] = set()
+        self._persist_wake = anyio.Event()
+        self._store = DocumentStore(paths.documents)
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind the socket, serve, and on stop shut down cleanly.
+
+        Raises:
+            DaemonAlreadyRunning: another daemon holds this socket.
+        """
+        self.paths.ensure()
+        lock = InstanceLock(self.paths.lock, socket=self.paths.socket)
+        lock.acquire()
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
+            old_umask = os.umask(0o177)
+            try:
+                listener = await anyio.create_unix_listener(self.paths.socket)
+            finally:
+                os.umask(old_umask)
+            os.chmod(self.paths.socket, 0o600)
+            log.info("runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid())
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._serve, listener)
+                tg.start_soon(self._persister)
+                task_status.started()
+                await self._stop.wait()
+                await self._shutdown(listener)
+                tg.cancel_scope.cancel()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
+            lock.release()
+            log.info("runtimed stopped")
+
+    async def _serve(self, listener: anyio.abc.Listener[SocketStream]) -> None:
+        async with listener:
+            await listener.serve(self._on_connect)
+
+    async def _on_connect(self, stream: SocketStream) -> None:
+        session = ClientSession(
+            stream, handler=self.handle, rooms=self._room_or_none,
+            max_frame_size=self.config.max_frame_size,
+        )
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            for notebook_id in list(session.open_notebooks):
+                entry = self._rooms.get(notebook_id)
+                if entry is not None:
+                    entry.room.leave(session)
+
+    async def _shutdown(self, listener: anyio.abc.Listener[SocketStream]) -> None:
+        self._stopping = True
+        log.info("shutting down: %d notebooks, %d clients", len(self._rooms), len(self._sessions))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.shutdown_timeout):
+            payload = encode(DaemonShuttingDown())
+            for session in list(self._sessions):
+                session.send_event_bytes(payload)
+            for entry in list(self._rooms.values()):
+                await self._close_room(entry, checkpoint=True)
+            await listener.aclose()
+
+    # ------------------------------------------------------------ rooms
+
+    def _room_or_none(self, notebook_id: str) -> NotebookRoom | None:
+        entry = self._rooms.get(notebook_id)
+        return entry.room if entry else None
+
+    def _entry(self, notebook_id: str) -> _OpenRoom:
+        entry = self._rooms.get(notebook_id)
+        if entry is None:
+            raise NotebookNotFound(
+                f"no open notebook with id {notebook_id!r}; open it first (runt ps lists them)"
+            )
+        return entry
+
+    def _joined(self, session: ClientSession, notebook_id: str) -> _OpenRoom:
+        entry = self._entry(notebook_id)
+        if notebook_id not in session.open_notebooks:
+            raise InvalidRequest(f"notebook {notebook_id!r} is not open on this connection")
+        return entry
+
+    async def open_path(self, path: Path) -> _OpenRoom:
+        """The room for ``path``, loading it if no client has it open."""
+        path = path.expanduser().resolve()
+        lock = self._open_locks.setdefault(path, anyio.Lock())
+        async with lock:
+            existing = self._by_path.get(path)
+            if existing is not None and existing in self._rooms:
+                return self._rooms[existing]
+            room, digest = await anyio.to_thread.run_sync(self._load, path)
+            return self._register(room, file_sha256=digest)
+
+    def _load(self, path: Path) -> tuple[NotebookRoom, str]:
+        from runtimed.loading import build_room  # blocking; runs in a worker thread
+
+        nb = read_notebook(path)
+        digest = file_digest(path)
+        return build_room(path, nb, digest, self._store), digest
+
+    def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> _OpenRoom:
+        entry = _OpenRoom(room, file_sha256=file_sha256)
+        room._on_notebook_change = lambda r: self._want_persist(r.notebook_id)
+        self._rooms[room.notebook_id] = entry
+        if room.path is not None:
+            self._by_path[room.path] = room.notebook_id
+        return entry
+
+    async def _close_room(self, entry: _OpenRoom, *, checkpoint: bool) -> None:
+        room = entry.room
+        if entry.executor is not None:
+            await entry.executor.aclose()
+        if checkpoint and room.path is not None and room.dirty_since_save:
+            try:
+                await self.save_room(entry, None)
+            except Exception:
+                log.exception("could not checkpoint %s while closing", room.path)
+        await self._persist_now(entry)
+        self._rooms.pop(room.notebook_id, None)
+        if room.path is not None and self._by_path.get(room.path) == room.notebook_id:
+            del self._by_path[room.path]
+
+    async def save_room(self, entry: _OpenRoom, path: Path | None) -> Path:
+        room = entry.room
+        target = path.expanduser().resolve() if path else room.path
+        if target is None:
+            raise InvalidRequest("this notebook has no path yet; save it with a path")
+        if target != room.path and target in self._by_path:
+            raise InvalidRequest(f"{target} is open as another notebook; close it first")
+        from runtimed.loading import notebook_for_save
+
+        nb = notebook_for_save(room)
+        await anyio.to_thread.run_sync(write_notebook_atomic, target, nb)
+        entry.file_sha256 = await anyio.to_thread.run_sync(file_digest, target)
+        if room.path is None or target != room.path:
+            if room.path is not None:
+                self._by_path.pop(room.path, None)
+            room.path = target
+            self._by_path[target] = room.notebook_id
+        room.dirty_since_save = False
+        self._want_persist(room.notebook_id)
+        return target
+
+    # ------------------------------------------------------------ persistence
+
+    def _want_persist(self, notebook_id: str) -> None:
+        self._persist_wanted.add(notebook_id)
+        self._persist_wake.set()
+
+    async def _persister(self) -> None:
+        while True:
+            await self._persist_wake.wait()
+            self._persist_wake = anyio.Event()
+            await anyio.sleep(self.config.persist_debounce)  # debounce: batch a burst of edits
+            wanted, self._persist_wanted = self._persist_wanted, set()
+            for notebook_id in wanted:
+                entry = self._rooms.get(notebook_id)
+                if entry is not None:
+                    await self._persist_now(entry)
+
+    async def _persist_now(self, entry: _OpenRoom) -> None:
+        room = entry.room
+        # Serialise on the event loop (the documents are not shared with threads), write in one.
+        notebook = room.notebook.save()
+        runtime = room.runtime.snapshot()
+        key = DocumentStore.key_for(room.path, room.notebook_id)
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self._store.save(
+                    key, notebook=notebook, runtime=runtime, path=room.path,
+                    doc_id=room.notebook_id, file_sha256=entry.file_sha256,
+                )
+            )
+        except OSError:
+            log.exception("could not persist notebook %s", room.notebook_id)
+
+    # ------------------------------------------------------------ execution
+
+    def executor(self, entry: _OpenRoom) -> NotebookExecutor:
+        if entry.executor is None:
+            if self._tg is None or self._stopping:
+                raise ShuttingDown("the daemon is shutting down")
+            entry.executor = NotebookExecutor(entry.room, config=self.config)
+            self._tg.start_soon(entry.executor.run)
+        return entry.executor
+
+    # ------------------------------------------------------------ requests
+
+    def _info(self, entry: _OpenRoom) -> NotebookInfo:
+        room = entry.room
+        kernel = room.runtime.kernel() if room.runtime.ready else {}
+        return NotebookInfo(
+            notebook_id=room.notebook_id,
+            path=str(room.path) if room.path else None,
+            cells=len(room.notebook),
+            clients=len(room.peers),
+            kernel=KernelInfo(
+                state=str(kernel.get("state", "not_started")), name=str(kernel.get("name", "")),
+                pid=kernel.get("pid") if isinstance(kernel.get("pid"), int) else None,
+            ),
+            queue=room.runtime.queue(),
+            running=room.runtime.running(),
+        )
+
+    async def handle(self, session: ClientSession, request: ClientRequest) -> msgspec.Struct:
+        """Answer one request (raising a RuntimedError becomes an ErrorReply)."""
+        if self._stopping and not isinstance(request, Ping | DaemonStatus):
+            raise ShuttingDown("the daemon is shutting down")
+        match request:
+            case Ping():
+                return Pong(id=request.id)
+            case OpenNotebook(path=path):
+                entry = await self.open_path(Path(path))
+                return self._join(session, entry, request.id)
+            case CreateNotebook(path=path, kernel_name=kernel_name):
+                entry = await self._create(Path(path) if path else None, kernel_name)
+                return self._join(session, entry, request.id)
+            case CloseNotebook(notebook_id=notebook_id, heads=heads):
+                entry = self._joined(session, notebook_id)
+                if heads:
+                    await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
+                entry.room.leave(session)
+                session.open_notebooks.discard(notebook_id)
+                return NotebookClosed(id=request.id, notebook_id=notebook_id)
+            case SaveNotebook(notebook_id=notebook_id, path=path, heads=heads):
+                entry = self._joined(session, notebook_id)
+                if heads:
+                    await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
+                saved = await self.save_room(entry, Path(path) if path else None)
+                return NotebookSaved(id=request.id, notebook_id=notebook_id, path=str(saved))
+            case ListNotebooks():
+                return NotebookList(
+                    id=request.id, notebooks=[self._info(e) for e in self._rooms.values()]
+                )
+            case DaemonStatus():
+                return StatusReply(
+                    id=request.id, pid=os.getpid(), version=__version__,
+                    protocol_version=framing.PROTOCOL_VERSION, socket=str(self.paths.socket),
+                    home=str(self.paths.home), uptime_seconds=time.time() - self.started_at,
+                    notebooks=[self._info(e) for e in self._rooms.values()],
+                    clients=len(self._sessions),
+                )
+            case Shutdown():
+                self.request_stop()
+                return Ok(id=request.id)
+            case ExecuteCell(notebook_id=notebook_id, cell_id=cell_id, heads=heads):
+                entry = self._joined(session, notebook_id)
+                if heads:
+                    await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
+                execution_id = self.executor(entry).queue_cell(cell_id)
+                return CellQueued(
+                    id=request.id, notebook_id=notebook_id, cell_id=cell_id,
+                    execution_id=execution_id,
+                )
+            case RunAll(notebook_id=notebook_id, heads=heads):
+                entry = self._joined(session, notebook_id)
+                if heads:
+                    await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
+                queued = self.executor(entry).queue_all()
+                return RunAllQueued(
+                    id=request.id, notebook_id=notebook_id,
+                    executions=[
+                        CellQueued(id=request.id, notebook_id=notebook_id, cell_id=c,
+                                   execution_id=e)
+                        for c, e in queued
+                    ],
+                )
+            case InterruptKernel(notebook_id=notebook_id):
+                await self.executor(self._joined(session, notebook_id)).interrupt()
+                return Ok(id=request.id)
+            case RestartKernel(notebook_id=notebook_id):
+                await self.executor(self._joined(session, notebook_id)).restart()
+                return Ok(id=request.id)
+            case ClearOutputs(notebook_id=notebook_id, cell_ids=cell_ids):
+                self.executor(self._joined(session, notebook_id)).clear_outputs(cell_ids)
+                return Ok(id=request.id)
+            case InputReply(notebook_id=notebook_id, execution_id=execution_id, value=value):
+                self.executor(self._joined(session, notebook_id)).answer_input(execution_id, value)
+                return Ok(id=request.id)
+            case _:
+                assert_never(request)
+
+    def _join(self, session: ClientSession, entry: _OpenRoom, request_id: int) -> NotebookOpened:
+        room = entry.room
+        session.open_notebooks.add(room.notebook_id)
+        # Sync frames for this notebook may reach the client before this reply; clients
+        # create a replica on the first frame for an id (see runtimed.client).
+        room.join(session)
+        return NotebookOpened(
+            id=request_id, notebook_id=room.notebook_id,
+            path=str(room.path) if room.path else None,
+        )
+
+    async def _create(self, path: Path | None, kernel_name: str | None) -> _OpenRoom:
+        from runtimed.loading import new_room
+
+        if path is not None:
+            path = path.expanduser().resolve()
+            if path in self._by_path or await anyio.Path(path).exists():
+                raise InvalidRequest(f"{path} already exists; open it instead")
+        room = new_room(path, kernel_name=kernel_name)
+        entry = self._register(room, file_sha256=None)
+        if path is not None:
+            await self.save_room(entry, path)
+        return entry

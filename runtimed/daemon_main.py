@@ -1,0 +1,68 @@
+"""``runtimed``: run the daemon in the foreground (for systemd, tests and ``runt daemon start``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import signal
+import sys
+
+import anyio
+
+from runtimed import __version__
+from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.errors import DaemonAlreadyRunning
+from runtimed.paths import resolve_paths
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
+    parser.add_argument("--socket", help="Unix socket path (default: $RUNTIMED_SOCKET or the "
+                        "user runtime dir)")
+    parser.add_argument("--home", help="state directory (default: $RUNTIMED_HOME or the user "
+                        "data dir)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-file", help="also log to this file (default: <home>/logs/runtimed.log)")
+    parser.add_argument("--version", action="version", version=f"runtimed {__version__}")
+    return parser
+
+
+async def _run(daemon: Daemon) -> None:
+    async with anyio.create_task_group() as tg:
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async for signum in sigs:
+                    logging.getLogger("runtimed").info("signal %d: stopping", signum)
+                    daemon.request_stop()
+                    return
+
+        tg.start_soon(on_signals)
+        await daemon.run()
+        tg.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = resolve_paths(socket=args.socket, home=args.home)
+    paths.ensure()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers.append(logging.handlers.RotatingFileHandler(
+        args.log_file or paths.log_file, maxBytes=10 * 1024 * 1024, backupCount=3
+    ))
+    logging.basicConfig(level=args.log_level, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = Daemon(paths, config=DaemonConfig())
+    try:
+        anyio.run(_run, daemon, backend="asyncio", backend_options={"use_uvloop": True})
+    except DaemonAlreadyRunning as exc:
+        print(f"runtimed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Launching a kernel process: kernelspec lookup, connection file, spawn, console capture.
+
+The low-level half of :mod:`runtimed.kernel`.  We launch kernels ourselves (rather than via
+``jupyter_client.AsyncKernelManager``) so that we own the process object (event-driven exit
+detection), its console pipe (stderr tail on failure) and its process group (signals).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+from jupyter_client.connect import write_connection_file
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from runtimed.kernel_errors import KernelNotFound, KernelStartFailed
+
+__all__ = [
+    "ConsoleTail",
+    "LaunchSpec",
+    "describe_exit",
+    "resolve_spec",
+    "signal_group",
+    "spawn_kernel",
+    "write_connection",
+]
+
+logger = logging.getLogger(__name__)
+
+_TEMPLATE = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """What is needed to launch one kind of kernel (a resolved kernelspec)."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    interrupt_mode: Literal["signal", "message"] = "signal"
+    resource_dir: str = ""
+
+
+def _own_python_spec() -> LaunchSpec:
+    # The daemon's own interpreter via ipykernel, independent of installed kernelspecs.
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    return LaunchSpec(name="python3", argv=argv)
+
+
+def _resolve_sync(kernel_name: str) -> LaunchSpec:
+    manager = KernelSpecManager()  # re-reads JUPYTER_PATH & co. on every lookup
+    try:
+        spec = manager.get_kernel_spec(kernel_name)
+    except NoSuchKernel as exc:
+        raise KernelNotFound(kernel_name, list(manager.find_kernel_specs())) from exc
+    mode = "message" if spec.interrupt_mode == "message" else "signal"
+    return LaunchSpec(
+        name=kernel_name,
+        argv=list(spec.argv),
+        env={str(k): str(v) for k, v in (spec.env or {}).items()},
+        interrupt_mode=mode,
+        resource_dir=spec.resource_dir or "",
+    )
+
+
+async def resolve_spec(kernel_name: str | None) -> LaunchSpec:
+    """The launch spec for an installed kernelspec name, or the daemon's own Python if None.
+
+    Raises :class:`KernelNotFound` (listing the installed kernelspecs) for an unknown name.
+    """
+    if kernel_name is None:
+        return _own_python_spec()
+    # Kernelspec discovery walks the Jupyter data directories: keep it off the event loop.
+    return await anyio.to_thread.run_sync(_resolve_sync, kernel_name)
+
+
+def write_connection(directory: Path, spec: LaunchSpec) -> tuple[Path, dict[str, Any]]:
+    """Write a connection file (tcp on 127.0.0.1, fresh ports and HMAC key) into directory."""
+    fname, info = write_connection_file(
+        fname=str(directory / "kernel.json"),
+        ip="127.0.0.1",
+        key=uuid.uuid4().hex.encode(),
+        transport="tcp",
+        kernel_name=spec.name,
+    )
+    return Path(fname), dict(info)
+
+
+def _format(template: str, ns: dict[str, str]) -> str:
+    return _TEMPLATE.sub(lambda m: ns.get(m.group(1), m.group(0)), template)
+
+
+async def spawn_kernel(
+    spec: LaunchSpec, connection_file: Path, *, cwd: Path, env: dict[str, str] | None
+) -> Process:
+    """Start the kernel in a new session (so its pid is also its process group id).
+
+    stdin is /dev/null; stdout and stderr share one pipe, drained by :class:`ConsoleTail`.
+    Environment: the daemon's, then the kernelspec's ``env``, then ``env``.
+    """
+    ns = {
+        "connection_file": os.path.realpath(connection_file),
+        "prefix": sys.prefix,
+        "resource_dir": spec.resource_dir,
+    }
+    argv = [_format(os.path.expanduser(arg), ns) for arg in spec.argv]
+    if argv and argv[0] in {"python", f"python{sys.version_info[0]}"}:
+        argv[0] = sys.executable  # as jupyter_client does for "python"/"python3" specs
+    full_env = dict(os.environ)
+    full_env.update({k: _format(v, ns) for k, v in spec.env.items()})
+    full_env.update(env or {})
+    # ipykernel exits when this process goes away (its parent poller), like under Jupyter.
+    full_env["JPY_PARENT_PID"] = str(os.getpid())
+    try:
+        return await anyio.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=full_env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise KernelStartFailed(f"could not launch kernel {spec.name!r} ({argv!r}): {exc}") from exc
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send signum to a process group; False if the group no longer exists."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        logger.warning("not permitted to send %s to process group %d", signum, pgid)
+        return False
+    return True
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Human wording for a process exit status, e.g. "exited (code 1)"."""
+    if returncode is None:
+        return "exited"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited (code {returncode})"
+
+
+class ConsoleTail:
+    """Drains a kernel's console pipe, keeping a bounded tail for error messages."""
+
+    def __init__(self, *, limit: int = 16_384) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._limit = limit
+        self.eof = anyio.Event()
+        """Set when the pipe reached end-of-file (every writer, grandchildren included, exited)."""
+
+    async def drain(self, stream: ByteReceiveStream | None, pid: int) -> None:
+        """Read the pipe to its end (never let the kernel block on a full pipe)."""
+        try:
+            if stream is None:
+                return
+            async for chunk in stream:
+                logger.debug("kernel %d console: %r", pid, chunk[:500])
+                self._chunks.append(chunk)
+                self._size += len(chunk)
+                while self._size - len(self._chunks[0]) >= self._limit:
+                    self._size -= len(self._chunks.popleft())
+        finally:
+            self.eof.set()
+
+    def text(self, *, max_lines: int = 30) -> str:
+        """The last lines written, decoded leniently."""
+        data = b"".join(self._chunks)[-self._limit :].decode("utf-8", "replace")
+        return "\n".join(data.rstrip().splitlines()[-max_lines:])

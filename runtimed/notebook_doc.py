@@ -1,0 +1,385 @@
+"""The notebook as an Automerge document: schema, reads, edits, nbformat conversion.
+
+Schema (``docs/schema.md``)::
+
+    ROOT
+      schema_version: Int (1)
+      doc_id: Str (uuid hex; also the notebook id the daemon reports; survives restarts)
+      nbformat: Int, nbformat_minor: Int
+      metadata: Map (notebook metadata, JSON as nested Maps/Lists; unknown keys kept)
+      cells: List of Map
+        id: Str (stable, nbformat 4.5 cell id)
+        cell_type: Str ("code" | "markdown" | "raw")
+        source: Text (edited one code point at a time; concurrent edits merge per character)
+        metadata: Map (unknown keys kept)
+        attachments: Map (markdown/raw cells that have them)
+
+Outputs and execution counts are runtime state and live in the runtime document
+(:mod:`runtimed.runtime_doc`), so re-running cells never grows this document's history.
+No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType, Transaction
+
+from runtimed.amjson import JsonValue, put_json, read_json, splice_text
+from runtimed.errors import CellNotFound, InvalidRequest
+
+__all__ = ["CELL_TYPES", "Cell", "NotebookDoc", "new_cell_id"]
+
+SCHEMA_VERSION = 1
+CELL_TYPES = ("code", "markdown", "raw")
+_CELL_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def new_cell_id(existing: set[str] | frozenset[str] = frozenset()) -> str:
+    """A fresh nbformat-valid cell id (8 hex chars, like nbformat's own), unique in ``existing``."""
+    while True:
+        candidate = secrets.token_hex(4)
+        if candidate not in existing:
+            return candidate
+
+
+def _check_cell_id(cell_id: str) -> None:
+    # nbformat 4.5: 1-64 characters of [a-zA-Z0-9-_].
+    if not 1 <= len(cell_id) <= 64 or not set(cell_id) <= _CELL_ID_CHARS:
+        raise InvalidRequest(
+            f"invalid cell id {cell_id!r}: use 1-64 characters of letters, digits, '-' and '_'"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A read-only snapshot of one cell."""
+
+    id: str
+    cell_type: str
+    source: str
+    metadata: dict[str, JsonValue] = field(default_factory=dict)
+    attachments: dict[str, JsonValue] | None = None
+
+
+class NotebookDoc:
+    """One notebook's Automerge document, with schema-aware reads and edits."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def empty(cls) -> NotebookDoc:
+        """A document with no schema yet: a client replica before its first sync."""
+        return cls(Document())
+
+    @classmethod
+    def new(cls, *, metadata: dict[str, JsonValue] | None = None) -> NotebookDoc:
+        """A fresh notebook with no cells."""
+        return cls.from_nbformat(
+            {"nbformat": 4, "nbformat_minor": 5, "metadata": metadata or {}, "cells": []}
+        )
+
+    @classmethod
+    def from_nbformat(cls, nb: dict[str, Any]) -> NotebookDoc:
+        """Build the document from a validated nbformat v4 notebook (a plain dict).
+
+        Cells without an id get a fresh one (and the notebook becomes nbformat 4.5).
+        Outputs and execution counts are not stored here; see :mod:`runtimed.runtime_doc`.
+        """
+        doc = Document()
+        minor = int(nb.get("nbformat_minor", 5))
+        with doc.transaction() as tx:
+            tx.put(ROOT, "schema_version", ScalarType.Int, SCHEMA_VERSION)
+            tx.put(ROOT, "doc_id", ScalarType.Str, uuid.uuid4().hex)
+            tx.put(ROOT, "nbformat", ScalarType.Int, int(nb.get("nbformat", 4)))
+            put_json(tx, ROOT, "metadata", dict(nb.get("metadata", {})))
+            cells = tx.put_object(ROOT, "cells", ObjType.List)
+            seen: set[str] = set()
+            for index, cell in enumerate(nb.get("cells", [])):
+                cell_id = cell.get("id")
+                if not cell_id or cell_id in seen:
+                    cell_id = new_cell_id(seen)
+                    minor = max(minor, 5)
+                seen.add(cell_id)
+                _insert_cell(
+                    tx,
+                    cells,
+                    index,
+                    cell_id=cell_id,
+                    cell_type=cell["cell_type"],
+                    source=_join_source(cell.get("source", "")),
+                    metadata=dict(cell.get("metadata", {})),
+                    attachments=cell.get("attachments"),
+                )
+            tx.put(ROOT, "nbformat_minor", ScalarType.Int, minor)
+        return cls(doc)
+
+    @classmethod
+    def load(cls, data: bytes) -> NotebookDoc:
+        return cls(Document.load(data))
+
+    def save(self) -> bytes:
+        return bytes(self.doc.save())
+
+    # ------------------------------------------------------------ heads
+
+    def heads(self) -> list[bytes]:
+        return list(self.doc.get_heads())
+
+    def heads_hex(self) -> list[str]:
+        return [h.hex() for h in self.doc.get_heads()]
+
+    def has_heads(self, heads_hex: list[str]) -> bool:
+        """True when every change in ``heads_hex`` is in this document."""
+        try:
+            heads = [bytes.fromhex(h) for h in heads_hex]
+        except ValueError as exc:
+            raise InvalidRequest(f"heads must be hex change hashes: {exc}") from exc
+        if not heads:
+            return True
+        try:
+            # fork() raises for a hash it does not know (get_changes does not); it is cheap.
+            self.doc.fork(heads)
+        except Exception:  # the binding raises a bare Exception for unknown hashes
+            return False
+        return True
+
+    # ------------------------------------------------------------ reads
+
+    @property
+    def ready(self) -> bool:
+        """Whether the schema has arrived (a fresh client replica is empty until first sync)."""
+        return self.doc.get(ROOT, "cells") is not None
+
+    def _cells_obj(self) -> bytes:
+        got = self.doc.get(ROOT, "cells")
+        if got is None:
+            raise InvalidRequest("the notebook document has no cells list (not synced yet?)")
+        return got[1]
+
+    def _iter_cell_objs(self) -> Iterator[tuple[int, bytes]]:
+        for index, (_, obj) in enumerate(self.doc.values(self._cells_obj())):
+            yield index, obj
+
+    def _str(self, obj: bytes, key: str, default: str = "") -> str:
+        got = self.doc.get(obj, key)
+        if got is None or isinstance(got[0], ObjType):
+            return default
+        return str(got[0][1])
+
+    @property
+    def doc_id(self) -> str:
+        return self._str(ROOT, "doc_id")
+
+    def cell_ids(self) -> list[str]:
+        return [self._str(obj, "id") for _, obj in self._iter_cell_objs()]
+
+    def __len__(self) -> int:
+        return int(self.doc.length(self._cells_obj()))
+
+    def _find(self, cell_id: str) -> tuple[int, bytes]:
+        for index, obj in self._iter_cell_objs():
+            if self._str(obj, "id") == cell_id:
+                return index, obj
+        raise CellNotFound(f"cell {cell_id!r} is not in this notebook")
+
+    def index_of(self, cell_id: str) -> int:
+        return self._find(cell_id)[0]
+
+    def _source_obj(self, cell_obj: bytes) -> bytes:
+        got = self.doc.get(cell_obj, "source")
+        if got is None or got[0] != ObjType.Text:
+            raise InvalidRequest("cell has no source text")
+        return got[1]
+
+    def _cell(self, obj: bytes) -> Cell:
+        metadata = self.doc.get(obj, "metadata")
+        attachments = self.doc.get(obj, "attachments")
+        return Cell(
+            id=self._str(obj, "id"),
+            cell_type=self._str(obj, "cell_type", "code"),
+            source=self.doc.text(self._source_obj(obj)),
+            metadata=read_json(self.doc, metadata[1]) if metadata else {},
+            attachments=read_json(self.doc, attachments[1]) if attachments else None,
+        )
+
+    def cells(self) -> list[Cell]:
+        return [self._cell(obj) for _, obj in self._iter_cell_objs()]
+
+    def cell(self, cell_id: str) -> Cell:
+        return self._cell(self._find(cell_id)[1])
+
+    def source(self, cell_id: str) -> str:
+        return str(self.doc.text(self._source_obj(self._find(cell_id)[1])))
+
+    def metadata(self) -> dict[str, JsonValue]:
+        got = self.doc.get(ROOT, "metadata")
+        return read_json(self.doc, got[1]) if got else {}  # type: ignore[no-any-return]
+
+    def to_nbformat(
+        self, outputs_for: Callable[[str], tuple[int | None, list[dict[str, Any]]]] | None = None
+    ) -> dict[str, Any]:
+        """The notebook as an nbformat v4 dict; ``outputs_for(cell_id)`` supplies code cells'
+        execution count and outputs (default: none)."""
+        cells: list[dict[str, Any]] = []
+        for cell in self.cells():
+            out: dict[str, Any] = {
+                "id": cell.id,
+                "cell_type": cell.cell_type,
+                "metadata": copy.deepcopy(cell.metadata),
+                "source": cell.source,
+            }
+            if cell.cell_type == "code":
+                count, outputs = outputs_for(cell.id) if outputs_for else (None, [])
+                out["execution_count"] = count
+                out["outputs"] = outputs
+            elif cell.attachments is not None:
+                out["attachments"] = cell.attachments
+            cells.append(out)
+        return {
+            "nbformat": self._int("nbformat", 4),
+            "nbformat_minor": self._int("nbformat_minor", 5),
+            "metadata": self.metadata(),
+            "cells": cells,
+        }
+
+    def _int(self, key: str, default: int) -> int:
+        got = self.doc.get(ROOT, key)
+        return default if got is None or isinstance(got[0], ObjType) else int(got[0][1])  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ edits
+
+    def add_cell(
+        self,
+        cell_type: str = "code",
+        source: str = "",
+        *,
+        index: int | None = None,
+        cell_id: str | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+    ) -> str:
+        """Insert a cell (at the end by default) and return its id."""
+        if cell_type not in CELL_TYPES:
+            raise InvalidRequest(f"unknown cell type {cell_type!r}; use one of {CELL_TYPES}")
+        existing = set(self.cell_ids())
+        if cell_id is None:
+            cell_id = new_cell_id(existing)
+        else:
+            _check_cell_id(cell_id)
+            if cell_id in existing:
+                raise InvalidRequest(f"cell id {cell_id!r} is already in this notebook")
+        cells = self._cells_obj()
+        length = self.doc.length(cells)
+        at = length if index is None else max(0, min(index, length))
+        with self.doc.transaction() as tx:
+            _insert_cell(
+                tx, cells, at, cell_id=cell_id, cell_type=cell_type, source=source,
+                metadata=metadata or {}, attachments=None,
+            )
+        return cell_id
+
+    def delete_cell(self, cell_id: str) -> None:
+        index, _ = self._find(cell_id)
+        with self.doc.transaction() as tx:
+            tx.delete(self._cells_obj(), index)
+
+    def move_cell(self, cell_id: str, index: int) -> None:
+        """Move a cell to ``index`` (in the order after removal).
+
+        Automerge lists have no move operation: the cell is re-inserted with the same id and
+        content, so an edit to its source made concurrently by another replica is lost.
+        """
+        cell = self.cell(cell_id)
+        old, _ = self._find(cell_id)
+        cells = self._cells_obj()
+        with self.doc.transaction() as tx:
+            tx.delete(cells, old)
+            at = max(0, min(index, tx.length(cells)))
+            _insert_cell(
+                tx, cells, at, cell_id=cell.id, cell_type=cell.cell_type, source=cell.source,
+                metadata=cell.metadata, attachments=cell.attachments,
+            )
+
+    def splice_source(self, cell_id: str, index: int, delete: int, insert: str) -> None:
+        """Delete ``delete`` code points at ``index`` of the cell's source and insert ``insert``."""
+        text = self._source_obj(self._find(cell_id)[1])
+        length = self.doc.length(text)
+        if index < 0 or delete < 0 or index + delete > length:
+            raise InvalidRequest(
+                f"splice out of range: index {index}, delete {delete}, source length {length}"
+            )
+        with self.doc.transaction() as tx:
+            splice_text(tx, text, index, delete, insert)
+
+    def set_source(self, cell_id: str, source: str) -> None:
+        """Replace the source, touching only the changed middle (common prefix/suffix kept),
+        so concurrent edits elsewhere in the cell survive."""
+        old = self.source(cell_id)
+        if old == source:
+            return
+        prefix = 0
+        limit = min(len(old), len(source))
+        while prefix < limit and old[prefix] == source[prefix]:
+            prefix += 1
+        suffix = 0
+        while (
+            suffix < limit - prefix and old[len(old) - 1 - suffix] == source[len(source) - 1 - suffix]
+        ):
+            suffix += 1
+        self.splice_source(
+            cell_id, prefix, len(old) - prefix - suffix, source[prefix : len(source) - suffix]
+        )
+
+    def set_cell_type(self, cell_id: str, cell_type: str) -> None:
+        if cell_type not in CELL_TYPES:
+            raise InvalidRequest(f"unknown cell type {cell_type!r}; use one of {CELL_TYPES}")
+        _, obj = self._find(cell_id)
+        with self.doc.transaction() as tx:
+            tx.put(obj, "cell_type", ScalarType.Str, cell_type)
+
+    def set_cell_metadata(self, cell_id: str, key: str, value: JsonValue) -> None:
+        _, obj = self._find(cell_id)
+        meta = self.doc.get(obj, "metadata")
+        with self.doc.transaction() as tx:
+            target = meta[1] if meta else tx.put_object(obj, "metadata", ObjType.Map)
+            put_json(tx, target, key, value)
+
+    def set_metadata(self, key: str, value: JsonValue) -> None:
+        """Set one top-level notebook metadata key (others, known or not, are kept)."""
+        meta = self.doc.get(ROOT, "metadata")
+        with self.doc.transaction() as tx:
+            target = meta[1] if meta else tx.put_object(ROOT, "metadata", ObjType.Map)
+            put_json(tx, target, key, value)
+
+
+def _join_source(source: str | list[str]) -> str:
+    return source if isinstance(source, str) else "".join(source)
+
+
+def _insert_cell(
+    tx: Transaction,
+    cells: bytes,
+    index: int,
+    *,
+    cell_id: str,
+    cell_type: str,
+    source: str,
+    metadata: dict[str, JsonValue],
+    attachments: dict[str, JsonValue] | None,
+) -> None:
+    obj = tx.insert_object(cells, index, ObjType.Map)
+    tx.put(obj, "id", ScalarType.Str, cell_id)
+    tx.put(obj, "cell_type", ScalarType.Str, cell_type)
+    text = tx.put_object(obj, "source", ObjType.Text)
+    splice_text(tx, text, 0, 0, source)
+    put_json(tx, obj, "metadata", metadata)
+    if attachments is not None:
+        put_json(tx, obj, "attachments", attachments)

@@ -1,0 +1,108 @@
+"""Crash recovery: each open notebook's Automerge document persisted under RUNTIMED_HOME.
+
+For every notebook the daemon keeps, in ``<home>/documents/``:
+
+* ``<key>.automerge`` — the notebook document (full history: no acknowledged edit is lost);
+* ``<key>.runtime.json`` — a snapshot of runtime state (outputs, counts), no history;
+* ``<key>.json`` — which file it belongs to and the file's sha256 when last loaded/saved.
+
+``key`` is a hash of the absolute ``.ipynb`` path (or the doc id for untitled notebooks).
+On open, the persisted document is used when the file on disk is unchanged since the
+daemon last read or wrote it; if the file was changed by someone else, the file wins and the
+old document is kept aside as ``<key>.<time>.stale.automerge``. Blocking: run in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DocumentStore", "PersistedNotebook", "file_digest"]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PersistedNotebook:
+    notebook: bytes
+    runtime: dict[str, Any]
+    file_sha256: str | None
+
+
+class DocumentStore:
+    """Persisted Automerge documents, keyed by notebook path or doc id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def key_for(path: Path | None, doc_id: str) -> str:
+        if path is None:
+            return f"untitled-{doc_id}"
+        return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return (
+            self.root / f"{key}.automerge",
+            self.root / f"{key}.runtime.json",
+            self.root / f"{key}.json",
+        )
+
+    def load(self, key: str) -> PersistedNotebook | None:
+        doc_path, runtime_path, meta_path = self._paths(key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            notebook = doc_path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        try:
+            runtime = json.loads(runtime_path.read_text())
+        except (OSError, ValueError):
+            runtime = {}
+        return PersistedNotebook(notebook, runtime, meta.get("file_sha256"))
+
+    def save(
+        self, key: str, *, notebook: bytes, runtime: dict[str, Any], path: Path | None,
+        doc_id: str, file_sha256: str | None,
+    ) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        doc_path, runtime_path, meta_path = self._paths(key)
+        _atomic_write(doc_path, notebook)
+        _atomic_write(runtime_path, json.dumps(runtime).encode())
+        meta = {
+            "path": str(path) if path else None, "doc_id": doc_id,
+            "file_sha256": file_sha256, "saved_at": time.time(),
+        }
+        _atomic_write(meta_path, json.dumps(meta).encode())
+
+    def set_aside(self, key: str) -> Path | None:
+        """Keep a superseded document (the file changed underneath it) instead of deleting it."""
+        doc_path = self._paths(key)[0]
+        if not doc_path.exists():
+            return None
+        target = self.root / f"{key}.{int(time.time())}.stale.automerge"
+        os.replace(doc_path, target)
+        return target
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

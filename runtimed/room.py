@@ -1,0 +1,179 @@
+"""A notebook room: one open notebook's two documents and the clients syncing them.
+
+The room applies incoming Automerge sync messages, relays changes by marking every other
+peer dirty (each peer's writer then generates a sync message when it can send — so a slow
+peer gets one message carrying many changes, never a growing queue), and lets requests wait
+until the document contains given heads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from automerge.core import Message, SyncState
+
+from protocol.errors import ProtocolError
+from protocol.messages import DocKind
+from runtimed.errors import HeadsTimeout, InvalidRequest
+from runtimed.notebook_doc import NotebookDoc
+from runtimed.runtime_doc import RuntimeDoc
+
+__all__ = ["NotebookRoom", "Peer"]
+
+log = logging.getLogger(__name__)
+
+
+class Peer(Protocol):
+    """What a room needs from a connected client session."""
+
+    def mark_dirty(self, notebook_id: str, doc: DocKind) -> None:
+        """Schedule a sync message for ``doc`` to this peer."""
+
+    def send_event_bytes(self, payload: bytes) -> None:
+        """Queue an encoded control event for this peer."""
+
+
+class NotebookRoom:
+    """State of one open notebook shared by every client that opened it."""
+
+    def __init__(
+        self,
+        *,
+        notebook_id: str,
+        path: Path | None,
+        notebook: NotebookDoc,
+        runtime: RuntimeDoc,
+        on_notebook_change: Callable[[NotebookRoom], None] | None = None,
+    ) -> None:
+        self.notebook_id = notebook_id
+        self.path = path
+        self.notebook = notebook
+        self.runtime = runtime
+        self._sync: dict[Peer, dict[DocKind, SyncState]] = {}
+        self._changed = anyio.Event()
+        self._on_notebook_change = on_notebook_change
+        self.dirty_since_save = False
+
+    # ------------------------------------------------------------ peers
+
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self._sync)
+
+    def join(self, peer: Peer) -> None:
+        """Start syncing both documents with ``peer`` (fresh sync states: a reconnecting
+        client catches up from whatever its replica holds)."""
+        self._sync[peer] = {"notebook": SyncState(), "runtime": SyncState()}
+        peer.mark_dirty(self.notebook_id, "notebook")
+        peer.mark_dirty(self.notebook_id, "runtime")
+
+    def leave(self, peer: Peer) -> None:
+        self._sync.pop(peer, None)
+
+    def has_peer(self, peer: Peer) -> bool:
+        return peer in self._sync
+
+    def broadcast(self, payload: bytes) -> None:
+        """Queue an encoded event for every peer."""
+        for peer in list(self._sync):
+            peer.send_event_bytes(payload)
+
+    # ------------------------------------------------------------ sync
+
+    def generate(self, peer: Peer, doc: DocKind) -> bytes | None:
+        """The next sync message for ``peer`` (None: nothing to send now)."""
+        states = self._sync.get(peer)
+        if states is None:
+            return None
+        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        message = target.generate_sync_message(states[doc])
+        return None if message is None else bytes(message.encode())
+
+    def receive(self, peer: Peer, doc: DocKind, data: bytes) -> None:
+        """Apply a sync message from ``peer``.
+
+        Raises:
+            InvalidRequest: the peer has not opened this notebook, or tried to change the
+                daemon-authoritative runtime document.
+            ProtocolError: the bytes are not an Automerge sync message.
+        """
+        states = self._sync.get(peer)
+        if states is None:
+            raise InvalidRequest(f"notebook {self.notebook_id!r} is not open on this connection")
+        try:
+            message = Message.decode(data)
+        except Exception as exc:  # the binding raises a bare Exception for bad bytes
+            raise ProtocolError(f"invalid Automerge sync message: {exc}") from exc
+        if doc == "notebook":
+            before = self.notebook.doc.get_heads()
+            self._apply(self.notebook, states[doc], message)
+            if self.notebook.doc.get_heads() != before:
+                self.notebook_changed(exclude=None)
+                return
+        else:
+            # The runtime document is daemon-authoritative: try the message on a fork first
+            # and refuse it if it would add changes (a client may only acknowledge).
+            probe = self.runtime.doc.fork()
+            before = probe.get_heads()
+            try:
+                probe.receive_sync_message(states[doc], message)
+            except Exception as exc:
+                raise ProtocolError(f"invalid Automerge sync message: {exc}") from exc
+            if probe.get_heads() != before:
+                states[doc] = SyncState()
+                peer.mark_dirty(self.notebook_id, doc)
+                raise InvalidRequest(
+                    "the runtime document is written only by the daemon; "
+                    "drop the local replica and resync"
+                )
+        peer.mark_dirty(self.notebook_id, doc)
+
+    @staticmethod
+    def _apply(target: NotebookDoc, state: SyncState, message: Message) -> None:
+        try:
+            target.doc.receive_sync_message(state, message)
+        except Exception as exc:
+            raise ProtocolError(f"invalid Automerge sync message: {exc}") from exc
+
+    def notebook_changed(self, *, exclude: Peer | None = None) -> None:
+        """The notebook document changed (a peer's sync or a daemon edit): relay and wake."""
+        self.dirty_since_save = True
+        for other in list(self._sync):
+            if other is not exclude:
+                other.mark_dirty(self.notebook_id, "notebook")
+        self._changed.set()
+        self._changed = anyio.Event()
+        if self._on_notebook_change is not None:
+            self._on_notebook_change(self)
+
+    def runtime_changed(self) -> None:
+        """The daemon wrote the runtime document: schedule a sync to every peer."""
+        for peer in list(self._sync):
+            peer.mark_dirty(self.notebook_id, "runtime")
+
+    def reset_runtime(self, runtime: RuntimeDoc) -> None:
+        """Swap in a compacted runtime document; peers must drop their replicas."""
+        self.runtime = runtime
+        for states in self._sync.values():
+            states["runtime"] = SyncState()
+        self.runtime_changed()
+
+    async def wait_for_heads(self, heads: list[str], *, timeout: float) -> None:
+        """Return once the notebook document contains ``heads``.
+
+        Raises:
+            HeadsTimeout: they did not arrive within ``timeout`` seconds.
+            InvalidRequest: ``heads`` are not hex change hashes.
+        """
+        with anyio.move_on_after(timeout):
+            while not self.notebook.has_heads(heads):
+                await self._changed.wait()
+            return
+        raise HeadsTimeout(
+            f"the daemon did not receive the notebook changes {', '.join(h[:12] for h in heads)}"
+            f" within {timeout:g} s; sync the document before executing"
+        )

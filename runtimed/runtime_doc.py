@@ -1,0 +1,252 @@
+"""Runtime state of one notebook: a second, daemon-authoritative Automerge document.
+
+Kernel status, the execution queue, executions and every code cell's current outputs live
+here, not in the notebook document. Only the daemon writes it; clients keep a read-only
+replica in sync. Its history is disposable: the daemon persists a plain snapshot of the
+current state (:meth:`RuntimeDoc.snapshot`) and may rebuild the document from it at any time
+(compaction), telling clients with a ``RuntimeDocReset`` event. So re-running a cell a
+thousand times never grows the persisted notebook history.
+
+Schema (``docs/schema.md``)::
+
+    ROOT
+      schema_version: Int (1)
+      kernel: Map {state: Str, name: Str, pid: Int|Null, message: Str}
+      queue: List of Str (execution ids waiting, in order)
+      running: Str|Null (the execution id running now)
+      executions: Map execution_id -> Map
+          {cell_id: Str, status: Str, seq: Int, execution_count: Int|Null,
+           ename: Str|Null, evalue: Str|Null}
+      cells: Map cell_id -> Map
+          {execution_count: Int|Null, execution_id: Str|Null,
+           outputs: List of Str (each a JSON-encoded output manifest)}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType
+
+from runtimed.amjson import JsonValue, put_json, read_json
+
+__all__ = ["ExecutionRecord", "RuntimeDoc"]
+
+SCHEMA_VERSION = 1
+FINISHED = frozenset({"ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"})
+
+ExecutionRecord = dict[str, JsonValue]
+
+
+class RuntimeDoc:
+    """Schema-aware reads and (daemon-side) writes of a runtime document."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+
+    @classmethod
+    def empty(cls) -> RuntimeDoc:
+        return cls(Document())
+
+    @classmethod
+    def new(cls) -> RuntimeDoc:
+        doc = Document()
+        with doc.transaction() as tx:
+            tx.put(ROOT, "schema_version", ScalarType.Int, SCHEMA_VERSION)
+            kernel = tx.put_object(ROOT, "kernel", ObjType.Map)
+            tx.put(kernel, "state", ScalarType.Str, "not_started")
+            tx.put(kernel, "name", ScalarType.Str, "")
+            tx.put(kernel, "pid", ScalarType.Null, None)
+            tx.put(kernel, "message", ScalarType.Str, "")
+            tx.put_object(ROOT, "queue", ObjType.List)
+            tx.put(ROOT, "running", ScalarType.Null, None)
+            tx.put_object(ROOT, "executions", ObjType.Map)
+            tx.put_object(ROOT, "cells", ObjType.Map)
+        return cls(doc)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any]) -> RuntimeDoc:
+        """A fresh document (no history) holding ``snapshot``'s state."""
+        rt = cls.new()
+        with rt.doc.transaction() as tx:
+            for cell_id, cell in snapshot.get("cells", {}).items():
+                put_json(tx, rt._obj("cells"), cell_id, cell)
+            for exec_id, record in snapshot.get("executions", {}).items():
+                put_json(tx, rt._obj("executions"), exec_id, record)
+        return rt
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current cell outputs and finished executions as plain JSON (no history)."""
+        executions = {
+            k: v
+            for k, v in read_json(self.doc, self._obj("executions")).items()
+            if v.get("status") in FINISHED
+        }
+        return {"cells": read_json(self.doc, self._obj("cells")), "executions": executions}
+
+    def save(self) -> bytes:
+        return bytes(self.doc.save())
+
+    @property
+    def ready(self) -> bool:
+        return self.doc.get(ROOT, "cells") is not None
+
+    def _obj(self, key: str, parent: bytes = ROOT) -> bytes:
+        got = self.doc.get(parent, key)
+        if got is None or not isinstance(got[0], ObjType):
+            raise KeyError(key)
+        return got[1]
+
+    def _maybe(self, parent: bytes, key: str) -> bytes | None:
+        got = self.doc.get(parent, key)
+        return got[1] if got is not None and isinstance(got[0], ObjType) else None
+
+    # ------------------------------------------------------------ reads
+
+    def kernel(self) -> dict[str, JsonValue]:
+        return read_json(self.doc, self._obj("kernel"))  # type: ignore[no-any-return]
+
+    def queue(self) -> list[str]:
+        return [str(v[0][1]) for v in self.doc.values(self._obj("queue"))]
+
+    def running(self) -> str | None:
+        got = self.doc.get(ROOT, "running")
+        return None if got is None or got[0][1] is None else str(got[0][1])
+
+    def execution(self, execution_id: str) -> ExecutionRecord | None:
+        obj = self._maybe(self._obj("executions"), execution_id)
+        return None if obj is None else read_json(self.doc, obj)  # type: ignore[no-any-return]
+
+    def execution_ids(self) -> list[str]:
+        return list(self.doc.keys(self._obj("executions")))
+
+    def cell_state(self, cell_id: str) -> tuple[int | None, list[dict[str, Any]]]:
+        """(execution_count, output manifests) of a cell; (None, []) if it never ran."""
+        obj = self._maybe(self._obj("cells"), cell_id)
+        if obj is None:
+            return None, []
+        count = self.doc.get(obj, "execution_count")
+        outputs = self._maybe(obj, "outputs")
+        manifests = (
+            [json.loads(v[0][1]) for v in self.doc.values(outputs)] if outputs is not None else []
+        )
+        value = None if count is None or isinstance(count[0], ObjType) else count[0][1]
+        return (int(value) if value is not None else None), manifests  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ writes (daemon only)
+
+    def set_kernel(self, *, state: str, name: str | None = None, pid: int | None = None,
+                   message: str = "") -> None:
+        kernel = self._obj("kernel")
+        with self.doc.transaction() as tx:
+            tx.put(kernel, "state", ScalarType.Str, state)
+            if name is not None:
+                tx.put(kernel, "name", ScalarType.Str, name)
+            if pid is None:
+                tx.put(kernel, "pid", ScalarType.Null, None)
+            else:
+                tx.put(kernel, "pid", ScalarType.Int, pid)
+            tx.put(kernel, "message", ScalarType.Str, message)
+
+    def add_execution(self, execution_id: str, cell_id: str, seq: int) -> None:
+        with self.doc.transaction() as tx:
+            put_json(tx, self._obj("executions"), execution_id, {
+                "cell_id": cell_id, "status": "queued", "seq": seq,
+                "execution_count": None, "ename": None, "evalue": None,
+            })
+            queue = self._obj("queue")
+            tx.insert(queue, tx.length(queue), ScalarType.Str, execution_id)
+
+    def update_execution(self, execution_id: str, **fields: JsonValue) -> None:
+        obj = self._maybe(self._obj("executions"), execution_id)
+        if obj is None:
+            return
+        with self.doc.transaction() as tx:
+            for key, value in fields.items():
+                put_json(tx, obj, key, value)
+            status = fields.get("status")
+            if status is not None and status != "queued":
+                queue = self._obj("queue")
+                for index, value_ in enumerate(self.doc.values(queue)):
+                    if value_[0][1] == execution_id:
+                        tx.delete(queue, index)
+                        break
+            if status == "running":
+                tx.put(ROOT, "running", ScalarType.Str, execution_id)
+            elif status in FINISHED and self.running() == execution_id:
+                tx.put(ROOT, "running", ScalarType.Null, None)
+
+    def forget_executions(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` finished executions (bounded state)."""
+        executions = self._obj("executions")
+        finished = []
+        for key in self.doc.keys(executions):
+            record = self.execution(key)
+            if record and record.get("status") in FINISHED:
+                finished.append((int(record.get("seq") or 0), key))
+        finished.sort()
+        drop = finished[: max(0, len(finished) - keep)]
+        if drop:
+            with self.doc.transaction() as tx:
+                for _, key in drop:
+                    tx.delete(executions, key)
+
+    def _cell_obj(self, cell_id: str) -> bytes:
+        cells = self._obj("cells")
+        obj = self._maybe(cells, cell_id)
+        if obj is None:
+            with self.doc.transaction() as tx:
+                obj = tx.put_object(cells, cell_id, ObjType.Map)
+                tx.put(obj, "execution_count", ScalarType.Null, None)
+                tx.put(obj, "execution_id", ScalarType.Null, None)
+                tx.put_object(obj, "outputs", ObjType.List)
+        return obj
+
+    def start_cell_run(self, cell_id: str, execution_id: str) -> None:
+        """Clear the cell's outputs and count as a new run begins (Jupyter semantics)."""
+        obj = self._cell_obj(cell_id)
+        with self.doc.transaction() as tx:
+            tx.put(obj, "execution_id", ScalarType.Str, execution_id)
+            tx.put(obj, "execution_count", ScalarType.Null, None)
+            tx.put_object(obj, "outputs", ObjType.List)
+
+    def set_execution_count(self, cell_id: str, count: int | None) -> None:
+        obj = self._cell_obj(cell_id)
+        with self.doc.transaction() as tx:
+            if count is None:
+                tx.put(obj, "execution_count", ScalarType.Null, None)
+            else:
+                tx.put(obj, "execution_count", ScalarType.Int, count)
+
+    def set_outputs(self, cell_id: str, manifests: list[dict[str, Any]]) -> None:
+        """Make the cell's outputs equal ``manifests``, touching only what changed."""
+        obj = self._cell_obj(cell_id)
+        outputs = self._maybe(obj, "outputs")
+        new = [json.dumps(m, sort_keys=True, separators=(",", ":")) for m in manifests]
+        with self.doc.transaction() as tx:
+            if outputs is None:
+                outputs = tx.put_object(obj, "outputs", ObjType.List)
+            old = [str(v[0][1]) for v in self.doc.values(outputs)]
+            common = 0
+            while common < min(len(old), len(new)) and old[common] == new[common]:
+                common += 1
+            for index in range(common, min(len(old), len(new))):
+                tx.put(outputs, index, ScalarType.Str, new[index])
+            for _ in range(len(new), len(old)):
+                tx.delete(outputs, len(new))
+            for index in range(len(old), len(new)):
+                tx.insert(outputs, index, ScalarType.Str, new[index])
+
+    def clear_cell(self, cell_id: str) -> None:
+        obj = self._maybe(self._obj("cells"), cell_id)
+        if obj is None:
+            return
+        with self.doc.transaction() as tx:
+            tx.put(obj, "execution_count", ScalarType.Null, None)
+            tx.put_object(obj, "outputs", ObjType.List)
+
+    def load_cell(self, cell_id: str, count: int | None, manifests: list[dict[str, Any]]) -> None:
+        """Record outputs read from an .ipynb (no execution behind them)."""
+        self.set_execution_count(cell_id, count)
+        self.set_outputs(cell_id, manifests)

@@ -1,0 +1,277 @@
+"""One client connection: handshake, frame reader, request dispatch, paced writer.
+
+The writer owns the socket's send side. Control frames wait in a bounded queue; sync
+messages are never queued — a dirty flag per (notebook, document) makes the writer generate
+one when it can send, so a slow reader gets fewer, larger messages. Before each control frame
+the writer flushes pending sync messages, so an event (``ExecutionDone``) always reaches the
+client after the document changes it describes.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+from anyio.abc import SocketStream
+
+from protocol import framing
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.framing import FrameDecoder, FrameKind
+from protocol.messages import (
+    ClientRequest,
+    DocKind,
+    ErrorReply,
+    SyncEnvelope,
+    decode_client_message,
+    decode_sync,
+    encode,
+)
+from runtimed.errors import RuntimedError
+
+if TYPE_CHECKING:
+    from runtimed.room import NotebookRoom
+
+__all__ = ["ClientSession"]
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_CONTROL_FRAMES = 10_000
+SEND_TIMEOUT = 30.0
+MAX_CONCURRENT_REQUESTS = 64
+_WRITE_BATCH_BYTES = 1 << 20
+
+Handler = Callable[["ClientSession", ClientRequest], Awaitable[msgspec.Struct]]
+
+_session_ids = itertools.count(1)
+_LOST = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError)
+
+
+class SlowClient(Exception):
+    """The client stopped reading; it is disconnected rather than waited on."""
+
+
+class ClientSession:
+    """Serve one connected client until it disconnects or misbehaves past recovery."""
+
+    def __init__(
+        self,
+        stream: SocketStream,
+        *,
+        handler: Handler,
+        rooms: Callable[[str], NotebookRoom | None],
+        max_frame_size: int = framing.DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.id = next(_session_ids)
+        self._stream = stream
+        self._handler = handler
+        self._rooms = rooms
+        self._max_frame_size = max_frame_size
+        self._control: collections.deque[bytes] = collections.deque()
+        self._dirty: dict[tuple[str, DocKind], None] = {}
+        self._wake = anyio.Event()
+        self._closed = False
+        self._limiter = anyio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self.open_notebooks: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientSession {self.id}>"
+
+    # ------------------------------------------------------------ Peer protocol
+
+    def mark_dirty(self, notebook_id: str, doc: DocKind) -> None:
+        self._dirty[(notebook_id, doc)] = None
+        self._wake.set()
+
+    def send_event_bytes(self, payload: bytes) -> None:
+        self._queue(framing.encode_frame(FrameKind.CONTROL, payload))
+
+    def send_message(self, message: msgspec.Struct) -> None:
+        self.send_event_bytes(encode(message))  # type: ignore[arg-type]
+
+    def _queue(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        if len(self._control) >= MAX_QUEUED_CONTROL_FRAMES:
+            log.warning("%r: %d frames unread; disconnecting a slow client", self, len(self._control))
+            self._closed = True
+        self._control.append(frame)
+        self._wake.set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Handshake, then serve until EOF, a fatal protocol error, or cancellation."""
+        try:
+            if not await self._handshake():
+                return
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._guard, self._writer(tg.cancel_scope), tg.cancel_scope)
+                await self._guard(self._reader(tg), tg.cancel_scope)
+        except _LOST as exc:
+            log.debug("%r: connection lost: %s", self, exc)
+        finally:
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+    async def _guard(self, work: Awaitable[None], scope: anyio.CancelScope) -> None:
+        """Run one side of the connection; when it ends for any reason, end the other."""
+        try:
+            await work
+        except _LOST as exc:
+            log.debug("%r: connection lost: %s", self, exc)
+        except SlowClient:
+            log.warning("%r: disconnected: it stopped reading", self)
+        finally:
+            self._closed = True
+            scope.cancel()
+
+    async def _handshake(self) -> bool:
+        buffer = b""
+        with anyio.move_on_after(10):
+            while len(buffer) < framing.CLIENT_HELLO_SIZE:
+                try:
+                    chunk = await self._stream.receive(framing.CLIENT_HELLO_SIZE - len(buffer))
+                except anyio.EndOfStream:
+                    break
+                buffer += chunk
+        try:
+            version = framing.decode_client_hello(buffer)
+        except ProtocolError as exc:
+            log.info("%r: refused: %s", self, exc)
+            await self._stream.send(framing.encode_server_hello(accepted=False, message=str(exc)))
+            return False
+        if version != framing.PROTOCOL_VERSION:
+            message = (
+                f"protocol version {version} is not supported; this daemon speaks version "
+                f"{framing.PROTOCOL_VERSION} (upgrade the client or restart the daemon)"
+            )
+            await self._stream.send(framing.encode_server_hello(accepted=False, message=message))
+            return False
+        await self._stream.send(framing.encode_server_hello(accepted=True))
+        return True
+
+    async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
+        decoder = FrameDecoder(max_frame_size=self._max_frame_size)
+        while not self._closed:
+            try:
+                data = await self._stream.receive(1 << 16)
+            except anyio.EndOfStream:
+                return
+            try:
+                frames = decoder.feed(data)
+            except ProtocolError as exc:
+                # Framing is lost: answer once, then close only this connection.
+                self._reply_error(0, ErrorCode.PROTOCOL_ERROR, str(exc))
+                await self._drain_and_close()
+                return
+            for frame in frames:
+                if frame.kind is FrameKind.SYNC:
+                    self._on_sync(frame.payload)
+                else:
+                    await self._on_control(frame.payload, tg)
+
+    def _on_sync(self, payload: bytes) -> None:
+        try:
+            envelope: SyncEnvelope = decode_sync(payload)
+            room = self._rooms(envelope.notebook_id)
+            if room is None or envelope.notebook_id not in self.open_notebooks:
+                raise ProtocolError(
+                    f"sync for notebook {envelope.notebook_id!r}, which is not open on this connection"
+                )
+            room.receive(self, envelope.doc, envelope.data)
+        except (ProtocolError, RuntimedError) as exc:
+            self._reply_error(0, exc.code, str(exc))
+
+    async def _on_control(self, payload: bytes, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            request = decode_client_message(payload)
+        except ProtocolError as exc:
+            self._reply_error(_salvage_id(payload), ErrorCode.UNKNOWN_MESSAGE, str(exc))
+            return
+        await self._limiter.acquire()
+        tg.start_soon(self._handle, request)
+
+    async def _handle(self, request: ClientRequest) -> None:
+        try:
+            reply = await self._handler(self, request)
+            self.send_message(reply)
+        except RuntimedError as exc:
+            self._reply_error(request.id, exc.code, str(exc))
+        except Exception:
+            log.exception("%r: internal error handling %s", self, type(request).__name__)
+            self._reply_error(
+                request.id, ErrorCode.INTERNAL_ERROR,
+                f"internal error handling {type(request).__name__}; see the daemon log",
+            )
+        finally:
+            self._limiter.release()
+
+    def _reply_error(self, request_id: int, code: ErrorCode, message: str) -> None:
+        self.send_message(ErrorReply(id=request_id, code=code, message=message))
+
+    async def _drain_and_close(self) -> None:
+        with anyio.move_on_after(2):
+            while self._control:
+                await self._flush_once()
+        self._closed = True
+
+    # ------------------------------------------------------------ writer
+
+    async def _writer(self, cancel_scope: anyio.CancelScope) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._dirty or self._control:
+                if self._closed and not self._control:
+                    cancel_scope.cancel()
+                    return
+                await self._flush_once()
+            if self._closed:
+                cancel_scope.cancel()
+                return
+
+    async def _flush_once(self) -> None:
+        """Send pending sync messages, then queued control frames, in one batched write."""
+        batch: list[bytes] = []
+        size = 0
+        for key in list(self._dirty):
+            del self._dirty[key]
+            notebook_id, doc = key
+            room = self._rooms(notebook_id)
+            if room is None or not room.has_peer(self):
+                continue
+            data = room.generate(self, doc)
+            if data is not None:
+                envelope = SyncEnvelope(notebook_id=notebook_id, doc=doc, data=data)
+                frame = framing.encode_frame(FrameKind.SYNC, encode(envelope))
+                batch.append(frame)
+                size += len(frame)
+        while self._control and size < _WRITE_BATCH_BYTES:
+            frame = self._control.popleft()
+            batch.append(frame)
+            size += len(frame)
+            if self._dirty:
+                break  # keep events behind the document changes made before them
+        if batch:
+            try:
+                with anyio.fail_after(SEND_TIMEOUT):
+                    await self._stream.send(b"".join(batch))
+            except TimeoutError as exc:
+                raise SlowClient from exc
+
+
+def _salvage_id(payload: bytes) -> int:
+    """Best effort: the ``id`` of an undecodable request, so the error reply can echo it."""
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return 0
+    if isinstance(raw, dict) and isinstance(raw.get("id"), int):
+        return int(raw["id"])
+    return 0
