@@ -149,11 +149,19 @@ class ExecuteCell(Request, frozen=True, kw_only=True):
     notebook_id: str
     cell_id: str
     heads: list[str] | None = None
+    allow_stdin: bool = False
+    """Opt in to answering ``input()`` (InputRequested events); otherwise input() fails."""
+    timeout: float | None = None
+    """Per-execution timeout in seconds: the kernel is interrupted and the status is timeout."""
 
 
 class RunAll(Request, frozen=True, kw_only=True):
+    """Queue every non-empty code cell not tagged ``skip-execution``, in order."""
+
     notebook_id: str
     heads: list[str] | None = None
+    allow_stdin: bool = False
+    timeout: float | None = None
 
 
 class InterruptKernel(Request, frozen=True, kw_only=True):

@@ -357,7 +357,9 @@ class Daemon:
                 entry = self._joined(session, notebook_id)
                 if heads:
                     await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
-                execution_id = self.executor(entry).queue_cell(cell_id)
+                execution_id = self.executor(entry).queue_cell(
+                    cell_id, allow_stdin=request.allow_stdin, timeout=request.timeout
+                )
                 return CellQueued(
                     id=request.id, notebook_id=notebook_id, cell_id=cell_id,
                     execution_id=execution_id,
@@ -366,7 +368,9 @@ class Daemon:
                 entry = self._joined(session, notebook_id)
                 if heads:
                     await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
-                queued = self.executor(entry).queue_all()
+                queued = self.executor(entry).queue_all(
+                    allow_stdin=request.allow_stdin, timeout=request.timeout
+                )
                 return RunAllQueued(
                     id=request.id, notebook_id=notebook_id,
                     executions=[

@@ -1,39 +1,375 @@
-"""Per-notebook execution queue (filled in with the kernel layer)."""
+"""Per-notebook execution: a FIFO queue run one cell at a time on the notebook's kernel.
+
+``ExecuteCell`` reads the cell's source from the notebook document when it is queued (after
+the daemon has the client's heads), so what runs is exactly what the client saw. Outputs go
+to the runtime document as the kernel produces them, rate-limited so that a flood of output
+costs a bounded number of document writes; ``ExecutionStarted``/``ExecutionDone`` events go
+to every client of the notebook. An error stops the queue (the rest is marked ``skipped``)
+unless the failing cell is tagged ``raises-exception`` (nbclient semantics).
+
+Kernel policy: the kernel starts on the first execution. If it dies, the running execution
+ends as ``died`` with a ``KernelDied`` error, the queue is skipped, and the next execution
+starts a fresh kernel.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+import itertools
+import logging
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from runtimed.errors import KernelNotRunning
+import anyio
+from anyio.abc import TaskStatus
+
+from protocol.messages import (
+    ExecutionDone,
+    ExecutionStarted,
+    InputRequested,
+    KernelStatusChanged,
+    encode,
+)
+from runtimed.errors import CellEmpty, CellNotCode, ExecutionNotFound, InvalidRequest
+from runtimed.kernel import ExecutionOutcome, KernelSession
+from runtimed.kernel_errors import KernelError
+from runtimed.outputs import OutputChange
+from runtimed.outputs_manifest import ManifestWriter
 from runtimed.room import NotebookRoom
+
+if TYPE_CHECKING:
+    from runtimed.daemon import DaemonConfig
 
 __all__ = ["NotebookExecutor"]
 
+log = logging.getLogger(__name__)
+
+_MIN_FLUSH_INTERVAL = 0.02
+_FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
+_FAILED = frozenset({"error", "died", "timeout"})
+
+
+@dataclass(eq=False)
+class _Job:
+    execution_id: str
+    cell_id: str
+    source: str
+    tags: frozenset[str]
+    allow_stdin: bool = False
+    timeout: float | None = None
+    input_waiter: tuple[anyio.Event, list[str]] | None = None
+    accumulator_outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def kernel_name_for(metadata: dict[str, Any]) -> str | None:
+    """The kernelspec a notebook asks for; None means the daemon's own Python (ipykernel)."""
+    spec = metadata.get("kernelspec")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if not name or name in ("python3", "python", f"python{sys.version_info.major}"):
+        return None
+    return str(name)
+
 
 class NotebookExecutor:
-    def __init__(self, room: NotebookRoom, *, config: Any) -> None:
+    """Owns one notebook's kernel and execution queue. Run :meth:`run` in a task group."""
+
+    def __init__(self, room: NotebookRoom, *, config: DaemonConfig,
+                 manifests: ManifestWriter | None = None) -> None:
         self.room = room
+        self.config = config
+        self._manifests = manifests or ManifestWriter()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._jobs: dict[str, _Job] = {}
+        self._wake = anyio.Event()
+        self._seq = itertools.count(1)
+        self._kernel: KernelSession | None = None
+        self._kernel_release: anyio.Event | None = None
+        self._kernel_gone: anyio.Event | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running: _Job | None = None
+        self._scope = anyio.CancelScope()
+        self._stopped = anyio.Event()
+        self._flush_wake = anyio.Event()
+        self._pending_change: OutputChange | None = None
 
-    async def run(self) -> None:
-        return
+    # ------------------------------------------------------------ requests
 
-    def queue_cell(self, cell_id: str) -> str:
-        raise KernelNotRunning("execution is not available yet")
+    def queue_cell(self, cell_id: str, *, allow_stdin: bool = False,
+                   timeout: float | None = None) -> str:
+        """Queue ``cell_id`` with its current source; returns the execution id.
 
-    def queue_all(self) -> list[tuple[str, str]]:
-        raise KernelNotRunning("execution is not available yet")
+        Raises:
+            CellNotFound, CellNotCode, CellEmpty.
+        """
+        cell = self.room.notebook.cell(cell_id)
+        if cell.cell_type != "code":
+            raise CellNotCode(
+                f"cell {cell_id!r} is a {cell.cell_type} cell; only code cells can be executed"
+            )
+        if not cell.source.strip():
+            raise CellEmpty(f"cell {cell_id!r} is empty; there is nothing to execute")
+        tags = cell.metadata.get("tags", [])
+        job = _Job(
+            execution_id=uuid.uuid4().hex, cell_id=cell_id, source=cell.source,
+            tags=frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list)
+            else frozenset(), allow_stdin=allow_stdin, timeout=timeout,
+        )
+        self._jobs[job.execution_id] = job
+        self._queue.append(job)
+        self.room.runtime.add_execution(job.execution_id, cell_id, next(self._seq))
+        self.room.runtime_changed()
+        self._wake.set()
+        return job.execution_id
+
+    def queue_all(self, *, allow_stdin: bool = False,
+                  timeout: float | None = None) -> list[tuple[str, str]]:
+        """Queue every non-empty code cell in document order (``skip-execution`` excluded)."""
+        queued = []
+        for cell in self.room.notebook.cells():
+            if cell.cell_type != "code" or not cell.source.strip():
+                continue
+            tags = cell.metadata.get("tags", [])
+            if isinstance(tags, list) and "skip-execution" in tags:
+                continue
+            queued.append((cell.id, self.queue_cell(cell.id, allow_stdin=allow_stdin,
+                                                    timeout=timeout)))
+        return queued
 
     async def interrupt(self) -> None:
-        raise KernelNotRunning("execution is not available yet")
+        if self._kernel is None or self._running is None:
+            return
+        try:
+            await self._kernel.interrupt()
+        except KernelError as exc:
+            log.info("interrupt of %s ignored: %s", self.room.notebook_id, exc)
 
     async def restart(self) -> None:
-        raise KernelNotRunning("execution is not available yet")
+        """Restart the kernel: queued executions are cancelled, the running one ends."""
+        self._cancel_queue("cancelled", "the kernel was restarted")
+        if self._kernel is None:
+            return
+        self._set_kernel("restarting")
+        await self._kernel.restart()
+        self._set_kernel("idle")
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
-        raise KernelNotRunning("execution is not available yet")
+        targets = cell_ids if cell_ids is not None else self.room.notebook.cell_ids()
+        for cell_id in targets:
+            if cell_ids is not None:
+                self.room.notebook.cell(cell_id)  # CellNotFound for an unknown id
+            if self._running is not None and self._running.cell_id == cell_id:
+                continue
+            self.room.runtime.clear_cell(cell_id)
+        self.room.runtime_changed()
 
     def answer_input(self, execution_id: str, value: str) -> None:
-        raise KernelNotRunning("execution is not available yet")
+        job = self._jobs.get(execution_id)
+        if job is None:
+            raise ExecutionNotFound(f"no execution {execution_id!r} in this notebook")
+        if job.input_waiter is None:
+            raise InvalidRequest(f"execution {execution_id!r} is not waiting for input")
+        event, box = job.input_waiter
+        box.append(value)
+        event.set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run queued executions until :meth:`aclose`."""
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self._flusher)
+                    while True:
+                        while not self._queue:
+                            await self._wake.wait()
+                            self._wake = anyio.Event()
+                        job = self._queue.popleft()
+                        await self._run_job(job)
+                        self.room.runtime.forget_executions(self.config.keep_executions)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._cancel_queue("cancelled", "the notebook was closed")
+                await self._close_kernel()
+                self._stopped.set()
 
     async def aclose(self) -> None:
-        return
+        self._scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.shutdown_timeout):
+            await self._stopped.wait()
+
+    async def _close_kernel(self) -> None:
+        release, gone = self._kernel_release, self._kernel_gone
+        self._kernel = self._kernel_release = self._kernel_gone = None
+        if release is not None and gone is not None:
+            release.set()
+            await gone.wait()
+            self._set_kernel("shutdown")
+
+    async def _host_kernel(self, session: KernelSession, release: anyio.Event,
+                           gone: anyio.Event, *,
+                           task_status: TaskStatus[KernelSession]) -> None:
+        """Own one KernelSession for its whole life (entered and exited in this task)."""
+        try:
+            async with session as kernel:
+                task_status.started(kernel)
+                await release.wait()
+        finally:
+            gone.set()
+
+    async def _ensure_kernel(self) -> KernelSession:
+        if self._kernel is not None and self._kernel.state != "dead":
+            return self._kernel
+        if self._kernel is not None:
+            await self._close_kernel()
+        assert self._tg is not None
+        name = kernel_name_for(self.room.notebook.metadata())
+        cwd = self.room.path.parent if self.room.path else Path.home()
+        self._set_kernel("starting", name=name or "python3")
+        env = {"RUNTIMED_NOTEBOOK_ID": self.room.notebook_id}
+        if self.room.path is not None:
+            env["RUNTIMED_NOTEBOOK_PATH"] = str(self.room.path)
+        session = KernelSession(kernel_name=name, cwd=cwd, env=env,
+                                startup_timeout=self.config.kernel_startup_timeout)
+        release, gone = anyio.Event(), anyio.Event()
+        try:
+            kernel: KernelSession = await self._tg.start(self._host_kernel, session, release, gone)
+        except BaseException:
+            self._set_kernel("dead", message="the kernel failed to start")
+            raise
+        self._kernel, self._kernel_release, self._kernel_gone = kernel, release, gone
+        self._set_kernel("idle", pid=kernel.pid)
+        return kernel
+
+    def _set_kernel(self, state: str, *, name: str | None = None, pid: int | None = None,
+                    message: str = "") -> None:
+        if pid is None and self._kernel is not None and state not in ("dead", "shutdown"):
+            pid = self._kernel.pid
+        self.room.runtime.set_kernel(state=state, name=name, pid=pid, message=message)
+        self.room.runtime_changed()
+        self.room.broadcast(encode(KernelStatusChanged(
+            notebook_id=self.room.notebook_id, state=state, message=message)))
+
+    # ------------------------------------------------------------ one execution
+
+    async def _run_job(self, job: _Job) -> None:
+        room, runtime = self.room, self.room.runtime
+        self._running = job
+        runtime.update_execution(job.execution_id, status="running")
+        runtime.start_cell_run(job.cell_id, job.execution_id)
+        room.runtime_changed()
+        room.broadcast(encode(ExecutionStarted(notebook_id=room.notebook_id,
+                                               cell_id=job.cell_id, execution_id=job.execution_id)))
+        try:
+            try:
+                kernel = await self._ensure_kernel()
+            except KernelError as exc:
+                outcome = _failed(type(exc).__name__, str(exc))
+            else:
+                self._set_kernel("busy")
+                try:
+                    outcome = await kernel.execute(
+                        job.source, on_change=self._on_change,
+                        stdin=self._stdin_for(job) if job.allow_stdin else None,
+                        timeout=job.timeout,
+                    )
+                except KernelError as exc:
+                    outcome = _failed(type(exc).__name__, str(exc))
+                self._set_kernel("dead" if kernel.state == "dead" else "idle",
+                                 message="the kernel died" if kernel.state == "dead" else "")
+        finally:
+            self._pending_change = None
+            self._running = None
+        await self._finish(job, outcome)
+
+    async def _finish(self, job: _Job, outcome: ExecutionOutcome) -> None:
+        room, runtime = self.room, self.room.runtime
+        outputs = list(outcome.outputs)
+        error = outcome.error
+        if outcome.status in ("died", "timeout") and error is not None:
+            # Make the failure visible in the notebook, as an error output.
+            outputs.append({"output_type": "error", "ename": error.ename,
+                            "evalue": error.evalue, "traceback": list(error.traceback)})
+        if room.runtime is runtime:
+            runtime.set_outputs(job.cell_id, await self._manifests.build_all(outputs))
+            runtime.set_execution_count(job.cell_id, outcome.execution_count)
+            runtime.update_execution(
+                job.execution_id, status=outcome.status, execution_count=outcome.execution_count,
+                ename=error.ename if error else None, evalue=error.evalue if error else None,
+            )
+            room.runtime_changed()
+        room.broadcast(encode(ExecutionDone(
+            notebook_id=room.notebook_id, cell_id=job.cell_id, execution_id=job.execution_id,
+            status=outcome.status, execution_count=outcome.execution_count,
+            ename=error.ename if error else None, evalue=error.evalue if error else None,
+            traceback=list(error.traceback) if error else [],
+        )))
+        self._jobs.pop(job.execution_id, None)
+        if outcome.status in _FAILED and "raises-exception" not in job.tags:
+            self._cancel_queue("skipped", f"skipped: cell {job.cell_id!r} failed before it")
+
+    def _cancel_queue(self, status: str, reason: str) -> None:
+        while self._queue:
+            job = self._queue.popleft()
+            self._jobs.pop(job.execution_id, None)
+            self.room.runtime.update_execution(job.execution_id, status=status, evalue=reason)
+            self.room.broadcast(encode(ExecutionDone(
+                notebook_id=self.room.notebook_id, cell_id=job.cell_id,
+                execution_id=job.execution_id, status=status,  # type: ignore[arg-type]
+                evalue=reason,
+            )))
+        self.room.runtime_changed()
+
+    def _stdin_for(self, job: _Job) -> Any:
+        async def answer(prompt: str, password: bool) -> str:
+            event, box = anyio.Event(), []
+            job.input_waiter = (event, box)
+            self.room.broadcast(encode(InputRequested(
+                notebook_id=self.room.notebook_id, execution_id=job.execution_id,
+                prompt=prompt, password=password)))
+            try:
+                await event.wait()
+            finally:
+                job.input_waiter = None
+            return box[0]
+
+        return answer
+
+    # ------------------------------------------------------------ outputs
+
+    def _on_change(self, change: OutputChange) -> None:
+        # Called from the kernel's IOPub reader: never block, just note and wake the flusher.
+        self._pending_change = change
+        self._flush_wake.set()
+
+    async def _flusher(self) -> None:
+        """Write the running cell's outputs to the runtime document, at a bounded rate."""
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = anyio.Event()
+            change, job = self._pending_change, self._running
+            if change is None or job is None:
+                continue
+            outputs = change.outputs
+            manifests = await self._manifests.build_all(outputs)
+            if self._running is job and self.room.runtime.ready:
+                self.room.runtime.set_outputs(job.cell_id, manifests)
+                count = change.accumulator.execution_count
+                if count is not None:
+                    self.room.runtime.set_execution_count(job.cell_id, count)
+                self.room.runtime_changed()
+            size = sum(len(str(o.get("text", ""))) for o in outputs)
+            await anyio.sleep(max(_MIN_FLUSH_INTERVAL, size / _FLUSH_BYTES_PER_SECOND))
+
+
+def _failed(ename: str, evalue: str) -> ExecutionOutcome:
+    from runtimed.kernel import ErrorInfo
+
+    return ExecutionOutcome(status="error", execution_count=None, outputs=[],
+                            error=ErrorInfo(ename=ename, evalue=evalue, traceback=[]))
+
+

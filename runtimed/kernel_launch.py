@@ -17,11 +17,11 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
-from jupyter_client.connect import write_connection_file
+from jupyter_client.connect import KernelConnectionInfo, write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from runtimed.kernel_errors import KernelNotFound, KernelStartFailed
@@ -64,7 +64,7 @@ def _resolve_sync(kernel_name: str) -> LaunchSpec:
         spec = manager.get_kernel_spec(kernel_name)
     except NoSuchKernel as exc:
         raise KernelNotFound(kernel_name, list(manager.find_kernel_specs())) from exc
-    mode = "message" if spec.interrupt_mode == "message" else "signal"
+    mode: Literal["signal", "message"] = "message" if spec.interrupt_mode == "message" else "signal"
     return LaunchSpec(
         name=kernel_name,
         argv=list(spec.argv),
@@ -85,7 +85,7 @@ async def resolve_spec(kernel_name: str | None) -> LaunchSpec:
     return await anyio.to_thread.run_sync(_resolve_sync, kernel_name)
 
 
-def write_connection(directory: Path, spec: LaunchSpec) -> tuple[Path, dict[str, Any]]:
+def write_connection(directory: Path, spec: LaunchSpec) -> tuple[Path, KernelConnectionInfo]:
     """Write a connection file (tcp on 127.0.0.1, fresh ports and HMAC key) into directory."""
     fname, info = write_connection_file(
         fname=str(directory / "kernel.json"),
@@ -94,21 +94,16 @@ def write_connection(directory: Path, spec: LaunchSpec) -> tuple[Path, dict[str,
         transport="tcp",
         kernel_name=spec.name,
     )
-    return Path(fname), dict(info)
+    return Path(fname), info
 
 
 def _format(template: str, ns: dict[str, str]) -> str:
     return _TEMPLATE.sub(lambda m: ns.get(m.group(1), m.group(0)), template)
 
 
-async def spawn_kernel(
-    spec: LaunchSpec, connection_file: Path, *, cwd: Path, env: dict[str, str] | None
-) -> Process:
-    """Start the kernel in a new session (so its pid is also its process group id).
-
-    stdin is /dev/null; stdout and stderr share one pipe, drained by :class:`ConsoleTail`.
-    Environment: the daemon's, then the kernelspec's ``env``, then ``env``.
-    """
+def _command(
+    spec: LaunchSpec, connection_file: Path, env: dict[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
     ns = {
         "connection_file": os.path.realpath(connection_file),
         "prefix": sys.prefix,
@@ -122,6 +117,18 @@ async def spawn_kernel(
     full_env.update(env or {})
     # ipykernel exits when this process goes away (its parent poller), like under Jupyter.
     full_env["JPY_PARENT_PID"] = str(os.getpid())
+    return argv, full_env
+
+
+async def spawn_kernel(
+    spec: LaunchSpec, connection_file: Path, *, cwd: Path, env: dict[str, str] | None
+) -> Process:
+    """Start the kernel in a new session (so its pid is also its process group id).
+
+    stdin is /dev/null; stdout and stderr share one pipe, drained by :class:`ConsoleTail`.
+    Environment: the daemon's, then the kernelspec's ``env``, then ``env``.
+    """
+    argv, full_env = _command(spec, connection_file, env)
     try:
         return await anyio.open_process(
             argv,

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["manifest_from_output", "output_from_manifest"]
+__all__ = ["ManifestWriter", "manifest_from_output", "output_from_manifest"]
+
+
+class ManifestWriter:
+    """Turns nbformat outputs into manifests, writing blobs where needed."""
+
+    async def build_all(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [manifest_from_output(o) for o in outputs]
 
 
 def manifest_from_output(output: dict[str, Any]) -> dict[str, Any]:

@@ -184,31 +184,47 @@ class AsyncNotebook:
         self.path = Path(reply.path)
         return self.path
 
-    async def queue(self, cell_id: str) -> str:
-        """Queue the cell for execution (as the document holds it); returns the execution id."""
+    async def queue(self, cell_id: str, *, allow_stdin: bool = False,
+                    cell_timeout: float | None = None) -> str:
+        """Queue the cell for execution (as the document holds it, once the daemon has this
+        replica's edits); returns the execution id.
+
+        Args:
+            allow_stdin: answer ``input()`` through :meth:`answer_input` (InputRequested
+                events); without it ``input()`` raises StdinNotImplementedError in the cell.
+            cell_timeout: interrupt the cell after this many seconds (status ``timeout``).
+        """
         await self._client.push(self.id, "notebook")
         heads = self.heads()
         reply: CellQueued = await self._client.request(
-            lambda i: ExecuteCell(id=i, notebook_id=self.id, cell_id=cell_id, heads=heads)
+            lambda i: ExecuteCell(id=i, notebook_id=self.id, cell_id=cell_id, heads=heads,
+                                  allow_stdin=allow_stdin, timeout=cell_timeout)
         )
         return reply.execution_id
 
-    async def execute(self, cell_id: str, *, timeout: float | None = None) -> ExecutionResult:
-        """Run one cell and wait for it to finish."""
-        execution_id = await self.queue(cell_id)
+    async def execute(self, cell_id: str, *, timeout: float | None = None,
+                      allow_stdin: bool = False) -> ExecutionResult:
+        """Run one cell and wait for it to finish (``timeout``: give up waiting; the cell goes
+        on running — use ``queue(cell_timeout=...)`` to interrupt it instead)."""
+        execution_id = await self.queue(cell_id, allow_stdin=allow_stdin)
         return await self.wait_execution(execution_id, timeout=timeout)
 
-    async def run_all(self, *, timeout: float | None = None) -> list[ExecutionResult]:
-        """Queue every code cell in order and wait for all of them to finish (or be skipped)."""
+    async def queue_all(self, *, cell_timeout: float | None = None) -> list[CellQueued]:
+        """Queue every non-empty code cell (not tagged ``skip-execution``) in order."""
         await self._client.push(self.id, "notebook")
         heads = self.heads()
         reply: RunAllQueued = await self._client.request(
-            lambda i: RunAll(id=i, notebook_id=self.id, heads=heads)
+            lambda i: RunAll(id=i, notebook_id=self.id, heads=heads, timeout=cell_timeout)
         )
+        return list(reply.executions)
+
+    async def run_all(self, *, timeout: float | None = None) -> list[ExecutionResult]:
+        """Queue every code cell in order and wait for all of them to finish (or be skipped)."""
+        queued = await self.queue_all()
         results = []
         with anyio.fail_after(timeout):
-            for queued in reply.executions:
-                results.append(await self.wait_execution(queued.execution_id))
+            for item in queued:
+                results.append(await self.wait_execution(item.execution_id))
         return results
 
     async def wait_execution(self, execution_id: str, *,

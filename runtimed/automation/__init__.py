@@ -1,0 +1,43 @@
+"""Papermill-compatible notebook automation: parameters, injection and inspection.
+
+Pure functions over nbformat notebooks; see :mod:`runtimed.automation.parameters` and
+:mod:`runtimed.automation.inspect`. Kernel-side scraps live in :mod:`runtimed.glue`.
+"""
+
+from __future__ import annotations
+
+from runtimed.automation.inspect import (
+    ParameterInfo,
+    format_parameters_help,
+    has_parameters_cell,
+    inspect_parameters,
+    notebook_language,
+    unknown_parameters,
+)
+from runtimed.automation.parameters import (
+    INJECTED_PARAMETERS_TAG,
+    PARAMETERS_TAG,
+    ParameterError,
+    collect_parameters,
+    find_first_tagged_cell_index,
+    parameterize_notebook,
+    parse_cli_value,
+    render_python,
+)
+
+__all__ = [
+    "INJECTED_PARAMETERS_TAG",
+    "PARAMETERS_TAG",
+    "ParameterError",
+    "ParameterInfo",
+    "collect_parameters",
+    "find_first_tagged_cell_index",
+    "format_parameters_help",
+    "has_parameters_cell",
+    "inspect_parameters",
+    "notebook_language",
+    "parameterize_notebook",
+    "parse_cli_value",
+    "render_python",
+    "unknown_parameters",
+]

@@ -1,0 +1,336 @@
+"""One running kernel process and its channel readers (internal to :mod:`runtimed.kernel`).
+
+A :class:`KernelProcess` lives from spawn to exit.  :meth:`KernelProcess.run` is one task in
+the owning session's task group; it owns a task group of its own with a process watcher, a
+console drain and one long-lived reader per channel (shell, control, IOPub, stdin), each
+dispatching messages by their parent ``msg_id`` (Jupyter messaging protocol, "the spec").
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import zmq
+from anyio.abc import Process, TaskGroup, TaskStatus
+from jupyter_client.asynchronous.client import AsyncKernelClient
+
+from runtimed.kernel_errors import KernelNotRunning
+from runtimed.kernel_launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
+from runtimed.outputs import OutputAccumulator, OutputChange
+
+__all__ = ["Execution", "KernelProcess", "Reply", "StdinHandler"]
+
+logger = logging.getLogger(__name__)
+
+StdinHandler = Callable[[str, bool], Awaitable[str]]
+"""``async def handler(prompt: str, password: bool) -> str`` answering ``input()``."""
+
+_READY_RETRY = 1.0  # resend kernel_info_request this often while starting (as jupyter_client)
+_IOPUB_GRACE = 0.5  # after kernel_info_reply, wait this long for proof IOPub is subscribed
+_TERM_GRACE = 2.0  # after SIGTERM, wait this long before SIGKILL
+_KILL_WAIT = 3.0  # after SIGKILL, wait this long for the exit and the console's EOF
+_INTERRUPT_REPLY_WAIT = 3.0  # interrupt_mode "message": wait this long for interrupt_reply
+_EOF = "\x04"  # an input_reply of EOT makes ipykernel's input() raise EOFError
+
+
+class Reply:
+    """A request waiting for its reply on shell or control (also woken if the kernel exits)."""
+
+    __slots__ = ("event", "msg")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.msg: dict[str, Any] | None = None
+
+
+class Execution:
+    """State of one execute_request, fed by the readers."""
+
+    __slots__ = (
+        "abandoned",
+        "acc",
+        "callback_error",
+        "died",
+        "done",
+        "idle",
+        "input_scopes",
+        "on_change",
+        "reply",
+        "stdin",
+    )
+
+    def __init__(
+        self, on_change: Callable[[OutputChange], None] | None, stdin: StdinHandler | None
+    ) -> None:
+        self.acc = OutputAccumulator()
+        self.reply = Reply()
+        self.idle = False
+        self.done = anyio.Event()  # reply and IOPub idle both arrived, or the kernel exited
+        self.on_change = on_change
+        self.stdin = stdin
+        self.abandoned = False  # execute() returned: deliver no more callbacks
+        self.callback_error: Exception | None = None
+        self.died: str | None = None  # why the kernel went away mid-execution
+        self.input_scopes: set[anyio.CancelScope] = set()
+
+
+class KernelProcess:
+    """One kernel process, its client channels and everything tied to its lifetime."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        process: Process,
+        client: AsyncKernelClient,
+        conn_dir: Path,
+    ) -> None:
+        self.spec = spec
+        self.process = process
+        self.client = client
+        self.conn_dir = conn_dir
+        self.tail = ConsoleTail()
+        self.ready = False
+        self.kernel_info: dict[str, Any] | None = None
+        self.returncode: int | None = None
+        self.stop_reason: str | None = None
+        self.replies: dict[str, Reply] = {}
+        self.executions: dict[str, Execution] = {}
+        self.iopub_seen = anyio.Event()
+        self.exited = anyio.Event()
+        self.finished = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def pid(self) -> int:
+        """The kernel's pid; with start_new_session also its process group id."""
+        return self.process.pid
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any], **kw: Any) -> str:
+        """Send a message on a channel; returns its msg_id.  The zmq error boundary."""
+        msg = self.client.session.msg(msg_type, content, **kw)
+        try:
+            getattr(self.client, f"{channel}_channel").send(msg)
+        except zmq.ZMQError as exc:
+            raise KernelNotRunning(f"cannot send {msg_type} to the kernel: {exc}") from exc
+        return str(msg["header"]["msg_id"])
+
+    def request(self, channel: str, msg_type: str, content: dict[str, Any]) -> tuple[str, Reply]:
+        """Send a request whose reply the shell/control reader will deliver."""
+        reply = Reply()
+        msg_id = self.send(channel, msg_type, content)
+        self.replies[msg_id] = reply  # no await since send: the reply cannot have been read
+        return msg_id, reply
+
+    def forget(self, msg_id: str) -> None:
+        self.replies.pop(msg_id, None)
+        self.executions.pop(msg_id, None)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def wait_ready(self, timeout: float) -> str | None:  # noqa: ASYNC109
+        """None once kernel_info_reply arrived and IOPub is live, else why not."""
+        with anyio.move_on_after(timeout):
+            while not self.exited.is_set():
+                msg_id, reply = self.request("shell", "kernel_info_request", {})
+                with anyio.move_on_after(_READY_RETRY):
+                    await reply.event.wait()
+                self.forget(msg_id)
+                if reply.msg is None:
+                    continue
+                # The reply proves shell works; an IOPub message (iopub_welcome or a status)
+                # proves our SUB socket is subscribed, so no output of a first cell is lost.
+                with anyio.move_on_after(_IOPUB_GRACE):
+                    await self.iopub_seen.wait()
+                if self.iopub_seen.is_set():
+                    self.kernel_info = reply.msg["content"]
+                    self.ready = True
+                    return None
+            return f"{describe_exit(self.returncode)} during startup"
+        return f"did not answer kernel_info_request within {timeout:g} s"
+
+    async def interrupt(self) -> None:
+        """Interrupt per the kernelspec's ``interrupt_mode``."""
+        if self.spec.interrupt_mode == "message":
+            # Spec: interrupt_request on the control channel for interrupt_mode "message".
+            msg_id, reply = self.request("control", "interrupt_request", {})
+            try:
+                with anyio.move_on_after(_INTERRUPT_REPLY_WAIT):
+                    await reply.event.wait()
+            finally:
+                self.forget(msg_id)
+        else:
+            # As jupyter_client: SIGINT to the whole process group.
+            signal_group(self.pid, signal.SIGINT)
+
+    async def stop(self, *, grace: float, reason: str) -> None:
+        """Make the process group go away and release every resource; always completes.
+
+        shutdown_request and up to ``grace`` s (skipped if 0), SIGTERM to the group and 2 s,
+        then SIGKILL to the group.  Running executions end as died with ``reason``.
+        """
+        self.stop_reason = self.stop_reason or reason
+        try:
+            if grace > 0 and not self.exited.is_set():
+                # Spec: shutdown_request on the control channel; the kernel replies and exits.
+                try:
+                    self.send("control", "shutdown_request", {"restart": False})
+                except KernelNotRunning as exc:
+                    logger.warning("kernel %d: %s", self.pid, exc)
+                with anyio.move_on_after(grace):
+                    await self.exited.wait()
+                if not self.exited.is_set() and signal_group(self.pid, signal.SIGTERM):
+                    logger.warning("kernel %d ignored shutdown_request; sent SIGTERM", self.pid)
+                    with anyio.move_on_after(_TERM_GRACE):
+                        await self.exited.wait()
+        finally:
+            # Shielded: even when cancelled we must not leave a process behind.
+            with anyio.CancelScope(shield=True):
+                if not self.exited.is_set():
+                    signal_group(self.pid, signal.SIGKILL)
+                if self._scope is not None:  # our tasks run: the watcher reaps, the tail drains
+                    with anyio.move_on_after(_KILL_WAIT):
+                        await self.exited.wait()
+                        await self.tail.eof.wait()
+                    self._scope.cancel()
+                    with anyio.move_on_after(_KILL_WAIT):
+                        await self.finished.wait()
+                with anyio.move_on_after(_KILL_WAIT):
+                    await self.process.aclose()
+                self.client.stop_channels()
+                shutil.rmtree(self.conn_dir, ignore_errors=True)
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """The process's tasks; returns once :meth:`stop` cancelled them."""
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self._watch)
+                    tg.start_soon(self.tail.drain, self.process.stdout, self.pid)
+                    for channel in ("shell", "control", "iopub", "stdin"):
+                        tg.start_soon(self._read, channel)
+                    task_status.started()
+        finally:
+            self.finished.set()
+
+    async def _watch(self) -> None:
+        # Event-driven: the event loop's child watcher (SIGCHLD) completes wait(); no polling.
+        self.returncode = await self.process.wait()
+        self.exited.set()
+        # The leader is gone: kill what it left in its group (no orphans).  A pgid cannot be
+        # reused while any member lives, so this reaches only the kernel's descendants.
+        signal_group(self.pid, signal.SIGKILL)
+        if self.stop_reason is None:
+            logger.warning("kernel %d %s", self.pid, describe_exit(self.returncode))
+            why = f"the kernel process {describe_exit(self.returncode)} while running this cell"
+        else:
+            why = f"the kernel was {self.stop_reason} while running this cell"
+        for ex in self.executions.values():
+            ex.died = why
+            ex.done.set()
+            for scope in ex.input_scopes:
+                scope.cancel()
+        self.executions.clear()
+        for reply in self.replies.values():
+            reply.event.set()
+        self.replies.clear()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def _read(self, channel: str) -> None:
+        """One long-lived reader per channel."""
+        chan = getattr(self.client, f"{channel}_channel")
+        while True:
+            try:
+                msg = await chan.get_msg()
+            except zmq.ZMQError as exc:  # the boundary for socket failures
+                logger.error("kernel %d: %s channel failed (%s); killing it", self.pid, channel, exc)
+                signal_group(self.pid, signal.SIGKILL)
+                return
+            except ValueError as exc:  # bad signature or malformed frames (Session)
+                logger.warning("kernel %d: dropped invalid %s message: %s", self.pid, channel, exc)
+                continue
+            try:
+                self._dispatch(channel, msg)
+            except (KeyError, TypeError, AttributeError) as exc:
+                logger.warning("kernel %d: dropped malformed %s message: %r", self.pid, channel, exc)
+            except KernelNotRunning as exc:
+                logger.warning("kernel %d: %s", self.pid, exc)
+
+    def _dispatch(self, channel: str, msg: dict[str, Any]) -> None:
+        parent_id = msg["parent_header"].get("msg_id")
+        msg_type = msg["header"]["msg_type"]
+        ex = self.executions.get(parent_id)
+        if channel == "stdin":
+            if msg_type == "input_request":
+                self._on_input_request(ex, msg)
+            return
+        if channel == "iopub":
+            self.iopub_seen.set()
+            if ex is None:
+                return  # e.g. a timed-out execution's late idle, or kernel_info's statuses
+            if msg_type == "status":
+                ex.idle = ex.idle or msg["content"].get("execution_state") == "idle"
+            else:
+                self._feed(ex, msg_type, msg["content"])
+        else:
+            reply = self.replies.get(parent_id)
+            if reply is not None:
+                reply.msg = msg
+                reply.event.set()
+        # Spec: a request is complete when its reply AND its IOPub idle status have arrived
+        # (an aborted request may have no IOPub traffic at all).
+        reply_msg = ex.reply.msg if ex is not None else None
+        if ex is None or reply_msg is None:
+            return
+        if ex.idle or reply_msg["content"].get("status") == "aborted":
+            self.forget(parent_id)
+            ex.done.set()
+
+    @staticmethod
+    def _feed(ex: Execution, msg_type: str, content: dict[str, Any]) -> None:
+        change = ex.acc.feed(msg_type, content)
+        if change is None or ex.on_change is None or ex.abandoned:
+            return
+        try:
+            ex.on_change(change)
+        except Exception as exc:  # re-raised by execute() once the cell has finished
+            logger.exception("on_change callback failed; no further changes delivered")
+            ex.callback_error, ex.on_change = exc, None
+
+    def _on_input_request(self, ex: Execution | None, msg: dict[str, Any]) -> None:
+        if ex is None or ex.stdin is None or ex.abandoned or self._tg is None:
+            # Nobody can answer: reply EOF so input() raises EOFError instead of hanging.
+            self.send("stdin", "input_reply", {"value": _EOF}, parent=msg)
+            return
+        self._tg.start_soon(self._answer_input, ex, ex.stdin, msg)
+
+    async def _answer_input(
+        self, ex: Execution, handler: StdinHandler, msg: dict[str, Any]
+    ) -> None:
+        content = msg["content"]
+        with anyio.CancelScope() as scope:  # cancelled when the execution ends
+            ex.input_scopes.add(scope)
+            try:
+                try:
+                    prompt, password = str(content.get("prompt", "")), bool(content.get("password"))
+                    value = await handler(prompt, password)
+                except Exception:
+                    logger.exception("stdin handler failed; answering EOF")
+                    value = _EOF
+                # Spec: input_reply goes on stdin with the input_request as its parent.
+                self.send("stdin", "input_reply", {"value": value}, parent=msg)
+            except KernelNotRunning as exc:
+                logger.warning("kernel %d: %s", self.pid, exc)
+            finally:
+                ex.input_scopes.discard(scope)
