@@ -229,8 +229,8 @@ def _payloads(manifest: dict[str, Any]) -> list[tuple[str, str, object]]:
     output_type = manifest["output_type"]
     if output_type == "stream" and "text" in manifest:
         slots.append(("text", "", manifest["text"]))
-    data = manifest.get("data")
-    if output_type != "error" and data is not None:
+    if output_type != "error" and "data" in manifest:
+        data = manifest["data"]
         if not isinstance(data, dict):
             raise InvalidManifest("manifest 'data' is not a dict of content objects")
         slots.extend(("data", mime, raw) for mime, raw in data.items())

@@ -267,6 +267,10 @@ class StatusReply(Reply, frozen=True, kw_only=True):
     uptime_seconds: float
     notebooks: list[NotebookInfo]
     clients: int
+    blob_dir: str = ""
+    """Where blobs live on disk (clients on this machine read them directly)."""
+    http_port: int | None = None
+    """127.0.0.1 port of the HTTP endpoint (``GET /blob/{sha256}``), None if disabled."""
 
 
 class CellQueued(Reply, frozen=True, kw_only=True):

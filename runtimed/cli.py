@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"start": _daemon_start, "stop": _daemon_stop, "status": _daemon_status}[
             args.action
         ]
-    elif command == "run":
+    elif command in ("run", "inspect", "scraps"):
         from runtimed.automation.cli import run_command
 
         handler = run_command

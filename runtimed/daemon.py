@@ -45,11 +45,14 @@ from protocol.messages import (
     StatusReply,
     encode,
 )
+from blobstore import BlobStore
 from runtimed import __version__
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
 from runtimed.execution import NotebookExecutor
+from runtimed.http import HttpServer
 from runtimed.instance import InstanceLock
-from runtimed.notebook_file import read_notebook, write_notebook_atomic
+from runtimed.loading import load_room, new_room, notebook_for_save
+from runtimed.notebook_file import write_notebook_atomic
 from runtimed.paths import RuntimedPaths
 from runtimed.persistence import DocumentStore, file_digest
 from runtimed.room import NotebookRoom
@@ -70,6 +73,8 @@ class DaemonConfig:
     kernel_startup_timeout: float = 60.0
     shutdown_timeout: float = 10.0
     keep_executions: int = 200
+    http_port: int | None = 0
+    """Loopback port for the HTTP endpoint (0: any free port; None: disabled)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,7 +105,9 @@ class Daemon:
         self._persist_wanted: set[str] = set()
         self._persist_wake = anyio.Event()
         self._store = DocumentStore(paths.documents)
+        self.blobs = BlobStore(paths.blobs)
         self._tg: anyio.abc.TaskGroup | None = None
+        self.http_port: int | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -130,6 +137,9 @@ class Daemon:
                 self._tg = tg
                 tg.start_soon(self._serve, listener)
                 tg.start_soon(self._persister)
+                if self.config.http_port is not None:
+                    server = HttpServer(self.blobs, port=self.config.http_port)
+                    self.http_port = await tg.start(server.run)
                 task_status.started()
                 await self._stop.wait()
                 await self._shutdown(listener)
@@ -198,15 +208,8 @@ class Daemon:
             existing = self._by_path.get(path)
             if existing is not None and existing in self._rooms:
                 return self._rooms[existing]
-            room, digest = await anyio.to_thread.run_sync(self._load, path)
+            room, digest = await load_room(path, self._store, self.blobs)
             return self._register(room, file_sha256=digest)
-
-    def _load(self, path: Path) -> tuple[NotebookRoom, str]:
-        from runtimed.loading import build_room  # blocking; runs in a worker thread
-
-        nb = read_notebook(path)
-        digest = file_digest(path)
-        return build_room(path, nb, digest, self._store), digest
 
     def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> _OpenRoom:
         entry = _OpenRoom(room, file_sha256=file_sha256)
@@ -237,9 +240,7 @@ class Daemon:
             raise InvalidRequest("this notebook has no path yet; save it with a path")
         if target != room.path and target in self._by_path:
             raise InvalidRequest(f"{target} is open as another notebook; close it first")
-        from runtimed.loading import notebook_for_save
-
-        nb = notebook_for_save(room)
+        nb = await notebook_for_save(room, self.blobs)
         await anyio.to_thread.run_sync(write_notebook_atomic, target, nb)
         entry.file_sha256 = await anyio.to_thread.run_sync(file_digest, target)
         if room.path is None or target != room.path:
@@ -290,7 +291,7 @@ class Daemon:
         if entry.executor is None:
             if self._tg is None or self._stopping:
                 raise ShuttingDown("the daemon is shutting down")
-            entry.executor = NotebookExecutor(entry.room, config=self.config)
+            entry.executor = NotebookExecutor(entry.room, config=self.config, blobs=self.blobs)
             self._tg.start_soon(entry.executor.run)
         return entry.executor
 
@@ -348,7 +349,8 @@ class Daemon:
                     protocol_version=framing.PROTOCOL_VERSION, socket=str(self.paths.socket),
                     home=str(self.paths.home), uptime_seconds=time.time() - self.started_at,
                     notebooks=[self._info(e) for e in self._rooms.values()],
-                    clients=len(self._sessions),
+                    clients=len(self._sessions), blob_dir=str(self.paths.blobs),
+                    http_port=self.http_port,
                 )
             case Shutdown():
                 self.request_stop()
@@ -406,8 +408,6 @@ class Daemon:
         )
 
     async def _create(self, path: Path | None, kernel_name: str | None) -> _OpenRoom:
-        from runtimed.loading import new_room
-
         if path is not None:
             path = path.expanduser().resolve()
             if path in self._by_path or await anyio.Path(path).exists():

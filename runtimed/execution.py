@@ -38,6 +38,7 @@ from runtimed.kernel import ExecutionOutcome, KernelSession
 from runtimed.kernel_errors import KernelError
 from runtimed.outputs import OutputChange
 from runtimed.outputs_manifest import ManifestWriter
+from blobstore import BlobError, BlobStore, PinSet
 from runtimed.room import NotebookRoom
 
 if TYPE_CHECKING:
@@ -73,14 +74,36 @@ def kernel_name_for(metadata: dict[str, Any]) -> str | None:
     return str(name)
 
 
+def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
+    """Where the kernel runs: ``metadata.runtimed.cwd`` (relative to the notebook's folder)
+    when it names a directory, else the notebook's folder (home for untitled notebooks).
+
+    Raises:
+        InvalidRequest: ``runtimed.cwd`` is set but is not an existing directory.
+    """
+    base = path.parent if path else Path.home()
+    runtimed_meta = metadata.get("runtimed")
+    requested = runtimed_meta.get("cwd") if isinstance(runtimed_meta, dict) else None
+    if not requested:
+        return base
+    cwd = (base / str(requested)).resolve()
+    if not cwd.is_dir():
+        raise InvalidRequest(
+            f"metadata.runtimed.cwd {str(requested)!r} is not a directory ({cwd}); "
+            "fix it or remove the key"
+        )
+    return cwd
+
+
 class NotebookExecutor:
     """Owns one notebook's kernel and execution queue. Run :meth:`run` in a task group."""
 
-    def __init__(self, room: NotebookRoom, *, config: DaemonConfig,
-                 manifests: ManifestWriter | None = None) -> None:
+    def __init__(self, room: NotebookRoom, *, config: DaemonConfig, blobs: BlobStore) -> None:
         self.room = room
         self.config = config
-        self._manifests = manifests or ManifestWriter()
+        self._blobs = blobs
+        self._manifests = ManifestWriter(blobs)
+        self._pins: PinSet | None = None
         self._queue: collections.deque[_Job] = collections.deque()
         self._jobs: dict[str, _Job] = {}
         self._wake = anyio.Event()
@@ -179,23 +202,26 @@ class NotebookExecutor:
 
     async def run(self) -> None:
         """Run queued executions until :meth:`aclose`."""
-        try:
-            with self._scope:
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    tg.start_soon(self._flusher)
-                    while True:
-                        while not self._queue:
-                            await self._wake.wait()
-                            self._wake = anyio.Event()
-                        job = self._queue.popleft()
-                        await self._run_job(job)
-                        self.room.runtime.forget_executions(self.config.keep_executions)
-        finally:
-            with anyio.CancelScope(shield=True):
-                self._cancel_queue("cancelled", "the notebook was closed")
-                await self._close_kernel()
-                self._stopped.set()
+        # Kernels live in their own task group, outside the cancel scope aclose() cancels,
+        # so closing shuts them down gracefully (their channel readers still running).
+        async with anyio.create_task_group() as kernels:
+            self._tg = kernels
+            try:
+                with self._scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._flusher)
+                        while True:
+                            while not self._queue:
+                                await self._wake.wait()
+                                self._wake = anyio.Event()
+                            job = self._queue.popleft()
+                            await self._run_job(job)
+                            self.room.runtime.forget_executions(self.config.keep_executions)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    self._cancel_queue("cancelled", "the notebook was closed")
+                    await self._close_kernel()
+                    self._stopped.set()
 
     async def aclose(self) -> None:
         self._scope.cancel()
@@ -227,8 +253,9 @@ class NotebookExecutor:
         if self._kernel is not None:
             await self._close_kernel()
         assert self._tg is not None
-        name = kernel_name_for(self.room.notebook.metadata())
-        cwd = self.room.path.parent if self.room.path else Path.home()
+        metadata = self.room.notebook.metadata()
+        name = kernel_name_for(metadata)
+        cwd = kernel_cwd_for(metadata, self.room.path)
         self._set_kernel("starting", name=name or "python3")
         env = {"RUNTIMED_NOTEBOOK_ID": self.room.notebook_id}
         if self.room.path is not None:
@@ -257,6 +284,16 @@ class NotebookExecutor:
     # ------------------------------------------------------------ one execution
 
     async def _run_job(self, job: _Job) -> None:
+        # Blobs written for this run are pinned until the runtime document references them.
+        async with self._blobs.pin() as pins:
+            self._pins = pins
+            try:
+                await self._run_pinned(job)
+            finally:
+                self._pins = None
+                self._manifests.forget()
+
+    async def _run_pinned(self, job: _Job) -> None:
         room, runtime = self.room, self.room.runtime
         self._running = job
         runtime.update_execution(job.execution_id, status="running")
@@ -294,8 +331,15 @@ class NotebookExecutor:
             # Make the failure visible in the notebook, as an error output.
             outputs.append({"output_type": "error", "ename": error.ename,
                             "evalue": error.evalue, "traceback": list(error.traceback)})
+        try:
+            manifests = await self._manifests.build_all(outputs, final=True, pins=self._pins)
+        except BlobError as exc:
+            # e.g. a full disk: the output is lost, not the execution record; say so.
+            manifests = [await self._manifests.build({
+                "output_type": "error", "ename": "OutputNotStored",
+                "evalue": f"the cell's outputs could not be stored: {exc}", "traceback": []})]
         if room.runtime is runtime:
-            runtime.set_outputs(job.cell_id, await self._manifests.build_all(outputs))
+            runtime.set_outputs(job.cell_id, manifests)
             runtime.set_execution_count(job.cell_id, outcome.execution_count)
             runtime.update_execution(
                 job.execution_id, status=outcome.status, execution_count=outcome.execution_count,
@@ -355,7 +399,12 @@ class NotebookExecutor:
             if change is None or job is None:
                 continue
             outputs = change.outputs
-            manifests = await self._manifests.build_all(outputs)
+            try:
+                manifests = await self._manifests.build_all(outputs, final=False,
+                                                            pins=self._pins)
+            except BlobError as exc:
+                log.warning("could not store outputs of %s: %s", job.cell_id, exc)
+                continue
             if self._running is job and self.room.runtime.ready:
                 self.room.runtime.set_outputs(job.cell_id, manifests)
                 count = change.accumulator.execution_count

@@ -1,39 +1,41 @@
-"""One Jupyter kernel process, its channels, and the executions run on it.
+"""Kernel lifecycle and execution: :class:`KernelSession` owns one Jupyter kernel.
 
-:class:`KernelSession` is an async context manager owning a kernel process and a task group
-with one long-lived reader per channel (shell, control, IOPub, stdin), a process watcher and a
-console drain.  Messages follow the Jupyter messaging protocol ("the spec" below:
+A session is an async context manager owning a task group; each kernel process it starts
+(one at a time; :meth:`KernelSession.restart` replaces it) runs as a
+:class:`~runtimed.kernel_process.KernelProcess` task in that group with long-lived channel
+readers.  Messages follow the Jupyter messaging protocol ("the spec":
 https://jupyter-client.readthedocs.io/en/stable/messaging.html).
+
+How the kernel goes away:
+
+* **Death** is detected by awaiting the process object (the event loop's SIGCHLD child
+  watcher; no polling): every running execution ends at once with status "died", later calls
+  raise :class:`KernelNotRunning` until :meth:`KernelSession.restart`.
+* **Shutdown**: ``shutdown_request`` on control, wait; SIGTERM to the process group, wait;
+  SIGKILL to the process group.  Whenever the kernel process exits, for whatever reason,
+  what is left of its process group (e.g. a ``sleep`` a cell started) is SIGKILLed.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import tempfile
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
 import zmq
-from anyio.abc import Process, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from runtimed.kernel_errors import KernelNotRunning, KernelStartFailed
-from runtimed.kernel_launch import (
-    ConsoleTail,
-    LaunchSpec,
-    describe_exit,
-    resolve_spec,
-    signal_group,
-    spawn_kernel,
-    write_connection,
-)
-from runtimed.outputs import Output, OutputAccumulator, OutputChange
+from runtimed.kernel_launch import LaunchSpec, resolve_spec, spawn_kernel, write_connection
+from runtimed.kernel_process import Execution, KernelProcess, StdinHandler
+from runtimed.outputs import Output, OutputChange
 
 __all__ = [
     "ErrorInfo",
@@ -48,17 +50,11 @@ logger = logging.getLogger(__name__)
 
 KernelState = Literal["starting", "idle", "busy", "dead"]
 ExecutionStatus = Literal["ok", "error", "aborted", "died", "timeout"]
-StdinHandler = Callable[[str, bool], Awaitable[str]]
-"""``async def handler(prompt: str, password: bool) -> str`` answering ``input()``."""
 
-_READY_RETRY = 1.0  # resend kernel_info_request this often while starting (as jupyter_client)
-_IOPUB_GRACE = 0.5  # after kernel_info_reply, wait this long for proof IOPub is subscribed
+_SHUTDOWN_GRACE = 5.0  # default wait for the kernel to exit after shutdown_request
+_CLOSE_DEADLINE = _SHUTDOWN_GRACE + 2.0 + 3.0  # + SIGTERM grace + SIGKILL wait
 _IDLE_GRACE = 5.0  # after execute_reply, wait this long for IOPub idle (nbclient: 4 s)
-_INTERRUPT_GRACE = 3.0  # after a timeout interrupt, wait this long for the reply
-_TERM_GRACE = 2.0  # after SIGTERM, wait this long before SIGKILL
-_KILL_WAIT = 3.0  # after SIGKILL, wait this long for the exit and console EOF
-_SHUTDOWN_GRACE = 5.0  # default wait for a kernel to exit after shutdown_request
-_EOF = "\x04"  # an input_reply of EOT makes ipykernel's input() raise EOFError
+_INTERRUPT_GRACE = 3.0  # after a timeout's interrupt, wait this long for the reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,96 +74,19 @@ class ExecutionOutcome:
     execution_count: int | None
     outputs: list[Output]
     error: ErrorInfo | None
-
-
-class _Reply:
-    """A request waiting for its reply on shell or control."""
-
-    __slots__ = ("event", "msg")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.msg: dict[str, Any] | None = None
-
-
-class _Execution:
-    __slots__ = (
-        "abandoned",
-        "acc",
-        "callback_error",
-        "died",
-        "done",
-        "idle",
-        "input_scopes",
-        "on_change",
-        "reply",
-        "stdin",
-    )
-
-    def __init__(
-        self, on_change: Callable[[OutputChange], None] | None, stdin: StdinHandler | None
-    ) -> None:
-        self.acc = OutputAccumulator()
-        self.reply = _Reply()
-        self.idle = False
-        self.done = anyio.Event()
-        self.on_change = on_change
-        self.stdin = stdin
-        self.abandoned = False
-        self.callback_error: Exception | None = None
-        self.died: str | None = None
-        self.input_scopes: set[anyio.CancelScope] = set()
-
-
-@dataclass(eq=False)
-class _Incarnation:
-    """One kernel process and everything tied to its lifetime."""
-
-    spec: LaunchSpec
-    process: Process
-    client: AsyncKernelClient
-    conn_dir: Path
-    tail: ConsoleTail
-    tg: TaskGroup | None = None
-    scope: anyio.CancelScope | None = None
-    ready: bool = False
-    kernel_info: dict[str, Any] | None = None
-    returncode: int | None = None
-    stop_reason: str | None = None
-
-    def __post_init__(self) -> None:
-        self.replies: dict[str, _Reply] = {}
-        self.executions: dict[str, _Execution] = {}
-        self.iopub_seen = anyio.Event()
-        self.exited = anyio.Event()
-        self.finished = anyio.Event()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid  # start_new_session: also the process group id
-
-    def send(self, channel: str, msg_type: str, content: dict[str, Any], **kw: Any) -> str:
-        msg = self.client.session.msg(msg_type, content, **kw)
-        try:
-            getattr(self.client, f"{channel}_channel").send(msg)
-        except zmq.ZMQError as exc:
-            raise KernelNotRunning(f"cannot send {msg_type} to the kernel: {exc}") from exc
-        return str(msg["header"]["msg_id"])
-
-    def request(self, channel: str, msg_type: str, content: dict[str, Any]) -> tuple[str, _Reply]:
-        reply = _Reply()
-        msg_id = self.send(channel, msg_type, content)
-        self.replies[msg_id] = reply
-        return msg_id, reply
+    display_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Display id -> indices into ``outputs`` (targets of later update_display_data)."""
 
 
 class KernelSession:
-    """An async context manager owning one kernel process.
+    """An async context manager owning one kernel process at a time.
 
-    ``kernel_name`` None runs ipykernel on the daemon's own Python; otherwise it names an
-    installed kernelspec.  ``env`` is layered over the daemon's environment and the
-    kernelspec's.  Entering starts the kernel and waits (``startup_timeout``) until it answers
-    ``kernel_info_request`` with IOPub connected; exiting shuts it down (shielded, bounded).
+    ``kernel_name`` None runs ipykernel on the daemon's own Python (``sys.executable``);
+    otherwise it names an installed kernelspec (:class:`KernelNotFound` lists the available
+    ones).  ``env`` is layered over the daemon's environment and the kernelspec's ``env``.
+    Entering starts the kernel and waits up to ``startup_timeout`` s until it answers
+    ``kernel_info_request`` with IOPub connected (else :class:`KernelStartFailed`, with the
+    kernel's console tail); exiting shuts it down, shielded and bounded.
     """
 
     def __init__(
@@ -184,11 +103,11 @@ class KernelSession:
         self._env = dict(env or {})
         self._spec: LaunchSpec | None = None
         self._tg: TaskGroup | None = None
-        self._inc: _Incarnation | None = None
+        self._kernel: KernelProcess | None = None
         self._lifecycle = anyio.Lock()
         self._closed = False
 
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- context manager ---------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closed:
@@ -199,9 +118,9 @@ class KernelSession:
         self._tg = tg
         try:
             async with self._lifecycle:
-                self._inc = await self._launch()
+                self._kernel = await self._launch()
         except BaseException as exc:
-            await self._close(type(exc), exc, exc.__traceback__)
+            await self._close(exc)
             raise
         return self
 
@@ -211,18 +130,13 @@ class KernelSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close(exc_type, exc, tb)
+        await self._close(exc)
 
-    async def _close(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self, exc: BaseException | None) -> None:
         assert self._tg is not None
         try:
-            deadline = anyio.current_time() + _SHUTDOWN_GRACE + _TERM_GRACE + _KILL_WAIT
-            with anyio.CancelScope(shield=True, deadline=deadline):
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + _CLOSE_DEADLINE
                 await self.shutdown()
         finally:
             self._closed = True
@@ -230,81 +144,71 @@ class KernelSession:
             # Only a cancellation concerns the task group's scope; any other exception is the
             # caller's and must not be wrapped into an ExceptionGroup.  Never suppress it.
             if isinstance(exc, anyio.get_cancelled_exc_class()):
-                await self._tg.__aexit__(exc_type, exc, tb)
+                await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
             else:
                 await self._tg.__aexit__(None, None, None)
+
+    # -- state -------------------------------------------------------------------------
 
     @property
     def state(self) -> KernelState:
         """``starting`` until ready, ``busy`` while executions are outstanding, or ``dead``."""
-        inc = self._inc
-        if inc is None or inc.exited.is_set():
+        kernel = self._kernel
+        if kernel is None or kernel.exited.is_set():
             return "dead"
-        if not inc.ready:
+        if not kernel.ready:
             return "starting"
-        return "busy" if inc.executions else "idle"
+        return "busy" if kernel.executions else "idle"
 
     @property
     def pid(self) -> int | None:
-        """The current kernel process id (also its process group id), None when shut down."""
-        return None if self._inc is None else self._inc.pid
+        """The kernel's process id (also its process group id); None once shut down."""
+        return None if self._kernel is None else self._kernel.pid
 
     @property
     def kernel_info(self) -> dict[str, Any] | None:
         """The content of the current kernel's ``kernel_info_reply``."""
-        return None if self._inc is None else self._inc.kernel_info
+        return None if self._kernel is None else self._kernel.kernel_info
+
+    def _running(self) -> KernelProcess:
+        kernel = self._kernel
+        if kernel is None or kernel.exited.is_set() or not kernel.ready:
+            raise KernelNotRunning(f"the kernel is {self.state}; restart it")
+        return kernel
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def interrupt(self) -> None:
+        """Interrupt the running execution (kernelspec ``interrupt_mode``: signal or message)."""
+        await self._running().interrupt()
 
     async def restart(self) -> None:
-        """Replace the kernel with a fresh process (running executions end as "died").
+        """Replace the kernel with a fresh process; running executions end as "died".
 
-        Works on a dead or shut-down kernel too; the old kernel is stopped like
-        :meth:`shutdown` does.  Raises :class:`KernelStartFailed` if the new one does not start.
+        Also works on a dead or shut-down kernel.  The old kernel is stopped as by
+        :meth:`shutdown`.  Raises :class:`KernelStartFailed` if the new one does not start.
         """
         async with self._lifecycle:
             if self._tg is None or self._closed:
                 raise KernelNotRunning("the kernel session is closed")
-            old, self._inc = self._inc, None
+            old, self._kernel = self._kernel, None
             if old is not None:
-                await self._stop(old, grace=_SHUTDOWN_GRACE, reason="restarted")
-            self._inc = await self._launch()
+                await old.stop(grace=_SHUTDOWN_GRACE, reason="restarted")
+            self._kernel = await self._launch()
 
-    # The API takes timeouts (not caller-side cancel scopes) because the phases differ.
+    # The API takes a timeout (not a caller's cancel scope): the phases need separate waits.
     async def shutdown(self, *, timeout: float = _SHUTDOWN_GRACE) -> None:  # noqa: ASYNC109
         """Stop the kernel: shutdown_request, then SIGTERM, then SIGKILL to its process group.
 
-        ``timeout`` bounds the graceful phase; SIGTERM gets 2 s more.  Whatever is left of the
-        process group (grandchildren included) is SIGKILLed.  Idempotent.
+        ``timeout`` bounds the wait after shutdown_request; SIGTERM gets 2 s more.  Whatever
+        is left of the process group (grandchildren included) is SIGKILLed.  Idempotent.
         """
         async with self._lifecycle:
-            inc, self._inc = self._inc, None
-            if inc is not None:
-                await self._stop(inc, grace=timeout, reason="shut down")
+            kernel, self._kernel = self._kernel, None
+            if kernel is not None:
+                await kernel.stop(grace=timeout, reason="shut down")
 
-    async def interrupt(self) -> None:
-        """Interrupt the running execution (kernelspec ``interrupt_mode``: signal or message)."""
-        await self._interrupt(self._running())
-
-    @staticmethod
-    async def _interrupt(inc: _Incarnation) -> None:
-        if inc.spec.interrupt_mode == "message":
-            # Spec: interrupt_request on the control channel for interrupt_mode "message".
-            msg_id, reply = inc.request("control", "interrupt_request", {})
-            try:
-                with anyio.move_on_after(_INTERRUPT_GRACE):
-                    await reply.event.wait()
-            finally:
-                inc.replies.pop(msg_id, None)
-        else:
-            # As jupyter_client: SIGINT to the whole process group.
-            signal_group(inc.pid, signal.SIGINT)
-
-    def _running(self) -> _Incarnation:
-        inc = self._inc
-        if inc is None or inc.exited.is_set() or not inc.ready:
-            raise KernelNotRunning(f"the kernel is {self.state}; restart it")
-        return inc
-
-    async def _launch(self) -> _Incarnation:
+    async def _launch(self) -> KernelProcess:
         assert self._spec is not None
         assert self._tg is not None
         conn_dir = Path(tempfile.mkdtemp(prefix="runtimed-kernel-"))
@@ -317,204 +221,23 @@ class KernelSession:
         client = AsyncKernelClient()
         client.load_connection_info(info)
         client.start_channels(hb=False)
-        inc = _Incarnation(self._spec, process, client, conn_dir, ConsoleTail())
+        kernel = KernelProcess(self._spec, process, client, conn_dir)
         try:
-            await self._tg.start(self._run, inc)
-            failure = await self._wait_ready(inc)
+            await self._tg.start(kernel.run)
+            failure = await kernel.wait_ready(self._startup_timeout)
         except BaseException:
-            await self._stop(inc, grace=0, reason="aborted during startup")
+            await kernel.stop(grace=0, reason="aborted during startup")
             raise
         if failure is not None:
-            await self._stop(inc, grace=0, reason="failed to start")
+            await kernel.stop(grace=0, reason="failed to start")
             raise KernelStartFailed(
-                f"kernel {self._spec.name!r} (pid {inc.pid}) {failure}",
-                stderr_tail=inc.tail.text(),
+                f"kernel {self._spec.name!r} (pid {kernel.pid}) {failure}",
+                stderr_tail=kernel.tail.text(),
             )
-        logger.info("kernel %r ready (pid %d)", self._spec.name, inc.pid)
-        return inc
+        logger.info("kernel %r ready (pid %d)", self._spec.name, kernel.pid)
+        return kernel
 
-    async def _wait_ready(self, inc: _Incarnation) -> str | None:
-        """None once kernel_info_reply arrived and IOPub is live, else why not."""
-        with anyio.move_on_after(self._startup_timeout):
-            while not inc.exited.is_set():
-                msg_id, reply = inc.request("shell", "kernel_info_request", {})
-                with anyio.move_on_after(_READY_RETRY):
-                    await reply.event.wait()  # also set when the process exits
-                inc.replies.pop(msg_id, None)
-                if reply.msg is None:
-                    continue
-                # The reply proves shell works; an IOPub message (iopub_welcome or a status)
-                # proves our SUB socket is subscribed, so no output of a first cell is lost.
-                with anyio.move_on_after(_IOPUB_GRACE):
-                    await inc.iopub_seen.wait()
-                if inc.iopub_seen.is_set():
-                    inc.kernel_info = reply.msg["content"]
-                    inc.ready = True
-                    return None
-            return f"{describe_exit(inc.returncode)} during startup"
-        return f"did not answer kernel_info_request within {self._startup_timeout:g} s"
-
-    async def _stop(self, inc: _Incarnation, *, grace: float, reason: str) -> None:
-        """Make inc's process group go away and release its resources; always completes."""
-        inc.stop_reason = inc.stop_reason or reason
-        try:
-            if grace > 0 and not inc.exited.is_set():
-                # Spec: shutdown_request on the control channel; the kernel replies and exits.
-                try:
-                    inc.send("control", "shutdown_request", {"restart": False})
-                except KernelNotRunning as exc:
-                    logger.warning("kernel %d: %s", inc.pid, exc)
-                with anyio.move_on_after(grace):
-                    await inc.exited.wait()
-                if not inc.exited.is_set() and signal_group(inc.pid, signal.SIGTERM):
-                    logger.warning("kernel %d ignored shutdown_request; sent SIGTERM", inc.pid)
-                    with anyio.move_on_after(_TERM_GRACE):
-                        await inc.exited.wait()
-        finally:
-            # Shielded: even when cancelled we must not leave a process behind.
-            with anyio.CancelScope(shield=True):
-                if not inc.exited.is_set():
-                    signal_group(inc.pid, signal.SIGKILL)
-                if inc.scope is not None:  # our tasks run: the watcher reaps, the tail drains
-                    with anyio.move_on_after(_KILL_WAIT):
-                        await inc.exited.wait()
-                        await inc.tail.eof.wait()
-                    inc.scope.cancel()
-                    with anyio.move_on_after(_KILL_WAIT):
-                        await inc.finished.wait()
-                with anyio.move_on_after(_KILL_WAIT):
-                    await inc.process.aclose()
-                inc.client.stop_channels()
-                shutil.rmtree(inc.conn_dir, ignore_errors=True)
-
-    # -- per-process tasks ---------------------------------------------------------------
-
-    async def _run(self, inc: _Incarnation, *, task_status: TaskStatus[None]) -> None:
-        try:
-            with anyio.CancelScope() as scope:
-                inc.scope = scope
-                async with anyio.create_task_group() as tg:
-                    inc.tg = tg
-                    tg.start_soon(self._watch, inc)
-                    tg.start_soon(inc.tail.drain, inc.process.stdout, inc.pid)
-                    tg.start_soon(self._read, inc, "shell")
-                    tg.start_soon(self._read, inc, "control")
-                    tg.start_soon(self._read, inc, "iopub")
-                    tg.start_soon(self._read, inc, "stdin")
-                    task_status.started()
-        finally:
-            inc.finished.set()
-
-    async def _watch(self, inc: _Incarnation) -> None:
-        # Event-driven: the event loop's child watcher (SIGCHLD) completes wait(); no polling.
-        inc.returncode = await inc.process.wait()
-        inc.exited.set()
-        # The leader is gone; kill whatever it left in its group (no orphans).  The pgid can't
-        # be reused while any member lives, so this only reaches the kernel's descendants.
-        signal_group(inc.pid, signal.SIGKILL)
-        if inc.stop_reason is None:
-            logger.warning("kernel %d %s", inc.pid, describe_exit(inc.returncode))
-            why = f"the kernel process {describe_exit(inc.returncode)} while running this cell"
-        else:
-            why = f"the kernel was {inc.stop_reason} while running this cell"
-        for ex in inc.executions.values():
-            ex.died = why
-            ex.reply.event.set()
-            ex.done.set()
-            for scope in ex.input_scopes:
-                scope.cancel()
-        inc.executions.clear()
-        for reply in inc.replies.values():
-            reply.event.set()
-        inc.replies.clear()
-
-    async def _read(self, inc: _Incarnation, channel: str) -> None:
-        """One long-lived reader per channel, dispatching by parent msg_id."""
-        chan = getattr(inc.client, f"{channel}_channel")
-        while True:
-            try:
-                msg = await chan.get_msg()
-            except zmq.ZMQError as exc:  # the boundary for socket failures
-                logger.error("kernel %d: %s channel failed: %s; killing it", inc.pid, channel, exc)
-                signal_group(inc.pid, signal.SIGKILL)
-                return
-            except ValueError as exc:  # bad signature or malformed frames (Session)
-                logger.warning("kernel %d: dropped invalid %s message: %s", inc.pid, channel, exc)
-                continue
-            try:
-                self._dispatch(inc, channel, msg)
-            except (KeyError, TypeError, AttributeError) as exc:
-                logger.warning("kernel %d: dropped malformed %s message: %r", inc.pid, channel, exc)
-            except KernelNotRunning as exc:
-                logger.warning("kernel %d: %s", inc.pid, exc)
-
-    def _dispatch(self, inc: _Incarnation, channel: str, msg: dict[str, Any]) -> None:
-        parent_id = msg["parent_header"].get("msg_id")
-        msg_type = msg["header"]["msg_type"]
-        if channel == "iopub":
-            inc.iopub_seen.set()
-        ex = inc.executions.get(parent_id)
-        if channel in ("shell", "control"):
-            reply = inc.replies.get(parent_id)
-            if reply is not None:
-                reply.msg = msg
-                reply.event.set()
-        elif channel == "stdin":
-            if msg_type == "input_request":
-                self._on_input_request(inc, ex, msg)
-            return
-        elif ex is None:
-            return
-        elif msg_type == "status":
-            ex.idle = ex.idle or msg["content"].get("execution_state") == "idle"
-        else:
-            change = ex.acc.feed(msg_type, msg["content"])
-            if change is not None and ex.on_change is not None and not ex.abandoned:
-                try:
-                    ex.on_change(change)
-                except Exception as exc:  # re-raised by execute() once the cell has finished
-                    logger.exception("on_change callback failed; no further changes delivered")
-                    ex.callback_error, ex.on_change = exc, None
-        # Spec: a request is complete when its reply AND its IOPub idle status have arrived
-        # (aborted requests may produce no IOPub traffic at all).
-        reply_msg = ex.reply.msg if ex is not None else None
-        if ex is None or reply_msg is None:
-            return
-        if ex.idle or reply_msg["content"].get("status") == "aborted":
-            inc.executions.pop(parent_id, None)
-            inc.replies.pop(parent_id, None)
-            ex.done.set()
-
-    def _on_input_request(
-        self, inc: _Incarnation, ex: _Execution | None, msg: dict[str, Any]
-    ) -> None:
-        if ex is None or ex.stdin is None or ex.abandoned or inc.tg is None:
-            # Nobody can answer: reply EOF so input() raises EOFError instead of hanging.
-            inc.send("stdin", "input_reply", {"value": _EOF}, parent=msg)
-            return
-        inc.tg.start_soon(self._answer_input, inc, ex, ex.stdin, msg)
-
-    async def _answer_input(
-        self, inc: _Incarnation, ex: _Execution, handler: StdinHandler, msg: dict[str, Any]
-    ) -> None:
-        content = msg["content"]
-        with anyio.CancelScope() as scope:
-            ex.input_scopes.add(scope)
-            try:
-                try:
-                    prompt, password = str(content.get("prompt", "")), bool(content.get("password"))
-                    value = await handler(prompt, password)
-                except Exception:
-                    logger.exception("stdin handler failed; answering EOF")
-                    value = _EOF
-                # Spec: input_reply goes on stdin with the input_request as its parent.
-                inc.send("stdin", "input_reply", {"value": value}, parent=msg)
-            except KernelNotRunning as exc:
-                logger.warning("kernel %d: %s", inc.pid, exc)
-            finally:
-                ex.input_scopes.discard(scope)
-
-    # -- execution -----------------------------------------------------------------------
+    # -- execution ---------------------------------------------------------------------
 
     async def execute(
         self,
@@ -522,21 +245,21 @@ class KernelSession:
         *,
         on_change: Callable[[OutputChange], None] | None = None,
         stdin: StdinHandler | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (interrupts the kernel, see below)
+        timeout: float | None = None,  # noqa: ASYNC109 (expiry interrupts the kernel)
     ) -> ExecutionOutcome:
-        """Run code and return its outcome once the reply and IOPub idle have both arrived.
+        """Run ``code``; return once its execute_reply and IOPub idle have both arrived.
 
         ``on_change`` is called synchronously from the IOPub reader for every change of the
-        output list; it must not block.  If it raises, later changes are not delivered and the
-        exception is re-raised here after the execution finished.  ``stdin`` answers
+        output list; it must not block.  If it raises, later changes are not delivered and
+        the exception is re-raised here once the execution has finished.  ``stdin`` answers
         ``input()``; without it ``allow_stdin`` is False and ``input()`` raises
-        StdinNotImplementedError in the kernel.  After ``timeout`` seconds the kernel is
+        StdinNotImplementedError in the kernel.  After ``timeout`` s the kernel is
         interrupted and the status is "timeout".  If the kernel process exits the status is
-        "died" (later calls raise :class:`KernelNotRunning` until :meth:`restart`).
-        Cancelling the call does not interrupt the kernel.
+        "died" (then calls raise :class:`KernelNotRunning` until :meth:`restart`).
+        Cancelling this call does not interrupt the kernel.
         """
-        inc = self._running()
-        ex = _Execution(on_change, stdin)
+        kernel = self._running()
+        ex = Execution(on_change, stdin)
         content = {
             "code": code,
             "silent": False,
@@ -545,66 +268,66 @@ class KernelSession:
             "allow_stdin": stdin is not None,
             "stop_on_error": True,
         }
-        msg = inc.client.session.msg("execute_request", content)
+        msg = kernel.client.session.msg("execute_request", content)
         msg_id = str(msg["header"]["msg_id"])
         # Register before sending so that no reply or IOPub message can be missed.
-        inc.executions[msg_id] = ex
-        inc.replies[msg_id] = ex.reply
+        kernel.executions[msg_id] = ex
+        kernel.replies[msg_id] = ex.reply
         try:
-            inc.client.shell_channel.send(msg)
+            kernel.client.shell_channel.send(msg)
         except zmq.ZMQError as exc:
-            inc.executions.pop(msg_id, None)
-            inc.replies.pop(msg_id, None)
+            kernel.forget(msg_id)
             raise KernelNotRunning(f"cannot send execute_request: {exc}") from exc
         timed_out = False
         try:
             with anyio.move_on_after(timeout) as scope:
-                await self._wait_done(inc, msg_id, ex)
+                await self._wait_done(kernel, msg_id, ex)
             if scope.cancelled_caught:
                 timed_out = True
                 logger.info("execution %s timed out after %s s; interrupting", msg_id, timeout)
                 with anyio.move_on_after(_INTERRUPT_GRACE):
-                    if not inc.exited.is_set():
-                        await self._interrupt(inc)
-                    await self._wait_done(inc, msg_id, ex)
+                    if not kernel.exited.is_set():
+                        await kernel.interrupt()
+                    await self._wait_done(kernel, msg_id, ex)
         finally:
             ex.abandoned = True
             for input_scope in ex.input_scopes:
                 input_scope.cancel()
         if ex.callback_error is not None:
             raise ex.callback_error
-        return self._outcome(ex, timed_out=timed_out, timeout=timeout)
+        return _outcome(ex, timed_out=timed_out, timeout=timeout)
 
-    async def _wait_done(self, inc: _Incarnation, msg_id: str, ex: _Execution) -> None:
+    @staticmethod
+    async def _wait_done(kernel: KernelProcess, msg_id: str, ex: Execution) -> None:
         await ex.reply.event.wait()
         with anyio.move_on_after(_IDLE_GRACE) as scope:
             await ex.done.wait()
         if scope.cancelled_caught:
             logger.warning("no IOPub idle for %s within %s s of its reply", msg_id, _IDLE_GRACE)
-            inc.executions.pop(msg_id, None)
-            inc.replies.pop(msg_id, None)
+            kernel.forget(msg_id)
 
-    @staticmethod
-    def _outcome(ex: _Execution, *, timed_out: bool, timeout: float | None) -> ExecutionOutcome:
-        outputs = ex.acc.outputs
-        reply = ex.reply.msg["content"] if ex.reply.msg is not None else None
-        count = ex.acc.execution_count
-        if reply is not None and isinstance(reply.get("execution_count"), int):
-            count = reply["execution_count"]
-        if ex.died is not None and reply is None:
-            return ExecutionOutcome("died", count, outputs, ErrorInfo("KernelDied", ex.died, []))
-        if timed_out:
-            why = f"the cell did not finish within {timeout:g} s and was interrupted"
-            return ExecutionOutcome(
-                "timeout", count, outputs, ErrorInfo("ExecutionTimeout", why, [])
-            )
-        assert reply is not None
-        status = reply.get("status")
-        if status in ("ok", "aborted"):
-            return ExecutionOutcome(status, count, outputs, None)
+
+def _outcome(ex: Execution, *, timed_out: bool, timeout: float | None) -> ExecutionOutcome:
+    outputs, ids = ex.acc.outputs, ex.acc.display_ids
+    reply = ex.reply.msg["content"] if ex.reply.msg is not None else None
+    count = ex.acc.execution_count
+    if reply is not None and isinstance(reply.get("execution_count"), int):
+        count = reply["execution_count"]
+    error: ErrorInfo | None = None
+    status: ExecutionStatus
+    if ex.died is not None and reply is None:
+        status, error = "died", ErrorInfo("KernelDied", ex.died, [])
+    elif timed_out:
+        why = f"the cell did not finish within {timeout} s and was interrupted"
+        status, error = "timeout", ErrorInfo("ExecutionTimeout", why, [])
+    elif reply is not None and reply.get("status") in ("ok", "aborted"):
+        status = reply["status"]
+    else:
+        reply = reply or {}
+        status = "error"
         error = ErrorInfo(
             str(reply.get("ename", "UnknownError")),
-            str(reply.get("evalue", f"execute_reply status {status!r}")),
+            str(reply.get("evalue", f"execute_reply status {reply.get('status')!r}")),
             [str(line) for line in reply.get("traceback", [])],
         )
-        return ExecutionOutcome("error", count, outputs, error)
+    return ExecutionOutcome(status, count, outputs, error, ids)

@@ -237,6 +237,7 @@ class KernelProcess:
             why = f"the kernel was {self.stop_reason} while running this cell"
         for ex in self.executions.values():
             ex.died = why
+            ex.reply.event.set()
             ex.done.set()
             for scope in ex.input_scopes:
                 scope.cancel()
@@ -254,7 +255,9 @@ class KernelProcess:
             try:
                 msg = await chan.get_msg()
             except zmq.ZMQError as exc:  # the boundary for socket failures
-                logger.error("kernel %d: %s channel failed (%s); killing it", self.pid, channel, exc)
+                logger.error(
+                    "kernel %d: %s channel failed (%s); killing it", self.pid, channel, exc
+                )
                 signal_group(self.pid, signal.SIGKILL)
                 return
             except ValueError as exc:  # bad signature or malformed frames (Session)
@@ -263,7 +266,9 @@ class KernelProcess:
             try:
                 self._dispatch(channel, msg)
             except (KeyError, TypeError, AttributeError) as exc:
-                logger.warning("kernel %d: dropped malformed %s message: %r", self.pid, channel, exc)
+                logger.warning(
+                    "kernel %d: dropped malformed %s message: %r", self.pid, channel, exc
+                )
             except KernelNotRunning as exc:
                 logger.warning("kernel %d: %s", self.pid, exc)
 

@@ -1,82 +1,110 @@
 """Turning files into rooms and rooms into files (the nbformat boundary).
 
-Outputs travel as manifests in the runtime document; here they become nbformat outputs
-again for a checkpoint, and nbformat outputs become manifests when a file is opened.
+Outputs travel as manifests in the runtime document; here nbformat outputs become manifests
+(big payloads moved into the blob store) when a file is opened, and manifests become
+nbformat outputs again (blobs re-inlined) for a checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
-from automerge.core import ROOT
+import anyio
 
+from blobstore import BlobStore
 from runtimed.notebook_doc import NotebookDoc
-from runtimed.outputs_manifest import manifest_from_output, output_from_manifest
-from runtimed.persistence import DocumentStore
+from runtimed.notebook_file import read_notebook
+from runtimed.outputs_manifest import resolve_output_async
+from runtimed.persistence import DocumentStore, file_digest
 from runtimed.room import NotebookRoom
 from runtimed.runtime_doc import RuntimeDoc
 
-__all__ = ["build_room", "new_room", "notebook_for_save"]
+__all__ = ["load_room", "new_room", "notebook_for_save"]
 
 log = logging.getLogger(__name__)
 
 
-def build_room(path: Path, nb: dict[str, Any], digest: str, store: DocumentStore) -> NotebookRoom:
-    """A room for a file just read: the persisted document when the file is unchanged since
-    the daemon last saw it (crash recovery keeps edits made after the last checkpoint),
-    otherwise a document built from the file."""
+async def load_room(path: Path, store: DocumentStore,
+                    blobs: BlobStore) -> tuple[NotebookRoom, str]:
+    """Read ``path`` and build its room (the persisted document when the file is unchanged
+    since the daemon last saw it, so crash recovery keeps edits made after the last
+    checkpoint). Returns the room and the file's sha256.
+
+    Raises:
+        NotebookNotFound, NotebookIOError, NotebookInvalid: from reading the file.
+    """
+    nb, digest = await anyio.to_thread.run_sync(_read, path)
+    room = await anyio.to_thread.run_sync(_from_persisted, path, digest, store)
+    if room is not None:
+        return room, digest
+    manifests: dict[int, tuple[int | None, list[dict[str, Any]]]] = {}
+    for index, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        outputs = [await blobs.store_output(o) for o in cell.get("outputs", [])]
+        if outputs or cell.get("execution_count") is not None:
+            manifests[index] = (cell.get("execution_count"), outputs)
+    room = await anyio.to_thread.run_sync(_from_file, path, nb, manifests)
+    return room, digest
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    return read_notebook(path), file_digest(path)
+
+
+def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRoom | None:
     key = DocumentStore.key_for(path, "")
     persisted = store.load(key)
-    if persisted is not None and persisted.file_sha256 == digest:
+    if persisted is None:
+        return None
+    if persisted.file_sha256 == digest:
         try:
             notebook = NotebookDoc.load(persisted.notebook)
             if notebook.ready and notebook.doc_id:
-                runtime = RuntimeDoc.from_snapshot(persisted.runtime)
                 log.info("opened %s from its persisted document", path)
-                return NotebookRoom(notebook_id=notebook.doc_id, path=path,
-                                    notebook=notebook, runtime=runtime)
-        except Exception:
+                return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook,
+                                    runtime=RuntimeDoc.from_snapshot(persisted.runtime))
+        except Exception:  # the binding raises bare Exceptions for corrupt documents
             log.exception("persisted document for %s is unreadable; loading the file", path)
-    if persisted is not None:
-        aside = store.set_aside(key)
-        log.warning("%s changed outside the daemon; previous document kept at %s", path, aside)
+    aside = store.set_aside(key)
+    log.warning("%s changed outside the daemon; its previous document is kept at %s", path, aside)
+    return None
+
+
+def _from_file(path: Path, nb: dict[str, Any],
+               manifests: dict[int, tuple[int | None, list[dict[str, Any]]]]) -> NotebookRoom:
     notebook = NotebookDoc.from_nbformat(nb)
     runtime = RuntimeDoc.new()
-    by_id = {cell.get("id"): cell for cell in nb.get("cells", [])}
-    # Cells that had no id got fresh ones in order; match them up by position.
-    for cell_id, cell in zip(notebook.cell_ids(), nb.get("cells", []), strict=True):
-        source_cell = by_id.get(cell_id, cell)
-        if source_cell.get("cell_type") == "code":
-            outputs = [manifest_from_output(o) for o in source_cell.get("outputs", [])]
-            if outputs or source_cell.get("execution_count") is not None:
-                runtime.load_cell(cell_id, source_cell.get("execution_count"), outputs)
+    cell_ids = notebook.cell_ids()
+    for index, (count, outputs) in manifests.items():
+        runtime.load_cell(cell_ids[index], count, outputs)
     return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook,
                         runtime=runtime)
 
 
 def new_room(path: Path | None, *, kernel_name: str | None) -> NotebookRoom:
-    metadata: dict[str, Any] = {}
+    """A room for a brand-new notebook with no cells."""
+    metadata: dict[str, Any]
     if kernel_name:
-        metadata["kernelspec"] = {"name": kernel_name, "display_name": kernel_name}
+        metadata = {"kernelspec": {"name": kernel_name, "display_name": kernel_name}}
     else:
-        metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                  "language": "python"}
-        metadata["language_info"] = {"name": "python"}
+        metadata = {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        }
     notebook = NotebookDoc.new(metadata=metadata)
-    assert notebook.doc.get(ROOT, "doc_id") is not None
-    return NotebookRoom(notebook_id=notebook.doc_id or uuid.uuid4().hex, path=path,
-                        notebook=notebook, runtime=RuntimeDoc.new())
+    return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook,
+                        runtime=RuntimeDoc.new())
 
 
-def notebook_for_save(room: NotebookRoom) -> dict[str, Any]:
-    """The nbformat dict to checkpoint: cells from the notebook document, outputs and
-    execution counts from the runtime document."""
-
-    def outputs_for(cell_id: str) -> tuple[int | None, list[dict[str, Any]]]:
-        count, manifests = room.runtime.cell_state(cell_id)
-        return count, [output_from_manifest(m) for m in manifests]
-
-    return room.notebook.to_nbformat(outputs_for)
+async def notebook_for_save(room: NotebookRoom, blobs: BlobStore) -> dict[str, Any]:
+    """The nbformat dict to checkpoint: cells from the notebook document, outputs (blobs
+    re-inlined, base64 for binary) and execution counts from the runtime document."""
+    states: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
+    for cell in room.notebook.cells():
+        if cell.cell_type == "code":
+            count, manifests = room.runtime.cell_state(cell.id)
+            states[cell.id] = (count, [await resolve_output_async(m, blobs) for m in manifests])
+    return room.notebook.to_nbformat(lambda cell_id: states.get(cell_id, (None, [])))

@@ -195,6 +195,15 @@ class OutputAccumulator:
         """The outputs so far, as a new list; treat the dicts in it as read-only."""
         return [item.output() if isinstance(item, _Stream) else item for item in self._items]
 
+    @property
+    def display_ids(self) -> dict[str, tuple[int, ...]]:
+        """Display id -> indices of this execution's outputs carrying it (after any clear).
+
+        Keep it with the cell's outputs to apply later :class:`DisplayUpdate` s from other
+        executions (output dicts do not record their display id: it is transient).
+        """
+        return {key: tuple(idx) for key, idx in self._display_index.items() if idx}
+
     def feed(self, msg_type: str, content: Mapping[str, Any]) -> OutputChange | None:
         """Apply one IOPub message (its ``msg_type`` and ``content``) of this execution.
 

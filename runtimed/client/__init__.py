@@ -26,6 +26,7 @@ from typing import Any, Self
 import anyio
 import msgspec
 
+from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
 from protocol.messages import (
     CreateNotebook,
     DaemonEvent,
@@ -45,7 +46,7 @@ from runtimed.client.blocking import Client, Notebook
 from runtimed.client.connection import Connection
 from runtimed.client.notebook import AsyncNotebook, ExecutionResult, Replica
 from runtimed.errors import ConnectionClosed
-from runtimed.outputs_manifest import output_from_manifest
+from runtimed.outputs_manifest import resolve_output
 
 __all__ = ["AsyncClient", "AsyncNotebook", "Client", "ExecutionResult", "Notebook"]
 
@@ -69,6 +70,7 @@ class AsyncClient:
         self._tg: anyio.abc.TaskGroup | None = None
         self._subscribers: list[anyio.abc.ObjectSendStream[DaemonEvent]] = []
         self._status: StatusReply | None = None
+        self._blob_root: Path | None = None
         self.socket: Path | None = None
 
     @classmethod
@@ -191,8 +193,25 @@ class AsyncClient:
         self._replicas.pop(notebook_id, None)
 
     def resolve_output(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """An output manifest as an nbformat output dict."""
-        return output_from_manifest(manifest)
+        """An output manifest as an nbformat output dict, blobs read from the daemon's store
+        on disk (and verified against their hash).
+
+        Raises:
+            blobstore.BlobError: a referenced blob is missing or corrupt.
+        """
+        return resolve_output(manifest, self._read_blob)
+
+    def _read_blob(self, blob_hash: str) -> bytes:
+        if self._blob_root is None:
+            raise BlobNotFound(f"blob {blob_hash}: the daemon's blob store location is unknown")
+        path = self._blob_root.joinpath(*shard_path(validate_hash(blob_hash)))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"blob {blob_hash} is not in {self._blob_root}") from exc
+        if sha256_hex(data) != blob_hash:
+            raise BlobCorrupt(f"blob {blob_hash} on disk does not match its hash")
+        return data
 
     async def request(self, make: Callable[[int], msgspec.Struct], *,
                       timeout: float | None = None) -> Any:
@@ -206,6 +225,7 @@ class AsyncClient:
     async def status(self) -> StatusReply:
         reply: StatusReply = await self.request(lambda i: DaemonStatus(id=i))
         self._status = reply
+        self._blob_root = Path(reply.blob_dir)
         return reply
 
     async def list_notebooks(self) -> list[NotebookInfo]:
@@ -235,6 +255,8 @@ class AsyncClient:
         return await self._attach(reply, timeout)
 
     async def _attach(self, reply: NotebookOpened, timeout: float) -> AsyncNotebook:
+        if self._blob_root is None:
+            await self.status()
         replica = self._replicas.get(reply.notebook_id)
         if replica is None:
             replica = self._replicas[reply.notebook_id] = Replica(reply.notebook_id)

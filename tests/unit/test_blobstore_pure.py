@@ -69,6 +69,20 @@ class Blobs(dict[str, bytes]):
         return self[h]
 
 
+def normalized(output: dict[str, Any]) -> dict[str, Any]:
+    """The documented normalization: lists of str outside JSON mime types are joined."""
+
+    def join(v: Any) -> Any:
+        return "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+
+    out = copy.deepcopy(output)
+    if out["output_type"] == "stream" and "text" in out:
+        out["text"] = join(out["text"])
+    if out["output_type"] != "error" and isinstance(out.get("data"), dict):
+        out["data"] = {m: v if is_json_mime(m) else join(v) for m, v in out["data"].items()}
+    return out
+
+
 def roundtrip(output: dict[str, Any], **kw: Any) -> tuple[dict[str, Any], list[PendingBlob]]:
     before = copy.deepcopy(output)
     manifest, pending = build_manifest(output, **kw)
@@ -79,7 +93,7 @@ def roundtrip(output: dict[str, Any], **kw: Any) -> tuple[dict[str, Any], list[P
     blobs = Blobs()
     blobs.add(pending)
     assert manifest_blob_hashes(manifest) == {p.hash for p in pending}
-    assert resolve_manifest(manifest, blobs.read) == output
+    assert resolve_manifest(manifest, blobs.read) == normalized(output)
     return manifest, pending
 
 
@@ -480,6 +494,11 @@ def test_resolve_errors() -> None:
     broken["text"] = "raw"
     with pytest.raises(InvalidManifest, match="not a content object"):
         resolve_manifest(broken, Blobs().read)
+    no_data = {"manifest_version": 1, "output_type": "display_data", "data": None}
+    with pytest.raises(InvalidManifest, match="'data'"):
+        resolve_manifest(no_data, Blobs().read)
+    with pytest.raises(InvalidManifest, match="'data'"):
+        manifest_blob_hashes(no_data)
 
 
 # --- property: resolve(build(o)) == o ----------------------------------------------------
