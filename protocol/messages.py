@@ -22,6 +22,7 @@ __all__ = [
     "CellQueued",
     "ClearOutputs",
     "ClientRequest",
+    "CollectGarbage",
     "CloseNotebook",
     "CreateNotebook",
     "DaemonEvent",
@@ -35,6 +36,7 @@ __all__ = [
     "ExecutionDone",
     "ExecutionStarted",
     "ExecutionStatus",
+    "GarbageCollected",
     "InputReply",
     "InputRequested",
     "InterruptKernel",
@@ -187,6 +189,13 @@ class InputReply(Request, frozen=True, kw_only=True):
     value: str
 
 
+class CollectGarbage(Request, frozen=True, kw_only=True):
+    """Delete blobs no open notebook, persisted document or running execution references
+    and that are older than ``grace_seconds`` (None: the daemon's default, one hour)."""
+
+    grace_seconds: float | None = None
+
+
 ClientRequest = (
     Ping
     | OpenNotebook
@@ -202,6 +211,7 @@ ClientRequest = (
     | RestartKernel
     | ClearOutputs
     | InputReply
+    | CollectGarbage
 )
 
 # ---------------------------------------------------------------- replies
@@ -284,6 +294,12 @@ class RunAllQueued(Reply, frozen=True, kw_only=True):
     executions: list[CellQueued]
 
 
+class GarbageCollected(Reply, frozen=True, kw_only=True):
+    blobs_removed: int
+    bytes_freed: int
+    blobs_kept: int
+
+
 DaemonReply = (
     Pong
     | Ok
@@ -295,6 +311,7 @@ DaemonReply = (
     | StatusReply
     | CellQueued
     | RunAllQueued
+    | GarbageCollected
 )
 
 # ---------------------------------------------------------------- events

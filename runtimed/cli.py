@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("path")
 
+    gc = sub.add_parser("gc", help="delete blobs no notebook references")
+    gc.add_argument("--grace", type=float, default=None,
+                    help="only blobs older than this many seconds (default: the daemon's, 3600)")
+    gc.add_argument("--json", action="store_true")
+
     from runtimed.automation.cli import add_run_parser
 
     add_run_parser(sub)
@@ -195,6 +200,20 @@ async def _ps(args: argparse.Namespace) -> int:
     return await _with_client(args, body)
 
 
+async def _gc(args: argparse.Namespace) -> int:
+    async def body(client: AsyncClient) -> int:
+        report = await client.collect_garbage(grace_seconds=args.grace)
+        if args.json:
+            _out(json.dumps({"blobs_removed": report.blobs_removed,
+                             "bytes_freed": report.bytes_freed, "blobs_kept": report.blobs_kept}))
+        else:
+            _out(f"removed {report.blobs_removed} blobs, freed {report.bytes_freed} bytes; "
+                 f"kept {report.blobs_kept}")
+        return 0
+
+    return await _with_client(args, body)
+
+
 # ---------------------------------------------------------------- notebooks
 
 
@@ -263,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     handlers: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
         "ps": _ps,
+        "gc": _gc,
         "exec": _exec,
         "run-all": _run_all,
         "interrupt": lambda a: _notebook_action(a, lambda nb: nb.interrupt(), "interrupted {path}"),

@@ -18,6 +18,8 @@ from protocol import framing
 from protocol.messages import (
     CellQueued,
     ClearOutputs,
+    CollectGarbage,
+    GarbageCollected,
     ClientRequest,
     CloseNotebook,
     CreateNotebook,
@@ -45,7 +47,7 @@ from protocol.messages import (
     StatusReply,
     encode,
 )
-from blobstore import BlobStore
+from blobstore import BlobStore, GcReport
 from runtimed import __version__
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
 from runtimed.execution import NotebookExecutor
@@ -53,6 +55,7 @@ from runtimed.http import HttpServer
 from runtimed.instance import InstanceLock
 from runtimed.loading import load_room, new_room, notebook_for_save
 from runtimed.notebook_file import write_notebook_atomic
+from runtimed.outputs_manifest import manifest_hashes
 from runtimed.paths import RuntimedPaths
 from runtimed.persistence import DocumentStore, file_digest
 from runtimed.room import NotebookRoom
@@ -75,6 +78,7 @@ class DaemonConfig:
     keep_executions: int = 200
     http_port: int | None = 0
     """Loopback port for the HTTP endpoint (0: any free port; None: disabled)."""
+    gc_grace_seconds: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -295,6 +299,29 @@ class Daemon:
             self._tg.start_soon(entry.executor.run)
         return entry.executor
 
+    # ------------------------------------------------------------ blobs
+
+    async def collect_garbage(self, *, grace_seconds: float) -> GcReport:
+        """Sweep blobs referenced by no open notebook, persisted document or running
+        execution (those pin theirs) and older than ``grace_seconds``."""
+        if grace_seconds < 0:
+            raise InvalidRequest("grace_seconds must be >= 0")
+
+        async def referenced() -> set[str]:
+            hashes: set[str] = set()
+            for entry in list(self._rooms.values()):
+                runtime = entry.room.runtime
+                for cell_id in runtime.cell_ids():
+                    for manifest in runtime.cell_state(cell_id)[1]:
+                        hashes |= manifest_hashes(manifest)
+            hashes |= await anyio.to_thread.run_sync(self._store.referenced_blobs)
+            return hashes
+
+        report = await self.blobs.gc(referenced=referenced, grace_seconds=grace_seconds)
+        log.info("gc: removed %d blobs (%d bytes), kept %d", report.blobs_removed,
+                 report.bytes_freed, report.blobs_kept)
+        return report
+
     # ------------------------------------------------------------ requests
 
     def _info(self, entry: _OpenRoom) -> NotebookInfo:
@@ -393,6 +420,14 @@ class Daemon:
             case InputReply(notebook_id=notebook_id, execution_id=execution_id, value=value):
                 self.executor(self._joined(session, notebook_id)).answer_input(execution_id, value)
                 return Ok(id=request.id)
+            case CollectGarbage(grace_seconds=grace):
+                report = await self.collect_garbage(
+                    grace_seconds=self.config.gc_grace_seconds if grace is None else grace
+                )
+                return GarbageCollected(
+                    id=request.id, blobs_removed=report.blobs_removed,
+                    bytes_freed=report.bytes_freed, blobs_kept=report.blobs_kept,
+                )
             case _:
                 assert_never(request)
 

@@ -84,6 +84,26 @@ class DocumentStore:
         }
         _atomic_write(meta_path, json.dumps(meta).encode())
 
+    def referenced_blobs(self) -> set[str]:
+        """Blob hashes referenced by every persisted runtime snapshot (GC marking)."""
+        from runtimed.outputs_manifest import manifest_hashes
+
+        hashes: set[str] = set()
+        for snapshot_path in self.root.glob("*.runtime.json"):
+            try:
+                snapshot = json.loads(snapshot_path.read_text())
+            except (OSError, ValueError):
+                continue
+            for cell in snapshot.get("cells", {}).values():
+                for raw in cell.get("outputs", []) if isinstance(cell, dict) else []:
+                    try:
+                        manifest = json.loads(raw) if isinstance(raw, str) else raw
+                    except ValueError:
+                        continue
+                    if isinstance(manifest, dict):
+                        hashes |= manifest_hashes(manifest)
+        return hashes
+
     def set_aside(self, key: str) -> Path | None:
         """Keep a superseded document (the file changed underneath it) instead of deleting it."""
         doc_path = self._paths(key)[0]

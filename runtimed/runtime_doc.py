@@ -121,6 +121,10 @@ class RuntimeDoc:
     def execution_ids(self) -> list[str]:
         return list(self.doc.keys(self._obj("executions")))
 
+    def cell_ids(self) -> list[str]:
+        """Cells that have runtime state (outputs or a count)."""
+        return list(self.doc.keys(self._obj("cells")))
+
     def cell_state(self, cell_id: str) -> tuple[int | None, list[dict[str, Any]]]:
         """(execution_count, output manifests) of a cell; (None, []) if it never ran."""
         obj = self._maybe(self._obj("cells"), cell_id)

@@ -28,7 +28,9 @@ import msgspec
 
 from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
 from protocol.messages import (
+    CollectGarbage,
     CreateNotebook,
+    GarbageCollected,
     DaemonEvent,
     DaemonStatus,
     DocKind,
@@ -235,6 +237,13 @@ class AsyncClient:
     async def shutdown_daemon(self) -> None:
         """Ask the daemon to stop (it checkpoints and stops kernels first)."""
         await self.request(lambda i: Shutdown(id=i))
+
+    async def collect_garbage(self, *, grace_seconds: float | None = None) -> GarbageCollected:
+        """Ask the daemon to delete unreferenced blobs older than the grace period."""
+        reply: GarbageCollected = await self.request(
+            lambda i: CollectGarbage(id=i, grace_seconds=grace_seconds)
+        )
+        return reply
 
     async def open(self, path: str | Path, *, timeout: float = 60) -> AsyncNotebook:
         """Open an ``.ipynb`` (joining the document if another client has it open)."""

@@ -269,7 +269,11 @@ async def test_death_is_prompt_and_nothing_is_orphaned(tmp_path: Path) -> None:
         grandchild = int((await kernel.execute(spawn)).outputs[0]["text"])
         pid = kernel.pid
         assert pid is not None
-        await kernel.shutdown()
+        # ipykernel's own shutdown waits ~14 s for its (zombie) children to go away: our
+        # timeout bounds that, then SIGTERM/SIGKILL the group.
+        start = time.monotonic()
+        await kernel.shutdown(timeout=1)
+        assert time.monotonic() - start < 4
         assert kernel.state == "dead"
         assert kernel.pid is None
         await wait_dead(pid, grandchild, within=1)

@@ -1,0 +1,74 @@
+"""Warm ``1+1`` round trip: ExecuteCell → result visible to the client, vs a bare
+jupyter_client execute loop on the same machine (the floor: ipykernel's own cost).
+
+Run: ``python bench/bench_execute.py [N]`` (default 500). Prints medians, p99s and the ratio.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import daemon_process, summary, write_notebook  # noqa: E402
+from runtimed.client import AsyncClient  # noqa: E402
+
+
+def bare_loop(n: int) -> list[float]:
+    """The peer: one kernel, execute_request('1+1'), wait for the reply and IOPub idle."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        times = []
+        for _ in range(n + 20):
+            start = time.perf_counter()
+            msg_id = kc.execute("1+1")
+            got_result = idle = False
+            while not (got_result and idle):
+                msg = kc.get_iopub_msg(timeout=10)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "execute_result":
+                    got_result = True
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    idle = True
+            kc.get_shell_msg(timeout=10)
+            times.append(time.perf_counter() - start)
+        return times[20:]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+async def daemon_loop(sock: Path, work: Path, n: int) -> list[float]:
+    path = write_notebook(work / "bench.ipynb", ["1+1"])
+    async with await AsyncClient.connect(sock) as client:
+        nb = await client.open(path)
+        times = []
+        for _ in range(n + 20):
+            start = time.perf_counter()
+            result = await nb.execute("c0")
+            assert result.outputs[0]["data"]["text/plain"] == "2", result
+            times.append(time.perf_counter() - start)
+        return times[20:]
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    bare = bare_loop(n)
+    with daemon_process() as (sock, _proc, work):
+        ours = anyio.run(daemon_loop, sock, work, n, backend_options={"use_uvloop": True})
+    import statistics
+
+    print(summary("bare jupyter_client loop (peer)", bare))
+    print(summary("runtimed ExecuteCell -> result at client", ours))
+    print(f"ratio (median runtimed / median bare): {statistics.median(ours) / statistics.median(bare):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
