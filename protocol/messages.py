@@ -114,10 +114,13 @@ class CreateNotebook(Request, frozen=True, kw_only=True):
 
 
 class CloseNotebook(Request, frozen=True, kw_only=True):
-    """Leave the notebook. ``heads``: wait (bounded) until the daemon has these changes."""
+    """Leave the notebook. ``heads``: wait (bounded) until the daemon has these changes.
+    ``unload``: if no other client has it open, close it now and stop its kernel (otherwise
+    the daemon keeps it, kernel and all, until it has been idle for its idle timeout)."""
 
     notebook_id: str
     heads: list[str] | None = None
+    unload: bool = False
 
 
 class SaveNotebook(Request, frozen=True, kw_only=True):

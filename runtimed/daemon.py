@@ -79,6 +79,8 @@ class DaemonConfig:
     http_port: int | None = 0
     """Loopback port for the HTTP endpoint (0: any free port; None: disabled)."""
     gc_grace_seconds: float = 3600.0
+    idle_timeout: float = 900.0
+    """Close a notebook nobody has open (stopping its kernel) after this many idle seconds."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,8 +91,7 @@ class _OpenRoom:
         self.room = room
         self.file_sha256 = file_sha256
         self.executor: NotebookExecutor | None = None
-        self.cancel_scope = anyio.CancelScope()
-        self.closed = anyio.Event()
+        self.cull_scope: anyio.CancelScope | None = None
 
 
 class Daemon:
@@ -171,7 +172,7 @@ class Daemon:
             for notebook_id in list(session.open_notebooks):
                 entry = self._rooms.get(notebook_id)
                 if entry is not None:
-                    entry.room.leave(session)
+                    self._leave(entry, session, unload=False)
 
     async def _shutdown(self, listener: anyio.abc.Listener[SocketStream]) -> None:
         self._stopping = True
@@ -222,6 +223,30 @@ class Daemon:
         if room.path is not None:
             self._by_path[room.path] = room.notebook_id
         return entry
+
+    def _leave(self, entry: _OpenRoom, session: ClientSession, *, unload: bool) -> None:
+        """``session`` left the room; a room nobody has open is closed (kernel stopped) at once
+        when the last client asked to ``unload`` it, else after ``idle_timeout`` of idleness."""
+        entry.room.leave(session)
+        if entry.room.peers or self._stopping or self._tg is None:
+            return
+        if entry.cull_scope is not None:
+            entry.cull_scope.cancel()
+        entry.cull_scope = anyio.CancelScope()
+        self._tg.start_soon(self._cull_when_idle, entry, entry.cull_scope,
+                            0.0 if unload else self.config.idle_timeout)
+
+    async def _cull_when_idle(self, entry: _OpenRoom, scope: anyio.CancelScope,
+                              delay: float) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            if entry.executor is not None:
+                await entry.executor.wait_idle()
+            if entry.room.peers or self._rooms.get(entry.room.notebook_id) is not entry:
+                return
+            log.info("closing %s: no clients and idle", entry.room.path or entry.room.notebook_id)
+            scope.shield = True
+            await self._close_room(entry, checkpoint=False)
 
     async def _close_room(self, entry: _OpenRoom, *, checkpoint: bool) -> None:
         room = entry.room
@@ -357,8 +382,8 @@ class Daemon:
                 entry = self._joined(session, notebook_id)
                 if heads:
                     await entry.room.wait_for_heads(heads, timeout=self.config.heads_timeout)
-                entry.room.leave(session)
                 session.open_notebooks.discard(notebook_id)
+                self._leave(entry, session, unload=request.unload)
                 return NotebookClosed(id=request.id, notebook_id=notebook_id)
             case SaveNotebook(notebook_id=notebook_id, path=path, heads=heads):
                 entry = self._joined(session, notebook_id)
@@ -433,6 +458,9 @@ class Daemon:
 
     def _join(self, session: ClientSession, entry: _OpenRoom, request_id: int) -> NotebookOpened:
         room = entry.room
+        if entry.cull_scope is not None:
+            entry.cull_scope.cancel()
+            entry.cull_scope = None
         session.open_notebooks.add(room.notebook_id)
         # Sync frames for this notebook may reach the client before this reply; clients
         # create a replica on the first frame for an id (see runtimed.client).

@@ -117,6 +117,7 @@ class NotebookExecutor:
         self._stopped = anyio.Event()
         self._flush_wake = anyio.Event()
         self._pending_change: OutputChange | None = None
+        self._idle_changed = anyio.Event()
 
     # ------------------------------------------------------------ requests
 
@@ -223,6 +224,20 @@ class NotebookExecutor:
                     await self._close_kernel()
                     self._stopped.set()
 
+    @property
+    def idle(self) -> bool:
+        return self._running is None and not self._queue
+
+    async def wait_idle(self) -> None:
+        """Return once nothing runs or waits in the queue."""
+        while not self.idle:
+            await self._idle_changed.wait()
+
+    def _note_progress(self) -> None:
+        if self.idle:
+            self._idle_changed.set()
+            self._idle_changed = anyio.Event()
+
     async def aclose(self) -> None:
         self._scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.shutdown_timeout):
@@ -322,6 +337,7 @@ class NotebookExecutor:
             self._pending_change = None
             self._running = None
         await self._finish(job, outcome)
+        self._note_progress()
 
     async def _finish(self, job: _Job, outcome: ExecutionOutcome) -> None:
         room, runtime = self.room, self.room.runtime
@@ -367,6 +383,7 @@ class NotebookExecutor:
                 evalue=reason,
             )))
         self.room.runtime_changed()
+        self._note_progress()
 
     def _stdin_for(self, job: _Job) -> Any:
         async def answer(prompt: str, password: bool) -> str:

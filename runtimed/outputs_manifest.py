@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from blobstore import BlobStore, PinSet, is_manifest, manifest_blob_hashes, resolve_manifest
+from blobstore import (
+    BlobStore,
+    PinSet,
+    build_manifest,
+    is_manifest,
+    manifest_blob_hashes,
+    resolve_manifest,
+)
 from blobstore.manifest import DEFAULT_INLINE_THRESHOLD, PREVIEW_CHARS
 
 __all__ = [
@@ -77,6 +84,21 @@ async def resolve_output_async(manifest: dict[str, Any], store: BlobStore) -> di
     return await store.resolve(manifest)
 
 
+_INLINE_BUILD_LIMIT = 64 * 1024
+
+
+def _payload_size(output: dict[str, Any]) -> int:
+    size = 0
+    for value in (output.get("text"), *(output.get("data") or {}).values()):
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += sum(len(v) for v in value if isinstance(v, str))
+        elif value is not None:
+            size += _INLINE_BUILD_LIMIT  # JSON values: let the thread serialise them
+    return size
+
+
 class ManifestWriter:
     """Turns nbformat outputs into manifests, writing their blobs first."""
 
@@ -98,16 +120,27 @@ class ManifestWriter:
             text = text if isinstance(text, str) else "".join(text)
             if not final and len(text) > self.inline_threshold:
                 return _partial_stream(output, text)
-            return await self.store.store_output(
-                output, inline_threshold=self.inline_threshold, pins=pins
-            )
+            return await self._store(output, pins)
         cached = self._cache.get(id(output))
         if cached is not None and cached[0] is output:
             return cached[1]
-        manifest = await self.store.store_output(
-            output, inline_threshold=self.inline_threshold, pins=pins
-        )
+        manifest = await self._store(output, pins)
         self._cache[id(output)] = (output, manifest)
+        return manifest
+
+    async def _store(self, output: dict[str, Any], pins: PinSet | None) -> dict[str, Any]:
+        if _payload_size(output) > _INLINE_BUILD_LIMIT:
+            # Hashing megabytes belongs in a worker thread.
+            return await self.store.store_output(
+                output, inline_threshold=self.inline_threshold, pins=pins
+            )
+        # Small outputs (the common case): building the manifest costs microseconds, less
+        # than a thread hop, so do it here and only write blobs (if any) through the store.
+        manifest, pending = build_manifest(output, inline_threshold=self.inline_threshold)
+        for blob in pending:
+            if pins is not None:
+                pins.add(blob.hash)
+            await self.store.put_pending(blob)
         return manifest
 
     async def build_all(self, outputs: list[dict[str, Any]], *, final: bool = True,

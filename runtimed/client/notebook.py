@@ -274,14 +274,18 @@ class AsyncNotebook:
         await self._client.request(lambda i: InputReply(id=i, notebook_id=self.id,
                                                         execution_id=execution_id, value=value))
 
-    async def close(self) -> None:
-        """Leave the notebook (after the daemon has this replica's edits). The daemon keeps
-        it, and its kernel, open for other clients."""
+    async def close(self, *, unload: bool = False) -> None:
+        """Leave the notebook (after the daemon has this replica's edits).
+
+        The daemon keeps it, and its kernel, for other clients and later opens until it has
+        been idle for its idle timeout; ``unload=True`` closes it (stopping the kernel) at once
+        when no other client has it open.
+        """
         await self._client.push(self.id, "notebook")
         heads = self.heads()
         try:
             await self._client.request(
-                lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads)
+                lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads, unload=unload)
             )
         except ConnectionClosed:
             pass

@@ -271,7 +271,7 @@ def message_shaped_maps(draw: st.DrawFn) -> bytes:
     """msgpack maps with message-like keys and tags but random (often wrong) values."""
     leaf = st.one_of(
         st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-        st.text(max_size=8), st.binary(max_size=8), st.lists(st.integers(), max_size=2),
+        st.text(max_size=8), st.binary(max_size=8), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
     )
     keys = st.sampled_from(["type", "id", "notebook_id", "cell_id", "path", "code", "message",
                             "heads", "doc", "data", "notebooks", "status", "timeout"])
@@ -319,6 +319,7 @@ NOT_UTF8 = [
     b"\x81\xa4type\xa2\xff\xfe",  # {"type": <bad str>}
     b"\x82\xa4type\xa4ping\xa2id\xa1\x80",  # {"type": "ping", "id": <bad str>}
     b"\x81\xa2\xc3\x28\x01",  # {<bad key>: 1}
+    b"\x83\xa4type\xadopen_notebook\xa2id\x01\xa4path\xa1\xff",  # path: <bad str>
 ]
 
 
