@@ -20,7 +20,6 @@ __all__ = [
     "HeadsTimeout",
     "InternalError",
     "InvalidRequest",
-    "KernelNotRunning",
     "NotebookIOError",
     "NotebookInvalid",
     "NotebookNotFound",
@@ -76,10 +75,6 @@ class HeadsTimeout(RuntimedError):
     code = ErrorCode.HEADS_TIMEOUT
 
 
-class KernelNotRunning(RuntimedError):
-    code = ErrorCode.KERNEL_NOT_RUNNING
-
-
 class ExecutionNotFound(RuntimedError):
     code = ErrorCode.EXECUTION_NOT_FOUND
 
@@ -123,7 +118,7 @@ def _register() -> None:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
         if cls not in (RuntimedError, ConnectionClosed, RemoteError):
-            _BY_CODE.setdefault(cls.code, cls)
+            _BY_CODE[cls.code] = cls  # subclasses come later, so the most specific wins
 
 
 def register_error(cls: type[RuntimedError]) -> type[RuntimedError]:
@@ -134,12 +129,17 @@ def register_error(cls: type[RuntimedError]) -> type[RuntimedError]:
 
 def error_from_reply(code: ErrorCode | str, message: str) -> RuntimedError:
     """The exception matching an ``ErrorReply``'s code."""
+    import runtimed.kernel_errors  # noqa: F401  (registers the kernel layer's classes)
+
     _register()
     try:
         cls = _BY_CODE.get(ErrorCode(code), RemoteError)
     except ValueError:
         cls = RemoteError
-    err = cls(message)
+    # Build without the subclass's __init__ (some take structured arguments): the message is
+    # what crossed the wire.
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
     if cls is RemoteError:
         err.code = ErrorCode.INTERNAL_ERROR
     return err

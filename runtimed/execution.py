@@ -36,9 +36,10 @@ from protocol.messages import (
 from runtimed.errors import CellEmpty, CellNotCode, ExecutionNotFound, InvalidRequest
 from runtimed.kernel import ExecutionOutcome, KernelSession
 from runtimed.kernel_errors import KernelError
-from runtimed.outputs import OutputChange
+from runtimed.outputs import DisplayUpdate, OutputChange
 from runtimed.outputs_manifest import ManifestWriter
 from blobstore import BlobError, BlobStore, PinSet
+from runtimed.notebook_doc import Cell
 from runtimed.room import NotebookRoom
 
 if TYPE_CHECKING:
@@ -118,6 +119,8 @@ class NotebookExecutor:
         self._flush_wake = anyio.Event()
         self._pending_change: OutputChange | None = None
         self._idle_changed = anyio.Event()
+        self._display_updates: list[DisplayUpdate] = []
+        self._displays: dict[str, dict[str, tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------ requests
 
@@ -128,7 +131,11 @@ class NotebookExecutor:
         Raises:
             CellNotFound, CellNotCode, CellEmpty.
         """
-        cell = self.room.notebook.cell(cell_id)
+        return self._queue_cell(self.room.notebook.cell(cell_id), allow_stdin=allow_stdin,
+                                timeout=timeout)
+
+    def _queue_cell(self, cell: Cell, *, allow_stdin: bool, timeout: float | None) -> str:
+        cell_id = cell.id
         if cell.cell_type != "code":
             raise CellNotCode(
                 f"cell {cell_id!r} is a {cell.cell_type} cell; only code cells can be executed"
@@ -158,8 +165,8 @@ class NotebookExecutor:
             tags = cell.metadata.get("tags", [])
             if isinstance(tags, list) and "skip-execution" in tags:
                 continue
-            queued.append((cell.id, self.queue_cell(cell.id, allow_stdin=allow_stdin,
-                                                    timeout=timeout)))
+            queued.append((cell.id, self._queue_cell(cell, allow_stdin=allow_stdin,
+                                                     timeout=timeout)))
         return queued
 
     async def interrupt(self) -> None:
@@ -354,6 +361,9 @@ class NotebookExecutor:
             manifests = [await self._manifests.build({
                 "output_type": "error", "ename": "OutputNotStored",
                 "evalue": f"the cell's outputs could not be stored: {exc}", "traceback": []})]
+        self._record_displays(job.cell_id, outcome.display_ids)
+        if self._display_updates:
+            await self._apply_display_updates()
         if room.runtime is runtime:
             runtime.set_outputs(job.cell_id, manifests)
             runtime.set_execution_count(job.cell_id, outcome.execution_count)
@@ -405,13 +415,52 @@ class NotebookExecutor:
     def _on_change(self, change: OutputChange) -> None:
         # Called from the kernel's IOPub reader: never block, just note and wake the flusher.
         self._pending_change = change
+        if change.display_update is not None:
+            self._display_updates.append(change.display_update)
         self._flush_wake.set()
+
+    async def _apply_display_updates(self) -> None:
+        """``update_display_data`` for a display id shown by other cells: rewrite those
+        outputs' data and metadata (the Jupyter messaging spec's display_id semantics)."""
+        updates, self._display_updates = self._display_updates, []
+        running = self._running.cell_id if self._running else None
+        changed = False
+        for update in updates:
+            for cell_id, indices in self._displays.get(update.display_id, {}).items():
+                if cell_id == running:
+                    continue
+                count, manifests = self.room.runtime.cell_state(cell_id)
+                for index in indices:
+                    if index < len(manifests):
+                        old = manifests[index]
+                        output: dict[str, Any] = {
+                            "output_type": old.get("output_type", "display_data"),
+                            "data": update.data, "metadata": update.metadata,
+                        }
+                        if "execution_count" in old:
+                            output["execution_count"] = old["execution_count"]
+                        manifests[index] = await self._manifests.build(output, pins=self._pins)
+                        changed = True
+                self.room.runtime.set_outputs(cell_id, manifests)
+        if changed:
+            self.room.runtime_changed()
+
+    def _record_displays(self, cell_id: str, display_ids: dict[str, tuple[int, ...]]) -> None:
+        for cells in self._displays.values():
+            cells.pop(cell_id, None)
+        for display_id, indices in display_ids.items():
+            self._displays.setdefault(display_id, {})[cell_id] = indices
 
     async def _flusher(self) -> None:
         """Write the running cell's outputs to the runtime document, at a bounded rate."""
         while True:
             await self._flush_wake.wait()
             self._flush_wake = anyio.Event()
+            if self._display_updates:
+                try:
+                    await self._apply_display_updates()
+                except BlobError as exc:
+                    log.warning("could not store a display update: %s", exc)
             change, job = self._pending_change, self._running
             if change is None or job is None:
                 continue

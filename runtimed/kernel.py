@@ -28,7 +28,6 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
-import zmq
 from anyio.abc import TaskGroup
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
@@ -104,7 +103,9 @@ class KernelSession:
         self._spec: LaunchSpec | None = None
         self._tg: TaskGroup | None = None
         self._kernel: KernelProcess | None = None
+        self._processes: set[KernelProcess] = set()  # started and not yet fully stopped
         self._lifecycle = anyio.Lock()
+        self._starting = False
         self._closed = False
 
     # -- context manager ---------------------------------------------------------------
@@ -140,6 +141,9 @@ class KernelSession:
                 await self.shutdown()
         finally:
             self._closed = True
+            for kernel in self._processes:  # only if the shutdown could not finish
+                logger.error("kernel %d still running at close; killing it", kernel.pid)
+                kernel.abort()
             self._tg.cancel_scope.cancel()
             # Only a cancellation concerns the task group's scope; any other exception is the
             # caller's and must not be wrapped into an ExceptionGroup.  Never suppress it.
@@ -154,6 +158,8 @@ class KernelSession:
     def state(self) -> KernelState:
         """``starting`` until ready, ``busy`` while executions are outstanding, or ``dead``."""
         kernel = self._kernel
+        if kernel is None and self._starting:
+            return "starting"
         if kernel is None or kernel.exited.is_set():
             return "dead"
         if not kernel.ready:
@@ -173,7 +179,9 @@ class KernelSession:
     def _running(self) -> KernelProcess:
         kernel = self._kernel
         if kernel is None or kernel.exited.is_set() or not kernel.ready:
-            raise KernelNotRunning(f"the kernel is {self.state}; restart it")
+            state = self.state
+            hint = "; restart it" if state == "dead" and not self._closed else ""
+            raise KernelNotRunning(f"the kernel is {state}{hint}")
         return kernel
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -192,9 +200,13 @@ class KernelSession:
             if self._tg is None or self._closed:
                 raise KernelNotRunning("the kernel session is closed")
             old, self._kernel = self._kernel, None
-            if old is not None:
-                await old.stop(grace=_SHUTDOWN_GRACE, reason="restarted")
-            self._kernel = await self._launch()
+            self._starting = True  # the state reads "starting" from now until ready
+            try:
+                if old is not None:
+                    await self._stop(old, grace=_SHUTDOWN_GRACE, reason="restarted")
+                self._kernel = await self._launch()
+            finally:
+                self._starting = False
 
     # The API takes a timeout (not a caller's cancel scope): the phases need separate waits.
     async def shutdown(self, *, timeout: float = _SHUTDOWN_GRACE) -> None:  # noqa: ASYNC109
@@ -206,35 +218,49 @@ class KernelSession:
         async with self._lifecycle:
             kernel, self._kernel = self._kernel, None
             if kernel is not None:
-                await kernel.stop(grace=timeout, reason="shut down")
+                await self._stop(kernel, grace=timeout, reason="shut down")
+
+    async def _stop(self, kernel: KernelProcess, *, grace: float, reason: str) -> None:
+        try:
+            await kernel.stop(grace=grace, reason=reason)
+        finally:
+            self._processes.discard(kernel)
 
     async def _launch(self) -> KernelProcess:
         assert self._spec is not None
         assert self._tg is not None
+        self._starting = True
+        try:
+            return await self._launch_process(self._spec, self._tg)
+        finally:
+            self._starting = False
+
+    async def _launch_process(self, spec: LaunchSpec, tg: TaskGroup) -> KernelProcess:
         conn_dir = Path(tempfile.mkdtemp(prefix="runtimed-kernel-"))
         try:
-            conn_file, info = write_connection(conn_dir, self._spec)
-            process = await spawn_kernel(self._spec, conn_file, cwd=self._cwd, env=self._env)
+            conn_file, info = write_connection(conn_dir, spec)
+            process = await spawn_kernel(spec, conn_file, cwd=self._cwd, env=self._env)
         except BaseException:
             shutil.rmtree(conn_dir, ignore_errors=True)
             raise
         client = AsyncKernelClient()
         client.load_connection_info(info)
         client.start_channels(hb=False)
-        kernel = KernelProcess(self._spec, process, client, conn_dir)
+        kernel = KernelProcess(spec, process, client, conn_dir)
+        self._processes.add(kernel)
         try:
-            await self._tg.start(kernel.run)
+            await tg.start(kernel.run)
             failure = await kernel.wait_ready(self._startup_timeout)
         except BaseException:
-            await kernel.stop(grace=0, reason="aborted during startup")
+            await self._stop(kernel, grace=0, reason="aborted during startup")
             raise
         if failure is not None:
-            await kernel.stop(grace=0, reason="failed to start")
+            await self._stop(kernel, grace=0, reason="failed to start")
             raise KernelStartFailed(
-                f"kernel {self._spec.name!r} (pid {kernel.pid}) {failure}",
+                f"kernel {spec.name!r} (pid {kernel.pid}) {failure}",
                 stderr_tail=kernel.tail.text(),
             )
-        logger.info("kernel %r ready (pid %d)", self._spec.name, kernel.pid)
+        logger.info("kernel %r ready (pid %d)", spec.name, kernel.pid)
         return kernel
 
     # -- execution ---------------------------------------------------------------------
@@ -274,10 +300,10 @@ class KernelSession:
         kernel.executions[msg_id] = ex
         kernel.replies[msg_id] = ex.reply
         try:
-            kernel.client.shell_channel.send(msg)
-        except zmq.ZMQError as exc:
+            kernel.send_msg("shell", msg)
+        except KernelNotRunning:
             kernel.forget(msg_id)
-            raise KernelNotRunning(f"cannot send execute_request: {exc}") from exc
+            raise
         timed_out = False
         try:
             with anyio.move_on_after(timeout) as scope:

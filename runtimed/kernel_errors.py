@@ -7,6 +7,9 @@ with ``from exc``.
 
 from __future__ import annotations
 
+from protocol.errors import ErrorCode
+from runtimed.errors import RuntimedError
+
 __all__ = [
     "ExecutionTimeout",
     "KernelDied",
@@ -17,16 +20,16 @@ __all__ = [
 ]
 
 
-class KernelError(Exception):
-    """Root of the kernel layer's errors."""
+class KernelError(RuntimedError):
+    """Root of the kernel layer's errors (part of the runtimed error tree)."""
 
-    code: str = "kernel_error"
+    code = ErrorCode.KERNEL_NOT_RUNNING
 
 
 class KernelNotFound(KernelError):
     """No installed kernelspec has the requested name; the message lists the available ones."""
 
-    code = "kernel_not_found"
+    code = ErrorCode.KERNEL_NOT_FOUND
 
     def __init__(self, name: str, available: list[str]) -> None:
         listing = ", ".join(sorted(available)) or "none"
@@ -42,7 +45,7 @@ class KernelStartFailed(KernelError):
     the message).
     """
 
-    code = "kernel_start_failed"
+    code = ErrorCode.KERNEL_START_FAILED
 
     def __init__(self, reason: str, *, stderr_tail: str = "") -> None:
         message = reason
@@ -56,16 +59,16 @@ class KernelStartFailed(KernelError):
 class KernelDied(KernelError):
     """The kernel process exited unexpectedly (executions report this as status "died")."""
 
-    code = "kernel_died"
+    code = ErrorCode.KERNEL_DIED
 
 
 class KernelNotRunning(KernelError):
     """The operation needs a running kernel, but it is dead, shut down, or still starting."""
 
-    code = "kernel_not_running"
+    code = ErrorCode.KERNEL_NOT_RUNNING
 
 
 class ExecutionTimeout(KernelError):
     """An execution exceeded its timeout (executions report this as status "timeout")."""
 
-    code = "execution_timeout"
+    code = ErrorCode.EXECUTION_TIMEOUT

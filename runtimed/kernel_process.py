@@ -115,13 +115,18 @@ class KernelProcess:
     # -- sending ------------------------------------------------------------------------
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any], **kw: Any) -> str:
-        """Send a message on a channel; returns its msg_id.  The zmq error boundary."""
+        """Build and send a message on a channel; returns its msg_id."""
         msg = self.client.session.msg(msg_type, content, **kw)
+        self.send_msg(channel, msg)
+        return str(msg["header"]["msg_id"])
+
+    def send_msg(self, channel: str, msg: dict[str, Any]) -> None:
+        """Send a built message.  The boundary converting zmq send errors."""
         try:
             getattr(self.client, f"{channel}_channel").send(msg)
         except zmq.ZMQError as exc:
+            msg_type = msg["header"]["msg_type"]
             raise KernelNotRunning(f"cannot send {msg_type} to the kernel: {exc}") from exc
-        return str(msg["header"]["msg_id"])
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any]) -> tuple[str, Reply]:
         """Send a request whose reply the shell/control reader will deliver."""
@@ -188,7 +193,11 @@ class KernelProcess:
                 with anyio.move_on_after(grace):
                     await self.exited.wait()
                 if not self.exited.is_set() and signal_group(self.pid, signal.SIGTERM):
-                    logger.warning("kernel %d ignored shutdown_request; sent SIGTERM", self.pid)
+                    logger.warning(
+                        "kernel %d did not exit %g s after shutdown_request; sent SIGTERM",
+                        self.pid,
+                        grace,
+                    )
                     with anyio.move_on_after(_TERM_GRACE):
                         await self.exited.wait()
         finally:
@@ -208,10 +217,21 @@ class KernelProcess:
                 self.client.stop_channels()
                 shutil.rmtree(self.conn_dir, ignore_errors=True)
 
+    def abort(self) -> None:
+        """Last resort when :meth:`stop` could not run: SIGKILL the group, end the tasks."""
+        if not self.exited.is_set():
+            signal_group(self.pid, signal.SIGKILL)
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        """The process's tasks; returns once :meth:`stop` cancelled them."""
+        """The process's tasks; returns once :meth:`stop` (or :meth:`abort`) cancelled them.
+
+        Shielded: a cancellation of the session's enclosing scope must not silence the
+        watcher and readers before the (shielded) shutdown has used them.
+        """
         try:
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope(shield=True) as scope:
                 self._scope = scope
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
