@@ -399,7 +399,7 @@ def decode_client_message(payload: bytes) -> ClientRequest:
     """
     try:
         return _client_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid client message: {exc}") from exc
 
 
@@ -411,7 +411,7 @@ def decode_daemon_message(payload: bytes) -> DaemonMessage:
     """
     try:
         return _daemon_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid daemon message: {exc}") from exc
 
 
@@ -423,5 +423,5 @@ def decode_sync(payload: bytes) -> SyncEnvelope:
     """
     try:
         return _sync_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid sync frame: {exc}") from exc

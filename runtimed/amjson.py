@@ -12,7 +12,15 @@ from typing import Any
 
 from automerge.core import Document, ObjType, ScalarType, Transaction
 
-__all__ = ["JsonValue", "insert_json", "put_json", "read_json", "splice_text"]
+__all__ = [
+    "JsonValue",
+    "decode_key",
+    "encode_key",
+    "insert_json",
+    "put_json",
+    "read_json",
+    "splice_text",
+]
 
 JsonValue = Any  # JSON-shaped: dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None
 
@@ -71,9 +79,19 @@ def insert_json(tx: Transaction, seq: bytes, index: int, value: JsonValue) -> No
         tx.insert(seq, index, *_scalar(value))
 
 
+def encode_key(key: str) -> str:
+    """JSON allows "" as an object key; Automerge does not. "" is stored as "\x00" and a key
+    that itself starts with NUL gets one more NUL in front, so every key round-trips."""
+    return "\x00" + key if key == "" or key.startswith("\x00") else key
+
+
+def decode_key(key: str) -> str:
+    return key[1:] if key.startswith("\x00") else key
+
+
 def _fill_map(tx: Transaction, obj: bytes, value: Mapping[str, JsonValue]) -> None:
     for key, item in value.items():
-        put_json(tx, obj, str(key), item)
+        put_json(tx, obj, encode_key(str(key)), item)
 
 
 def _fill_list(tx: Transaction, obj: bytes, value: Sequence[JsonValue]) -> None:
@@ -89,7 +107,7 @@ def read_json(doc: Document, obj: bytes, *, heads: list[bytes] | None = None) ->
         for key in doc.keys(obj, heads=heads):
             got = doc.get(obj, key, heads=heads)
             if got is not None:
-                result[key] = _value(doc, got, heads)
+                result[decode_key(key)] = _value(doc, got, heads)
         return result
     if kind == ObjType.List:
         return [_value(doc, got, heads) for got in doc.values(obj, heads=heads)]

@@ -7,12 +7,17 @@ Schema (``docs/schema.md``)::
       doc_id: Str (uuid hex; also the notebook id the daemon reports; survives restarts)
       nbformat: Int, nbformat_minor: Int
       metadata: Map (notebook metadata, JSON as nested Maps/Lists; unknown keys kept)
-      cells: List of Map
-        id: Str (stable, nbformat 4.5 cell id)
+      cells: Map cell_id -> Map
+        id: Str (stable, nbformat 4.5 cell id; equal to the key)
+        position: Str (fractional index: cells are ordered by (position, id))
         cell_type: Str ("code" | "markdown" | "raw")
         source: Text (edited one code point at a time; concurrent edits merge per character)
         metadata: Map (unknown keys kept)
         attachments: Map (markdown/raw cells that have them)
+
+Order is a fractional index rather than a list position so that moving a cell is one
+write: two replicas moving the same cell concurrently converge on one copy (last writer
+wins), and a move never loses a concurrent edit to the cell's source.
 
 Outputs and execution counts are runtime state and live in the runtime document
 (:mod:`runtimed.runtime_doc`), so re-running cells never grows this document's history.
@@ -29,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType, Transaction
+from fractional_indexing import generate_key_between, generate_n_keys_between
 
-from runtimed.amjson import JsonValue, put_json, read_json, splice_text
+from runtimed.amjson import JsonValue, encode_key, put_json, read_json, splice_text
 from runtimed.errors import CellNotFound, InvalidRequest
 
 __all__ = ["CELL_TYPES", "Cell", "NotebookDoc", "new_cell_id"]
@@ -101,9 +107,11 @@ class NotebookDoc:
             tx.put(ROOT, "doc_id", ScalarType.Str, uuid.uuid4().hex)
             tx.put(ROOT, "nbformat", ScalarType.Int, int(nb.get("nbformat", 4)))
             put_json(tx, ROOT, "metadata", dict(nb.get("metadata", {})))
-            cells = tx.put_object(ROOT, "cells", ObjType.List)
+            cells = tx.put_object(ROOT, "cells", ObjType.Map)
             seen: set[str] = set()
-            for index, cell in enumerate(nb.get("cells", [])):
+            source_cells = list(nb.get("cells", []))
+            positions = generate_n_keys_between(None, None, len(source_cells))
+            for position, cell in zip(positions, source_cells, strict=True):
                 cell_id = cell.get("id")
                 if not cell_id or cell_id in seen:
                     cell_id = new_cell_id(seen)
@@ -112,7 +120,7 @@ class NotebookDoc:
                 _insert_cell(
                     tx,
                     cells,
-                    index,
+                    position,
                     cell_id=cell_id,
                     cell_type=cell["cell_type"],
                     source=_join_source(cell.get("source", "")),
@@ -165,8 +173,20 @@ class NotebookDoc:
             raise InvalidRequest("the notebook document has no cells list (not synced yet?)")
         return got[1]
 
+    def _ordered(self) -> list[tuple[str, str, bytes]]:
+        """(position, id, obj) of every cell, in notebook order."""
+        cells = self._cells_obj()
+        entries = []
+        for key in self.doc.keys(cells):
+            got = self.doc.get(cells, key)
+            if got is None or got[0] != ObjType.Map:
+                continue
+            entries.append((self._str(got[1], "position"), key, got[1]))
+        entries.sort()
+        return entries
+
     def _iter_cell_objs(self) -> Iterator[tuple[int, bytes]]:
-        for index, (_, obj) in enumerate(self.doc.values(self._cells_obj())):
+        for index, (_, _, obj) in enumerate(self._ordered()):
             yield index, obj
 
     def _str(self, obj: bytes, key: str, default: str = "") -> str:
@@ -180,16 +200,20 @@ class NotebookDoc:
         return self._str(ROOT, "doc_id")
 
     def cell_ids(self) -> list[str]:
-        return [self._str(obj, "id") for _, obj in self._iter_cell_objs()]
+        return [cell_id for _, cell_id, _ in self._ordered()]
 
     def __len__(self) -> int:
-        return int(self.doc.length(self._cells_obj()))
+        return len(self.doc.keys(self._cells_obj()))
+
+    def _obj(self, cell_id: str) -> bytes:
+        got = self.doc.get(self._cells_obj(), cell_id)
+        if got is None or got[0] != ObjType.Map:
+            raise CellNotFound(f"cell {cell_id!r} is not in this notebook")
+        return got[1]
 
     def _find(self, cell_id: str) -> tuple[int, bytes]:
-        for index, obj in self._iter_cell_objs():
-            if self._str(obj, "id") == cell_id:
-                return index, obj
-        raise CellNotFound(f"cell {cell_id!r} is not in this notebook")
+        obj = self._obj(cell_id)
+        return self.cell_ids().index(cell_id), obj
 
     def index_of(self, cell_id: str) -> int:
         return self._find(cell_id)[0]
@@ -215,10 +239,10 @@ class NotebookDoc:
         return [self._cell(obj) for _, obj in self._iter_cell_objs()]
 
     def cell(self, cell_id: str) -> Cell:
-        return self._cell(self._find(cell_id)[1])
+        return self._cell(self._obj(cell_id))
 
     def source(self, cell_id: str) -> str:
-        return str(self.doc.text(self._source_obj(self._find(cell_id)[1])))
+        return str(self.doc.text(self._source_obj(self._obj(cell_id))))
 
     def metadata(self) -> dict[str, JsonValue]:
         got = self.doc.get(ROOT, "metadata")
@@ -277,40 +301,45 @@ class NotebookDoc:
             if cell_id in existing:
                 raise InvalidRequest(f"cell id {cell_id!r} is already in this notebook")
         cells = self._cells_obj()
-        length = self.doc.length(cells)
-        at = length if index is None else max(0, min(index, length))
+        position = self._position_for(index)
         with self.doc.transaction() as tx:
             _insert_cell(
-                tx, cells, at, cell_id=cell_id, cell_type=cell_type, source=source,
+                tx, cells, position, cell_id=cell_id, cell_type=cell_type, source=source,
                 metadata=metadata or {}, attachments=None,
             )
         return cell_id
 
+    def _position_for(self, index: int | None, *, excluding: str | None = None) -> str:
+        """A fractional index that sorts at ``index`` (None: the end)."""
+        positions = [p for p, cell_id, _ in self._ordered() if cell_id != excluding]
+        at = len(positions) if index is None else max(0, min(index, len(positions)))
+        before = positions[at - 1] if at > 0 else None
+        after = positions[at] if at < len(positions) else None
+        if before is not None and after is not None and before >= after:
+            # Concurrent inserts can leave equal positions (ties sort by id): go past them.
+            later = [p for p in positions[at:] if p > before]
+            after = later[0] if later else None
+        return str(generate_key_between(before, after))
+
     def delete_cell(self, cell_id: str) -> None:
-        index, _ = self._find(cell_id)
+        self._obj(cell_id)  # CellNotFound
         with self.doc.transaction() as tx:
-            tx.delete(self._cells_obj(), index)
+            tx.delete(self._cells_obj(), cell_id)
 
     def move_cell(self, cell_id: str, index: int) -> None:
-        """Move a cell to ``index`` (in the order after removal).
+        """Move a cell to ``index`` (counted without the cell itself).
 
-        Automerge lists have no move operation: the cell is re-inserted with the same id and
-        content, so an edit to its source made concurrently by another replica is lost.
+        One write of the cell's position: concurrent moves converge on one copy and
+        concurrent edits to the cell's source are kept.
         """
-        cell = self.cell(cell_id)
-        old, _ = self._find(cell_id)
-        cells = self._cells_obj()
+        obj = self._obj(cell_id)
+        position = self._position_for(index, excluding=cell_id)
         with self.doc.transaction() as tx:
-            tx.delete(cells, old)
-            at = max(0, min(index, tx.length(cells)))
-            _insert_cell(
-                tx, cells, at, cell_id=cell.id, cell_type=cell.cell_type, source=cell.source,
-                metadata=cell.metadata, attachments=cell.attachments,
-            )
+            tx.put(obj, "position", ScalarType.Str, position)
 
     def splice_source(self, cell_id: str, index: int, delete: int, insert: str) -> None:
         """Delete ``delete`` code points at ``index`` of the cell's source and insert ``insert``."""
-        text = self._source_obj(self._find(cell_id)[1])
+        text = self._source_obj(self._obj(cell_id))
         length = self.doc.length(text)
         if index < 0 or delete < 0 or index + delete > length:
             raise InvalidRequest(
@@ -341,23 +370,23 @@ class NotebookDoc:
     def set_cell_type(self, cell_id: str, cell_type: str) -> None:
         if cell_type not in CELL_TYPES:
             raise InvalidRequest(f"unknown cell type {cell_type!r}; use one of {CELL_TYPES}")
-        _, obj = self._find(cell_id)
+        obj = self._obj(cell_id)
         with self.doc.transaction() as tx:
             tx.put(obj, "cell_type", ScalarType.Str, cell_type)
 
     def set_cell_metadata(self, cell_id: str, key: str, value: JsonValue) -> None:
-        _, obj = self._find(cell_id)
+        obj = self._obj(cell_id)
         meta = self.doc.get(obj, "metadata")
         with self.doc.transaction() as tx:
             target = meta[1] if meta else tx.put_object(obj, "metadata", ObjType.Map)
-            put_json(tx, target, key, value)
+            put_json(tx, target, encode_key(key), value)
 
     def set_metadata(self, key: str, value: JsonValue) -> None:
         """Set one top-level notebook metadata key (others, known or not, are kept)."""
         meta = self.doc.get(ROOT, "metadata")
         with self.doc.transaction() as tx:
             target = meta[1] if meta else tx.put_object(ROOT, "metadata", ObjType.Map)
-            put_json(tx, target, key, value)
+            put_json(tx, target, encode_key(key), value)
 
 
 def _join_source(source: str | list[str]) -> str:
@@ -367,7 +396,7 @@ def _join_source(source: str | list[str]) -> str:
 def _insert_cell(
     tx: Transaction,
     cells: bytes,
-    index: int,
+    position: str,
     *,
     cell_id: str,
     cell_type: str,
@@ -375,8 +404,9 @@ def _insert_cell(
     metadata: dict[str, JsonValue],
     attachments: dict[str, JsonValue] | None,
 ) -> None:
-    obj = tx.insert_object(cells, index, ObjType.Map)
+    obj = tx.put_object(cells, cell_id, ObjType.Map)
     tx.put(obj, "id", ScalarType.Str, cell_id)
+    tx.put(obj, "position", ScalarType.Str, position)
     tx.put(obj, "cell_type", ScalarType.Str, cell_type)
     text = tx.put_object(obj, "source", ObjType.Text)
     splice_text(tx, text, 0, 0, source)

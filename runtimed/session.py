@@ -270,7 +270,7 @@ def _salvage_id(payload: bytes) -> int:
     """Best effort: the ``id`` of an undecodable request, so the error reply can echo it."""
     try:
         raw = msgspec.msgpack.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return 0
     if isinstance(raw, dict) and isinstance(raw.get("id"), int):
         return int(raw["id"])

@@ -258,7 +258,7 @@ def test_equals_nbclient_after_coalescing(messages: list[tuple[str, Any, str]]) 
 
 
 def test_coalesce_streams_accepts_multiline_lists() -> None:
-    outs = [
+    outs: list[dict[str, Any]] = [
         {"output_type": "stream", "name": "stdout", "text": ["a\n", "b"]},
         {"output_type": "stream", "name": "stdout", "text": "\rc\n"},
     ]

@@ -1,0 +1,207 @@
+"""The runtime document: executions, the queue, outputs, and the history-free snapshot."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from automerge.core import SyncState
+
+from runtimed.runtime_doc import FINISHED, RuntimeDoc
+
+STREAM = {"output_type": "stream", "name": "stdout", "text": "hi é😀\n"}
+RESULT = {"output_type": "execute_result", "execution_count": 1, "metadata": {},
+          "data": {"text/plain": "42"}}
+IMAGE_REF = {"output_type": "display_data", "metadata": {"image/png": {"width": 3}},
+             "data": {"image/png": {"blob": "ab" * 32, "size": 1234}}}
+
+
+def sync(server: RuntimeDoc, replica: RuntimeDoc) -> None:
+    """Run the Automerge sync protocol between two documents until both are quiet."""
+    s_state, r_state = SyncState(), SyncState()
+    for _ in range(20):
+        to_replica = server.doc.generate_sync_message(s_state)
+        if to_replica is not None:
+            replica.doc.receive_sync_message(r_state, to_replica)
+        to_server = replica.doc.generate_sync_message(r_state)
+        if to_server is not None:
+            server.doc.receive_sync_message(s_state, to_server)
+        if to_replica is None and to_server is None:
+            return
+    raise AssertionError("sync did not settle")
+
+
+def test_new_document_has_the_schema() -> None:
+    rt = RuntimeDoc.new()
+    assert rt.ready
+    assert rt.kernel() == {"state": "not_started", "name": "", "pid": None, "message": ""}
+    assert rt.queue() == []
+    assert rt.running() is None
+    assert rt.execution_ids() == []
+    assert rt.cell_state("nope") == (None, [])
+    assert not RuntimeDoc.empty().ready
+
+
+def test_executions_move_through_the_queue() -> None:
+    rt = RuntimeDoc.new()
+    rt.add_execution("e1", "c1", 1)
+    rt.add_execution("e2", "c2", 2)
+    rt.add_execution("e3", "c1", 3)
+    assert rt.queue() == ["e1", "e2", "e3"]
+    assert rt.execution("e1") == {"cell_id": "c1", "status": "queued", "seq": 1,
+                                  "execution_count": None, "ename": None, "evalue": None}
+
+    rt.update_execution("e1", status="running")
+    assert rt.queue() == ["e2", "e3"]
+    assert rt.running() == "e1"
+
+    rt.update_execution("e1", status="ok", execution_count=1)
+    assert rt.running() is None
+    assert rt.execution("e1")["status"] == "ok"  # type: ignore[index]
+    assert rt.execution("e1")["execution_count"] == 1  # type: ignore[index]
+
+    rt.update_execution("e2", status="running")
+    rt.update_execution("e2", status="error", ename="ValueError", evalue="bad é")
+    rt.update_execution("e3", status="skipped")
+    assert rt.queue() == []
+    assert rt.running() is None
+    assert rt.execution("e2")["ename"] == "ValueError"  # type: ignore[index]
+    assert rt.execution("e3")["status"] == "skipped"  # type: ignore[index]
+
+
+def test_finishing_another_execution_does_not_clear_running() -> None:
+    rt = RuntimeDoc.new()
+    rt.add_execution("e1", "c1", 1)
+    rt.add_execution("e2", "c2", 2)
+    rt.update_execution("e1", status="running")
+    rt.update_execution("e2", status="cancelled")
+    assert rt.running() == "e1"
+    assert rt.queue() == []
+
+
+def test_updating_an_unknown_execution_is_a_no_op() -> None:
+    rt = RuntimeDoc.new()
+    heads = rt.doc.get_heads()
+    rt.update_execution("missing", status="ok")
+    assert rt.doc.get_heads() == heads
+    assert rt.execution("missing") is None
+
+
+def test_kernel_state() -> None:
+    rt = RuntimeDoc.new()
+    rt.set_kernel(state="idle", name="python3", pid=4242)
+    assert rt.kernel() == {"state": "idle", "name": "python3", "pid": 4242, "message": ""}
+    rt.set_kernel(state="dead", message="exited with code -9")
+    assert rt.kernel() == {"state": "dead", "name": "python3", "pid": None,
+                           "message": "exited with code -9"}
+
+
+def test_outputs_are_set_appended_replaced_and_cleared() -> None:
+    rt = RuntimeDoc.new()
+    rt.start_cell_run("c1", "e1")
+    assert rt.cell_state("c1") == (None, [])
+    rt.set_outputs("c1", [STREAM])
+    rt.set_outputs("c1", [STREAM, RESULT])
+    rt.set_execution_count("c1", 7)
+    assert rt.cell_state("c1") == (7, [STREAM, RESULT])
+
+    grown = {**STREAM, "text": STREAM["text"] + "more\n"}
+    rt.set_outputs("c1", [grown, RESULT, IMAGE_REF])
+    assert rt.cell_state("c1") == (7, [grown, RESULT, IMAGE_REF])
+    rt.set_outputs("c1", [grown])
+    assert rt.cell_state("c1") == (7, [grown])
+
+    rt.start_cell_run("c1", "e2")  # a new run clears count and outputs
+    assert rt.cell_state("c1") == (None, [])
+    rt.load_cell("c2", 3, [RESULT])
+    rt.clear_cell("c2")
+    assert rt.cell_state("c2") == (None, [])
+    rt.clear_cell("never-ran")  # no error
+    assert rt.cell_state("never-ran") == (None, [])
+
+
+def test_unchanged_outputs_write_nothing() -> None:
+    rt = RuntimeDoc.new()
+    rt.set_outputs("c1", [STREAM, RESULT])
+    before = rt.doc.get_heads()
+    rt.set_outputs("c1", [STREAM, RESULT])
+    assert rt.doc.get_heads() == before  # no change recorded: history does not grow
+    assert rt.cell_state("c1") == (None, [STREAM, RESULT])
+
+
+def test_snapshot_round_trip_keeps_outputs_and_finished_executions() -> None:
+    rt = RuntimeDoc.new()
+    rt.add_execution("e1", "c1", 1)
+    rt.update_execution("e1", status="running")
+    rt.start_cell_run("c1", "e1")
+    rt.set_outputs("c1", [STREAM, IMAGE_REF])
+    rt.set_execution_count("c1", 1)
+    rt.update_execution("e1", status="ok", execution_count=1)
+    rt.add_execution("e2", "c2", 2)
+    rt.update_execution("e2", status="running")
+    rt.start_cell_run("c2", "e2")
+    rt.set_outputs("c2", [RESULT])
+    rt.add_execution("e3", "c1", 3)  # still queued
+
+    snapshot = rt.snapshot()
+    assert json.loads(json.dumps(snapshot)) == snapshot  # plain JSON
+    assert set(snapshot["executions"]) == {"e1"}  # only finished ones survive a restart
+
+    restored = RuntimeDoc.from_snapshot(snapshot)
+    assert restored.cell_state("c1") == (1, [STREAM, IMAGE_REF])
+    assert restored.cell_state("c2") == (None, [RESULT])
+    assert restored.execution("e1") == rt.execution("e1")
+    assert restored.execution("e2") is None and restored.execution("e3") is None
+    assert restored.queue() == [] and restored.running() is None
+    assert restored.snapshot() == snapshot
+
+
+def test_snapshot_of_a_churned_document_is_small() -> None:
+    rt = RuntimeDoc.new()
+    for i in range(300):
+        rt.add_execution(f"e{i}", "c1", i)
+        rt.update_execution(f"e{i}", status="running")
+        rt.start_cell_run("c1", f"e{i}")
+        rt.set_outputs("c1", [{**STREAM, "text": f"run {i}\n"}])
+        rt.update_execution(f"e{i}", status="ok", execution_count=i)
+    rt.forget_executions(5)
+    assert len(rt.execution_ids()) == 5
+    restored = RuntimeDoc.from_snapshot(rt.snapshot())
+    assert restored.cell_state("c1") == (None, [{**STREAM, "text": "run 299\n"}])
+    assert len(restored.save()) < len(rt.save()) / 5
+
+
+def test_forget_executions_keeps_the_newest_finished_and_all_unfinished() -> None:
+    rt = RuntimeDoc.new()
+    for i in range(1, 6):
+        rt.add_execution(f"e{i}", "c", i)
+        rt.update_execution(f"e{i}", status="ok")
+    rt.add_execution("e6", "c", 6)
+    rt.forget_executions(2)
+    assert sorted(rt.execution_ids()) == ["e4", "e5", "e6"]
+    assert rt.queue() == ["e6"]
+
+
+def test_a_replica_syncs_the_daemon_state() -> None:
+    server = RuntimeDoc.new()
+    replica = RuntimeDoc.empty()
+    server.add_execution("e1", "c1", 1)
+    server.update_execution("e1", status="running")
+    server.set_outputs("c1", [STREAM])
+    sync(server, replica)
+    assert replica.ready
+    assert replica.running() == "e1"
+    assert replica.cell_state("c1") == (None, [STREAM])
+    server.update_execution("e1", status="ok")
+    sync(server, replica)
+    assert replica.execution("e1")["status"] == "ok"  # type: ignore[index]
+    assert replica.running() is None
+
+
+def test_finished_statuses_match_the_wire_vocabulary() -> None:
+    import typing
+
+    from protocol.messages import ExecutionStatus
+
+    wire: set[Any] = set(typing.get_args(ExecutionStatus))
+    assert wire - {"queued", "running"} == set(FINISHED)
