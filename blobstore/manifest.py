@@ -1,6 +1,6 @@
 """Output manifests: nbformat v4 outputs with large or binary payloads moved to blobs (pure).
 
-The notebook document stores a *manifest* instead of each output. A manifest is the output
+The runtime document stores a *manifest* instead of each output. A manifest is the output
 dict with every payload (stream ``text`` and each ``data[mime]`` value) replaced by a
 *content* object, plus ``"manifest_version": 1``. All other keys (``name``, ``metadata``,
 ``execution_count``, ``transient``, ``ename``/``evalue``/``traceback``, unknown keys) are

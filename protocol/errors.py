@@ -33,13 +33,18 @@ class ErrorCode(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
+    RUNTIME_NOT_FOUND = "runtime_not_found"
+    KERNEL_LIMIT = "kernel_limit"
+    ENV_BUILD_FAILED = "env_build_failed"
 
 
 class ProtocolError(Exception):
     """Bytes on the wire that do not form a valid handshake, frame or message.
 
     The only exception the pure protocol layer raises for bad input; anything else is a bug.
-    A connection that produced one is closed after an error reply.
+    A framing error (bad length, unknown frame kind, oversized frame) closes the connection
+    after an error reply; an undecodable message inside a good frame gets an error reply and
+    the connection stays open.
     """
 
     code = ErrorCode.PROTOCOL_ERROR

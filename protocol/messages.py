@@ -17,13 +17,16 @@ from typing import Literal
 import msgspec
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.runtimes import ConfigEntry, EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
 
 __all__ = [
     "CellQueued",
+    "CleanEnvs",
     "ClearOutputs",
     "ClientRequest",
     "CollectGarbage",
     "CloseNotebook",
+    "ConfigReply",
     "CreateNotebook",
     "DaemonEvent",
     "DaemonMessage",
@@ -31,18 +34,23 @@ __all__ = [
     "DaemonShuttingDown",
     "DaemonStatus",
     "DocKind",
+    "EnvList",
+    "EnvsCleaned",
     "ErrorReply",
     "ExecuteCell",
     "ExecutionDone",
     "ExecutionStarted",
     "ExecutionStatus",
     "GarbageCollected",
+    "GetConfig",
     "InputReply",
     "InputRequested",
     "InterruptKernel",
     "KernelInfo",
     "KernelStatusChanged",
+    "ListEnvs",
     "ListNotebooks",
+    "ListRuntimes",
     "NotebookClosed",
     "NotebookInfo",
     "NotebookList",
@@ -55,7 +63,7 @@ __all__ = [
     "RestartKernel",
     "RunAll",
     "RunAllQueued",
-    "RuntimeDocReset",
+    "RuntimeList",
     "SaveNotebook",
     "Shutdown",
     "StatusReply",
@@ -199,6 +207,26 @@ class CollectGarbage(Request, frozen=True, kw_only=True):
     grace_seconds: float | None = None
 
 
+class ListRuntimes(Request, frozen=True, kw_only=True):
+    """Every runtime the daemon can start (built-in Python, kernelspecs, built envs)."""
+
+
+class ListEnvs(Request, frozen=True, kw_only=True):
+    """The cached environments built from notebooks' declared dependencies."""
+
+
+class CleanEnvs(Request, frozen=True, kw_only=True):
+    """Remove cached environments no kernel uses: those over the configured age and size
+    limits, or older than ``older_than_days`` when given, or all of them (``remove_all``)."""
+
+    remove_all: bool = False
+    older_than_days: float | None = None
+
+
+class GetConfig(Request, frozen=True, kw_only=True):
+    """The daemon's effective configuration and where each value came from."""
+
+
 ClientRequest = (
     Ping
     | OpenNotebook
@@ -215,6 +243,10 @@ ClientRequest = (
     | ClearOutputs
     | InputReply
     | CollectGarbage
+    | ListRuntimes
+    | ListEnvs
+    | CleanEnvs
+    | GetConfig
 )
 
 # ---------------------------------------------------------------- replies
@@ -231,7 +263,9 @@ class Ok(Reply, frozen=True, kw_only=True):
 class ErrorReply(Reply, frozen=True, kw_only=True):
     """A request failed; the connection stays open. ``id`` is 0 when the request was unreadable."""
 
-    code: ErrorCode
+    code: str
+    """One of :class:`protocol.errors.ErrorCode`'s values (a string on the wire so that a
+    client can read codes added after it was built)."""
     message: str
 
 
@@ -255,6 +289,15 @@ class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     name: str
     pid: int | None = None
+    runtime: str = ""
+    """The runtime the kernel runs (e.g. ``python3``, a kernelspec, ``env-<key>``)."""
+    rss_bytes: int | None = None
+    """Resident memory of the kernel process."""
+    last_activity: float | None = None
+    """Unix time an execution last started or finished."""
+    started_at: float | None = None
+    from_pool: bool = False
+    """The kernel was pre-warmed in the pool before this notebook took it."""
 
 
 class NotebookInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,6 +327,11 @@ class StatusReply(Reply, frozen=True, kw_only=True):
     """Where blobs live on disk (clients on this machine read them directly)."""
     http_port: int | None = None
     """127.0.0.1 port of the HTTP endpoint (``GET /blob/{sha256}``), None if disabled."""
+    kernels: list[KernelHealth] = msgspec.field(default_factory=list)
+    """Every kernel process the daemon manages (notebooks' and pooled)."""
+    max_kernels: int = 0
+    """Limit on concurrent kernels (0: none)."""
+    pool: PoolInfo | None = None
 
 
 class CellQueued(Reply, frozen=True, kw_only=True):
@@ -303,6 +351,33 @@ class GarbageCollected(Reply, frozen=True, kw_only=True):
     blobs_kept: int
 
 
+class RuntimeList(Reply, frozen=True, kw_only=True):
+    runtimes: list[RuntimeInfo]
+
+
+class EnvList(Reply, frozen=True, kw_only=True):
+    envs: list[EnvInfo]
+    root: str = ""
+    total_bytes: int = 0
+    max_bytes: int = 0
+    """Size limit of the cache (0: none)."""
+    max_age_days: float = 0.0
+    """Environments unused this long are removed (0: never)."""
+
+
+class EnvsCleaned(Reply, frozen=True, kw_only=True):
+    removed: list[str]
+    """Keys of the removed environments."""
+    bytes_freed: int = 0
+
+
+class ConfigReply(Reply, frozen=True, kw_only=True):
+    path: str
+    """The configuration file the daemon read (or would read)."""
+    exists: bool
+    entries: list[ConfigEntry] = msgspec.field(default_factory=list)
+
+
 DaemonReply = (
     Pong
     | Ok
@@ -315,6 +390,10 @@ DaemonReply = (
     | CellQueued
     | RunAllQueued
     | GarbageCollected
+    | RuntimeList
+    | EnvList
+    | EnvsCleaned
+    | ConfigReply
 )
 
 # ---------------------------------------------------------------- events
@@ -327,7 +406,9 @@ class ExecutionStarted(Event, frozen=True, kw_only=True):
 
 
 class ExecutionDone(Event, frozen=True, kw_only=True):
-    """An execution ended. The runtime document already holds its outputs when this arrives."""
+    """An execution ended. The daemon's runtime document holds its outputs before this event
+    is sent, and the sync messages carrying them are sent to this client first; a client whose
+    replica is still catching up waits for the execution's status in its replica."""
 
     notebook_id: str
     cell_id: str
@@ -354,17 +435,11 @@ class InputRequested(Event, frozen=True, kw_only=True):
     password: bool = False
 
 
-class RuntimeDocReset(Event, frozen=True, kw_only=True):
-    """The daemon compacted the runtime document; drop the replica and resync from empty."""
-
-    notebook_id: str
-
-
 class DaemonShuttingDown(Event, frozen=True, kw_only=True):
     pass
 
 
-DaemonEvent = ExecutionStarted | ExecutionDone | KernelStatusChanged | InputRequested | RuntimeDocReset | DaemonShuttingDown
+DaemonEvent = ExecutionStarted | ExecutionDone | KernelStatusChanged | InputRequested | DaemonShuttingDown
 
 DaemonMessage = DaemonReply | DaemonEvent
 

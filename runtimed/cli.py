@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimedError as exc:
         _err(f"runt: {exc}")
         return 2
+    except TimeoutError:
+        _err("runt: timed out waiting for the daemon")
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -219,6 +219,7 @@ class Daemon:
     def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> _OpenRoom:
         entry = _OpenRoom(room, file_sha256=file_sha256)
         room._on_notebook_change = lambda r: self._want_persist(r.notebook_id)
+        room._on_runtime_change = lambda r: self._want_persist(r.notebook_id)
         self._rooms[room.notebook_id] = entry
         if room.path is not None:
             self._by_path[room.path] = room.notebook_id
@@ -244,9 +245,16 @@ class Daemon:
                 await entry.executor.wait_idle()
             if entry.room.peers or self._rooms.get(entry.room.notebook_id) is not entry:
                 return
-            log.info("closing %s: no clients and idle", entry.room.path or entry.room.notebook_id)
             scope.shield = True
-            await self._close_room(entry, checkpoint=False)
+            # Hold the path's open lock so an open racing this close waits, then loads the
+            # document this close persists, instead of joining a room being torn down.
+            path = entry.room.path
+            lock = self._open_locks.setdefault(path, anyio.Lock()) if path else None
+            async with lock if lock is not None else contextlib.nullcontext():
+                if entry.room.peers:
+                    return
+                log.info("closing %s: no clients and idle", path or entry.room.notebook_id)
+                await self._close_room(entry, checkpoint=False)
 
     async def _close_room(self, entry: _OpenRoom, *, checkpoint: bool) -> None:
         room = entry.room
@@ -258,7 +266,12 @@ class Daemon:
             except Exception:
                 log.exception("could not checkpoint %s while closing", room.path)
         await self._persist_now(entry)
-        self._rooms.pop(room.notebook_id, None)
+        self._unregister(entry)
+
+    def _unregister(self, entry: _OpenRoom) -> None:
+        room = entry.room
+        if self._rooms.get(room.notebook_id) is entry:
+            del self._rooms[room.notebook_id]
         if room.path is not None and self._by_path.get(room.path) == room.notebook_id:
             del self._by_path[room.path]
 
@@ -478,5 +491,9 @@ class Daemon:
         room = new_room(path, kernel_name=kernel_name)
         entry = self._register(room, file_sha256=None)
         if path is not None:
-            await self.save_room(entry, path)
+            try:
+                await self.save_room(entry, path)
+            except BaseException:
+                self._unregister(entry)
+                raise
         return entry

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(paths, config=DaemonConfig())
     try:
         anyio.run(_run, daemon, backend="asyncio", backend_options={"use_uvloop": True})
-    except DaemonAlreadyRunning as exc:
-        print(f"runtimed: {exc}", file=sys.stderr)
+    except* DaemonAlreadyRunning as group:
+        print(f"runtimed: {group.exceptions[0]}", file=sys.stderr)
         return 1
     return 0
 

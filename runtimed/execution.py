@@ -33,7 +33,13 @@ from protocol.messages import (
     KernelStatusChanged,
     encode,
 )
-from runtimed.errors import CellEmpty, CellNotCode, ExecutionNotFound, InvalidRequest
+from runtimed.errors import (
+    CellEmpty,
+    CellNotCode,
+    ExecutionNotFound,
+    InvalidRequest,
+    RuntimedError,
+)
 from runtimed.kernel import ExecutionOutcome, KernelSession
 from runtimed.kernel_errors import KernelError
 from runtimed.outputs import DisplayUpdate, OutputChange
@@ -108,7 +114,7 @@ class NotebookExecutor:
         self._queue: collections.deque[_Job] = collections.deque()
         self._jobs: dict[str, _Job] = {}
         self._wake = anyio.Event()
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(room.runtime.max_seq() + 1)
         self._kernel: KernelSession | None = None
         self._kernel_release: anyio.Event | None = None
         self._kernel_gone: anyio.Event | None = None
@@ -183,14 +189,19 @@ class NotebookExecutor:
         if self._kernel is None:
             return
         self._set_kernel("restarting")
-        await self._kernel.restart()
+        try:
+            await self._kernel.restart()
+        except RuntimedError as exc:
+            self._set_kernel("dead", message=f"restart failed: {exc}")
+            raise
         self._set_kernel("idle")
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
         targets = cell_ids if cell_ids is not None else self.room.notebook.cell_ids()
+        if cell_ids is not None:
+            for cell_id in cell_ids:
+                self.room.notebook.cell(cell_id)  # CellNotFound before anything is cleared
         for cell_id in targets:
-            if cell_ids is not None:
-                self.room.notebook.cell(cell_id)  # CellNotFound for an unknown id
             if self._running is not None and self._running.cell_id == cell_id:
                 continue
             self.room.runtime.clear_cell(cell_id)
@@ -223,7 +234,15 @@ class NotebookExecutor:
                                 await self._wake.wait()
                                 self._wake = anyio.Event()
                             job = self._queue.popleft()
-                            await self._run_job(job)
+                            try:
+                                await self._run_job(job)
+                            except Exception:
+                                # A bug must cost one execution, never the notebook or daemon.
+                                log.exception("internal error running %s", job.execution_id)
+                                self._running = None
+                                await self._finish(job, _failed(
+                                    "InternalError",
+                                    "the daemon failed running this cell; see its log"))
                             self.room.runtime.forget_executions(self.config.keep_executions)
             finally:
                 with anyio.CancelScope(shield=True):
@@ -326,7 +345,7 @@ class NotebookExecutor:
         try:
             try:
                 kernel = await self._ensure_kernel()
-            except KernelError as exc:
+            except RuntimedError as exc:  # kernel start failures, a bad runtimed.cwd, ...
                 outcome = _failed(type(exc).__name__, str(exc))
             else:
                 self._set_kernel("busy")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,9 @@ class KernelSession:
 
     ``kernel_name`` None runs ipykernel on the daemon's own Python (``sys.executable``);
     otherwise it names an installed kernelspec (:class:`KernelNotFound` lists the available
-    ones).  ``env`` is layered over the daemon's environment and the kernelspec's ``env``.
+    ones).  ``spec``, when given, is the resolved launch spec to use instead (the runtime
+    registry resolves runtimes itself).  ``env`` is layered over the daemon's environment and
+    the kernelspec's ``env``.
     Entering starts the kernel and waits up to ``startup_timeout`` s until it answers
     ``kernel_info_request`` with IOPub connected (else :class:`KernelStartFailed`, with the
     kernel's console tail); exiting shuts it down, shielded and bounded.
@@ -95,12 +98,15 @@ class KernelSession:
         cwd: Path,
         startup_timeout: float = 60,
         env: dict[str, str] | None = None,
+        spec: LaunchSpec | None = None,
     ) -> None:
         self._kernel_name = kernel_name
         self._cwd = cwd
         self._startup_timeout = startup_timeout
         self._env = dict(env or {})
-        self._spec: LaunchSpec | None = None
+        self._spec: LaunchSpec | None = spec
+        self.last_activity: float | None = None
+        """Unix time an execution last started or finished (None: none yet)."""
         self._tg: TaskGroup | None = None
         self._kernel: KernelProcess | None = None
         self._processes: set[KernelProcess] = set()  # started and not yet fully stopped
@@ -113,7 +119,8 @@ class KernelSession:
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closed:
             raise RuntimeError("a KernelSession can be entered only once")
-        self._spec = await resolve_spec(self._kernel_name)
+        if self._spec is None:
+            self._spec = await resolve_spec(self._kernel_name)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -175,6 +182,21 @@ class KernelSession:
     def kernel_info(self) -> dict[str, Any] | None:
         """The content of the current kernel's ``kernel_info_reply``."""
         return None if self._kernel is None else self._kernel.kernel_info
+
+    def set_launch_context(self, *, cwd: Path, env: dict[str, str]) -> None:
+        """Use ``cwd`` and ``env`` for kernels launched from now on (:meth:`restart`).
+
+        The running kernel is not affected: a pre-started (pooled) kernel is pointed at its
+        notebook by its owner; this makes a restart come up in the same place.
+        """
+        self._cwd = cwd
+        self._env = dict(env)
+
+    async def wait_exited(self) -> None:
+        """Return once the current kernel process has exited (at once if there is none)."""
+        kernel = self._kernel
+        if kernel is not None:
+            await kernel.exited.wait()
 
     def _running(self) -> KernelProcess:
         kernel = self._kernel
@@ -272,6 +294,7 @@ class KernelSession:
         on_change: Callable[[OutputChange], None] | None = None,
         stdin: StdinHandler | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (expiry interrupts the kernel)
+        silent: bool = False,
     ) -> ExecutionOutcome:
         """Run ``code``; return once its execute_reply and IOPub idle have both arrived.
 
@@ -283,13 +306,17 @@ class KernelSession:
         interrupted and the status is "timeout".  If the kernel process exits the status is
         "died" (then calls raise :class:`KernelNotRunning` until :meth:`restart`).
         Cancelling this call does not interrupt the kernel.
+
+        ``silent``: the spec's ``silent=True, store_history=False`` — no execute_input or
+        execute_result broadcast, the execution count does not advance, nothing enters the
+        history (for the daemon's own setup code, never a notebook's cells).
         """
         kernel = self._running()
         ex = Execution(on_change, stdin)
         content = {
             "code": code,
-            "silent": False,
-            "store_history": True,
+            "silent": silent,
+            "store_history": not silent,
             "user_expressions": {},
             "allow_stdin": stdin is not None,
             "stop_on_error": True,
@@ -305,6 +332,7 @@ class KernelSession:
             kernel.forget(msg_id)
             raise
         timed_out = False
+        self.last_activity = time.time()
         try:
             with anyio.move_on_after(timeout) as scope:
                 await self._wait_done(kernel, msg_id, ex)
@@ -316,6 +344,7 @@ class KernelSession:
                         await kernel.interrupt()
                     await self._wait_done(kernel, msg_id, ex)
         finally:
+            self.last_activity = time.time()
             ex.abandoned = True
             for input_scope in ex.input_scopes:
                 input_scope.cancel()

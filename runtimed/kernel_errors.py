@@ -11,12 +11,15 @@ from protocol.errors import ErrorCode
 from runtimed.errors import RuntimedError
 
 __all__ = [
+    "EnvBuildFailed",
     "ExecutionTimeout",
     "KernelDied",
     "KernelError",
+    "KernelLimitReached",
     "KernelNotFound",
     "KernelNotRunning",
     "KernelStartFailed",
+    "RuntimeNotFound",
 ]
 
 
@@ -72,3 +75,43 @@ class ExecutionTimeout(KernelError):
     """An execution exceeded its timeout (executions report this as status "timeout")."""
 
     code = ErrorCode.EXECUTION_TIMEOUT
+
+
+class RuntimeNotFound(KernelNotFound):
+    """The notebook selects a runtime the daemon does not have; the message lists them."""
+
+    code = ErrorCode.RUNTIME_NOT_FOUND
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        listing = ", ".join(available) or "none"
+        KernelError.__init__(
+            self,
+            f"no runtime or kernelspec named {name!r}; available: {listing} "
+            "(see `runt runtimes`; set metadata.kernelspec.name to one of them)",
+        )
+        self.name = name
+        self.available = list(available)
+
+
+class KernelLimitReached(KernelError):
+    """Starting another kernel would exceed the configured limit on concurrent kernels."""
+
+    code = ErrorCode.KERNEL_LIMIT
+
+
+class EnvBuildFailed(KernelError):
+    """An environment for a notebook's declared dependencies could not be built.
+
+    ``package`` names the dependency at fault when it could be told (else None); the message
+    ends with the tail of uv's output.
+    """
+
+    code = ErrorCode.ENV_BUILD_FAILED
+
+    def __init__(self, message: str, *, package: str | None = None, output_tail: str = "") -> None:
+        full = message
+        if output_tail:
+            full += "\n--- uv output (tail) ---\n" + output_tail
+        super().__init__(full)
+        self.package = package
+        self.output_tail = output_tail

@@ -67,8 +67,11 @@ class RuntimedPaths:
 
     def ensure(self) -> None:
         """Create the socket directory (0700) and the state directories."""
-        self.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.socket.parent, 0o700)
+        # Only a directory we create is ours to restrict: $RUNTIMED_SOCKET may point into a
+        # shared directory such as /tmp (the socket itself is 0600 either way).
+        if not self.socket.parent.exists():
+            self.socket.parent.mkdir(parents=True, mode=0o700)
+            os.chmod(self.socket.parent, 0o700)
         for directory in (self.home, self.documents, self.blobs, self.logs):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 

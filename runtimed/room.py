@@ -56,6 +56,7 @@ class NotebookRoom:
         self._sync: dict[Peer, dict[DocKind, SyncState]] = {}
         self._changed = anyio.Event()
         self._on_notebook_change = on_notebook_change
+        self._on_runtime_change: Callable[[NotebookRoom], None] | None = None
         self.dirty_since_save = False
 
     # ------------------------------------------------------------ peers
@@ -124,8 +125,9 @@ class NotebookRoom:
             except Exception as exc:
                 raise ProtocolError(f"invalid Automerge sync message: {exc}") from exc
             if probe.get_heads() != before:
+                # Start over with this peer, but do not answer now: answering would bounce the
+                # refused change back and forth. It resyncs with the next runtime change.
                 states[doc] = SyncState()
-                peer.mark_dirty(self.notebook_id, doc)
                 raise InvalidRequest(
                     "the runtime document is written only by the daemon; "
                     "drop the local replica and resync"
@@ -154,13 +156,8 @@ class NotebookRoom:
         """The daemon wrote the runtime document: schedule a sync to every peer."""
         for peer in list(self._sync):
             peer.mark_dirty(self.notebook_id, "runtime")
-
-    def reset_runtime(self, runtime: RuntimeDoc) -> None:
-        """Swap in a compacted runtime document; peers must drop their replicas."""
-        self.runtime = runtime
-        for states in self._sync.values():
-            states["runtime"] = SyncState()
-        self.runtime_changed()
+        if self._on_runtime_change is not None:
+            self._on_runtime_change(self)
 
     async def wait_for_heads(self, heads: list[str], *, timeout: float) -> None:
         """Return once the notebook document contains ``heads``.

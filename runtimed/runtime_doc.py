@@ -3,9 +3,10 @@
 Kernel status, the execution queue, executions and every code cell's current outputs live
 here, not in the notebook document. Only the daemon writes it; clients keep a read-only
 replica in sync. Its history is disposable: the daemon persists a plain snapshot of the
-current state (:meth:`RuntimeDoc.snapshot`) and may rebuild the document from it at any time
-(compaction), telling clients with a ``RuntimeDocReset`` event. So re-running a cell a
-thousand times never grows the persisted notebook history.
+current state (:meth:`RuntimeDoc.snapshot`), never the history, and builds a fresh document
+from it when it loads a notebook. So re-running a cell a thousand times never grows the
+persisted notebook history. (Within one daemon session the in-memory history does grow with
+every execution; compacting it live is not implemented yet.)
 
 Schema (``docs/schema.md``)::
 
@@ -117,6 +118,16 @@ class RuntimeDoc:
     def execution(self, execution_id: str) -> ExecutionRecord | None:
         obj = self._maybe(self._obj("executions"), execution_id)
         return None if obj is None else read_json(self.doc, obj)  # type: ignore[no-any-return]
+
+    def max_seq(self) -> int:
+        """The highest execution sequence number recorded (0 if none)."""
+        highest = 0
+        for key in self.doc.keys(self._obj("executions")):
+            record = self.execution(key) or {}
+            seq = record.get("seq")
+            if isinstance(seq, int) and seq > highest:
+                highest = seq
+        return highest
 
     def execution_ids(self) -> list[str]:
         return list(self.doc.keys(self._obj("executions")))

@@ -75,6 +75,7 @@ class ClientSession:
         self._dirty: dict[tuple[str, DocKind], None] = {}
         self._wake = anyio.Event()
         self._closed = False
+        self._writer_done = anyio.Event()
         self._limiter = anyio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self.open_notebooks: set[str] = set()
 
@@ -88,7 +89,12 @@ class ClientSession:
         self._wake.set()
 
     def send_event_bytes(self, payload: bytes) -> None:
-        self._queue(framing.encode_frame(FrameKind.CONTROL, payload))
+        try:
+            frame = framing.encode_frame(FrameKind.CONTROL, payload)
+        except ProtocolError as exc:
+            log.error("%r: dropping an oversized message: %s", self, exc)
+            return
+        self._queue(frame)
 
     def send_message(self, message: msgspec.Struct) -> None:
         self.send_event_bytes(encode(message))  # type: ignore[arg-type]
@@ -216,25 +222,29 @@ class ClientSession:
         self.send_message(ErrorReply(id=request_id, code=code, message=message))
 
     async def _drain_and_close(self) -> None:
-        with anyio.move_on_after(2):
-            while self._control:
-                await self._flush_once()
+        """Close after the writer (the only task that writes) has sent what is queued —
+        the error reply above all — or after 2 s if the peer is not reading."""
         self._closed = True
+        self._wake.set()
+        with anyio.move_on_after(2):
+            await self._writer_done.wait()
 
     # ------------------------------------------------------------ writer
 
     async def _writer(self, cancel_scope: anyio.CancelScope) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            while self._dirty or self._control:
-                if self._closed and not self._control:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                while self._dirty or self._control:
+                    if self._closed and not self._control:
+                        break
+                    await self._flush_once()
+                if self._closed:
                     cancel_scope.cancel()
                     return
-                await self._flush_once()
-            if self._closed:
-                cancel_scope.cancel()
-                return
+        finally:
+            self._writer_done.set()
 
     async def _flush_once(self) -> None:
         """Send pending sync messages, then queued control frames, in one batched write."""
@@ -249,15 +259,25 @@ class ClientSession:
             data = room.generate(self, doc)
             if data is not None:
                 envelope = SyncEnvelope(notebook_id=notebook_id, doc=doc, data=data)
-                frame = framing.encode_frame(FrameKind.SYNC, encode(envelope))
+                try:
+                    # Outgoing frames are held to the protocol's limit (what every client
+                    # accepts); max_frame_size is this daemon's limit for what it receives.
+                    frame = framing.encode_frame(FrameKind.SYNC, encode(envelope))
+                except ProtocolError as exc:
+                    # The document outgrew one frame: this peer cannot be synced; drop it.
+                    log.error("%r: cannot sync %s: %s", self, notebook_id, exc)
+                    self._reply_error(0, ErrorCode.PROTOCOL_ERROR,
+                                      f"cannot sync notebook {notebook_id}: {exc}")
+                    self._closed = True
+                    continue
                 batch.append(frame)
                 size += len(frame)
+        # Control frames queued so far go after the sync messages generated above, so an
+        # event never overtakes the document changes made before it.
         while self._control and size < _WRITE_BATCH_BYTES:
             frame = self._control.popleft()
             batch.append(frame)
             size += len(frame)
-            if self._dirty:
-                break  # keep events behind the document changes made before them
         if batch:
             try:
                 with anyio.fail_after(SEND_TIMEOUT):

@@ -9,6 +9,7 @@ calls (all methods optional no-ops). :class:`ProgressBar` is a small tqdm-like b
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,22 @@ from runtimed.automation.report import RunResult, error_output
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient, AsyncNotebook
 
-__all__ = ["ExecutionWatcher", "Finished", "OutputLog", "ProgressBar", "RunObserver", "is_tty"]
+__all__ = [
+    "ExecutionWatcher",
+    "Finished",
+    "OutputLog",
+    "ProgressBar",
+    "RunObserver",
+    "is_tty",
+    "strip_ansi",
+]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences (IPython colours its tracebacks)."""
+    return _ANSI.sub("", text)
 
 
 def is_tty(stream: IO[str]) -> bool:

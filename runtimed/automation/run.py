@@ -250,6 +250,8 @@ class _LiveRun:
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 try:
                     await nb.close(unload=not self.keep_open)
+                    if not self.keep_open:
+                        await self._wait_unloaded()
                 except RuntimedError as exc:
                     log.info("could not close %s: %s", self.prepared.output, exc)
         from runtimed.glue import read_scraps
@@ -293,6 +295,24 @@ class _LiveRun:
             await nb.clear_outputs()
         if str(runtime.kernel().get("state", "")) not in ("", "not_started", "shutdown", "dead"):
             await nb.restart()
+
+    async def _wait_unloaded(self) -> None:
+        """Wait (bounded) until the daemon has stopped the kernel and closed the notebook,
+        as papermill returns only after its kernel shut down.
+
+        Also works around a daemon race: a notebook being unloaded stays registered while
+        its kernel stops, and an OpenNotebook in that window joins the dying room (whose
+        executions then never run), so a run right after this one could hang.
+        """
+        delay = 0.005
+        with anyio.move_on_after(10):
+            while True:
+                infos = await self.client.list_notebooks()
+                mine = [i for i in infos if i.notebook_id == self.nb.id]
+                if not mine or mine[0].clients > 0:
+                    return
+                await anyio.sleep(delay)  # the daemon sends no event for a closed notebook
+                delay = min(delay * 2, 0.1)
 
     async def _salvage(self) -> None:
         """After an error or cancellation: stop the running cell and write what there is."""

@@ -40,7 +40,6 @@ from protocol.messages import (
     NotebookOpened,
     OpenNotebook,
     Ping,
-    RuntimeDocReset,
     Shutdown,
     StatusReply,
 )
@@ -132,10 +131,6 @@ class AsyncClient:
         self._notify()
 
     def _on_event(self, event: DaemonEvent) -> None:
-        if isinstance(event, RuntimeDocReset):
-            replica = self._replicas.get(event.notebook_id)
-            if replica is not None:
-                replica.reset_runtime()
         for stream in list(self._subscribers):
             try:
                 stream.send_nowait(event)

@@ -53,10 +53,6 @@ class Replica:
         message = target.generate_sync_message(self.states[doc])
         return None if message is None else bytes(message.encode())
 
-    def reset_runtime(self) -> None:
-        self.runtime = RuntimeDoc.empty()
-        self.states["runtime"] = SyncState()
-
     def reset_sync(self) -> None:
         """Fresh sync states (after a reconnect; the documents are kept)."""
         self.states = {"notebook": SyncState(), "runtime": SyncState()}
@@ -241,16 +237,17 @@ class AsyncNotebook:
         record = self.runtime.execution(execution_id) or {}
         cell_id = str(record.get("cell_id", ""))
         count, manifests = self.runtime.cell_state(cell_id)
-        same_run = self.runtime.doc and self._current_execution(cell_id) == execution_id
-        error = record.get("error") if isinstance(record.get("error"), dict) else {}
+        same_run = self._current_execution(cell_id) == execution_id
+        outputs = [self._client.resolve_output(m) for m in manifests] if same_run else []
+        errors = [o for o in outputs if o.get("output_type") == "error"]
         return ExecutionResult(
             execution_id=execution_id, cell_id=cell_id, status=str(record.get("status")),
             execution_count=record.get("execution_count")  # type: ignore[arg-type]
             if isinstance(record.get("execution_count"), int) else None,
-            outputs=[self._client.resolve_output(m) for m in manifests] if same_run else [],
+            outputs=outputs,
             ename=record.get("ename") if isinstance(record.get("ename"), str) else None,
             evalue=record.get("evalue") if isinstance(record.get("evalue"), str) else None,
-            traceback=list(error.get("traceback", [])) if error else [],
+            traceback=list(errors[-1].get("traceback", [])) if errors else [],
         )
 
     def _current_execution(self, cell_id: str) -> str | None:

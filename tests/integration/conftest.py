@@ -17,9 +17,6 @@ from runtimed.client import AsyncClient
 from runtimed.daemon import Daemon, DaemonConfig
 from runtimed.paths import RuntimedPaths
 
-pytestmark = pytest.mark.integration
-
-
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short directory (Unix socket paths are limited to ~107 bytes)."""

@@ -1,0 +1,411 @@
+"""``runt run``, ``runt inspect`` and ``runt scraps``: papermill's command line, on the daemon.
+
+``runt run IN.ipynb OUT.ipynb -p NAME VALUE ...`` takes papermill's options (same names and
+short flags) and exits 0 when every cell ran, 1 when a cell failed (the output notebook is
+written all the same and a report of the failed cell goes to stderr), 2 for usage or input
+errors (bad parameters, unreadable notebook, no daemon). Batches: see
+:mod:`runtimed.automation.batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from runtimed.automation.batch import BatchRun, default_jobs, load_spec, run_batch, runs_for_inputs
+from runtimed.automation.parameters import ParameterError, collect_parameters
+from runtimed.automation.progress import RunObserver, is_tty, strip_ansi
+from runtimed.automation.report import FailedCell, RunResult
+from runtimed.errors import RuntimedError
+
+__all__ = ["add_run_parser", "format_failure", "format_summary", "run_command"]
+
+_RUN_HELP = """\
+Execute a notebook through the daemon, papermill style: parameters are injected after the
+cell tagged 'parameters', every code cell runs in order on a fresh kernel, and the executed
+notebook is written to OUTPUT (also when a cell fails). Exit status: 0 ok, 1 a cell failed,
+2 usage or input error. Several inputs with --output-dir, or --batch SPEC.yaml, run in
+parallel (--jobs)."""
+
+
+def add_run_parser(sub: Any) -> None:
+    """Register ``run``, ``inspect`` and ``scraps`` on ``runt``'s subparsers."""
+    run = sub.add_parser("run", help="execute notebooks papermill-style", description=_RUN_HELP)
+    run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                     help="INPUT OUTPUT; or several inputs with --output-dir")
+    add = run.add_argument
+    add("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="a parameter; the value is typed like papermill's (int, float, bool, None, str)")
+    add("-r", "--parameters_raw", "--parameters-raw", nargs=2, action="append", default=[],
+        metavar=("NAME", "VALUE"), help="a parameter whose value stays a string")
+    add("-f", "--parameters_file", "--parameters-file", action="append", default=[],
+        metavar="FILE", help="YAML file of parameters")
+    add("-y", "--parameters_yaml", "--parameters-yaml", action="append", default=[],
+        metavar="YAML", help="YAML string of parameters")
+    add("-b", "--parameters_base64", "--parameters-base64", action="append", default=[],
+        metavar="B64", help="base64-encoded YAML string of parameters")
+    add("--inject-input-path", action="store_true", help="pass PAPERMILL_INPUT_PATH")
+    add("--inject-output-path", action="store_true", help="pass PAPERMILL_OUTPUT_PATH")
+    add("--inject-paths", action="store_true", help="both of the above")
+    add("--prepare-only", action="store_true", dest="prepare_only",
+        help="write the parameterized notebook without executing it")
+    add("--prepare-execute", action="store_false", dest="prepare_only", help=argparse.SUPPRESS)
+    add("-k", "--kernel", help="kernelspec to run instead of the notebook's")
+    add("--cwd", help="working directory of the kernel (default: the current directory)")
+    add("--execution-timeout", type=float, metavar="S",
+        help="seconds each cell may run before it is interrupted and the run fails")
+    add("--start-timeout", "--start_timeout", type=float, default=60.0, metavar="S",
+        help="seconds to wait for the kernel to start (default 60)")
+    add("--log-output", action=argparse.BooleanOptionalAction, default=False,
+        help="write cell outputs to stderr as they arrive")
+    add("--stdout-file", metavar="FILE", help="also write the cells' stdout to FILE")
+    add("--stderr-file", metavar="FILE", help="also write the cells' stderr to FILE")
+    add("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar on stderr (default: on when stderr is a terminal)")
+    add("--report-mode", action=argparse.BooleanOptionalAction, default=False,
+        help="hide code cell inputs in the output")
+    add("--autosave-cell-every", type=float, default=30.0, metavar="S",
+        help="also checkpoint the output every S seconds while running (0: only at the end)")
+    add("--request-save-on-cell-execute", action=argparse.BooleanOptionalAction, default=True,
+        help=argparse.SUPPRESS)
+    add("--help-notebook", action="store_true",
+        help="show the parameters the notebook declares, and exit")
+    add("--keep-open", action="store_true",
+        help="leave the notebook and its kernel open in the daemon afterwards")
+    add("--no-autostart", action="store_true", help="fail instead of starting a daemon")
+    add("--json", action="store_true", help="print the result(s) as JSON on stdout")
+    add("--batch", metavar="SPEC", help="YAML file describing many runs (see the docs)")
+    add("--output-dir", metavar="DIR", help="run every NOTEBOOK, writing DIR/<name>.ipynb")
+    add("-j", "--jobs", type=int, metavar="N", help="runs at once (default: number of CPUs)")
+
+    inspect = sub.add_parser("inspect", help="show a notebook's parameters (papermill "
+                             "--help-notebook)")
+    inspect.add_argument("notebook")
+    inspect.add_argument("--json", action="store_true")
+
+    scraps = sub.add_parser("scraps", help="show values notebooks recorded with glue()")
+    scraps.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
+    scraps.add_argument("--json", action="store_true")
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    """Run ``runt run`` / ``inspect`` / ``scraps``; returns the exit status."""
+    try:
+        if args.command == "inspect":
+            return await _inspect(args)
+        if args.command == "scraps":
+            return await _scraps(args)
+        return await _interruptible(lambda: _run(args))
+    except (ParameterError, RuntimedError, _UsageError) as exc:
+        _err(f"runt {args.command}: {exc}")
+        return 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
+    """Run ``body``; SIGINT/SIGTERM cancel it, so the run interrupts its cell and saves."""
+    outcome: list[int | BaseException] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    _err("runt run: interrupted; stopping the kernel and saving the output")
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        try:
+            outcome.append(await body())
+        except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
+            outcome.append(exc)
+        tg.cancel_scope.cancel()
+    if not outcome:
+        return 130
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _read(path: str) -> dict[str, Any]:
+    from runtimed.notebook_file import read_notebook
+
+    return read_notebook(Path(path))
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, object]:
+    injected: dict[str, object] = {}
+    positional = args.notebooks
+    if (args.inject_input_path or args.inject_paths) and positional:
+        injected["PAPERMILL_INPUT_PATH"] = positional[0]
+    if (args.inject_output_path or args.inject_paths) and len(positional) > 1:
+        injected["PAPERMILL_OUTPUT_PATH"] = positional[1]
+    collected = collect_parameters(
+        params=[tuple(p) for p in args.parameters], raw=[tuple(p) for p in args.parameters_raw],
+        yaml_text=args.parameters_yaml, yaml_file=args.parameters_file,
+        b64_yaml=args.parameters_base64,
+    )
+    return {**injected, **collected}
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    autosave = args.autosave_cell_every if args.request_save_on_cell_execute else 0
+    return {"kernel_name": args.kernel, "cwd": args.cwd,
+            "execution_timeout": args.execution_timeout, "start_timeout": args.start_timeout,
+            "report_mode": args.report_mode, "autosave_cell_every": autosave,
+            "prepare_only": args.prepare_only,
+            "keep_open": args.keep_open}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    notebooks: list[str] = args.notebooks
+    if args.help_notebook:
+        if len(notebooks) < 1:
+            raise _UsageError("--help-notebook needs the notebook path")
+        return _print_help(notebooks[0])
+    parameters = _parameters(args)
+    if args.batch or args.output_dir:
+        return await _run_many(args, parameters)
+    if len(notebooks) != 2:
+        raise _UsageError(
+            "give INPUT and OUTPUT notebook paths (or several inputs with --output-dir DIR, "
+            "or --batch SPEC.yaml); reading or writing notebooks on stdin/stdout is not "
+            "supported"
+        )
+    from runtimed.automation.run import execute_notebook_async
+
+    tty = is_tty(sys.stderr)
+    sinks = [_open_sink(path) for path in (args.stdout_file, args.stderr_file)]
+    try:
+        result = await execute_notebook_async(
+            notebooks[0], notebooks[1], parameters, **_options(args),
+            log_output=args.log_output, stdout_file=sinks[0], stderr_file=sinks[1],
+            progress_bar=args.progress_bar if args.progress_bar is not None
+            else not args.log_output,
+            observer=_Announcer(), socket=args.socket, autostart=not args.no_autostart,
+        )
+    finally:
+        for sink in sinks:
+            if sink is not None:
+                sink.close()
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), default=str, indent=2) + "\n")
+    if args.prepare_only:
+        _err(f"runt run: wrote the parameterized notebook to {result.output_path}")
+        return 0
+    if result.failed_cell is not None:
+        _err(format_failure(result.failed_cell, color=tty))
+        _err(f"runt run: FAILED; the output notebook was written to {result.output_path}")
+        return 1
+    _err(f"runt run: {result.cells_executed} cells ran in {result.duration:.1f} s; "
+         f"output written to {result.output_path}")
+    return 0
+
+
+def _open_sink(path: str | None) -> IO[str] | None:
+    if not path:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")  # closed by the caller
+    except OSError as exc:
+        raise _UsageError(f"cannot write {path}: {exc}") from exc
+
+
+class _Announcer(RunObserver):
+    """Says where a single run can be watched (stderr)."""
+
+    def run_started(self, *, input_path: str, output_path: str, notebook_id: str,
+                    link: str, total: int) -> None:
+        _err(f"runt run: {input_path} -> {output_path}  (notebook {notebook_id}, {link})")
+
+
+async def _run_many(args: argparse.Namespace, parameters: dict[str, object]) -> int:
+    jobs: int | None = args.jobs
+    if args.batch:
+        if args.notebooks or args.output_dir:
+            raise _UsageError("--batch takes no NOTEBOOK arguments nor --output-dir")
+        runs, spec_jobs = load_spec(args.batch, parameters=parameters)
+        jobs = jobs or spec_jobs
+    else:
+        if not args.notebooks:
+            raise _UsageError("--output-dir needs at least one input NOTEBOOK")
+        runs = runs_for_inputs(args.notebooks, args.output_dir, parameters=parameters)
+    if args.log_output or args.stdout_file or args.stderr_file:
+        raise _UsageError("--log-output, --stdout-file and --stderr-file need a single run")
+    if jobs is not None and jobs < 1:
+        raise _UsageError("--jobs must be at least 1")
+    jobs = jobs or default_jobs()
+    from runtimed.client import AsyncClient
+
+    lines = _BatchLines(len(runs))
+    options = _options(args)
+    async with await AsyncClient.connect(args.socket, autostart=not args.no_autostart) as client:
+        _err(f"runt run: {len(runs)} notebooks, {jobs} at a time")
+        results = await run_batch(
+            runs, client=client, jobs=jobs, observer=lines.observer, on_done=lines.done,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    if args.json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in results], default=str, indent=2)
+                         + "\n")
+    else:
+        sys.stdout.write(format_summary(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+class _BatchLines:
+    """One stderr line per run as it starts and as it ends."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.finished = 0
+
+    def observer(self, index: int, run: BatchRun) -> RunObserver:
+        lines = self
+
+        class Line(RunObserver):
+            def run_started(self, *, input_path: str, output_path: str, notebook_id: str,
+                            link: str, total: int) -> None:
+                _err(f"[{index + 1}/{lines.total}] started {input_path} -> {output_path}"
+                     f"  ({link})")
+
+        return Line()
+
+    def done(self, index: int, result: RunResult) -> None:
+        self.finished += 1
+        detail = ""
+        if result.failed_cell is not None:
+            f = result.failed_cell
+            detail = f"  cell {f.index}: {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0]
+        elif result.error:
+            detail = f"  {result.error}".splitlines()[0]
+        _err(f"[{index + 1}/{self.total}] {result.status:<6} {result.output_path} "
+             f"({result.duration:.1f} s){detail}   [{self.finished}/{self.total} done]")
+
+
+# ------------------------------------------------------------------------------ inspect, scraps
+
+
+def _print_help(path: str) -> int:
+    from runtimed.automation.inspect import (
+        format_parameters_help,
+        has_parameters_cell,
+        inspect_parameters,
+    )
+
+    nb = _read(path)
+    params = inspect_parameters(nb) if has_parameters_cell(nb) else None
+    usage = f"Usage: runt run {path} OUTPUT [-p NAME VALUE]..."
+    sys.stdout.write(format_parameters_help(path, params, usage=usage))
+    return 0
+
+
+async def _inspect(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _print_help(args.notebook)
+    from runtimed.automation.inspect import has_parameters_cell, inspect_parameters
+
+    nb = _read(args.notebook)
+    params = [p._asdict() for p in inspect_parameters(nb)] if has_parameters_cell(nb) else None
+    sys.stdout.write(json.dumps({"notebook": args.notebook, "parameters": params}, indent=2)
+                     + "\n")
+    return 0
+
+
+async def _scraps(args: argparse.Namespace) -> int:
+    from runtimed.glue import read_scraps
+
+    found = {path: read_scraps(_read(path)) for path in args.notebooks}
+    if args.json:
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
+        return 0
+    rows = [[path, name, json.dumps(value)] for path, scraps in found.items()
+            for name, value in scraps.items()]
+    if not rows:
+        _err("runt scraps: no recorded values (record them with runtimed.glue.glue)")
+        return 0
+    header = ["NOTEBOOK", "NAME", "VALUE"]
+    if len(found) == 1:
+        rows, header = [row[1:] for row in rows], header[1:]
+    rows = [[*row[:-1], row[-1] if len(row[-1]) <= 60 else row[-1][:57] + "..."]
+            for row in rows]
+    sys.stdout.write(_table(header, rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------ text reports
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in [header, *rows]
+    )
+
+
+def _excerpt(source: str, *, max_lines: int) -> list[str]:
+    lines = source.splitlines() or [""]
+    width = len(str(min(len(lines), max_lines)))
+    out = [f"  {n:>{width}} | {line}" for n, line in enumerate(lines[:max_lines], start=1)]
+    if len(lines) > max_lines:
+        out.append(f"  {'':>{width}} | ... ({len(lines) - max_lines} more lines)")
+    return out
+
+
+def format_failure(failed: FailedCell, *, color: bool, max_source_lines: int = 8,
+                   max_traceback_lines: int = 30) -> str:
+    """One screen about the failed cell: where, its source, the traceback, the error.
+
+    Args:
+        color: keep the kernel's ANSI colours (only when writing to a terminal).
+    """
+    count = "" if failed.execution_count is None else f", In [{failed.execution_count}]"
+    what = {"timeout": "timed out", "died": "killed the kernel"}.get(failed.status, "failed")
+    lines = [f"cell {failed.index} (id {failed.cell_id!r}{count}) {what}:"]
+    lines += _excerpt(failed.source, max_lines=max_source_lines)
+    traceback = "\n".join(failed.traceback).splitlines()
+    if not color:
+        traceback = [strip_ansi(line) for line in traceback]
+    if len(traceback) > max_traceback_lines:
+        cut = len(traceback) - max_traceback_lines
+        traceback = [f"... ({cut} traceback lines omitted)", *traceback[cut:]]
+    lines += traceback
+    summary = f"{failed.ename}: {failed.evalue}" if failed.evalue else failed.ename
+    if not traceback or strip_ansi(traceback[-1]).strip() != summary.strip():
+        lines.append(summary)
+    return "\n".join(lines) + "\n"
+
+
+def format_summary(results: Sequence[RunResult]) -> str:
+    """The end-of-batch table: input, output, status, duration and the failed cell."""
+    rows = []
+    for r in results:
+        failed = ""
+        if r.failed_cell is not None:
+            f = r.failed_cell
+            failed = f"[{f.index}] {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0][:60]
+        elif r.error:
+            failed = r.error.splitlines()[0][:60]
+        rows.append([r.input_path, r.output_path, r.status, f"{r.duration:.1f}s", failed])
+    ok = sum(r.ok for r in results)
+    return (_table(["INPUT", "OUTPUT", "STATUS", "TIME", "FAILED CELL"], rows)
+            + f"{ok} ok, {len(results) - ok} failed, {len(results)} notebooks\n")
