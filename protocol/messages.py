@@ -63,6 +63,7 @@ __all__ = [
     "RestartKernel",
     "RunAll",
     "RunAllQueued",
+    "RuntimeResync",
     "RuntimeList",
     "SaveNotebook",
     "Shutdown",
@@ -435,11 +436,25 @@ class InputRequested(Event, frozen=True, kw_only=True):
     password: bool = False
 
 
+class RuntimeResync(Event, frozen=True, kw_only=True):
+    """This connection's replica of the runtime document diverged (it carried changes the
+    daemon refused): drop it and sync the runtime document again from empty."""
+
+    notebook_id: str
+
+
 class DaemonShuttingDown(Event, frozen=True, kw_only=True):
     pass
 
 
-DaemonEvent = ExecutionStarted | ExecutionDone | KernelStatusChanged | InputRequested | DaemonShuttingDown
+DaemonEvent = (
+    ExecutionStarted
+    | ExecutionDone
+    | KernelStatusChanged
+    | InputRequested
+    | RuntimeResync
+    | DaemonShuttingDown
+)
 
 DaemonMessage = DaemonReply | DaemonEvent
 

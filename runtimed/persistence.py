@@ -60,10 +60,15 @@ class DocumentStore:
     def load(self, key: str) -> PersistedNotebook | None:
         doc_path, runtime_path, meta_path = self._paths(key)
         try:
-            meta = json.loads(meta_path.read_text())
             notebook = doc_path.read_bytes()
-        except (OSError, ValueError):
+        except OSError:
             return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            # A crash between the two writes: keep the document; with no recorded file hash
+            # the caller treats the file as changed and sets this document aside.
+            meta = {}
         try:
             runtime = json.loads(runtime_path.read_text())
         except (OSError, ValueError):

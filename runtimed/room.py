@@ -17,7 +17,7 @@ import anyio
 from automerge.core import Message, SyncState
 
 from protocol.errors import ProtocolError
-from protocol.messages import DocKind
+from protocol.messages import DocKind, RuntimeResync, encode
 from runtimed.errors import HeadsTimeout, InvalidRequest
 from runtimed.notebook_doc import NotebookDoc
 from runtimed.runtime_doc import RuntimeDoc
@@ -56,6 +56,7 @@ class NotebookRoom:
         self._sync: dict[Peer, dict[DocKind, SyncState]] = {}
         self._changed = anyio.Event()
         self._on_notebook_change = on_notebook_change
+        self._runtime_refused: set[Peer] = set()
         self._on_runtime_change: Callable[[NotebookRoom], None] | None = None
         self.dirty_since_save = False
 
@@ -69,11 +70,13 @@ class NotebookRoom:
         """Start syncing both documents with ``peer`` (fresh sync states: a reconnecting
         client catches up from whatever its replica holds)."""
         self._sync[peer] = {"notebook": SyncState(), "runtime": SyncState()}
+        self._runtime_refused.discard(peer)
         peer.mark_dirty(self.notebook_id, "notebook")
         peer.mark_dirty(self.notebook_id, "runtime")
 
     def leave(self, peer: Peer) -> None:
         self._sync.pop(peer, None)
+        self._runtime_refused.discard(peer)
 
     def has_peer(self, peer: Peer) -> bool:
         return peer in self._sync
@@ -88,7 +91,7 @@ class NotebookRoom:
     def generate(self, peer: Peer, doc: DocKind) -> bytes | None:
         """The next sync message for ``peer`` (None: nothing to send now)."""
         states = self._sync.get(peer)
-        if states is None:
+        if states is None or (doc == "runtime" and peer in self._runtime_refused):
             return None
         target = self.notebook.doc if doc == "notebook" else self.runtime.doc
         message = target.generate_sync_message(states[doc])
@@ -125,13 +128,19 @@ class NotebookRoom:
             except Exception as exc:
                 raise ProtocolError(f"invalid Automerge sync message: {exc}") from exc
             if probe.get_heads() != before:
-                # Start over with this peer, but do not answer now: answering would bounce the
-                # refused change back and forth. It resyncs with the next runtime change.
+                # The peer's replica diverged for good. Answering would bounce the change
+                # back and forth forever, so: no runtime sync with it until it has dropped
+                # its replica (RuntimeResync) and starts again from empty.
                 states[doc] = SyncState()
+                if peer in self._runtime_refused:
+                    return
+                self._runtime_refused.add(peer)
+                peer.send_event_bytes(encode(RuntimeResync(notebook_id=self.notebook_id)))
                 raise InvalidRequest(
-                    "the runtime document is written only by the daemon; "
-                    "drop the local replica and resync"
+                    "the runtime document is written only by the daemon; your replica was "
+                    "refused: drop it and resync (RuntimeResync)"
                 )
+            self._runtime_refused.discard(peer)
         peer.mark_dirty(self.notebook_id, doc)
 
     @staticmethod

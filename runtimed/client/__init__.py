@@ -28,21 +28,31 @@ import msgspec
 
 from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
 from protocol.messages import (
+    CleanEnvs,
     CollectGarbage,
+    ConfigReply,
     CreateNotebook,
-    GarbageCollected,
     DaemonEvent,
     DaemonStatus,
     DocKind,
+    EnvList,
+    EnvsCleaned,
+    GarbageCollected,
+    GetConfig,
+    ListEnvs,
     ListNotebooks,
+    ListRuntimes,
     NotebookInfo,
     NotebookList,
     NotebookOpened,
     OpenNotebook,
     Ping,
+    RuntimeResync,
+    RuntimeList,
     Shutdown,
     StatusReply,
 )
+from protocol.runtimes import RuntimeInfo
 from runtimed.client.blocking import Client, Notebook
 from runtimed.client.connection import Connection
 from runtimed.client.notebook import AsyncNotebook, ExecutionResult, Replica
@@ -131,6 +141,11 @@ class AsyncClient:
         self._notify()
 
     def _on_event(self, event: DaemonEvent) -> None:
+        if isinstance(event, RuntimeResync):
+            replica = self._replicas.get(event.notebook_id)
+            if replica is not None:
+                replica.reset_runtime()
+                self.mark_dirty(event.notebook_id, "runtime")
         for stream in list(self._subscribers):
             try:
                 stream.send_nowait(event)
@@ -238,6 +253,31 @@ class AsyncClient:
         reply: GarbageCollected = await self.request(
             lambda i: CollectGarbage(id=i, grace_seconds=grace_seconds)
         )
+        return reply
+
+    async def list_runtimes(self) -> list[RuntimeInfo]:
+        """Runtimes the daemon can start: its own Python, kernelspecs, built environments."""
+        reply: RuntimeList = await self.request(lambda i: ListRuntimes(id=i))
+        return reply.runtimes
+
+    async def list_envs(self) -> EnvList:
+        """The cached environments built from declared dependencies, with sizes."""
+        reply: EnvList = await self.request(lambda i: ListEnvs(id=i))
+        return reply
+
+    async def clean_envs(self, *, remove_all: bool = False,
+                         older_than_days: float | None = None) -> EnvsCleaned:
+        """Remove cached environments no kernel uses (default: those over the configured
+        limits; ``older_than_days``: unused that long; ``remove_all``: every one)."""
+        reply: EnvsCleaned = await self.request(
+            lambda i: CleanEnvs(id=i, remove_all=remove_all, older_than_days=older_than_days),
+            timeout=300,
+        )
+        return reply
+
+    async def get_config(self) -> ConfigReply:
+        """The daemon's effective configuration and where each value came from."""
+        reply: ConfigReply = await self.request(lambda i: GetConfig(id=i))
         return reply
 
     async def open(self, path: str | Path, *, timeout: float = 60) -> AsyncNotebook:

@@ -53,6 +53,11 @@ class Replica:
         message = target.generate_sync_message(self.states[doc])
         return None if message is None else bytes(message.encode())
 
+    def reset_runtime(self) -> None:
+        """Drop the runtime replica (the daemon refused it) to sync it again from empty."""
+        self.runtime = RuntimeDoc.empty()
+        self.states["runtime"] = SyncState()
+
     def reset_sync(self) -> None:
         """Fresh sync states (after a reconnect; the documents are kept)."""
         self.states = {"notebook": SyncState(), "runtime": SyncState()}

@@ -41,19 +41,29 @@ UNKNOWN_CELL_METADATA: dict[str, Any] = {
     "vendor.x": {"list": [[1, 2], {"a": None}], "ratio": 0.125},
 }
 ATTACHMENTS: dict[str, Any] = {
-    "pic.png": {"image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="},
+    "pic.png": {
+        "image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDw"
+        "AEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    },
     "notes.txt": {"text/plain": "attached ✓"},
 }
 
 
-def notebook(cells: list[dict[str, Any]], *, metadata: dict[str, Any] | None = None,
-             minor: int = 5) -> dict[str, Any]:
+def notebook(
+    cells: list[dict[str, Any]], *, metadata: dict[str, Any] | None = None, minor: int = 5
+) -> dict[str, Any]:
     return {"nbformat": 4, "nbformat_minor": minor, "metadata": metadata or {}, "cells": cells}
 
 
 def code(cell_id: str | None, source: str, **extra: Any) -> dict[str, Any]:
-    cell: dict[str, Any] = {"cell_type": "code", "metadata": {}, "source": source,
-                            "outputs": [], "execution_count": None, **extra}
+    cell: dict[str, Any] = {
+        "cell_type": "code",
+        "metadata": {},
+        "source": source,
+        "outputs": [],
+        "execution_count": None,
+        **extra,
+    }
     if cell_id is not None:
         cell["id"] = cell_id
     return cell
@@ -211,7 +221,8 @@ def test_add_delete_move_cells() -> None:
     first = doc.add_cell("code", "1")
     second = doc.add_cell("markdown", "# two", index=0)
     third = doc.add_cell("raw", "3", cell_id="my-raw_3")
-    assert doc.cell_ids() == [second, first, "my-raw_3"] and third == "my-raw_3"
+    assert doc.cell_ids() == [second, first, "my-raw_3"]
+    assert third == "my-raw_3"
     doc.move_cell(first, 2)
     assert doc.cell_ids() == [second, "my-raw_3", first]
     assert doc.cell(first).source == "1"
@@ -303,10 +314,19 @@ def test_unknown_metadata_and_attachments_survive_exactly() -> None:
     nb = notebook(
         [
             code("c1", "print(1)\n", metadata=copy.deepcopy(UNKNOWN_CELL_METADATA)),
-            markdown("m1", "![pic](attachment:pic.png)", attachments=copy.deepcopy(ATTACHMENTS),
-                     metadata={"slideshow": {"slide_type": "slide"}}),
-            {"id": "r1", "cell_type": "raw", "metadata": {"format": "text/x-rst"},
-             "source": "raw ✓", "attachments": {"a.txt": {"text/plain": "x"}}},
+            markdown(
+                "m1",
+                "![pic](attachment:pic.png)",
+                attachments=copy.deepcopy(ATTACHMENTS),
+                metadata={"slideshow": {"slide_type": "slide"}},
+            ),
+            {
+                "id": "r1",
+                "cell_type": "raw",
+                "metadata": {"format": "text/x-rst"},
+                "source": "raw ✓",
+                "attachments": {"a.txt": {"text/plain": "x"}},
+            },
         ],
         metadata=copy.deepcopy(UNKNOWN_NB_METADATA),
     )
@@ -355,8 +375,10 @@ def test_duplicate_cell_ids_are_renamed_on_load() -> None:
     nb = notebook([code("same", "1"), code("same", "2"), markdown("other", "3")])
     doc = NotebookDoc.from_nbformat(nb)
     ids = doc.cell_ids()
-    assert ids[0] == "same" and ids[2] == "other"
-    assert ids[1] not in ("same", "other") and CELL_ID.match(ids[1])
+    assert ids[0] == "same"
+    assert ids[2] == "other"
+    assert ids[1] not in ("same", "other")
+    assert CELL_ID.match(ids[1])
     validate(doc.to_nbformat())
 
 
@@ -387,20 +409,26 @@ def test_save_and_load_keep_the_document() -> None:
 
 TEXT = st.text(alphabet=st.sampled_from("ab \n\té😀日\u0301"), max_size=6)
 JSON_LEAF = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**53), 2**53),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
 )
 JSON = st.recursive(
     JSON_LEAF,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(min_size=1, max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 KEYS = st.sampled_from(["k", "vendor", "é"])  # not keys nbformat's schema types
 
 OPS = st.one_of(
-    st.tuples(st.just("add"), st.sampled_from(["code", "markdown", "raw"]), TEXT,
-              st.integers(0, 10)),
+    st.tuples(
+        st.just("add"), st.sampled_from(["code", "markdown", "raw"]), TEXT, st.integers(0, 10)
+    ),
     st.tuples(st.just("delete"), st.integers(0, 10)),
     st.tuples(st.just("move"), st.integers(0, 10), st.integers(0, 10)),
     st.tuples(st.just("splice"), st.integers(0, 10), st.integers(0, 50), st.integers(0, 3), TEXT),
@@ -442,8 +470,9 @@ def apply(doc: NotebookDoc, op: tuple[Any, ...]) -> None:
 
 @given(
     replicas=st.integers(2, 3),
-    rounds=st.lists(st.lists(st.lists(OPS, max_size=5), min_size=3, max_size=3),
-                    min_size=1, max_size=3),
+    rounds=st.lists(
+        st.lists(st.lists(OPS, max_size=5), min_size=3, max_size=3), min_size=1, max_size=3
+    ),
     seed=st.integers(0, 2**32),
 )
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -451,10 +480,12 @@ def test_random_edits_on_forks_converge_and_round_trip(
     replicas: int, rounds: list[list[list[tuple[Any, ...]]]], seed: int
 ) -> None:
     rng = random.Random(seed)
-    base = NotebookDoc.from_nbformat(notebook(
-        [code("c0", "x = 1\n"), markdown("m0", "# é😀"), code("c1", "")],
-        metadata={"kernelspec": {"name": "python3", "display_name": "P"}},
-    ))
+    base = NotebookDoc.from_nbformat(
+        notebook(
+            [code("c0", "x = 1\n"), markdown("m0", "# é😀"), code("c1", "")],
+            metadata={"kernelspec": {"name": "python3", "display_name": "P"}},
+        )
+    )
     docs = [fork(base) for _ in range(replicas)]
     for ops_per_replica in rounds:
         for doc, ops in zip(docs, ops_per_replica, strict=False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import struct
 
 import msgspec
@@ -84,7 +86,7 @@ def test_any_split_gives_the_same_frames(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(data)]
     decoder = FrameDecoder()
     frames: list[Frame] = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         frames += decoder.feed(data[start:end])
     assert frames == SAMPLE_FRAMES
 
@@ -243,10 +245,8 @@ DECODERS = [decode_client_message, decode_daemon_message, decode_sync]
 
 def decode_everywhere(payload: bytes) -> None:
     for decode in DECODERS:
-        try:
+        with contextlib.suppress(ProtocolError):
             decode(payload)
-        except ProtocolError:
-            pass
 
 
 @st.composite
@@ -270,17 +270,49 @@ def mutated_messages(draw: st.DrawFn) -> bytes:
 def message_shaped_maps(draw: st.DrawFn) -> bytes:
     """msgpack maps with message-like keys and tags but random (often wrong) values."""
     leaf = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-        st.text(max_size=8), st.binary(max_size=8), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(),
+        st.text(max_size=8),
+        st.binary(max_size=8),
+        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
     )
-    keys = st.sampled_from(["type", "id", "notebook_id", "cell_id", "path", "code", "message",
-                            "heads", "doc", "data", "notebooks", "status", "timeout"])
+    keys = st.sampled_from(
+        [
+            "type",
+            "id",
+            "notebook_id",
+            "cell_id",
+            "path",
+            "code",
+            "message",
+            "heads",
+            "doc",
+            "data",
+            "notebooks",
+            "status",
+            "timeout",
+        ]
+    )
     fields = draw(st.dictionaries(keys, leaf, max_size=5))
     if draw(st.booleans()):
-        fields["type"] = draw(st.sampled_from([
-            "ping", "open_notebook", "execute_cell", "error_reply", "status_reply", "pong",
-            "execution_done", "notebook_list", "nope", "",
-        ]))
+        fields["type"] = draw(
+            st.sampled_from(
+                [
+                    "ping",
+                    "open_notebook",
+                    "execute_cell",
+                    "error_reply",
+                    "status_reply",
+                    "pong",
+                    "execution_done",
+                    "notebook_list",
+                    "nope",
+                    "",
+                ]
+            )
+        )
     return msgspec.msgpack.encode(fields)
 
 

@@ -22,7 +22,6 @@ from protocol.messages import (
     DaemonReply,
     ErrorReply,
     ExecuteCell,
-    OpenNotebook,
     Ping,
     Pong,
     SyncEnvelope,
@@ -83,7 +82,9 @@ def snake(name: str) -> str:
 
 
 def test_unions_are_not_empty() -> None:
-    assert len(REQUESTS) >= 10 and len(REPLIES) >= 5 and len(EVENTS) >= 3
+    assert len(REQUESTS) >= 10
+    assert len(REPLIES) >= 5
+    assert len(EVENTS) >= 3
 
 
 @pytest.mark.parametrize("cls", REQUESTS, ids=lambda c: c.__name__)
@@ -132,8 +133,11 @@ def test_every_message_class_is_in_its_union() -> None:
         (messages.Reply, REPLIES),
         (messages.Event, EVENTS),
     ):
-        defined = {c for c in vars(messages).values()
-                   if isinstance(c, type) and issubclass(c, base) and c is not base}
+        defined = {
+            c
+            for c in vars(messages).values()
+            if isinstance(c, type) and issubclass(c, base) and c is not base
+        }
         assert defined == set(union), base.__name__
 
 
@@ -201,10 +205,15 @@ def test_wrong_field_types_in_requests_raise_protocol_error(fields: dict[str, An
 @pytest.mark.parametrize(
     "fields",
     [
-        {"type": "error_reply", "id": 1, "code": "no_such_code", "message": "m"},
+        {"type": "error_reply", "id": 1, "code": 5, "message": "m"},
         {"type": "error_reply", "id": 1, "code": "cell_not_found"},
-        {"type": "execution_done", "notebook_id": "n", "cell_id": "c", "execution_id": "e",
-         "status": "exploded"},
+        {
+            "type": "execution_done",
+            "notebook_id": "n",
+            "cell_id": "c",
+            "execution_id": "e",
+            "status": "exploded",
+        },
         {"type": "notebook_list", "id": 1, "notebooks": [{"notebook_id": 3}]},
     ],
 )
@@ -238,6 +247,16 @@ def test_non_msgpack_raises_protocol_error(payload: bytes) -> None:
             decode(payload)
 
 
+def test_an_error_code_newer_than_the_client_still_decodes() -> None:
+    # Codes travel as strings so that an older client can read codes added after it.
+    wire = msgspec.msgpack.encode(
+        {"type": "error_reply", "id": 4, "code": "added_in_a_later_version", "message": "m"}
+    )
+    reply = decode_daemon_message(wire)
+    assert isinstance(reply, ErrorReply)
+    assert reply.code == "added_in_a_later_version"
+
+
 def test_error_codes_on_the_wire_are_their_string_values() -> None:
     reply = ErrorReply(id=3, code=ErrorCode.CELL_NOT_FOUND, message="cell 'x' is missing")
     assert msgspec.msgpack.decode(encode(reply))["code"] == "cell_not_found"
@@ -250,3 +269,18 @@ def test_request_fields_do_not_carry_code() -> None:
     assert set(ExecuteCell.__struct_fields__) >= {"notebook_id", "cell_id", "heads"}
     for cls in REQUESTS:
         assert not {"code", "source"} & set(cls.__struct_fields__), cls.__name__
+
+
+def test_an_error_code_this_client_does_not_know_decodes_and_maps_to_remote_error() -> None:
+    """Error codes are strings on the wire so a newer daemon's codes do not break old clients."""
+    from runtimed.errors import RemoteError, error_from_reply
+
+    reply = decode_daemon_message(
+        msgspec.msgpack.encode(
+            {"type": "error_reply", "id": 1, "code": "no_such_code", "message": "m"}
+        )
+    )
+    assert isinstance(reply, ErrorReply)
+    error = error_from_reply(reply.code, reply.message)
+    assert isinstance(error, RemoteError)
+    assert str(error) == "m"

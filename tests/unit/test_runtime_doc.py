@@ -10,10 +10,17 @@ from automerge.core import SyncState
 from runtimed.runtime_doc import FINISHED, RuntimeDoc
 
 STREAM = {"output_type": "stream", "name": "stdout", "text": "hi é😀\n"}
-RESULT = {"output_type": "execute_result", "execution_count": 1, "metadata": {},
-          "data": {"text/plain": "42"}}
-IMAGE_REF = {"output_type": "display_data", "metadata": {"image/png": {"width": 3}},
-             "data": {"image/png": {"blob": "ab" * 32, "size": 1234}}}
+RESULT = {
+    "output_type": "execute_result",
+    "execution_count": 1,
+    "metadata": {},
+    "data": {"text/plain": "42"},
+}
+IMAGE_REF = {
+    "output_type": "display_data",
+    "metadata": {"image/png": {"width": 3}},
+    "data": {"image/png": {"blob": "ab" * 32, "size": 1234}},
+}
 
 
 def sync(server: RuntimeDoc, replica: RuntimeDoc) -> None:
@@ -48,8 +55,14 @@ def test_executions_move_through_the_queue() -> None:
     rt.add_execution("e2", "c2", 2)
     rt.add_execution("e3", "c1", 3)
     assert rt.queue() == ["e1", "e2", "e3"]
-    assert rt.execution("e1") == {"cell_id": "c1", "status": "queued", "seq": 1,
-                                  "execution_count": None, "ename": None, "evalue": None}
+    assert rt.execution("e1") == {
+        "cell_id": "c1",
+        "status": "queued",
+        "seq": 1,
+        "execution_count": None,
+        "ename": None,
+        "evalue": None,
+    }
 
     rt.update_execution("e1", status="running")
     assert rt.queue() == ["e2", "e3"]
@@ -92,8 +105,12 @@ def test_kernel_state() -> None:
     rt.set_kernel(state="idle", name="python3", pid=4242)
     assert rt.kernel() == {"state": "idle", "name": "python3", "pid": 4242, "message": ""}
     rt.set_kernel(state="dead", message="exited with code -9")
-    assert rt.kernel() == {"state": "dead", "name": "python3", "pid": None,
-                           "message": "exited with code -9"}
+    assert rt.kernel() == {
+        "state": "dead",
+        "name": "python3",
+        "pid": None,
+        "message": "exited with code -9",
+    }
 
 
 def test_outputs_are_set_appended_replaced_and_cleared() -> None:
@@ -151,8 +168,10 @@ def test_snapshot_round_trip_keeps_outputs_and_finished_executions() -> None:
     assert restored.cell_state("c1") == (1, [STREAM, IMAGE_REF])
     assert restored.cell_state("c2") == (None, [RESULT])
     assert restored.execution("e1") == rt.execution("e1")
-    assert restored.execution("e2") is None and restored.execution("e3") is None
-    assert restored.queue() == [] and restored.running() is None
+    assert restored.execution("e2") is None
+    assert restored.execution("e3") is None
+    assert restored.queue() == []
+    assert restored.running() is None
     assert restored.snapshot() == snapshot
 
 
