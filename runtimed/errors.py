@@ -10,6 +10,7 @@ from __future__ import annotations
 from protocol.errors import ErrorCode
 
 __all__ = [
+    "BlobUnavailable",
     "CellEmpty",
     "CellNotCode",
     "CellNotFound",
@@ -77,6 +78,12 @@ class HeadsTimeout(RuntimedError):
 
 class ExecutionNotFound(RuntimedError):
     code = ErrorCode.EXECUTION_NOT_FOUND
+
+
+class BlobUnavailable(RuntimedError):
+    """An output's blob is missing, corrupt or unreadable (see the message for which)."""
+
+    code = ErrorCode.BLOB_ERROR
 
 
 class ShuttingDown(RuntimedError):

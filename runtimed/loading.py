@@ -13,7 +13,8 @@ from typing import Any
 
 import anyio
 
-from blobstore import BlobStore
+from blobstore import BlobError, BlobStore
+from runtimed.errors import BlobUnavailable
 from runtimed.notebook_doc import NotebookDoc
 from runtimed.notebook_file import read_notebook
 from runtimed.outputs_manifest import resolve_output_async
@@ -106,5 +107,12 @@ async def notebook_for_save(room: NotebookRoom, blobs: BlobStore) -> dict[str, A
     for cell in room.notebook.cells():
         if cell.cell_type == "code":
             count, manifests = room.runtime.cell_state(cell.id)
-            states[cell.id] = (count, [await resolve_output_async(m, blobs) for m in manifests])
+            try:
+                outputs = [await resolve_output_async(m, blobs) for m in manifests]
+            except BlobError as exc:
+                raise BlobUnavailable(
+                    f"cannot save: an output of cell {cell.id!r} is unavailable: {exc}; "
+                    "re-run the cell or clear its outputs"
+                ) from exc
+            states[cell.id] = (count, outputs)
     return room.notebook.to_nbformat(lambda cell_id: states.get(cell_id, (None, [])))

@@ -89,12 +89,15 @@ class DocumentStore:
         }
         _atomic_write(meta_path, json.dumps(meta).encode())
 
-    def referenced_blobs(self) -> set[str]:
-        """Blob hashes referenced by every persisted runtime snapshot (GC marking)."""
+    def referenced_blobs(self, *, skip_keys: frozenset[str] = frozenset()) -> set[str]:
+        """Blob hashes referenced by persisted runtime snapshots (GC marking), except those
+        of ``skip_keys`` (open notebooks, whose live documents are newer)."""
         from runtimed.outputs_manifest import manifest_hashes
 
         hashes: set[str] = set()
         for snapshot_path in self.root.glob("*.runtime.json"):
+            if snapshot_path.name.removesuffix(".runtime.json") in skip_keys:
+                continue
             try:
                 snapshot = json.loads(snapshot_path.read_text())
             except (OSError, ValueError):
