@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from runtimed import __version__
+from runtimed import __version__, cli_runtimes
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.client.connection import spawn_daemon
 from runtimed.errors import DaemonNotRunning, RuntimedError
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from runtimed.automation.cli import add_run_parser
 
     add_run_parser(sub)
+    cli_runtimes.add_parsers(sub)
     return parser
 
 
@@ -171,6 +172,11 @@ async def _daemon_status(args: argparse.Namespace) -> int:
             f"uptime: {status.uptime_seconds:.0f} s; {len(status.notebooks)} open notebooks, "
             f"{status.clients} clients"
         )
+        pool = status.pool
+        pool_text = (f"pool {pool.ready}/{pool.size} ready" if pool is not None and pool.enabled
+                     else "no pool")
+        _out(f"kernels: {len(status.kernels)} (max {status.max_kernels or 'unlimited'}); "
+             f"{pool_text} (runt pool, runt ps)")
     return 0
 
 
@@ -190,6 +196,8 @@ async def _ps(args: argparse.Namespace) -> int:
                 if kernel
                 else "-"
             )
+            if kernel is not None and kernel.pid:
+                k += f" ({cli_runtimes.describe_kernel(kernel.rss_bytes, kernel.last_activity)})"
             _out(f"{nb.notebook_id[:12]}  {nb.path or '(untitled)'}")
             _out(
                 f"    kernel: {k}; clients: {nb.clients}; running: {nb.running or '-'}; "
@@ -291,10 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "save": lambda a: _notebook_action(a, lambda nb: nb.save(), "saved {result}"),
     }
+    handler: Callable[[argparse.Namespace], Awaitable[int]]
     if command == "daemon":
         handler = {"start": _daemon_start, "stop": _daemon_stop, "status": _daemon_status}[
             args.action
         ]
+    elif (command, getattr(args, "action", None)) in cli_runtimes.COMMANDS:
+        handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
     elif command in ("run", "inspect", "scraps"):
         from runtimed.automation.cli import run_command
 

@@ -60,6 +60,8 @@ class RuntimesConfig:
     env_max_age_days: float = 30.0
     """Environments unused this many days are removed (0: never)."""
     env_build_timeout: float = 600.0
+    env_compile_bytecode: bool = True
+    """Compile .pyc when building (a slower build, faster kernel starts ever after)."""
     uv: str = ""
     """The uv executable ("": the one the ``uv`` package installed)."""
 
@@ -98,40 +100,119 @@ def _port_out(value: int | None) -> int:
 
 
 KEYS: tuple[ConfigKey, ...] = (
-    ConfigKey("daemon", "idle_timeout", float, 900.0,
-              "close a notebook nobody has open (and stop its kernel) after this many idle "
-              "seconds", "idle_timeout"),
-    ConfigKey("daemon", "shutdown_timeout", float, 10.0,
-              "seconds a clean shutdown may take (checkpoints, kernels)", "shutdown_timeout"),
-    ConfigKey("daemon", "http_port", int, 0,
-              "127.0.0.1 port of the HTTP endpoint (0: any free port, -1: disabled)",
-              "http_port", minimum=-1, to_config=_port_in, from_config=_port_out),
-    ConfigKey("daemon", "gc_grace_seconds", float, 3600.0,
-              "runt gc only deletes unreferenced blobs older than this", "gc_grace_seconds"),
-    ConfigKey("kernels", "default_runtime", str, "python3",
-              "runtime for notebooks that select none (runt runtimes lists them)",
-              "runtimes.default_runtime", minimum=None),
-    ConfigKey("kernels", "max_kernels", int, 16,
-              "limit on concurrent kernel processes, pooled ones included (0: no limit)",
-              "runtimes.max_kernels"),
-    ConfigKey("kernels", "startup_timeout", float, 60.0,
-              "seconds a kernel may take to answer kernel_info after launch",
-              "kernel_startup_timeout"),
-    ConfigKey("pool", "size", int, 1,
-              "idle kernels of the default runtime kept started; opening a notebook takes one "
-              "(0: no pool, kernels start on the first execution)", "runtimes.pool_size"),
-    ConfigKey("envs", "max_size_mb", int, 10240,
-              "size limit of the environment cache in MiB (0: none)", "runtimes.env_max_bytes",
-              to_config=lambda mib: int(mib) * 1024**2,
-              from_config=lambda b: int(b) // 1024**2),
-    ConfigKey("envs", "max_age_days", float, 30.0,
-              "remove environments unused for this many days (0: never)",
-              "runtimes.env_max_age_days"),
-    ConfigKey("envs", "build_timeout", float, 600.0,
-              "seconds an environment build may take", "runtimes.env_build_timeout"),
-    ConfigKey("envs", "uv", str, "",
-              "path of the uv executable (empty: the one the uv package installed)",
-              "runtimes.uv", minimum=None),
+    ConfigKey(
+        "daemon",
+        "idle_timeout",
+        float,
+        900.0,
+        "close a notebook nobody has open (and stop its kernel) after this many idle seconds",
+        "idle_timeout",
+    ),
+    ConfigKey(
+        "daemon",
+        "shutdown_timeout",
+        float,
+        10.0,
+        "seconds a clean shutdown may take (checkpoints, kernels)",
+        "shutdown_timeout",
+    ),
+    ConfigKey(
+        "daemon",
+        "http_port",
+        int,
+        0,
+        "127.0.0.1 port of the HTTP endpoint (0: any free port, -1: disabled)",
+        "http_port",
+        minimum=-1,
+        to_config=_port_in,
+        from_config=_port_out,
+    ),
+    ConfigKey(
+        "daemon",
+        "gc_grace_seconds",
+        float,
+        3600.0,
+        "runt gc only deletes unreferenced blobs older than this",
+        "gc_grace_seconds",
+    ),
+    ConfigKey(
+        "kernels",
+        "default_runtime",
+        str,
+        "python3",
+        "runtime for notebooks that select none (runt runtimes lists them)",
+        "runtimes.default_runtime",
+        minimum=None,
+    ),
+    ConfigKey(
+        "kernels",
+        "max_kernels",
+        int,
+        16,
+        "limit on concurrent kernel processes, pooled ones included (0: no limit)",
+        "runtimes.max_kernels",
+    ),
+    ConfigKey(
+        "kernels",
+        "startup_timeout",
+        float,
+        60.0,
+        "seconds a kernel may take to answer kernel_info after launch",
+        "kernel_startup_timeout",
+    ),
+    ConfigKey(
+        "pool",
+        "size",
+        int,
+        1,
+        "idle kernels of the default runtime kept started; opening a notebook takes one "
+        "(0: no pool, kernels start on the first execution)",
+        "runtimes.pool_size",
+    ),
+    ConfigKey(
+        "envs",
+        "max_size_mb",
+        int,
+        10240,
+        "size limit of the environment cache in MiB (0: none)",
+        "runtimes.env_max_bytes",
+        to_config=lambda mib: int(mib) * 1024**2,
+        from_config=lambda b: int(b) // 1024**2,
+    ),
+    ConfigKey(
+        "envs",
+        "max_age_days",
+        float,
+        30.0,
+        "remove environments unused for this many days (0: never)",
+        "runtimes.env_max_age_days",
+    ),
+    ConfigKey(
+        "envs",
+        "build_timeout",
+        float,
+        600.0,
+        "seconds an environment build may take",
+        "runtimes.env_build_timeout",
+    ),
+    ConfigKey(
+        "envs",
+        "compile_bytecode",
+        bool,
+        True,
+        "compile bytecode while building (slower build, faster kernel starts)",
+        "runtimes.env_compile_bytecode",
+        minimum=None,
+    ),
+    ConfigKey(
+        "envs",
+        "uv",
+        str,
+        "",
+        "path of the uv executable (empty: the one the uv package installed)",
+        "runtimes.uv",
+        minimum=None,
+    ),
 )
 
 _ENV_NAMES = {
@@ -146,6 +227,7 @@ _ENV_NAMES = {
     "envs.max_size_mb": "RUNTIMED_ENV_MAX_SIZE_MB",
     "envs.max_age_days": "RUNTIMED_ENV_MAX_AGE_DAYS",
     "envs.build_timeout": "RUNTIMED_ENV_BUILD_TIMEOUT",
+    "envs.compile_bytecode": "RUNTIMED_ENV_COMPILE_BYTECODE",
     "envs.uv": "RUNTIMED_UV",
 }
 
@@ -202,8 +284,9 @@ def effective_value(spec: ConfigKey, config: object) -> Scalar:
     return spec.from_config(target) if spec.from_config else target
 
 
-def load_config(path: Path | None = None, *,
-                environ: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
     """Read the configuration file (if it exists) and apply environment overrides.
 
     Raises:
@@ -257,9 +340,17 @@ def _check_known(data: dict[str, Any], path: Path) -> None:
                 )
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
 def _parse_env(spec: ConfigKey, raw: str) -> Scalar:
     if spec.kind is str:
         return raw
+    if spec.kind is bool:
+        if raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ConfigError(f"${spec.env} must be true or false (1/0, yes/no), not {raw!r}")
     try:
         return int(raw) if spec.kind is int else float(raw)
     except ValueError:
@@ -272,6 +363,10 @@ def _coerce(spec: ConfigKey, value: object, *, where: str) -> Scalar:
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
         return value
     # TOML booleans are not numbers here, even though bool subclasses int in Python.
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -17,6 +17,7 @@ from anyio.abc import SocketStream, TaskStatus
 from protocol import framing
 from protocol.messages import (
     CellQueued,
+    CleanEnvs,
     ClearOutputs,
     CollectGarbage,
     GarbageCollected,
@@ -26,10 +27,12 @@ from protocol.messages import (
     DaemonShuttingDown,
     DaemonStatus,
     ExecuteCell,
+    GetConfig,
     InputReply,
     InterruptKernel,
-    KernelInfo,
+    ListEnvs,
     ListNotebooks,
+    ListRuntimes,
     NotebookClosed,
     NotebookInfo,
     NotebookList,
@@ -49,6 +52,7 @@ from protocol.messages import (
 )
 from blobstore import BlobStore, GcReport
 from runtimed import __version__
+from runtimed.config import RuntimesConfig
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
 from runtimed.execution import NotebookExecutor
 from runtimed.http import HttpServer
@@ -59,6 +63,8 @@ from runtimed.outputs_manifest import manifest_hashes
 from runtimed.paths import RuntimedPaths
 from runtimed.persistence import DocumentStore, file_digest
 from runtimed.room import NotebookRoom
+from runtimed.runtimes import service as runtime_service
+from runtimed.runtimes.manager import RuntimeManager
 from runtimed.session import ClientSession
 
 __all__ = ["Daemon", "DaemonConfig"]
@@ -81,6 +87,12 @@ class DaemonConfig:
     gc_grace_seconds: float = 3600.0
     idle_timeout: float = 900.0
     """Close a notebook nobody has open (stopping its kernel) after this many idle seconds."""
+    runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
+    """Pool, kernel limit, default runtime, environment cache (docs/runtimes.md)."""
+    config_path: str = ""
+    """The config.toml these values were loaded from ("" if built in code)."""
+    config_origins: dict[str, str] = field(default_factory=dict)
+    """Config key -> where its value came from (``runt config show``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,6 +125,8 @@ class Daemon:
         self.blobs = BlobStore(paths.blobs)
         self._tg: anyio.abc.TaskGroup | None = None
         self.http_port: int | None = None
+        self.runtimes = RuntimeManager(self.config.runtimes, home=paths.home,
+                                       startup_timeout=self.config.kernel_startup_timeout)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -140,6 +154,7 @@ class Daemon:
             log.info("runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid())
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                await tg.start(self.runtimes.run)
                 tg.start_soon(self._serve, listener)
                 tg.start_soon(self._persister)
                 if self.config.http_port is not None:
@@ -167,6 +182,9 @@ class Daemon:
         self._sessions.add(session)
         try:
             await session.run()
+        except Exception:
+            # A bug in serving one client closes that connection, never the daemon.
+            log.exception("%r: internal error; connection closed", session)
         finally:
             self._sessions.discard(session)
             for notebook_id in list(session.open_notebooks):
@@ -183,6 +201,7 @@ class Daemon:
                 session.send_event_bytes(payload)
             for entry in list(self._rooms.values()):
                 await self._close_room(entry, checkpoint=True)
+            await self.runtimes.aclose()  # pooled kernels, environment builds
             await listener.aclose()
 
     # ------------------------------------------------------------ rooms
@@ -291,7 +310,9 @@ class Daemon:
             room.path = target
             self._by_path[target] = room.notebook_id
         room.dirty_since_save = False
-        self._want_persist(room.notebook_id)
+        # Record the new file hash now, not after the debounce: a crash in that window would
+        # make the daemon take its own checkpoint for an outside change.
+        await self._persist_now(entry)
         return target
 
     # ------------------------------------------------------------ persistence
@@ -333,7 +354,8 @@ class Daemon:
         if entry.executor is None:
             if self._tg is None or self._stopping:
                 raise ShuttingDown("the daemon is shutting down")
-            entry.executor = NotebookExecutor(entry.room, config=self.config, blobs=self.blobs)
+            entry.executor = NotebookExecutor(entry.room, config=self.config, blobs=self.blobs,
+                                              runtimes=self.runtimes)
             self._tg.start_soon(entry.executor.run)
         return entry.executor
 
@@ -347,12 +369,18 @@ class Daemon:
 
         async def referenced() -> set[str]:
             hashes: set[str] = set()
+            open_keys = set()
             for entry in list(self._rooms.values()):
                 runtime = entry.room.runtime
+                open_keys.add(DocumentStore.key_for(entry.room.path, entry.room.notebook_id))
                 for cell_id in runtime.cell_ids():
                     for manifest in runtime.cell_state(cell_id)[1]:
                         hashes |= manifest_hashes(manifest)
-            hashes |= await anyio.to_thread.run_sync(self._store.referenced_blobs)
+            # Open notebooks are marked from their live documents (their snapshots may lag).
+            skip = frozenset(open_keys)
+            hashes |= await anyio.to_thread.run_sync(
+                lambda: self._store.referenced_blobs(skip_keys=skip)
+            )
             return hashes
 
         report = await self.blobs.gc(referenced=referenced, grace_seconds=grace_seconds)
@@ -370,7 +398,8 @@ class Daemon:
             path=str(room.path) if room.path else None,
             cells=len(room.notebook),
             clients=len(room.peers),
-            kernel=KernelInfo(
+            kernel=runtime_service.kernel_info(
+                self.runtimes, room.notebook_id,
                 state=str(kernel.get("state", "not_started")), name=str(kernel.get("name", "")),
                 pid=kernel.get("pid") if isinstance(kernel.get("pid"), int) else None,
             ),
@@ -387,9 +416,11 @@ class Daemon:
                 return Pong(id=request.id)
             case OpenNotebook(path=path):
                 entry = await self.open_path(Path(path))
+                self._prewarm(entry)
                 return self._join(session, entry, request.id)
             case CreateNotebook(path=path, kernel_name=kernel_name):
                 entry = await self._create(Path(path) if path else None, kernel_name)
+                self._prewarm(entry)
                 return self._join(session, entry, request.id)
             case CloseNotebook(notebook_id=notebook_id, heads=heads):
                 entry = self._joined(session, notebook_id)
@@ -415,7 +446,9 @@ class Daemon:
                     home=str(self.paths.home), uptime_seconds=time.time() - self.started_at,
                     notebooks=[self._info(e) for e in self._rooms.values()],
                     clients=len(self._sessions), blob_dir=str(self.paths.blobs),
-                    http_port=self.http_port,
+                    http_port=self.http_port, kernels=self.runtimes.kernels(),
+                    max_kernels=self.config.runtimes.max_kernels,
+                    pool=self.runtimes.pool_info(),
                 )
             case Shutdown():
                 self.request_stop()
@@ -466,8 +499,16 @@ class Daemon:
                     id=request.id, blobs_removed=report.blobs_removed,
                     bytes_freed=report.bytes_freed, blobs_kept=report.blobs_kept,
                 )
+            case ListRuntimes() | ListEnvs() | CleanEnvs() | GetConfig():
+                return await runtime_service.answer(self.runtimes, self.config, request)
             case _:
                 assert_never(request)
+
+    def _prewarm(self, entry: _OpenRoom) -> None:
+        """Opening a notebook takes its kernel now (from the pool when it can), so the first
+        ExecuteCell skips the launch. Off when the pool is disabled (pool.size = 0)."""
+        if self.runtimes.prewarm_on_open:
+            self.executor(entry).prewarm()
 
     def _join(self, session: ClientSession, entry: _OpenRoom, request_id: int) -> NotebookOpened:
         room = entry.room

@@ -7,10 +7,12 @@ import logging
 import logging.handlers
 import signal
 import sys
+from pathlib import Path
 
 import anyio
 
 from runtimed import __version__
+from runtimed.config import ConfigError, load_config
 from runtimed.daemon import Daemon, DaemonConfig
 from runtimed.errors import DaemonAlreadyRunning
 from runtimed.paths import resolve_paths
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-file", help="also log to this file (default: <home>/logs/runtimed.log)")
+    parser.add_argument("--config", help="configuration file (default: $RUNTIMED_CONFIG or "
+                        "<user config dir>/runtimed/config.toml; see docs/runtimes.md)")
     parser.add_argument("--version", action="version", version=f"runtimed {__version__}")
     return parser
 
@@ -55,13 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     ))
     logging.basicConfig(level=args.log_level, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(paths, config=DaemonConfig())
+    try:
+        loaded = load_config(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        print(f"runtimed: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger("runtimed").info(
+        "configuration: %s%s", loaded.path, "" if loaded.exists else " (absent: defaults)")
+    daemon = Daemon(paths, config=DaemonConfig(**loaded.daemon_kwargs()))
+    status = 0
     try:
         anyio.run(_run, daemon, backend="asyncio", backend_options={"use_uvloop": True})
-    except* DaemonAlreadyRunning as group:
+    except* DaemonAlreadyRunning as group:  # raised inside _run's task group
         print(f"runtimed: {group.exceptions[0]}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    return status
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ costs a bounded number of document writes; ``ExecutionStarted``/``ExecutionDone`
 to every client of the notebook. An error stops the queue (the rest is marked ``skipped``)
 unless the failing cell is tagged ``raises-exception`` (nbclient semantics).
 
-Kernel policy: the kernel starts on the first execution. If it dies, the running execution
-ends as ``died`` with a ``KernelDied`` error, the queue is skipped, and the next execution
-starts a fresh kernel.
+Kernel policy: the kernel comes from the daemon's runtime manager
+(:mod:`runtimed.runtimes`), which picks the runtime from the notebook's metadata. It is
+acquired when the notebook is opened if the pool is enabled (:meth:`NotebookExecutor.prewarm`;
+usually a pre-warmed kernel), else on the first execution; errors getting it are reported by
+that execution. If it dies, the running execution ends as ``died`` with a ``KernelDied``
+error, the queue is skipped, and the next execution gets a fresh kernel. A kernel is never
+shared: closing the notebook releases (shuts down) it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskStatus
 
 from protocol.messages import (
     ExecutionDone,
@@ -41,15 +44,17 @@ from runtimed.errors import (
     RuntimedError,
 )
 from runtimed.kernel import ExecutionOutcome, KernelSession
-from runtimed.kernel_errors import KernelError
+from runtimed.kernel_errors import KernelError, KernelNotRunning
 from runtimed.outputs import DisplayUpdate, OutputChange
 from runtimed.outputs_manifest import ManifestWriter
 from blobstore import BlobError, BlobStore, PinSet
 from runtimed.notebook_doc import Cell
 from runtimed.room import NotebookRoom
+from runtimed.runtimes.selection import RuntimeRequest, runtime_request_for
 
 if TYPE_CHECKING:
     from runtimed.daemon import DaemonConfig
+    from runtimed.runtimes.manager import KernelLease, RuntimeManager
 
 __all__ = ["NotebookExecutor"]
 
@@ -58,6 +63,16 @@ log = logging.getLogger(__name__)
 _MIN_FLUSH_INTERVAL = 0.02
 _FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
 _FAILED = frozenset({"error", "died", "timeout"})
+
+
+@dataclass(eq=False)
+class _Acquisition:
+    """Getting a kernel from the runtime manager, in the executor's kernel task group."""
+
+    request: RuntimeRequest
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: RuntimedError | None = None
 
 
 @dataclass(eq=False)
@@ -105,9 +120,11 @@ def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
 class NotebookExecutor:
     """Owns one notebook's kernel and execution queue. Run :meth:`run` in a task group."""
 
-    def __init__(self, room: NotebookRoom, *, config: DaemonConfig, blobs: BlobStore) -> None:
+    def __init__(self, room: NotebookRoom, *, config: DaemonConfig, blobs: BlobStore,
+                 runtimes: RuntimeManager) -> None:
         self.room = room
         self.config = config
+        self._runtimes = runtimes
         self._blobs = blobs
         self._manifests = ManifestWriter(blobs)
         self._pins: PinSet | None = None
@@ -116,8 +133,10 @@ class NotebookExecutor:
         self._wake = anyio.Event()
         self._seq = itertools.count(room.runtime.max_seq() + 1)
         self._kernel: KernelSession | None = None
-        self._kernel_release: anyio.Event | None = None
-        self._kernel_gone: anyio.Event | None = None
+        self._lease: KernelLease | None = None
+        self._kernel_used = False  # an execution ran on the leased kernel
+        self._acquiring: _Acquisition | None = None
+        self._prewarm = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._running: _Job | None = None
         self._scope = anyio.CancelScope()
@@ -190,7 +209,17 @@ class NotebookExecutor:
             return
         self._set_kernel("restarting")
         try:
-            await self._kernel.restart()
+            request: RuntimeRequest | None = self._runtime_request()
+        except RuntimedError:
+            request = None  # malformed metadata: restart what runs; a new start reports it
+        try:
+            if request is not None and self._lease is not None \
+                    and self._lease.request != request:
+                # The notebook now asks for another runtime or other dependencies.
+                await self._close_kernel()
+                await self._ensure_kernel()
+            else:
+                await self._kernel.restart()
         except RuntimedError as exc:
             self._set_kernel("dead", message=f"restart failed: {exc}")
             raise
@@ -221,10 +250,12 @@ class NotebookExecutor:
 
     async def run(self) -> None:
         """Run queued executions until :meth:`aclose`."""
-        # Kernels live in their own task group, outside the cancel scope aclose() cancels,
-        # so closing shuts them down gracefully (their channel readers still running).
+        # Getting the kernel happens in its own task group, outside the cancel scope aclose()
+        # cancels, so closing cancels a start or releases the kernel gracefully.
         async with anyio.create_task_group() as kernels:
             self._tg = kernels
+            if self._prewarm:
+                self._start_acquire_for_prewarm()
             try:
                 with self._scope:
                     async with anyio.create_task_group() as tg:
@@ -269,49 +300,107 @@ class NotebookExecutor:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.shutdown_timeout):
             await self._stopped.wait()
 
+    def prewarm(self) -> None:
+        """Start getting this notebook's kernel now (the notebook is being opened), so the
+        first execution finds it ready. A failure is reported by that execution."""
+        self._prewarm = True
+        if self._tg is not None:
+            self._start_acquire_for_prewarm()
+
+    def _start_acquire_for_prewarm(self) -> None:
+        failed = self._acquiring
+        if failed is not None and failed.done.is_set() and failed.error is not None:
+            self._acquiring = None  # opened again after a failure: try again
+        if self._kernel is not None or self._acquiring is not None:
+            return
+        try:
+            request = self._runtime_request()
+        except RuntimedError:
+            return  # malformed dependencies: the first execution reports it
+        self._start_acquire(request)
+
+    def _runtime_request(self) -> RuntimeRequest:
+        first_code = None
+        for cell_id in self.room.notebook.cell_ids():
+            cell = self.room.notebook.cell(cell_id)
+            if cell.cell_type == "code":
+                first_code = cell.source
+                break
+        return runtime_request_for(self.room.notebook.metadata(), first_code)
+
     async def _close_kernel(self) -> None:
-        release, gone = self._kernel_release, self._kernel_gone
-        self._kernel = self._kernel_release = self._kernel_gone = None
-        if release is not None and gone is not None:
-            release.set()
-            await gone.wait()
+        acquiring, self._acquiring = self._acquiring, None
+        if acquiring is not None and not acquiring.done.is_set():
+            acquiring.scope.cancel()
+            await acquiring.done.wait()
+        lease, self._lease, self._kernel = self._lease, None, None
+        self._kernel_used = False
+        if lease is not None:
+            await lease.release()
             self._set_kernel("shutdown")
 
-    async def _host_kernel(self, session: KernelSession, release: anyio.Event,
-                           gone: anyio.Event, *,
-                           task_status: TaskStatus[KernelSession]) -> None:
-        """Own one KernelSession for its whole life (entered and exited in this task)."""
-        try:
-            async with session as kernel:
-                task_status.started(kernel)
-                await release.wait()
-        finally:
-            gone.set()
-
     async def _ensure_kernel(self) -> KernelSession:
-        if self._kernel is not None and self._kernel.state != "dead":
-            return self._kernel
-        if self._kernel is not None:
+        kernel = self._kernel
+        if kernel is not None and kernel.state != "dead" and self._kernel_used:
+            return kernel
+        request = self._runtime_request()
+        if kernel is not None and kernel.state != "dead" and self._lease is not None \
+                and self._lease.request == request:
+            self._kernel_used = True
+            return kernel
+        stale = self._acquiring is not None and self._acquiring.request != request
+        if kernel is not None or stale:
+            # Dead, or prepared (at open) for what the notebook no longer asks for.
             await self._close_kernel()
-        assert self._tg is not None
-        metadata = self.room.notebook.metadata()
-        name = kernel_name_for(metadata)
-        cwd = kernel_cwd_for(metadata, self.room.path)
-        self._set_kernel("starting", name=name or "python3")
-        env = {"RUNTIMED_NOTEBOOK_ID": self.room.notebook_id}
-        if self.room.path is not None:
-            env["RUNTIMED_NOTEBOOK_PATH"] = str(self.room.path)
-        session = KernelSession(kernel_name=name, cwd=cwd, env=env,
-                                startup_timeout=self.config.kernel_startup_timeout)
-        release, gone = anyio.Event(), anyio.Event()
+        acquisition = self._start_acquire(request)
+        await acquisition.done.wait()
+        if self._acquiring is acquisition:
+            self._acquiring = None  # a failure is reported once; the next execution retries
+        if acquisition.error is not None:
+            raise acquisition.error
+        if self._kernel is None:  # the acquisition was cancelled (the notebook is closing)
+            raise KernelNotRunning("the kernel start was cancelled")
+        self._kernel_used = True
+        return self._kernel
+
+    def _start_acquire(self, request: RuntimeRequest) -> _Acquisition:
+        if self._acquiring is None:
+            assert self._tg is not None
+            self._acquiring = _Acquisition(request)
+            self._tg.start_soon(self._acquire, self._acquiring)
+        return self._acquiring
+
+    async def _acquire(self, acquisition: _Acquisition) -> None:
+        """Get a kernel from the runtime manager and adopt it (or record why not)."""
+        room = self.room
         try:
-            kernel: KernelSession = await self._tg.start(self._host_kernel, session, release, gone)
-        except BaseException:
+            with acquisition.scope:
+                self._set_kernel("starting",
+                                 name=self._runtimes.describe(acquisition.request))
+                metadata = room.notebook.metadata()
+                cwd = kernel_cwd_for(metadata, room.path)
+                env = {"RUNTIMED_NOTEBOOK_ID": room.notebook_id}
+                if room.path is not None:
+                    env["RUNTIMED_NOTEBOOK_PATH"] = str(room.path)
+                lease = await self._runtimes.acquire(
+                    acquisition.request, notebook_id=room.notebook_id, cwd=cwd, env=env,
+                    progress=self._on_runtime_progress,
+                )
+                self._lease, self._kernel = lease, lease.kernel
+                self._set_kernel("idle", name=lease.runtime.name, pid=lease.kernel.pid)
+        except RuntimedError as exc:
+            acquisition.error = exc
+            self._set_kernel("dead", message=str(exc))
+        except Exception as exc:  # a bug: fail this acquisition, not the executor
+            log.exception("could not get a kernel for %s", room.notebook_id)
+            acquisition.error = KernelError(f"internal error getting a kernel: {exc!r}")
             self._set_kernel("dead", message="the kernel failed to start")
-            raise
-        self._kernel, self._kernel_release, self._kernel_gone = kernel, release, gone
-        self._set_kernel("idle", pid=kernel.pid)
-        return kernel
+        finally:
+            acquisition.done.set()
+
+    def _on_runtime_progress(self, line: str) -> None:
+        # Environment build progress: the runtime document and KernelStatusChanged events.
+        self._set_kernel("building_env", message=line)
 
     def _set_kernel(self, state: str, *, name: str | None = None, pid: int | None = None,
                     message: str = "") -> None:

@@ -271,7 +271,9 @@ class KernelSession:
         kernel = KernelProcess(spec, process, client, conn_dir)
         self._processes.add(kernel)
         try:
-            await tg.start(kernel.run)
+            # start_soon, not start: a cancellation arriving while start() waited would cancel
+            # the shielded run() and wait for it forever.
+            tg.start_soon(kernel.run)
             failure = await kernel.wait_ready(self._startup_timeout)
         except BaseException:
             await self._stop(kernel, grace=0, reason="aborted during startup")

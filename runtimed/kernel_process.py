@@ -105,7 +105,10 @@ class KernelProcess:
         self.exited = anyio.Event()
         self.finished = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._scope: anyio.CancelScope | None = None  # set once run() has started its tasks
+        # Created up front so stop()/abort() can end run() even before it starts (a
+        # cancellation racing the launch must not leave a shielded run() waiting forever).
+        self._run_scope = anyio.CancelScope(shield=True)
 
     @property
     def pid(self) -> int:
@@ -212,6 +215,8 @@ class KernelProcess:
                     self._scope.cancel()
                     with anyio.move_on_after(_KILL_WAIT):
                         await self.finished.wait()
+                else:
+                    self._run_scope.cancel()  # run() has not started: it will end at once
                 with anyio.move_on_after(_KILL_WAIT):
                     await self.process.aclose()
                 self.client.stop_channels()
@@ -221,17 +226,16 @@ class KernelProcess:
         """Last resort when :meth:`stop` could not run: SIGKILL the group, end the tasks."""
         if not self.exited.is_set():
             signal_group(self.pid, signal.SIGKILL)
-        if self._scope is not None:
-            self._scope.cancel()
+        self._run_scope.cancel()
 
-    async def run(self, *, task_status: TaskStatus[None]) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The process's tasks; returns once :meth:`stop` (or :meth:`abort`) cancelled them.
 
         Shielded: a cancellation of the session's enclosing scope must not silence the
         watcher and readers before the (shielded) shutdown has used them.
         """
         try:
-            with anyio.CancelScope(shield=True) as scope:
+            with self._run_scope as scope:
                 self._scope = scope
                 async with anyio.create_task_group() as tg:
                     self._tg = tg

@@ -13,7 +13,8 @@ from runtimed.amjson import JsonValue
 from runtimed.notebook_doc import Cell
 
 if TYPE_CHECKING:
-    from protocol.messages import NotebookInfo, StatusReply
+    from protocol.messages import ConfigReply, EnvList, EnvsCleaned, NotebookInfo, StatusReply
+    from protocol.runtimes import RuntimeInfo
     from runtimed.client import AsyncClient
     from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
@@ -69,6 +70,20 @@ class Client:
 
     def shutdown_daemon(self) -> None:
         self._portal.call(self._client.shutdown_daemon)
+
+    def list_runtimes(self) -> list[RuntimeInfo]:
+        return self._portal.call(self._client.list_runtimes)
+
+    def list_envs(self) -> EnvList:
+        return self._portal.call(self._client.list_envs)
+
+    def clean_envs(self, *, remove_all: bool = False,
+                   older_than_days: float | None = None) -> EnvsCleaned:
+        return self._portal.call(lambda: self._client.clean_envs(
+            remove_all=remove_all, older_than_days=older_than_days))
+
+    def get_config(self) -> ConfigReply:
+        return self._portal.call(self._client.get_config)
 
     def open(self, path: str | Path) -> Notebook:
         return Notebook(self._portal, self._portal.call(self._client.open, path))

@@ -11,70 +11,58 @@ Builds of one key are serialised: concurrent requesters share the running build 
 progress. Builds run as tasks of the runtime manager's task group, so a build outlives the
 notebook that asked for it (its result is cached for the next one). uv runs as a subprocess
 (never on the event loop); its stderr lines are forwarded as progress and, on failure, parsed
-to name the package at fault (:func:`describe_uv_failure`).
+to name the package at fault (:func:`~runtimed.runtimes.env_cache.describe_uv_failure`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 from packaging.specifiers import SpecifierSet
-from packaging.utils import canonicalize_name
 
 from runtimed.kernel_errors import EnvBuildFailed
 from runtimed.kernel_launch import signal_group
+from runtimed.runtimes.env_cache import (
+    MARKER,
+    BuiltEnv,
+    describe_uv_failure,
+    read_lines,
+    read_marker,
+    select_for_removal,
+    tree_size,
+    write_marker,
+)
 from runtimed.runtimes.selection import Dependencies
 
-__all__ = ["BuiltEnv", "EnvStore", "Progress", "describe_uv_failure", "select_for_removal"]
+__all__ = ["BuiltEnv", "EnvStore", "Progress"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 """Called (synchronously, must not block) with each line of a build's progress."""
 
-MARKER = "runtimed-env.json"
 _TAIL_LINES = 20
-_DAY = 86400.0
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltEnv:
-    """A complete environment in the cache."""
-
-    key: str
-    path: Path
-    requirements: tuple[str, ...]
-    requires_python: str | None
-    python: str
-    created_at: float
-    last_used: float
-    size_bytes: int = 0
-
-    @property
-    def interpreter(self) -> Path:
-        return self.path / "bin" / "python"
 
 
 @dataclass(eq=False)
 class _Build:
     key: str
     done: anyio.Event = field(default_factory=anyio.Event)
+    building: bool = False  # not a cache hit: uv is running
     env: BuiltEnv | None = None
     error: EnvBuildFailed | None = None
     listeners: list[Progress] = field(default_factory=list)
@@ -99,9 +87,18 @@ def target_python(deps: Dependencies) -> tuple[str, str]:
 class EnvStore:
     """The environment cache under ``root``."""
 
-    def __init__(self, root: Path, *, uv: str = "", build_timeout: float = 600.0,
-                 max_bytes: int = 0, max_age_days: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        uv: str = "",
+        build_timeout: float = 600.0,
+        max_bytes: int = 0,
+        max_age_days: float = 0.0,
+        compile_bytecode: bool = True,
+    ) -> None:
         self.root = root
+        self.compile_bytecode = compile_bytecode
         self._uv_exe = uv
         self.build_timeout = build_timeout
         self.max_bytes = max_bytes
@@ -118,8 +115,9 @@ class EnvStore:
 
     # ------------------------------------------------------------ ensure
 
-    async def ensure(self, deps: Dependencies, *, tg: TaskGroup,
-                     progress: Progress | None = None) -> BuiltEnv:
+    async def ensure(
+        self, deps: Dependencies, *, tg: TaskGroup, progress: Progress | None = None
+    ) -> BuiltEnv:
         """The environment for ``deps``: from the cache, or built now (in ``tg``).
 
         Raises:
@@ -128,13 +126,11 @@ class EnvStore:
         key = self.key_for(deps)
         build = self._builds.get(key)
         if build is None:
-            cached = await anyio.to_thread.run_sync(self._load_and_touch, key)
-            if cached is not None:
-                return cached
+            # Registered before any await: concurrent requests for one key share this task
+            # (which looks in the cache first), so a key is never built twice at once.
             build = self._builds[key] = _Build(key)
-            self.builds_started += 1
             tg.start_soon(self._run_build, build, deps)
-        elif progress is not None:
+        elif progress is not None and build.building:
             progress(f"waiting for the environment {key}, already being built")
         if progress is not None:
             build.listeners.append(progress)
@@ -149,9 +145,15 @@ class EnvStore:
         return build.env
 
     async def _run_build(self, build: _Build, deps: Dependencies) -> None:
+        """The cached environment, or a build; never raises (it runs in the manager's task
+        group: a failure is the requesters' error, not the daemon's)."""
         try:
-            with anyio.fail_after(self.build_timeout):
-                build.env = await self._build(build, deps)
+            build.env = await anyio.to_thread.run_sync(self._load_and_touch, build.key)
+            if build.env is None:
+                build.building = True
+                self.builds_started += 1
+                with anyio.fail_after(self.build_timeout):
+                    build.env = await self._build(build, deps)
         except EnvBuildFailed as exc:
             build.error = exc
         except TimeoutError:
@@ -159,12 +161,21 @@ class EnvStore:
                 f"building the environment for {', '.join(deps.requirements)} took longer "
                 f"than {self.build_timeout:g} s (envs.build_timeout)"
             )
+        except OSError as exc:  # the cache directory: permissions, a full disk, ...
+            build.error = EnvBuildFailed(
+                f"could not write the environment under {self.root}: {exc}"
+            )
+        except Exception as exc:
+            log.exception("environment %s: unexpected failure", build.key)
+            build.error = EnvBuildFailed(f"building the environment failed: {exc!r}")
         finally:
-            if build.env is None:
+            if build.env is None and build.building:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(
-                        lambda: shutil.rmtree(self.root / build.key, ignore_errors=True))
-            del self._builds[build.key]
+                        lambda: shutil.rmtree(self.root / build.key, ignore_errors=True)
+                    )
+            if self._builds.get(build.key) is build:
+                del self._builds[build.key]
             build.done.set()
         if build.error is not None:
             log.warning("environment %s failed: %s", build.key, build.error)
@@ -176,18 +187,40 @@ class EnvStore:
         started = time.monotonic()
         await anyio.to_thread.run_sync(self._prepare_dir, path)
         build.emit(f"building environment {build.key}: {', '.join(deps.requirements) or '-'}")
-        await self._uv(build, deps, [uv, "venv", "--no-config", "--quiet", "--python",
-                                     python_arg, str(path)])
+        await self._uv(
+            build, deps, [uv, "venv", "--no-config", "--quiet", "--python", python_arg, str(path)]
+        )
         packages = list(deps.requirements)
         if "ipykernel" not in deps.names():
             packages.insert(0, "ipykernel")
-        await self._uv(build, deps, [uv, "pip", "install", "--no-config", "--python",
-                                     str(path / "bin" / "python"), *packages])
+        # Compiled bytecode makes every kernel start fast, also where kernels cannot write
+        # it themselves (PYTHONDONTWRITEBYTECODE, read-only environments).
+        compile_flag = ["--compile-bytecode"] if self.compile_bytecode else []
+        await self._uv(
+            build,
+            deps,
+            [
+                uv,
+                "pip",
+                "install",
+                "--no-config",
+                *compile_flag,
+                "--python",
+                str(path / "bin" / "python"),
+                *packages,
+            ],
+        )
         now = time.time()
-        env = BuiltEnv(key=build.key, path=path, requirements=deps.requirements,
-                       requires_python=deps.requires_python, python=python_tag,
-                       created_at=now, last_used=now)
-        await anyio.to_thread.run_sync(_write_marker, env)
+        env = BuiltEnv(
+            key=build.key,
+            path=path,
+            requirements=deps.requirements,
+            requires_python=deps.requires_python,
+            python=python_tag,
+            created_at=now,
+            last_used=now,
+        )
+        await anyio.to_thread.run_sync(write_marker, env)
         build.emit(f"environment {build.key} ready in {time.monotonic() - started:.1f} s")
         log.info("built environment %s (%s)", build.key, ", ".join(deps.requirements))
         return env
@@ -213,14 +246,19 @@ class EnvStore:
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
         try:
             process = await anyio.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, cwd=self.root, env=env, start_new_session=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env=env,
+                start_new_session=True,
             )
         except OSError as exc:
             raise EnvBuildFailed(f"could not run uv ({argv[0]}): {exc}") from exc
         try:
             assert process.stdout is not None
-            async for line in _lines(process.stdout):
+            async for line in read_lines(process.stdout):
                 tail.append(line)
                 if line.strip():
                     build.emit(line.strip())
@@ -235,8 +273,11 @@ class EnvStore:
         if code != 0:
             output = "\n".join(tail)
             package, reason = describe_uv_failure(output, deps.requirements)
-            what = f"dependency {package!r} could not be installed" if package else (
-                "the environment could not be built")
+            what = (
+                f"dependency {package!r} could not be installed"
+                if package
+                else ("the environment could not be built")
+            )
             raise EnvBuildFailed(f"{what}: {reason}", package=package, output_tail=output)
 
     @staticmethod
@@ -246,7 +287,7 @@ class EnvStore:
             shutil.rmtree(path)
 
     def _load_and_touch(self, key: str) -> BuiltEnv | None:
-        env = _read_marker(self.root / key)
+        env = read_marker(self.root / key)
         if env is not None:
             os.utime(self.root / key / MARKER)  # last use, for the age limit
         return env
@@ -262,15 +303,16 @@ class EnvStore:
             return []
         envs = []
         for path in self.root.iterdir():
-            env = _read_marker(path)
+            env = read_marker(path)
             if env is not None:
                 if sizes:
-                    env = dataclasses.replace(env, size_bytes=_tree_size(path))
+                    env = dataclasses.replace(env, size_bytes=tree_size(path))
                 envs.append(env)
         return sorted(envs, key=lambda e: e.last_used, reverse=True)
 
-    async def prune(self, *, in_use: set[str], remove_all: bool = False,
-                    older_than_days: float | None = None) -> list[BuiltEnv]:
+    async def prune(
+        self, *, in_use: set[str], remove_all: bool = False, older_than_days: float | None = None
+    ) -> list[BuiltEnv]:
         """Remove environments no kernel uses and no build holds: all of them, those unused
         for ``older_than_days``, or (by default) whatever the configured limits exclude."""
         envs = await self.list_envs()
@@ -280,8 +322,9 @@ class EnvStore:
         else:
             max_age = self.max_age_days if older_than_days is None else older_than_days
             max_bytes = self.max_bytes if older_than_days is None else 0
-            doomed = select_for_removal(envs, now=time.time(), max_bytes=max_bytes,
-                                        max_age_days=max_age, keep=keep)
+            doomed = select_for_removal(
+                envs, now=time.time(), max_bytes=max_bytes, max_age_days=max_age, keep=keep
+            )
         for env in doomed:
             log.info("removing environment %s (%s)", env.key, ", ".join(env.requirements))
             await anyio.to_thread.run_sync(self._remove, env.path)
@@ -292,111 +335,3 @@ class EnvStore:
         # The marker goes first: a half-removed directory is an incomplete environment.
         (path / MARKER).unlink(missing_ok=True)
         shutil.rmtree(path, ignore_errors=True)
-
-
-def select_for_removal(envs: list[BuiltEnv], *, now: float, max_bytes: int,
-                       max_age_days: float, keep: set[str]) -> list[BuiltEnv]:
-    """The cache policy: drop environments unused for ``max_age_days`` (0: no age limit),
-    then the least recently used until the total is within ``max_bytes`` (0: no size
-    limit). Keys in ``keep`` (in use, being built) are never chosen."""
-    doomed: list[BuiltEnv] = []
-    alive = []
-    for env in envs:
-        if env.key not in keep and max_age_days > 0 and now - env.last_used > max_age_days * _DAY:
-            doomed.append(env)
-        else:
-            alive.append(env)
-    total = sum(e.size_bytes for e in alive)
-    if max_bytes > 0:
-        for env in sorted(alive, key=lambda e: e.last_used):
-            if total <= max_bytes:
-                break
-            if env.key not in keep:
-                doomed.append(env)
-                total -= env.size_bytes
-    return doomed
-
-
-_UV_CULPRIT = (
-    re.compile(r"Because ([A-Za-z0-9][A-Za-z0-9._-]*) was not found in the package registry"),
-    re.compile(r"Because there (?:is|are) no versions? of ([A-Za-z0-9][A-Za-z0-9._-]*)"),
-    re.compile(r"Because only ([A-Za-z0-9][A-Za-z0-9._-]*)\s*[<>=!~]"),
-    re.compile(r"Failed to (?:download and )?build `([A-Za-z0-9][A-Za-z0-9._-]*)"),
-    re.compile(r"Failed to (?:download|fetch|prepare)[^`]*`([A-Za-z0-9][A-Za-z0-9._-]*)"),
-    re.compile(r"(?:requires|you require) ([A-Za-z0-9][A-Za-z0-9._-]*)"),
-)
-
-
-_UV_DECORATION = " \u00d7\u2570\u2500\u25b6\u2502|"  # uv's error tree: cross, corner, arrow, bar
-
-
-def describe_uv_failure(output: str, requirements: tuple[str, ...]) -> tuple[str | None, str]:
-    """(the requested package uv blames, or None; the sentence explaining why)."""
-    from packaging.requirements import Requirement
-
-    wanted = {canonicalize_name(Requirement(r).name): r for r in requirements}
-    text = " ".join(line.strip(_UV_DECORATION) for line in output.splitlines())
-    package = None
-    for pattern in _UV_CULPRIT:
-        for match in pattern.finditer(text):
-            name = canonicalize_name(match.group(1))
-            if name in wanted:
-                package = name
-                break
-        if package:
-            break
-    if package is None:  # uv named no requested package outright: any one it mentions
-        package = next((n for n in wanted if re.search(rf"\b{re.escape(n)}\b", text.lower())),
-                       None)
-    sentence = next((s.strip() for s in re.split(r"(?<=[.])\s+", text)
-                     if s.strip().startswith(("Because", "error", "Failed"))), "")
-    reason = sentence or (output.strip().splitlines() or ["uv failed"])[-1].strip()
-    return package, reason
-
-
-async def _lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[str]:
-    buffer = b""
-    async for chunk in stream:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            yield raw.decode("utf-8", "replace").rstrip("\r")
-    if buffer:
-        yield buffer.decode("utf-8", "replace")
-
-
-def _write_marker(env: BuiltEnv) -> None:
-    data = {"key": env.key, "requirements": list(env.requirements),
-            "requires_python": env.requires_python, "python": env.python,
-            "created_at": env.created_at}
-    tmp = env.path / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, env.path / MARKER)
-
-
-def _read_marker(path: Path) -> BuiltEnv | None:
-    marker = path / MARKER
-    try:
-        data = json.loads(marker.read_text())
-        return BuiltEnv(
-            key=str(data["key"]), path=path, requirements=tuple(data["requirements"]),
-            requires_python=data.get("requires_python"), python=str(data.get("python", "")),
-            created_at=float(data.get("created_at", 0.0)), last_used=marker.stat().st_mtime,
-        )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring environment %s: unreadable marker (%s)", path, exc)
-        return None
-
-
-def _tree_size(path: Path) -> int:
-    """Apparent size of the files under ``path`` (hard links to uv's cache count fully)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total

@@ -45,8 +45,14 @@ def rss_bytes(pid: int | None) -> int | None:
 class ManagedKernel:
     """A kernel the manager hosts, from launch to release."""
 
-    def __init__(self, runtime: RuntimeSpec, session: KernelSession, *, pooled: bool,
-                 on_gone: Callable[[ManagedKernel], None]) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeSpec,
+        session: KernelSession,
+        *,
+        pooled: bool,
+        on_gone: Callable[[ManagedKernel], None],
+    ) -> None:
         self.id = f"k{next(_ids)}"
         self.runtime = runtime
         self.session = session
@@ -72,6 +78,11 @@ class ManagedKernel:
             self.gone.set()
             self._on_gone(self)
 
+    @property
+    def stopping(self) -> bool:
+        """Released and shutting down (still counted until gone)."""
+        return self._release.is_set() and not self.gone.is_set()
+
     async def stop(self) -> None:
         """Shut the kernel down and wait until it is gone (also when cancelled)."""
         self._release.set()
@@ -85,11 +96,16 @@ class ManagedKernel:
         self.session.set_launch_context(cwd=cwd, env=env)
 
     def health(self) -> KernelHealth:
-        state = self.session.state if self.ready else ("dead" if self.gone.is_set()
-                                                       else "starting")
+        state = self.session.state if self.ready else ("dead" if self.gone.is_set() else "starting")
         pid = self.session.pid if self.ready else None
         return KernelHealth(
-            kernel_id=self.id, runtime=self.runtime.name, state=state, pid=pid,
-            notebook_id=self.notebook_id, pooled=self.pooled, rss_bytes=rss_bytes(pid),
-            started_at=self.started_at, last_activity=self.session.last_activity,
+            kernel_id=self.id,
+            runtime=self.runtime.name,
+            state=state,
+            pid=pid,
+            notebook_id=self.notebook_id,
+            pooled=self.pooled,
+            rss_bytes=rss_bytes(pid),
+            started_at=self.started_at,
+            last_activity=self.session.last_activity,
         )

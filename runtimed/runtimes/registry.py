@@ -51,13 +51,13 @@ IPYKERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}")
 class ExecutionHandler(Protocol):
     """Turns a runtime's configuration into a running kernel."""
 
-    def session(self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str],
-                startup_timeout: float) -> KernelSession:
+    def session(
+        self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str], startup_timeout: float
+    ) -> KernelSession:
         """An unstarted session for ``runtime`` (enter it to launch the kernel)."""
         ...
 
-    def setup_code(self, runtime: RuntimeSpec, *, cwd: Path,
-                   env: Mapping[str, str]) -> str | None:
+    def setup_code(self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str]) -> str | None:
         """Code that points an already running kernel at ``cwd`` and ``env``; None if the
         handler cannot do that for this runtime (then it cannot be pooled)."""
         ...
@@ -83,13 +83,14 @@ def setup_code(cwd: Path, env: Mapping[str, str]) -> str:
 class JupyterHandler:
     """Jupyter kernels launched from argv, driven by :class:`runtimed.kernel.KernelSession`."""
 
-    def session(self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str],
-                startup_timeout: float) -> KernelSession:
-        return KernelSession(spec=runtime.launch_spec(), cwd=cwd, env=dict(env),
-                             startup_timeout=startup_timeout)
+    def session(
+        self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str], startup_timeout: float
+    ) -> KernelSession:
+        return KernelSession(
+            spec=runtime.launch_spec(), cwd=cwd, env=dict(env), startup_timeout=startup_timeout
+        )
 
-    def setup_code(self, runtime: RuntimeSpec, *, cwd: Path,
-                   env: Mapping[str, str]) -> str | None:
+    def setup_code(self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str]) -> str | None:
         return setup_code(cwd, env) if runtime.language == "python" else None
 
 
@@ -120,14 +121,24 @@ class RuntimeSpec:
         return "poolable" in self.capabilities
 
     def launch_spec(self) -> LaunchSpec:
-        return LaunchSpec(name=self.name, argv=list(self.argv), env=dict(self.env),
-                          interrupt_mode=self.interrupt_mode, resource_dir=self.resource_dir)
+        return LaunchSpec(
+            name=self.name,
+            argv=list(self.argv),
+            env=dict(self.env),
+            interrupt_mode=self.interrupt_mode,
+            resource_dir=self.resource_dir,
+        )
 
     def info(self, *, default: bool = False) -> RuntimeInfo:
         return RuntimeInfo(
-            name=self.name, display_name=self.display_name, language=self.language,
-            kind=self.kind, argv=list(self.argv), capabilities=sorted(self.capabilities),
-            interrupt_mode=self.interrupt_mode, default=default,
+            name=self.name,
+            display_name=self.display_name,
+            language=self.language,
+            kind=self.kind,
+            argv=list(self.argv),
+            capabilities=sorted(self.capabilities),
+            interrupt_mode=self.interrupt_mode,
+            default=default,
         )
 
 
@@ -141,8 +152,11 @@ def _capabilities(language: str) -> frozenset[str]:
 def builtin_runtime() -> RuntimeSpec:
     """The daemon's own interpreter running ipykernel, independent of installed kernelspecs."""
     return RuntimeSpec(
-        name=BUILTIN_NAME, display_name=f"Python {sys.version.split()[0]} (runtimed)",
-        language="python", kind="builtin", argv=(sys.executable, *IPYKERNEL_ARGV),
+        name=BUILTIN_NAME,
+        display_name=f"Python {sys.version.split()[0]} (runtimed)",
+        language="python",
+        kind="builtin",
+        argv=(sys.executable, *IPYKERNEL_ARGV),
         capabilities=_capabilities("python"),
     )
 
@@ -151,8 +165,13 @@ def env_runtime(key: str, python: Path, requirements: tuple[str, ...]) -> Runtim
     """The runtime of a built environment (its interpreter running ipykernel)."""
     shown = ", ".join(requirements) or "no packages"
     return RuntimeSpec(
-        name=f"env-{key}", display_name=f"Python with {shown}", language="python", kind="env",
-        argv=(str(python), *IPYKERNEL_ARGV), capabilities=_capabilities("python"), env_key=key,
+        name=f"env-{key}",
+        display_name=f"Python with {shown}",
+        language="python",
+        kind="env",
+        argv=(str(python), *IPYKERNEL_ARGV),
+        capabilities=_capabilities("python"),
+        env_key=key,
     )
 
 
@@ -161,12 +180,17 @@ def _from_kernelspec(name: str, resource_dir: str, spec: Mapping[str, object]) -
     env = spec.get("env") or {}
     argv = spec.get("argv") or []
     return RuntimeSpec(
-        name=name, display_name=str(spec.get("display_name") or name), language=language,
-        kind="kernelspec", argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+        name=name,
+        display_name=str(spec.get("display_name") or name),
+        language=language,
+        kind="kernelspec",
+        argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
         env=tuple(sorted((str(k), str(v)) for k, v in env.items()))
-        if isinstance(env, dict) else (),
+        if isinstance(env, dict)
+        else (),
         interrupt_mode="message" if spec.get("interrupt_mode") == "message" else "signal",
-        resource_dir=resource_dir, capabilities=_capabilities(language),
+        resource_dir=resource_dir,
+        capabilities=_capabilities(language),
     )
 
 
@@ -176,8 +200,9 @@ def _kernelspecs_sync() -> list[RuntimeSpec]:
     for name, entry in sorted(manager.get_all_specs().items()):
         if name in _BUILTIN_ALIASES:
             continue  # shadowed by the built-in runtime
-        found.append(_from_kernelspec(name, str(entry.get("resource_dir", "")),
-                                      entry.get("spec", {})))
+        found.append(
+            _from_kernelspec(name, str(entry.get("resource_dir", "")), entry.get("spec", {}))
+        )
     return found
 
 
@@ -185,6 +210,9 @@ def _kernelspec_sync(name: str) -> RuntimeSpec | None:
     try:
         spec = KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
+        return None
+    except (OSError, ValueError) as exc:  # unreadable or invalid kernel.json
+        log.warning("kernelspec %r is unusable: %s", name, exc)
         return None
     return _from_kernelspec(name, spec.resource_dir or "", spec.to_dict())
 

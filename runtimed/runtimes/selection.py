@@ -58,8 +58,12 @@ class Dependencies:
     def key(self, python: str) -> str:
         """The cache key: a hash of the normalized spec and the interpreter it targets."""
         blob = json.dumps(
-            {"v": _KEY_VERSION, "requirements": list(self.requirements),
-             "requires_python": self.requires_python, "python": python},
+            {
+                "v": _KEY_VERSION,
+                "requirements": list(self.requirements),
+                "requires_python": self.requires_python,
+                "python": python,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -119,8 +123,9 @@ def parse_script_block(source: str) -> dict[str, Any] | None:
         ) from exc
 
 
-def runtime_request_for(metadata: Mapping[str, Any],
-                        first_code_source: str | None) -> RuntimeRequest:
+def runtime_request_for(
+    metadata: Mapping[str, Any], first_code_source: str | None
+) -> RuntimeRequest:
     """The runtime a notebook selects (see the module docstring for the precedence).
 
     Raises:

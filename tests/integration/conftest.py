@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from runtimed.client import AsyncClient
+from runtimed.config import RuntimesConfig
 from runtimed.daemon import Daemon, DaemonConfig
 from runtimed.paths import RuntimedPaths
 
@@ -34,7 +35,9 @@ def paths(short_tmp: Path) -> RuntimedPaths:
 
 @pytest.fixture
 def daemon_config() -> DaemonConfig:
-    return DaemonConfig(heads_timeout=5.0)
+    # No kernel pool unless a test asks for one (tests/integration/test_pool.py): kernels
+    # start on the first execution, and a daemon that runs no code starts no process.
+    return DaemonConfig(heads_timeout=5.0, runtimes=RuntimesConfig(pool_size=0))
 
 
 @pytest.fixture
@@ -62,7 +65,12 @@ def daemon_process(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], R
     Readiness is a successful connect within a deadline; the process is stopped afterwards.
     """
     paths = RuntimedPaths(socket=short_tmp / "p" / "rt.sock", home=short_tmp / "phome")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    # Hermetic: never the user's config.toml (an absent file means built-in defaults).
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        RUNTIMED_CONFIG=str(short_tmp / "no-config.toml"),
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtimed.daemon_main", "--socket", str(paths.socket),
          "--home", str(paths.home)],

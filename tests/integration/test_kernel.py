@@ -179,6 +179,20 @@ async def test_stdin_timeout_interrupt_abort_and_restart(tmp_path: Path) -> None
         assert answered.outputs[-1]["text"].endswith("Ada secret\n")
         assert prompts == [("name? ", False), ("pw: ", True)]
 
+        async def broken(prompt: str, password: bool) -> str:
+            raise RuntimeError("no terminal")
+
+        eof = await kernel.execute("input()", stdin=broken)  # answered with EOF, no hang
+        assert eof.error is not None
+        assert eof.error.ename == "EOFError"
+
+        def buggy(change: OutputChange) -> None:
+            raise RuntimeError("callback bug")
+
+        with pytest.raises(RuntimeError, match="callback bug"):
+            await kernel.execute("print(1)\nprint(2)", on_change=buggy)
+        assert kernel.state == "idle"
+
         # Timeout: interrupted, reported as "timeout", kernel usable afterwards.
         start = time.monotonic()
         slow = await kernel.execute("import time\ntime.sleep(60)", timeout=1)
@@ -231,7 +245,10 @@ async def test_stdin_timeout_interrupt_abort_and_restart(tmp_path: Path) -> None
         assert (await kernel.execute("x = 1")).status == "ok"
         old_pid = kernel.pid
         assert old_pid is not None
-        await kernel.restart()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kernel.restart)
+            await anyio.wait_all_tasks_blocked()
+            assert kernel.state == "starting"
         assert kernel.pid != old_pid
         assert kernel.state == "idle"
         await wait_dead(old_pid)
@@ -269,19 +286,46 @@ async def test_death_is_prompt_and_nothing_is_orphaned(tmp_path: Path) -> None:
         grandchild = int((await kernel.execute(spawn)).outputs[0]["text"])
         pid = kernel.pid
         assert pid is not None
-        # ipykernel's own shutdown waits ~14 s for its (zombie) children to go away: our
-        # timeout bounds that, then SIGTERM/SIGKILL the group.
+
+        # Shut down during a running cell: the cell ends as "died" with a clear reason.
+        # (ipykernel's own shutdown waits up to ~14 s for its zombie children and a busy
+        # shell; our timeout bounds that, then SIGTERM/SIGKILL the group.)
+        outcome: list[ExecutionOutcome] = []
+        started = anyio.Event()
+
+        async def run() -> None:
+            code = "import time\nprint('go', flush=True)\ntime.sleep(60)"
+            outcome.append(await kernel.execute(code, on_change=lambda _: started.set()))
+
         start = time.monotonic()
-        await kernel.shutdown(timeout=1)
-        assert time.monotonic() - start < 4
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            await kernel.shutdown(timeout=1)
+        assert time.monotonic() - start < 5
+        assert outcome[0].status == "died"
+        assert outcome[0].error is not None
+        assert outcome[0].error.evalue == "the kernel was shut down while running this cell"
+        assert outcome[0].outputs == [{"output_type": "stream", "name": "stdout", "text": "go\n"}]
         assert kernel.state == "dead"
         assert kernel.pid is None
         await wait_dead(pid, grandchild, within=1)
         with pytest.raises(KernelNotRunning):
             await kernel.execute("1")
 
-    # Leaving the block on an exception: the exception is not wrapped, the kernel is gone.
+    # Cancelled from outside while inside the block: the kernel is still cleaned up.
     pids: list[int | None] = []
+    with anyio.CancelScope() as outer:
+        async with KernelSession(cwd=tmp_path) as kernel:
+            pids.append(kernel.pid)
+            outer.cancel()
+            await anyio.sleep(30)
+    assert outer.cancelled_caught
+    assert pids[0] is not None
+    await wait_dead(pids[0], within=1)
+
+    # Leaving the block on an exception: the exception is not wrapped, the kernel is gone.
+    pids.clear()
 
     async def fail_inside() -> None:
         async with KernelSession(cwd=tmp_path) as kernel:

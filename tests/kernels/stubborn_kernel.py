@@ -19,5 +19,5 @@ async def _ignore_shutdown_request(self: IPythonKernel, *args: Any, **kwargs: An
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # control_handlers are looked up by name when the kernel is constructed.
-    IPythonKernel.shutdown_request = _ignore_shutdown_request  # type: ignore[method-assign]
+    IPythonKernel.shutdown_request = _ignore_shutdown_request  # type: ignore[method-assign,assignment]
     launch_new_instance()

@@ -1,0 +1,210 @@
+"""``runt runtimes``, ``runt pool``, ``runt env list|clean``, ``runt config show``, and the
+kernel columns of ``runt ps`` (memory, last activity)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from protocol.messages import ConfigReply
+from protocol.runtimes import KernelHealth
+from runtimed.client import AsyncClient
+from runtimed.errors import DaemonNotRunning
+
+__all__ = ["COMMANDS", "add_parsers", "describe_kernel", "human_bytes"]
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def _ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "never"
+    seconds = max(0.0, time.time() - timestamp)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def describe_kernel(rss_bytes: int | None, last_activity: float | None) -> str:
+    """The health part of a kernel line: ``54.2 MiB, active 3s ago``."""
+    return f"{human_bytes(rss_bytes)}, active {_ago(last_activity)}"
+
+
+def _json(value: Any) -> None:
+    _out(json.dumps(msgspec.to_builtins(value), indent=2))
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the runtime commands to ``runt``'s subparsers."""
+    runtimes = sub.add_parser("runtimes", help="runtimes the daemon can start")
+    runtimes.add_argument("--json", action="store_true")
+    pool = sub.add_parser("pool", help="the pre-warmed kernel pool and every kernel")
+    pool.add_argument("--json", action="store_true")
+    env = sub.add_parser("env", help="environments built from notebooks' dependencies")
+    esub = env.add_subparsers(dest="action", required=True)
+    env_list = esub.add_parser("list", help="cached environments, sizes, last use")
+    env_list.add_argument("--json", action="store_true")
+    clean = esub.add_parser("clean", help="remove cached environments no kernel uses")
+    clean.add_argument(
+        "--all",
+        action="store_true",
+        dest="remove_all",
+        help="every environment not in use (default: those over the limits)",
+    )
+    clean.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="those unused for DAYS days"
+    )
+    clean.add_argument("--json", action="store_true")
+    config = sub.add_parser("config", help="the daemon's configuration")
+    csub = config.add_subparsers(dest="action", required=True)
+    show = csub.add_parser("show", help="effective values and where each came from")
+    show.add_argument("--json", action="store_true")
+
+
+async def _runtimes(args: argparse.Namespace) -> int:
+    async with await AsyncClient.connect() as client:
+        runtimes = await client.list_runtimes()
+    if args.json:
+        _json(runtimes)
+        return 0
+    width = max((len(r.name) for r in runtimes), default=4)
+    _out(f"{'NAME':<{width}}  {'KIND':<10}  {'LANGUAGE':<8}  DISPLAY NAME")
+    for r in runtimes:
+        mark = "  (default)" if r.default else ""
+        _out(f"{r.name:<{width}}  {r.kind:<10}  {r.language:<8}  {r.display_name}{mark}")
+    return 0
+
+
+def _kernel_line(k: KernelHealth) -> str:
+    owner = "pool" if k.pooled else (k.notebook_id or "-")[:12]
+    return (
+        f"  {k.kernel_id:<5} {k.runtime:<18} {k.state:<8} pid {k.pid or '-':<8} "
+        f"{owner:<12}  {describe_kernel(k.rss_bytes, k.last_activity)}"
+    )
+
+
+async def _pool(args: argparse.Namespace) -> int:
+    async with await AsyncClient.connect() as client:
+        status = await client.status()
+    if args.json:
+        _json({"pool": status.pool, "kernels": status.kernels, "max_kernels": status.max_kernels})
+        return 0
+    pool = status.pool
+    if pool is None:
+        _out("this daemon has no pool")
+    elif not pool.enabled:
+        _out(f"pool: disabled ({pool.last_error or 'pool.size = 0'})")
+    else:
+        _out(f"pool: {pool.runtime}, {pool.ready}/{pool.size} ready, {pool.starting} starting")
+        if pool.last_error:
+            _out(f"last error: {pool.last_error}")
+    limit = status.max_kernels or "no limit"
+    _out(f"kernels: {len(status.kernels)} (max {limit})")
+    for kernel in status.kernels:
+        _out(_kernel_line(kernel))
+    return 0
+
+
+async def _env_list(args: argparse.Namespace) -> int:
+    async with await AsyncClient.connect() as client:
+        reply = await client.list_envs()
+    if args.json:
+        _json(reply)
+        return 0
+    limit = human_bytes(reply.max_bytes) if reply.max_bytes else "no limit"
+    age = f"{reply.max_age_days:g} days" if reply.max_age_days else "no limit"
+    _out(
+        f"{len(reply.envs)} environments in {reply.root}: {human_bytes(reply.total_bytes)} "
+        f"(limits: {limit}, unused {age})"
+    )
+    for env in reply.envs:
+        use = "  in use" if env.in_use else ""
+        _out(
+            f"  {env.key}  {human_bytes(env.size_bytes):>10}  used {_ago(env.last_used):<9}"
+            f"  {', '.join(env.requirements) or '-'}{use}"
+        )
+    return 0
+
+
+async def _env_clean(args: argparse.Namespace) -> int:
+    async with await AsyncClient.connect() as client:
+        reply = await client.clean_envs(remove_all=args.remove_all, older_than_days=args.older_than)
+    if args.json:
+        _json(reply)
+    else:
+        _out(f"removed {len(reply.removed)} environments, freed {human_bytes(reply.bytes_freed)}")
+    return 0
+
+
+async def _config_show(args: argparse.Namespace) -> int:
+    from runtimed.config import ConfigError, load_config
+    from runtimed.daemon import DaemonConfig
+    from runtimed.runtimes.service import config_reply
+
+    note = ""
+    try:
+        async with await AsyncClient.connect() as client:
+            reply: ConfigReply = await client.get_config()
+    except DaemonNotRunning:
+        try:
+            loaded = load_config()
+        except ConfigError as exc:
+            _err(f"runt: {exc}")
+            return 2
+        reply = config_reply(DaemonConfig(**loaded.daemon_kwargs()))
+        note = " (daemon not running: what a daemon started now would use)"
+    if args.json:
+        data = msgspec.to_builtins(reply)
+        data.pop("id", None)
+        data["daemon_running"] = not note
+        _out(json.dumps(data, indent=2))
+        return 0
+    _out(f"# {reply.path}{'' if reply.exists else ' (absent)'}{note}")
+    section = ""
+    for entry in reply.entries:
+        head, name = entry.key.split(".", 1)
+        if head != section:
+            section = head
+            _out(f"\n[{section}]")
+        value = json.dumps(entry.value)
+        origin = "" if entry.origin == "default" else f"  # from {entry.origin}"
+        _out(f"{name} = {value}{origin}")
+    return 0
+
+
+COMMANDS: dict[tuple[str, str | None], Handler] = {
+    ("runtimes", None): _runtimes,
+    ("pool", None): _pool,
+    ("env", "list"): _env_list,
+    ("env", "clean"): _env_clean,
+    ("config", "show"): _config_show,
+}

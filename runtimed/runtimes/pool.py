@@ -1,0 +1,171 @@
+"""The pre-warmed kernel pool: idle kernels of the default runtime, started before any
+notebook asks, so opening a notebook skips the ~1 s kernel launch.
+
+Policy:
+
+* the refiller keeps ``size`` kernels ready or starting, one launch at a time, within the
+  manager's kernel limit (capacity a notebook is waiting for is not taken);
+* a kernel leaves the pool for exactly one notebook and is never returned: it is shut down
+  when that notebook releases it, so no code or state crosses notebooks;
+* a pooled kernel that dies while idle is dropped and replaced;
+* a failing launch (broken default runtime) is retried with exponential backoff, and the
+  error is shown in the pool's status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+
+from protocol.runtimes import PoolInfo
+from runtimed.kernel_errors import KernelError
+from runtimed.runtimes.hosting import ManagedKernel
+from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec
+
+__all__ = ["KernelPool"]
+
+log = logging.getLogger(__name__)
+
+_BACKOFF = 1.0
+_MAX_BACKOFF = 60.0
+
+
+class KernelPool:
+    """Idle pre-started kernels of the default runtime (run :meth:`run` in a task group)."""
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        registry: RuntimeRegistry,
+        launch: Callable[[RuntimeSpec], Awaitable[ManagedKernel]],
+        has_capacity: Callable[[], bool],
+    ) -> None:
+        self.size = size
+        self._registry = registry
+        self._launch = launch
+        self._has_capacity = has_capacity
+        self.ready: list[ManagedKernel] = []
+        self.starting = 0
+        self.runtime: RuntimeSpec | None = None
+        self.last_error = ""
+        self.disabled_reason = ""
+        self._wake = anyio.Event()
+        self._changed = anyio.Event()
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and not self.disabled_reason
+
+    def serves(self, runtime: RuntimeSpec) -> bool:
+        """Whether a notebook wanting ``runtime`` can take a kernel from this pool."""
+        return self.enabled and runtime.poolable and self._registry.is_default(runtime)
+
+    def info(self) -> PoolInfo:
+        name = self.runtime.name if self.runtime is not None else self._registry.default
+        return PoolInfo(
+            runtime=name,
+            size=self.size,
+            ready=len(self.ready),
+            starting=self.starting,
+            enabled=self.enabled,
+            last_error=self.disabled_reason or self.last_error,
+            kernels=[k.health() for k in self.ready],
+        )
+
+    def wake(self) -> None:
+        """Something changed that may let the refiller start a kernel."""
+        self._wake.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # ------------------------------------------------------------ taking
+
+    def take(self) -> ManagedKernel | None:
+        """Remove and return an idle pooled kernel (None if none is ready)."""
+        while self.ready:
+            kernel = self.ready.pop(0)
+            if kernel.session.state == "idle":
+                self.wake()
+                return kernel
+            log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)
+        return None
+
+    async def take_or_wait(self) -> ManagedKernel | None:
+        """A pooled kernel, waiting for one being started; None if none is coming."""
+        while True:
+            kernel = self.take()
+            if kernel is not None or self.starting == 0:
+                return kernel
+            changed = self._changed
+            await changed.wait()
+
+    def discard(self, kernel: ManagedKernel) -> None:
+        if kernel in self.ready:
+            self.ready.remove(kernel)
+            self._notify()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    # ------------------------------------------------------------ refilling
+
+    def _wants_more(self) -> bool:
+        return self.enabled and len(self.ready) + self.starting < self.size and self._has_capacity()
+
+    async def run(self, tg: TaskGroup) -> None:
+        """Refill forever; pooled kernels and their watchers live in ``tg``."""
+        failures = 0
+        while True:
+            while self._wants_more():
+                if await self._start_one(tg):
+                    failures = 0
+                else:
+                    failures += 1
+                    # A time-based retry, not polling: a broken default runtime must neither
+                    # spin nor be given up for good (a kernelspec may be fixed later).
+                    await anyio.sleep(min(_MAX_BACKOFF, _BACKOFF * 2 ** (failures - 1)))
+            await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _start_one(self, tg: TaskGroup) -> bool:
+        self.starting += 1
+        try:
+            runtime = await self._registry.resolve(None)
+            if not runtime.poolable:
+                self.disabled_reason = (
+                    f"the default runtime {runtime.name!r} (language {runtime.language!r}) "
+                    "cannot be pre-started for a notebook not yet known; pool disabled"
+                )
+                log.warning("%s", self.disabled_reason)
+                return True
+            kernel = await self._launch(runtime)
+        except KernelError as exc:
+            self.last_error = str(exc)
+            log.warning("could not start a pooled kernel: %s", exc)
+            return False
+        else:
+            self.runtime, self.last_error = runtime, ""
+            self.ready.append(kernel)
+            tg.start_soon(self._watch, kernel)
+            log.info("pooled kernel %s ready (pid %s)", kernel.id, kernel.session.pid)
+            return True
+        finally:
+            self.starting -= 1
+            self._notify()
+
+    async def _watch(self, kernel: ManagedKernel) -> None:
+        """Drop a pooled kernel whose process exits while it waits in the pool."""
+        await kernel.session.wait_exited()
+        if kernel in self.ready:
+            log.warning("pooled kernel %s exited while idle; replacing it", kernel.id)
+            self.discard(kernel)
+            await kernel.stop()
+            self.wake()
