@@ -26,8 +26,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(label: str, seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
-    return (f"{label:<44} median {statistics.median(ms):8.3f} ms   p99 {percentile(ms, 99):8.3f} ms"
-            f"   n={len(ms)}")
+    return (
+        f"{label:<44} median {statistics.median(ms):8.3f} ms   p99 {percentile(ms, 99):8.3f} ms"
+        f"   n={len(ms)}"
+    )
 
 
 def rss_kib(pid: int) -> int:
@@ -41,16 +43,36 @@ def write_notebook(path: Path, sources: list[str], *, markdown_every: int = 0) -
     cells = []
     for index, source in enumerate(sources):
         if markdown_every and index % markdown_every == markdown_every - 1:
-            cells.append({"id": f"m{index}", "cell_type": "markdown", "metadata": {},
-                          "source": source})
+            cells.append(
+                {"id": f"m{index}", "cell_type": "markdown", "metadata": {}, "source": source}
+            )
         else:
-            cells.append({"id": f"c{index}", "cell_type": "code", "metadata": {}, "source": source,
-                          "outputs": [], "execution_count": None})
-    path.write_text(json.dumps({
-        "nbformat": 4, "nbformat_minor": 5, "cells": cells,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                    "language": "python"}},
-    }))
+            cells.append(
+                {
+                    "id": f"c{index}",
+                    "cell_type": "code",
+                    "metadata": {},
+                    "source": source,
+                    "outputs": [],
+                    "execution_count": None,
+                }
+            )
+    path.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "cells": cells,
+                "metadata": {
+                    "kernelspec": {
+                        "name": "python3",
+                        "display_name": "Python 3",
+                        "language": "python",
+                    }
+                },
+            }
+        )
+    )
     return path
 
 
@@ -61,9 +83,20 @@ def daemon_process() -> Iterator[tuple[Path, subprocess.Popen[bytes], Path]]:
     sock = work / "rt.sock"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtimed.daemon_main", "--socket", str(sock), "--home",
-         str(work / "home"), "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "runtimed.daemon_main",
+            "--socket",
+            str(sock),
+            "--home",
+            str(work / "home"),
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30

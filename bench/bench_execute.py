@@ -14,8 +14,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import daemon_process, summary, write_notebook  # noqa: E402
-from runtimed.client import AsyncClient  # noqa: E402
+from bench._common import daemon_process, summary, write_notebook
+from runtimed.client import AsyncClient
 
 
 def bare_loop(n: int) -> list[float]:
@@ -67,7 +67,9 @@ def main() -> None:
 
     print(summary("bare jupyter_client loop (peer)", bare))
     print(summary("runtimed ExecuteCell -> result at client", ours))
-    print(f"ratio (median runtimed / median bare): {statistics.median(ours) / statistics.median(bare):.2f}x")
+    print(
+        f"ratio (median runtimed / median bare): {statistics.median(ours) / statistics.median(bare):.2f}x"
+    )
 
 
 if __name__ == "__main__":

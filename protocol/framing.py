@@ -77,15 +77,20 @@ def decode_client_hello(data: bytes) -> int:
     """
     if len(data) != CLIENT_HELLO_SIZE:
         raise ProtocolError(
-            f"handshake: expected {CLIENT_HELLO_SIZE} bytes, got {len(data)} (connection closed early?)"
+            f"handshake: expected {CLIENT_HELLO_SIZE} bytes, got {len(data)} "
+            "(connection closed early?)"
         )
     magic, version = _HELLO.unpack(data)
     if magic != MAGIC:
-        raise ProtocolError(f"handshake: bad magic {magic!r}; this socket speaks the runtimed protocol")
+        raise ProtocolError(
+            f"handshake: bad magic {magic!r}; this socket speaks the runtimed protocol"
+        )
     return int(version)
 
 
-def encode_server_hello(*, accepted: bool, message: str = "", version: int = PROTOCOL_VERSION) -> bytes:
+def encode_server_hello(
+    *, accepted: bool, message: str = "", version: int = PROTOCOL_VERSION
+) -> bytes:
     text = message.encode("utf-8")[:65535]
     return _SERVER_HELLO_HEAD.pack(MAGIC, version, 0 if accepted else 1, len(text)) + text
 
@@ -117,7 +122,9 @@ def decode_server_hello(buffer: bytes | bytearray) -> tuple[HelloReply, int] | N
     return HelloReply(version=int(version), accepted=status == 0, message=message), head + length
 
 
-def encode_frame(kind: FrameKind, payload: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+def encode_frame(
+    kind: FrameKind, payload: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> bytes:
     """Frame ``payload``.
 
     Raises:

@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.runtimes import ConfigEntry, EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
 
 __all__ = [
@@ -24,8 +24,8 @@ __all__ = [
     "CleanEnvs",
     "ClearOutputs",
     "ClientRequest",
-    "CollectGarbage",
     "CloseNotebook",
+    "CollectGarbage",
     "ConfigReply",
     "CreateNotebook",
     "DaemonEvent",
@@ -63,8 +63,8 @@ __all__ = [
     "RestartKernel",
     "RunAll",
     "RunAllQueued",
-    "RuntimeResync",
     "RuntimeList",
+    "RuntimeResync",
     "SaveNotebook",
     "Shutdown",
     "StatusReply",
@@ -488,7 +488,8 @@ def decode_client_message(payload: bytes) -> ClientRequest:
         ProtocolError: not msgpack, an unknown ``type`` tag, or fields of the wrong shape.
     """
     try:
-        return _client_decoder.decode(payload)
+        request: ClientRequest = _client_decoder.decode(payload)
+        return request
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid client message: {exc}") from exc
 
@@ -500,7 +501,8 @@ def decode_daemon_message(payload: bytes) -> DaemonMessage:
         ProtocolError: as :func:`decode_client_message`.
     """
     try:
-        return _daemon_decoder.decode(payload)
+        message: DaemonMessage = _daemon_decoder.decode(payload)
+        return message
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid daemon message: {exc}") from exc
 

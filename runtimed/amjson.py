@@ -19,10 +19,13 @@ __all__ = [
     "insert_json",
     "put_json",
     "read_json",
+    "scalar",
     "splice_text",
 ]
 
-JsonValue = Any  # JSON-shaped: dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None
+JsonValue = (
+    Any  # JSON-shaped: dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None
+)
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
@@ -97,6 +100,14 @@ def _fill_map(tx: Transaction, obj: bytes, value: Mapping[str, JsonValue]) -> No
 def _fill_list(tx: Transaction, obj: bytes, value: Sequence[JsonValue]) -> None:
     for index, item in enumerate(value):
         insert_json(tx, obj, index, item)
+
+
+def scalar(got: tuple[Any, bytes] | None) -> Any:
+    """The Python value of a scalar read (``doc.get``/``doc.values`` item); None for a missing
+    key or an object."""
+    if got is None or isinstance(got[0], ObjType):
+        return None
+    return got[0][1]
 
 
 def read_json(doc: Document, obj: bytes, *, heads: list[bytes] | None = None) -> JsonValue:

@@ -64,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("path")
 
     gc = sub.add_parser("gc", help="delete blobs no notebook references")
-    gc.add_argument("--grace", type=float, default=None,
-                    help="only blobs older than this many seconds (default: the daemon's, 3600)")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="only blobs older than this many seconds (default: the daemon's, 3600)",
+    )
     gc.add_argument("--json", action="store_true")
 
     from runtimed.automation.cli import add_run_parser
@@ -130,12 +134,22 @@ async def _daemon_stop(args: argparse.Namespace) -> int:
         # The daemon closes our connection when it is done.
         with anyio.move_on_after(30):
             await client.wait_until(lambda: client.connection.closed)
-    socket = Path(status.socket)
-    with anyio.move_on_after(10):
-        while socket.exists():
-            await anyio.sleep(0.02)
+    await _wait_for_exit(status.pid, timeout=30)
     _out(f"runtimed (pid {status.pid}) stopped")
     return 0
+
+
+async def _wait_for_exit(pid: int, *, timeout: float) -> None:
+    """Wait until process ``pid`` has exited (event-driven: a pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return  # already gone (or no pidfd support: the daemon has closed our connection)
+    try:
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 def _notebook_rows(notebooks: list[Any]) -> list[dict[str, Any]]:
@@ -173,10 +187,15 @@ async def _daemon_status(args: argparse.Namespace) -> int:
             f"{status.clients} clients"
         )
         pool = status.pool
-        pool_text = (f"pool {pool.ready}/{pool.size} ready" if pool is not None and pool.enabled
-                     else "no pool")
-        _out(f"kernels: {len(status.kernels)} (max {status.max_kernels or 'unlimited'}); "
-             f"{pool_text} (runt pool, runt ps)")
+        pool_text = (
+            f"pool {pool.ready}/{pool.size} ready"
+            if pool is not None and pool.enabled
+            else "no pool"
+        )
+        _out(
+            f"kernels: {len(status.kernels)} (max {status.max_kernels or 'unlimited'}); "
+            f"{pool_text} (runt pool, runt ps)"
+        )
     return 0
 
 
@@ -212,11 +231,20 @@ async def _gc(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient) -> int:
         report = await client.collect_garbage(grace_seconds=args.grace)
         if args.json:
-            _out(json.dumps({"blobs_removed": report.blobs_removed,
-                             "bytes_freed": report.bytes_freed, "blobs_kept": report.blobs_kept}))
+            _out(
+                json.dumps(
+                    {
+                        "blobs_removed": report.blobs_removed,
+                        "bytes_freed": report.bytes_freed,
+                        "blobs_kept": report.blobs_kept,
+                    }
+                )
+            )
         else:
-            _out(f"removed {report.blobs_removed} blobs, freed {report.bytes_freed} bytes; "
-                 f"kept {report.blobs_kept}")
+            _out(
+                f"removed {report.blobs_removed} blobs, freed {report.bytes_freed} bytes; "
+                f"kept {report.blobs_kept}"
+            )
         return 0
 
     return await _with_client(args, body)

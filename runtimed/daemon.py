@@ -14,19 +14,20 @@ import anyio
 import msgspec
 from anyio.abc import SocketStream, TaskStatus
 
+from blobstore import BlobStore, GcReport
 from protocol import framing
 from protocol.messages import (
     CellQueued,
     CleanEnvs,
     ClearOutputs,
-    CollectGarbage,
-    GarbageCollected,
     ClientRequest,
     CloseNotebook,
+    CollectGarbage,
     CreateNotebook,
     DaemonShuttingDown,
     DaemonStatus,
     ExecuteCell,
+    GarbageCollected,
     GetConfig,
     InputReply,
     InterruptKernel,
@@ -50,7 +51,6 @@ from protocol.messages import (
     StatusReply,
     encode,
 )
-from blobstore import BlobStore, GcReport
 from runtimed import __version__
 from runtimed.config import RuntimesConfig
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
@@ -125,8 +125,11 @@ class Daemon:
         self.blobs = BlobStore(paths.blobs)
         self._tg: anyio.abc.TaskGroup | None = None
         self.http_port: int | None = None
-        self.runtimes = RuntimeManager(self.config.runtimes, home=paths.home,
-                                       startup_timeout=self.config.kernel_startup_timeout)
+        self.runtimes = RuntimeManager(
+            self.config.runtimes,
+            home=paths.home,
+            startup_timeout=self.config.kernel_startup_timeout,
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,7 +154,9 @@ class Daemon:
             finally:
                 os.umask(old_umask)
             os.chmod(self.paths.socket, 0o600)
-            log.info("runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid())
+            log.info(
+                "runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid()
+            )
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.runtimes.run)
@@ -176,7 +181,9 @@ class Daemon:
 
     async def _on_connect(self, stream: SocketStream) -> None:
         session = ClientSession(
-            stream, handler=self.handle, rooms=self._room_or_none,
+            stream,
+            handler=self.handle,
+            rooms=self._room_or_none,
             max_frame_size=self.config.max_frame_size,
         )
         self._sessions.add(session)
@@ -226,7 +233,7 @@ class Daemon:
 
     async def open_path(self, path: Path) -> _OpenRoom:
         """The room for ``path``, loading it if no client has it open."""
-        path = path.expanduser().resolve()
+        path = await _resolved(path)
         lock = self._open_locks.setdefault(path, anyio.Lock())
         async with lock:
             existing = self._by_path.get(path)
@@ -253,11 +260,16 @@ class Daemon:
         if entry.cull_scope is not None:
             entry.cull_scope.cancel()
         entry.cull_scope = anyio.CancelScope()
-        self._tg.start_soon(self._cull_when_idle, entry, entry.cull_scope,
-                            0.0 if unload else self.config.idle_timeout)
+        self._tg.start_soon(
+            self._cull_when_idle,
+            entry,
+            entry.cull_scope,
+            0.0 if unload else self.config.idle_timeout,
+        )
 
-    async def _cull_when_idle(self, entry: _OpenRoom, scope: anyio.CancelScope,
-                              delay: float) -> None:
+    async def _cull_when_idle(
+        self, entry: _OpenRoom, scope: anyio.CancelScope, delay: float
+    ) -> None:
         with scope:
             await anyio.sleep(delay)
             if entry.executor is not None:
@@ -296,7 +308,7 @@ class Daemon:
 
     async def save_room(self, entry: _OpenRoom, path: Path | None) -> Path:
         room = entry.room
-        target = path.expanduser().resolve() if path else room.path
+        target = await _resolved(path) if path else room.path
         if target is None:
             raise InvalidRequest("this notebook has no path yet; save it with a path")
         if target != room.path and target in self._by_path:
@@ -341,8 +353,12 @@ class Daemon:
         try:
             await anyio.to_thread.run_sync(
                 lambda: self._store.save(
-                    key, notebook=notebook, runtime=runtime, path=room.path,
-                    doc_id=room.notebook_id, file_sha256=entry.file_sha256,
+                    key,
+                    notebook=notebook,
+                    runtime=runtime,
+                    path=room.path,
+                    doc_id=room.notebook_id,
+                    file_sha256=entry.file_sha256,
                 )
             )
         except OSError:
@@ -354,8 +370,9 @@ class Daemon:
         if entry.executor is None:
             if self._tg is None or self._stopping:
                 raise ShuttingDown("the daemon is shutting down")
-            entry.executor = NotebookExecutor(entry.room, config=self.config, blobs=self.blobs,
-                                              runtimes=self.runtimes)
+            entry.executor = NotebookExecutor(
+                entry.room, config=self.config, blobs=self.blobs, runtimes=self.runtimes
+            )
             self._tg.start_soon(entry.executor.run)
         return entry.executor
 
@@ -384,8 +401,12 @@ class Daemon:
             return hashes
 
         report = await self.blobs.gc(referenced=referenced, grace_seconds=grace_seconds)
-        log.info("gc: removed %d blobs (%d bytes), kept %d", report.blobs_removed,
-                 report.bytes_freed, report.blobs_kept)
+        log.info(
+            "gc: removed %d blobs (%d bytes), kept %d",
+            report.blobs_removed,
+            report.bytes_freed,
+            report.blobs_kept,
+        )
         return report
 
     # ------------------------------------------------------------ requests
@@ -399,8 +420,10 @@ class Daemon:
             cells=len(room.notebook),
             clients=len(room.peers),
             kernel=runtime_service.kernel_info(
-                self.runtimes, room.notebook_id,
-                state=str(kernel.get("state", "not_started")), name=str(kernel.get("name", "")),
+                self.runtimes,
+                room.notebook_id,
+                state=str(kernel.get("state", "not_started")),
+                name=str(kernel.get("name", "")),
                 pid=kernel.get("pid") if isinstance(kernel.get("pid"), int) else None,
             ),
             queue=room.runtime.queue(),
@@ -441,12 +464,18 @@ class Daemon:
                 )
             case DaemonStatus():
                 return StatusReply(
-                    id=request.id, pid=os.getpid(), version=__version__,
-                    protocol_version=framing.PROTOCOL_VERSION, socket=str(self.paths.socket),
-                    home=str(self.paths.home), uptime_seconds=time.time() - self.started_at,
+                    id=request.id,
+                    pid=os.getpid(),
+                    version=__version__,
+                    protocol_version=framing.PROTOCOL_VERSION,
+                    socket=str(self.paths.socket),
+                    home=str(self.paths.home),
+                    uptime_seconds=time.time() - self.started_at,
                     notebooks=[self._info(e) for e in self._rooms.values()],
-                    clients=len(self._sessions), blob_dir=str(self.paths.blobs),
-                    http_port=self.http_port, kernels=self.runtimes.kernels(),
+                    clients=len(self._sessions),
+                    blob_dir=str(self.paths.blobs),
+                    http_port=self.http_port,
+                    kernels=self.runtimes.kernels(),
                     max_kernels=self.config.runtimes.max_kernels,
                     pool=self.runtimes.pool_info(),
                 )
@@ -461,7 +490,9 @@ class Daemon:
                     cell_id, allow_stdin=request.allow_stdin, timeout=request.timeout
                 )
                 return CellQueued(
-                    id=request.id, notebook_id=notebook_id, cell_id=cell_id,
+                    id=request.id,
+                    notebook_id=notebook_id,
+                    cell_id=cell_id,
                     execution_id=execution_id,
                 )
             case RunAll(notebook_id=notebook_id, heads=heads):
@@ -472,10 +503,12 @@ class Daemon:
                     allow_stdin=request.allow_stdin, timeout=request.timeout
                 )
                 return RunAllQueued(
-                    id=request.id, notebook_id=notebook_id,
+                    id=request.id,
+                    notebook_id=notebook_id,
                     executions=[
-                        CellQueued(id=request.id, notebook_id=notebook_id, cell_id=c,
-                                   execution_id=e)
+                        CellQueued(
+                            id=request.id, notebook_id=notebook_id, cell_id=c, execution_id=e
+                        )
                         for c, e in queued
                     ],
                 )
@@ -496,8 +529,10 @@ class Daemon:
                     grace_seconds=self.config.gc_grace_seconds if grace is None else grace
                 )
                 return GarbageCollected(
-                    id=request.id, blobs_removed=report.blobs_removed,
-                    bytes_freed=report.bytes_freed, blobs_kept=report.blobs_kept,
+                    id=request.id,
+                    blobs_removed=report.blobs_removed,
+                    bytes_freed=report.bytes_freed,
+                    blobs_kept=report.blobs_kept,
                 )
             case ListRuntimes() | ListEnvs() | CleanEnvs() | GetConfig():
                 return await runtime_service.answer(self.runtimes, self.config, request)
@@ -520,13 +555,14 @@ class Daemon:
         # create a replica on the first frame for an id (see runtimed.client).
         room.join(session)
         return NotebookOpened(
-            id=request_id, notebook_id=room.notebook_id,
+            id=request_id,
+            notebook_id=room.notebook_id,
             path=str(room.path) if room.path else None,
         )
 
     async def _create(self, path: Path | None, kernel_name: str | None) -> _OpenRoom:
         if path is not None:
-            path = path.expanduser().resolve()
+            path = await _resolved(path)
             if path in self._by_path or await anyio.Path(path).exists():
                 raise InvalidRequest(f"{path} already exists; open it instead")
         room = new_room(path, kernel_name=kernel_name)
@@ -538,3 +574,8 @@ class Daemon:
                 self._unregister(entry)
                 raise
         return entry
+
+
+async def _resolved(path: Path) -> Path:
+    """``path`` made absolute with symlinks resolved (filesystem calls: in a worker thread)."""
+    return await anyio.to_thread.run_sync(lambda: path.expanduser().resolve())

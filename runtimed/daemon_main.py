@@ -22,21 +22,30 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runtimed", description="The runtimed notebook daemon.")
-    parser.add_argument("--socket", help="Unix socket path (default: $RUNTIMED_SOCKET or the "
-                        "user runtime dir)")
-    parser.add_argument("--home", help="state directory (default: $RUNTIMED_HOME or the user "
-                        "data dir)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--log-file", help="also log to this file (default: <home>/logs/runtimed.log)")
-    parser.add_argument("--config", help="configuration file (default: $RUNTIMED_CONFIG or "
-                        "<user config dir>/runtimed/config.toml; see docs/runtimes.md)")
+    parser.add_argument(
+        "--socket", help="Unix socket path (default: $RUNTIMED_SOCKET or the user runtime dir)"
+    )
+    parser.add_argument(
+        "--home", help="state directory (default: $RUNTIMED_HOME or the user data dir)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--log-file", help="also log to this file (default: <home>/logs/runtimed.log)"
+    )
+    parser.add_argument(
+        "--config",
+        help="configuration file (default: $RUNTIMED_CONFIG or "
+        "<user config dir>/runtimed/config.toml; see docs/runtimes.md)",
+    )
     parser.add_argument("--version", action="version", version=f"runtimed {__version__}")
     return parser
 
 
 async def _run(daemon: Daemon) -> None:
     async with anyio.create_task_group() as tg:
+
         async def on_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async for signum in sigs:
@@ -54,18 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     paths = resolve_paths(socket=args.socket, home=args.home)
     paths.ensure()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    handlers.append(logging.handlers.RotatingFileHandler(
-        args.log_file or paths.log_file, maxBytes=10 * 1024 * 1024, backupCount=3
-    ))
-    logging.basicConfig(level=args.log_level, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers.append(
+        logging.handlers.RotatingFileHandler(
+            args.log_file or paths.log_file, maxBytes=10 * 1024 * 1024, backupCount=3
+        )
+    )
+    logging.basicConfig(
+        level=args.log_level,
+        handlers=handlers,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         loaded = load_config(Path(args.config) if args.config else None)
     except ConfigError as exc:
         print(f"runtimed: {exc}", file=sys.stderr)
         return 1
     logging.getLogger("runtimed").info(
-        "configuration: %s%s", loaded.path, "" if loaded.exists else " (absent: defaults)")
+        "configuration: %s%s", loaded.path, "" if loaded.exists else " (absent: defaults)"
+    )
     daemon = Daemon(paths, config=DaemonConfig(**loaded.daemon_kwargs()))
     status = 0
     try:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from blobstore import BlobError, BlobStore, PinSet
 from protocol.messages import (
     ExecutionDone,
     ExecutionStarted,
@@ -45,10 +46,9 @@ from runtimed.errors import (
 )
 from runtimed.kernel import ExecutionOutcome, KernelSession
 from runtimed.kernel_errors import KernelError, KernelNotRunning
+from runtimed.notebook_doc import Cell
 from runtimed.outputs import DisplayUpdate, OutputChange
 from runtimed.outputs_manifest import ManifestWriter
-from blobstore import BlobError, BlobStore, PinSet
-from runtimed.notebook_doc import Cell
 from runtimed.room import NotebookRoom
 from runtimed.runtimes.selection import RuntimeRequest, runtime_request_for
 
@@ -120,8 +120,14 @@ def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
 class NotebookExecutor:
     """Owns one notebook's kernel and execution queue. Run :meth:`run` in a task group."""
 
-    def __init__(self, room: NotebookRoom, *, config: DaemonConfig, blobs: BlobStore,
-                 runtimes: RuntimeManager) -> None:
+    def __init__(
+        self,
+        room: NotebookRoom,
+        *,
+        config: DaemonConfig,
+        blobs: BlobStore,
+        runtimes: RuntimeManager,
+    ) -> None:
         self.room = room
         self.config = config
         self._runtimes = runtimes
@@ -149,15 +155,17 @@ class NotebookExecutor:
 
     # ------------------------------------------------------------ requests
 
-    def queue_cell(self, cell_id: str, *, allow_stdin: bool = False,
-                   timeout: float | None = None) -> str:
+    def queue_cell(
+        self, cell_id: str, *, allow_stdin: bool = False, timeout: float | None = None
+    ) -> str:
         """Queue ``cell_id`` with its current source; returns the execution id.
 
         Raises:
             CellNotFound, CellNotCode, CellEmpty.
         """
-        return self._queue_cell(self.room.notebook.cell(cell_id), allow_stdin=allow_stdin,
-                                timeout=timeout)
+        return self._queue_cell(
+            self.room.notebook.cell(cell_id), allow_stdin=allow_stdin, timeout=timeout
+        )
 
     def _queue_cell(self, cell: Cell, *, allow_stdin: bool, timeout: float | None) -> str:
         cell_id = cell.id
@@ -169,9 +177,14 @@ class NotebookExecutor:
             raise CellEmpty(f"cell {cell_id!r} is empty; there is nothing to execute")
         tags = cell.metadata.get("tags", [])
         job = _Job(
-            execution_id=uuid.uuid4().hex, cell_id=cell_id, source=cell.source,
-            tags=frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list)
-            else frozenset(), allow_stdin=allow_stdin, timeout=timeout,
+            execution_id=uuid.uuid4().hex,
+            cell_id=cell_id,
+            source=cell.source,
+            tags=frozenset(t for t in tags if isinstance(t, str))
+            if isinstance(tags, list)
+            else frozenset(),
+            allow_stdin=allow_stdin,
+            timeout=timeout,
         )
         self._jobs[job.execution_id] = job
         self._queue.append(job)
@@ -180,8 +193,9 @@ class NotebookExecutor:
         self._wake.set()
         return job.execution_id
 
-    def queue_all(self, *, allow_stdin: bool = False,
-                  timeout: float | None = None) -> list[tuple[str, str]]:
+    def queue_all(
+        self, *, allow_stdin: bool = False, timeout: float | None = None
+    ) -> list[tuple[str, str]]:
         """Queue every non-empty code cell in document order (``skip-execution`` excluded)."""
         queued = []
         for cell in self.room.notebook.cells():
@@ -190,8 +204,9 @@ class NotebookExecutor:
             tags = cell.metadata.get("tags", [])
             if isinstance(tags, list) and "skip-execution" in tags:
                 continue
-            queued.append((cell.id, self._queue_cell(cell, allow_stdin=allow_stdin,
-                                                     timeout=timeout)))
+            queued.append(
+                (cell.id, self._queue_cell(cell, allow_stdin=allow_stdin, timeout=timeout))
+            )
         return queued
 
     async def interrupt(self) -> None:
@@ -213,8 +228,7 @@ class NotebookExecutor:
         except RuntimedError:
             request = None  # malformed metadata: restart what runs; a new start reports it
         try:
-            if request is not None and self._lease is not None \
-                    and self._lease.request != request:
+            if request is not None and self._lease is not None and self._lease.request != request:
                 # The notebook now asks for another runtime or other dependencies.
                 await self._close_kernel()
                 await self._ensure_kernel()
@@ -271,9 +285,13 @@ class NotebookExecutor:
                                 # A bug must cost one execution, never the notebook or daemon.
                                 log.exception("internal error running %s", job.execution_id)
                                 self._running = None
-                                await self._finish(job, _failed(
-                                    "InternalError",
-                                    "the daemon failed running this cell; see its log"))
+                                await self._finish(
+                                    job,
+                                    _failed(
+                                        "InternalError",
+                                        "the daemon failed running this cell; see its log",
+                                    ),
+                                )
                             self.room.runtime.forget_executions(self.config.keep_executions)
             finally:
                 with anyio.CancelScope(shield=True):
@@ -344,8 +362,12 @@ class NotebookExecutor:
         if kernel is not None and kernel.state != "dead" and self._kernel_used:
             return kernel
         request = self._runtime_request()
-        if kernel is not None and kernel.state != "dead" and self._lease is not None \
-                and self._lease.request == request:
+        if (
+            kernel is not None
+            and kernel.state != "dead"
+            and self._lease is not None
+            and self._lease.request == request
+        ):
             self._kernel_used = True
             return kernel
         stale = self._acquiring is not None and self._acquiring.request != request
@@ -375,15 +397,17 @@ class NotebookExecutor:
         room = self.room
         try:
             with acquisition.scope:
-                self._set_kernel("starting",
-                                 name=self._runtimes.describe(acquisition.request))
+                self._set_kernel("starting", name=self._runtimes.describe(acquisition.request))
                 metadata = room.notebook.metadata()
                 cwd = kernel_cwd_for(metadata, room.path)
                 env = {"RUNTIMED_NOTEBOOK_ID": room.notebook_id}
                 if room.path is not None:
                     env["RUNTIMED_NOTEBOOK_PATH"] = str(room.path)
                 lease = await self._runtimes.acquire(
-                    acquisition.request, notebook_id=room.notebook_id, cwd=cwd, env=env,
+                    acquisition.request,
+                    notebook_id=room.notebook_id,
+                    cwd=cwd,
+                    env=env,
                     progress=self._on_runtime_progress,
                 )
                 self._lease, self._kernel = lease, lease.kernel
@@ -402,14 +426,18 @@ class NotebookExecutor:
         # Environment build progress: the runtime document and KernelStatusChanged events.
         self._set_kernel("building_env", message=line)
 
-    def _set_kernel(self, state: str, *, name: str | None = None, pid: int | None = None,
-                    message: str = "") -> None:
+    def _set_kernel(
+        self, state: str, *, name: str | None = None, pid: int | None = None, message: str = ""
+    ) -> None:
         if pid is None and self._kernel is not None and state not in ("dead", "shutdown"):
             pid = self._kernel.pid
         self.room.runtime.set_kernel(state=state, name=name, pid=pid, message=message)
         self.room.runtime_changed()
-        self.room.broadcast(encode(KernelStatusChanged(
-            notebook_id=self.room.notebook_id, state=state, message=message)))
+        self.room.broadcast(
+            encode(
+                KernelStatusChanged(notebook_id=self.room.notebook_id, state=state, message=message)
+            )
+        )
 
     # ------------------------------------------------------------ one execution
 
@@ -429,8 +457,13 @@ class NotebookExecutor:
         runtime.update_execution(job.execution_id, status="running")
         runtime.start_cell_run(job.cell_id, job.execution_id)
         room.runtime_changed()
-        room.broadcast(encode(ExecutionStarted(notebook_id=room.notebook_id,
-                                               cell_id=job.cell_id, execution_id=job.execution_id)))
+        room.broadcast(
+            encode(
+                ExecutionStarted(
+                    notebook_id=room.notebook_id, cell_id=job.cell_id, execution_id=job.execution_id
+                )
+            )
+        )
         try:
             try:
                 kernel = await self._ensure_kernel()
@@ -440,14 +473,17 @@ class NotebookExecutor:
                 self._set_kernel("busy")
                 try:
                     outcome = await kernel.execute(
-                        job.source, on_change=self._on_change,
+                        job.source,
+                        on_change=self._on_change,
                         stdin=self._stdin_for(job) if job.allow_stdin else None,
                         timeout=job.timeout,
                     )
                 except KernelError as exc:
                     outcome = _failed(type(exc).__name__, str(exc))
-                self._set_kernel("dead" if kernel.state == "dead" else "idle",
-                                 message="the kernel died" if kernel.state == "dead" else "")
+                self._set_kernel(
+                    "dead" if kernel.state == "dead" else "idle",
+                    message="the kernel died" if kernel.state == "dead" else "",
+                )
         finally:
             self._pending_change = None
             self._running = None
@@ -460,15 +496,28 @@ class NotebookExecutor:
         error = outcome.error
         if outcome.status in ("died", "timeout") and error is not None:
             # Make the failure visible in the notebook, as an error output.
-            outputs.append({"output_type": "error", "ename": error.ename,
-                            "evalue": error.evalue, "traceback": list(error.traceback)})
+            outputs.append(
+                {
+                    "output_type": "error",
+                    "ename": error.ename,
+                    "evalue": error.evalue,
+                    "traceback": list(error.traceback),
+                }
+            )
         try:
             manifests = await self._manifests.build_all(outputs, final=True, pins=self._pins)
         except BlobError as exc:
             # e.g. a full disk: the output is lost, not the execution record; say so.
-            manifests = [await self._manifests.build({
-                "output_type": "error", "ename": "OutputNotStored",
-                "evalue": f"the cell's outputs could not be stored: {exc}", "traceback": []})]
+            manifests = [
+                await self._manifests.build(
+                    {
+                        "output_type": "error",
+                        "ename": "OutputNotStored",
+                        "evalue": f"the cell's outputs could not be stored: {exc}",
+                        "traceback": [],
+                    }
+                )
+            ]
         self._record_displays(job.cell_id, outcome.display_ids)
         if self._display_updates:
             await self._apply_display_updates()
@@ -476,16 +525,27 @@ class NotebookExecutor:
             runtime.set_outputs(job.cell_id, manifests)
             runtime.set_execution_count(job.cell_id, outcome.execution_count)
             runtime.update_execution(
-                job.execution_id, status=outcome.status, execution_count=outcome.execution_count,
-                ename=error.ename if error else None, evalue=error.evalue if error else None,
+                job.execution_id,
+                status=outcome.status,
+                execution_count=outcome.execution_count,
+                ename=error.ename if error else None,
+                evalue=error.evalue if error else None,
             )
             room.runtime_changed()
-        room.broadcast(encode(ExecutionDone(
-            notebook_id=room.notebook_id, cell_id=job.cell_id, execution_id=job.execution_id,
-            status=outcome.status, execution_count=outcome.execution_count,
-            ename=error.ename if error else None, evalue=error.evalue if error else None,
-            traceback=list(error.traceback) if error else [],
-        )))
+        room.broadcast(
+            encode(
+                ExecutionDone(
+                    notebook_id=room.notebook_id,
+                    cell_id=job.cell_id,
+                    execution_id=job.execution_id,
+                    status=outcome.status,
+                    execution_count=outcome.execution_count,
+                    ename=error.ename if error else None,
+                    evalue=error.evalue if error else None,
+                    traceback=list(error.traceback) if error else [],
+                )
+            )
+        )
         self._jobs.pop(job.execution_id, None)
         if outcome.status in _FAILED and "raises-exception" not in job.tags:
             self._cancel_queue("skipped", f"skipped: cell {job.cell_id!r} failed before it")
@@ -495,26 +555,39 @@ class NotebookExecutor:
             job = self._queue.popleft()
             self._jobs.pop(job.execution_id, None)
             self.room.runtime.update_execution(job.execution_id, status=status, evalue=reason)
-            self.room.broadcast(encode(ExecutionDone(
-                notebook_id=self.room.notebook_id, cell_id=job.cell_id,
-                execution_id=job.execution_id, status=status,  # type: ignore[arg-type]
-                evalue=reason,
-            )))
+            self.room.broadcast(
+                encode(
+                    ExecutionDone(
+                        notebook_id=self.room.notebook_id,
+                        cell_id=job.cell_id,
+                        execution_id=job.execution_id,
+                        status=status,  # type: ignore[arg-type]
+                        evalue=reason,
+                    )
+                )
+            )
         self.room.runtime_changed()
         self._note_progress()
 
     def _stdin_for(self, job: _Job) -> Any:
         async def answer(prompt: str, password: bool) -> str:
-            event, box = anyio.Event(), []
+            event, box = anyio.Event(), list[str]()
             job.input_waiter = (event, box)
-            self.room.broadcast(encode(InputRequested(
-                notebook_id=self.room.notebook_id, execution_id=job.execution_id,
-                prompt=prompt, password=password)))
+            self.room.broadcast(
+                encode(
+                    InputRequested(
+                        notebook_id=self.room.notebook_id,
+                        execution_id=job.execution_id,
+                        prompt=prompt,
+                        password=password,
+                    )
+                )
+            )
             try:
                 await event.wait()
             finally:
                 job.input_waiter = None
-            return box[0]
+            return str(box[0])
 
         return answer
 
@@ -537,13 +610,14 @@ class NotebookExecutor:
             for cell_id, indices in self._displays.get(update.display_id, {}).items():
                 if cell_id == running:
                     continue
-                count, manifests = self.room.runtime.cell_state(cell_id)
+                _, manifests = self.room.runtime.cell_state(cell_id)
                 for index in indices:
                     if index < len(manifests):
                         old = manifests[index]
                         output: dict[str, Any] = {
                             "output_type": old.get("output_type", "display_data"),
-                            "data": update.data, "metadata": update.metadata,
+                            "data": update.data,
+                            "metadata": update.metadata,
                         }
                         if "execution_count" in old:
                             output["execution_count"] = old["execution_count"]
@@ -574,8 +648,7 @@ class NotebookExecutor:
                 continue
             outputs = change.outputs
             try:
-                manifests = await self._manifests.build_all(outputs, final=False,
-                                                            pins=self._pins)
+                manifests = await self._manifests.build_all(outputs, final=False, pins=self._pins)
             except BlobError as exc:
                 log.warning("could not store outputs of %s: %s", job.cell_id, exc)
                 continue
@@ -592,7 +665,9 @@ class NotebookExecutor:
 def _failed(ename: str, evalue: str) -> ExecutionOutcome:
     from runtimed.kernel import ErrorInfo
 
-    return ExecutionOutcome(status="error", execution_count=None, outputs=[],
-                            error=ErrorInfo(ename=ename, evalue=evalue, traceback=[]))
-
-
+    return ExecutionOutcome(
+        status="error",
+        execution_count=None,
+        outputs=[],
+        error=ErrorInfo(ename=ename, evalue=evalue, traceback=[]),
+    )

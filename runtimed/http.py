@@ -67,8 +67,12 @@ class HttpServer:
                     if conn.our_state is h11.MUST_CLOSE:
                         return
                     conn.start_next_cycle()
-        except (h11.RemoteProtocolError, anyio.BrokenResourceError, anyio.EndOfStream,
-                ConnectionError) as exc:
+        except (
+            h11.RemoteProtocolError,
+            anyio.BrokenResourceError,
+            anyio.EndOfStream,
+            ConnectionError,
+        ) as exc:
             log.debug("http connection ended: %s", exc)
 
     async def _next_request(self, conn: h11.Connection, stream: SocketStream) -> h11.Request | None:
@@ -97,7 +101,7 @@ class HttpServer:
         if method not in ("GET", "HEAD"):
             return _plain(405, f"method {method} not allowed; use GET")
         if target.startswith("/blob/"):
-            return await self._blob(target[len("/blob/"):])
+            return await self._blob(target[len("/blob/") :])
         if target == "/healthz":
             return _plain(200, "ok")
         return _plain(404, f"no such resource: {target}")

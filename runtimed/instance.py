@@ -48,8 +48,12 @@ class InstanceLock:
                 f"{info.get('socket', self._socket)}; stop it with 'runt daemon stop'"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "socket": str(self._socket),
-                                 "started": time.time()}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "socket": str(self._socket), "started": time.time()}
+            ).encode(),
+        )
         self._fd = fd
 
     def release(self) -> None:

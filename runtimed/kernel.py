@@ -231,7 +231,7 @@ class KernelSession:
                 self._starting = False
 
     # The API takes a timeout (not a caller's cancel scope): the phases need separate waits.
-    async def shutdown(self, *, timeout: float = _SHUTDOWN_GRACE) -> None:  # noqa: ASYNC109
+    async def shutdown(self, *, timeout: float = _SHUTDOWN_GRACE) -> None:
         """Stop the kernel: shutdown_request, then SIGTERM, then SIGKILL to its process group.
 
         ``timeout`` bounds the wait after shutdown_request; SIGTERM gets 2 s more.  Whatever
@@ -295,7 +295,7 @@ class KernelSession:
         *,
         on_change: Callable[[OutputChange], None] | None = None,
         stdin: StdinHandler | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (expiry interrupts the kernel)
+        timeout: float | None = None,
         silent: bool = False,
     ) -> ExecutionOutcome:
         """Run ``code``; return once its execute_reply and IOPub idle have both arrived.

@@ -144,7 +144,7 @@ class KernelProcess:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def wait_ready(self, timeout: float) -> str | None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float) -> str | None:
         """None once kernel_info_reply arrived and IOPub is live, else why not."""
         with anyio.move_on_after(timeout):
             while not self.exited.is_set():

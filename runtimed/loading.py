@@ -27,8 +27,7 @@ __all__ = ["load_room", "new_room", "notebook_for_save"]
 log = logging.getLogger(__name__)
 
 
-async def load_room(path: Path, store: DocumentStore,
-                    blobs: BlobStore) -> tuple[NotebookRoom, str]:
+async def load_room(path: Path, store: DocumentStore, blobs: BlobStore) -> tuple[NotebookRoom, str]:
     """Read ``path`` and build its room (the persisted document when the file is unchanged
     since the daemon last saw it, so crash recovery keeps edits made after the last
     checkpoint). Returns the room and the file's sha256.
@@ -65,8 +64,12 @@ def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRo
             notebook = NotebookDoc.load(persisted.notebook)
             if notebook.ready and notebook.doc_id:
                 log.info("opened %s from its persisted document", path)
-                return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook,
-                                    runtime=RuntimeDoc.from_snapshot(persisted.runtime))
+                return NotebookRoom(
+                    notebook_id=notebook.doc_id,
+                    path=path,
+                    notebook=notebook,
+                    runtime=RuntimeDoc.from_snapshot(persisted.runtime),
+                )
         except Exception:  # the binding raises bare Exceptions for corrupt documents
             log.exception("persisted document for %s is unreadable; loading the file", path)
     aside = store.set_aside(key)
@@ -74,15 +77,15 @@ def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRo
     return None
 
 
-def _from_file(path: Path, nb: dict[str, Any],
-               manifests: dict[int, tuple[int | None, list[dict[str, Any]]]]) -> NotebookRoom:
+def _from_file(
+    path: Path, nb: dict[str, Any], manifests: dict[int, tuple[int | None, list[dict[str, Any]]]]
+) -> NotebookRoom:
     notebook = NotebookDoc.from_nbformat(nb)
     runtime = RuntimeDoc.new()
     cell_ids = notebook.cell_ids()
     for index, (count, outputs) in manifests.items():
         runtime.load_cell(cell_ids[index], count, outputs)
-    return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook,
-                        runtime=runtime)
+    return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook, runtime=runtime)
 
 
 def new_room(path: Path | None, *, kernel_name: str | None) -> NotebookRoom:
@@ -96,8 +99,9 @@ def new_room(path: Path | None, *, kernel_name: str | None) -> NotebookRoom:
             "language_info": {"name": "python"},
         }
     notebook = NotebookDoc.new(metadata=metadata)
-    return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook,
-                        runtime=RuntimeDoc.new())
+    return NotebookRoom(
+        notebook_id=notebook.doc_id, path=path, notebook=notebook, runtime=RuntimeDoc.new()
+    )
 
 
 async def notebook_for_save(room: NotebookRoom, blobs: BlobStore) -> dict[str, Any]:

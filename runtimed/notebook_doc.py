@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType, Transaction
-from fractional_indexing import generate_key_between, generate_n_keys_between
+from fractional_indexing import (  # type: ignore[import-untyped]
+    generate_key_between,
+    generate_n_keys_between,
+)
 
 from runtimed.amjson import JsonValue, encode_key, put_json, read_json, splice_text
 from runtimed.errors import CellNotFound, InvalidRequest
@@ -153,6 +156,8 @@ class NotebookDoc:
             raise InvalidRequest(f"heads must be hex change hashes: {exc}") from exc
         if not heads:
             return True
+        if set(heads) <= set(self.doc.get_heads()):
+            return True  # the common case, without fork()
         try:
             # fork() raises for a hash it does not know (get_changes does not); it is cheap.
             self.doc.fork(heads)
@@ -246,7 +251,7 @@ class NotebookDoc:
 
     def metadata(self) -> dict[str, JsonValue]:
         got = self.doc.get(ROOT, "metadata")
-        return read_json(self.doc, got[1]) if got else {}  # type: ignore[no-any-return]
+        return read_json(self.doc, got[1]) if got else {}
 
     def to_nbformat(
         self, outputs_for: Callable[[str], tuple[int | None, list[dict[str, Any]]]] | None = None
@@ -304,8 +309,14 @@ class NotebookDoc:
         position = self._position_for(index)
         with self.doc.transaction() as tx:
             _insert_cell(
-                tx, cells, position, cell_id=cell_id, cell_type=cell_type, source=source,
-                metadata=metadata or {}, attachments=None,
+                tx,
+                cells,
+                position,
+                cell_id=cell_id,
+                cell_type=cell_type,
+                source=source,
+                metadata=metadata or {},
+                attachments=None,
             )
         return cell_id
 
@@ -360,7 +371,8 @@ class NotebookDoc:
             prefix += 1
         suffix = 0
         while (
-            suffix < limit - prefix and old[len(old) - 1 - suffix] == source[len(source) - 1 - suffix]
+            suffix < limit - prefix
+            and old[len(old) - 1 - suffix] == source[len(source) - 1 - suffix]
         ):
             suffix += 1
         self.splice_source(

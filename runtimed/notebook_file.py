@@ -59,13 +59,14 @@ def read_notebook(path: Path) -> dict[str, Any]:
             "convert it to nbformat 4 (jupyter nbconvert --to notebook)"
         )
     try:
-        node = nbformat.reads(text, as_version=4)
+        node = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
         nbformat.validate(node)
     except ValidationError as exc:
         raise NotebookInvalid(f"{path}: invalid notebook: {_first_line(exc)}") from exc
     except Exception as exc:  # nbformat raises assorted types for malformed input
         raise NotebookInvalid(f"{path}: invalid notebook: {exc}") from exc
-    return _plain(node)
+    plain: dict[str, Any] = _plain(node)
+    return plain
 
 
 def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
@@ -76,12 +77,12 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         NotebookIOError: the write failed (full disk, permissions); the old file is intact
             and no temp file is left behind.
     """
-    node = nbformat.from_dict(nb)
+    node = nbformat.from_dict(nb)  # type: ignore[no-untyped-call]
     try:
         nbformat.validate(node)
     except ValidationError as exc:
         raise NotebookInvalid(f"refusing to write an invalid notebook: {_first_line(exc)}") from exc
-    data = nbformat.writes(node).encode("utf-8")
+    data = nbformat.writes(node).encode("utf-8")  # type: ignore[no-untyped-call]
     if not data.endswith(b"\n"):
         data += b"\n"
     directory = path.parent

@@ -102,8 +102,9 @@ def _payload_size(output: dict[str, Any]) -> int:
 class ManifestWriter:
     """Turns nbformat outputs into manifests, writing their blobs first."""
 
-    def __init__(self, store: BlobStore, *,
-                 inline_threshold: int = DEFAULT_INLINE_THRESHOLD) -> None:
+    def __init__(
+        self, store: BlobStore, *, inline_threshold: int = DEFAULT_INLINE_THRESHOLD
+    ) -> None:
         self.store = store
         self.inline_threshold = inline_threshold
         # Non-stream outputs do not change once emitted (display updates make new dicts):
@@ -113,8 +114,9 @@ class ManifestWriter:
     def forget(self) -> None:
         self._cache.clear()
 
-    async def build(self, output: dict[str, Any], *, final: bool = True,
-                    pins: PinSet | None = None) -> dict[str, Any]:
+    async def build(
+        self, output: dict[str, Any], *, final: bool = True, pins: PinSet | None = None
+    ) -> dict[str, Any]:
         if output.get("output_type") == "stream":
             text = output.get("text", "")
             text = text if isinstance(text, str) else "".join(text)
@@ -143,6 +145,7 @@ class ManifestWriter:
             await self.store.put_pending(blob)
         return manifest
 
-    async def build_all(self, outputs: list[dict[str, Any]], *, final: bool = True,
-                        pins: PinSet | None = None) -> list[dict[str, Any]]:
+    async def build_all(
+        self, outputs: list[dict[str, Any]], *, final: bool = True, pins: PinSet | None = None
+    ) -> list[dict[str, Any]]:
         return [await self.build(o, final=final, pins=pins) for o in outputs]

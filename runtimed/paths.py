@@ -76,8 +76,9 @@ class RuntimedPaths:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def resolve_paths(*, socket: str | os.PathLike[str] | None = None,
-                  home: str | os.PathLike[str] | None = None) -> RuntimedPaths:
+def resolve_paths(
+    *, socket: str | os.PathLike[str] | None = None, home: str | os.PathLike[str] | None = None
+) -> RuntimedPaths:
     return RuntimedPaths(
         socket=Path(socket) if socket else default_socket_path(),
         home=Path(home) if home else default_home(),

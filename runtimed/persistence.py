@@ -76,16 +76,24 @@ class DocumentStore:
         return PersistedNotebook(notebook, runtime, meta.get("file_sha256"))
 
     def save(
-        self, key: str, *, notebook: bytes, runtime: dict[str, Any], path: Path | None,
-        doc_id: str, file_sha256: str | None,
+        self,
+        key: str,
+        *,
+        notebook: bytes,
+        runtime: dict[str, Any],
+        path: Path | None,
+        doc_id: str,
+        file_sha256: str | None,
     ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         doc_path, runtime_path, meta_path = self._paths(key)
         _atomic_write(doc_path, notebook)
         _atomic_write(runtime_path, json.dumps(runtime).encode())
         meta = {
-            "path": str(path) if path else None, "doc_id": doc_id,
-            "file_sha256": file_sha256, "saved_at": time.time(),
+            "path": str(path) if path else None,
+            "doc_id": doc_id,
+            "file_sha256": file_sha256,
+            "saved_at": time.time(),
         }
         _atomic_write(meta_path, json.dumps(meta).encode())
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from runtimed.amjson import JsonValue, put_json, read_json
+from runtimed.amjson import JsonValue, put_json, read_json, scalar
 
 __all__ = ["ExecutionRecord", "RuntimeDoc"]
 
@@ -109,15 +109,15 @@ class RuntimeDoc:
         return read_json(self.doc, self._obj("kernel"))  # type: ignore[no-any-return]
 
     def queue(self) -> list[str]:
-        return [str(v[0][1]) for v in self.doc.values(self._obj("queue"))]
+        return [str(scalar(v)) for v in self.doc.values(self._obj("queue"))]
 
     def running(self) -> str | None:
-        got = self.doc.get(ROOT, "running")
-        return None if got is None or got[0][1] is None else str(got[0][1])
+        value = scalar(self.doc.get(ROOT, "running"))
+        return None if value is None else str(value)
 
     def execution(self, execution_id: str) -> ExecutionRecord | None:
         obj = self._maybe(self._obj("executions"), execution_id)
-        return None if obj is None else read_json(self.doc, obj)  # type: ignore[no-any-return]
+        return None if obj is None else read_json(self.doc, obj)
 
     def max_seq(self) -> int:
         """The highest execution sequence number recorded (0 if none)."""
@@ -132,6 +132,14 @@ class RuntimeDoc:
     def execution_ids(self) -> list[str]:
         return list(self.doc.keys(self._obj("executions")))
 
+    def cell_execution_id(self, cell_id: str) -> str | None:
+        """The execution whose outputs the cell shows now (None: none, or loaded from file)."""
+        obj = self._maybe(self._obj("cells"), cell_id)
+        if obj is None:
+            return None
+        value = scalar(self.doc.get(obj, "execution_id"))
+        return None if value is None else str(value)
+
     def cell_ids(self) -> list[str]:
         """Cells that have runtime state (outputs or a count)."""
         return list(self.doc.keys(self._obj("cells")))
@@ -144,15 +152,18 @@ class RuntimeDoc:
         count = self.doc.get(obj, "execution_count")
         outputs = self._maybe(obj, "outputs")
         manifests = (
-            [json.loads(v[0][1]) for v in self.doc.values(outputs)] if outputs is not None else []
+            [json.loads(str(scalar(v))) for v in self.doc.values(outputs)]
+            if outputs is not None
+            else []
         )
         value = None if count is None or isinstance(count[0], ObjType) else count[0][1]
         return (int(value) if value is not None else None), manifests  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ writes (daemon only)
 
-    def set_kernel(self, *, state: str, name: str | None = None, pid: int | None = None,
-                   message: str = "") -> None:
+    def set_kernel(
+        self, *, state: str, name: str | None = None, pid: int | None = None, message: str = ""
+    ) -> None:
         kernel = self._obj("kernel")
         with self.doc.transaction() as tx:
             tx.put(kernel, "state", ScalarType.Str, state)
@@ -166,10 +177,19 @@ class RuntimeDoc:
 
     def add_execution(self, execution_id: str, cell_id: str, seq: int) -> None:
         with self.doc.transaction() as tx:
-            put_json(tx, self._obj("executions"), execution_id, {
-                "cell_id": cell_id, "status": "queued", "seq": seq,
-                "execution_count": None, "ename": None, "evalue": None,
-            })
+            put_json(
+                tx,
+                self._obj("executions"),
+                execution_id,
+                {
+                    "cell_id": cell_id,
+                    "status": "queued",
+                    "seq": seq,
+                    "execution_count": None,
+                    "ename": None,
+                    "evalue": None,
+                },
+            )
             queue = self._obj("queue")
             tx.insert(queue, tx.length(queue), ScalarType.Str, execution_id)
 
@@ -184,7 +204,7 @@ class RuntimeDoc:
             if status is not None and status != "queued":
                 queue = self._obj("queue")
                 for index, value_ in enumerate(self.doc.values(queue)):
-                    if value_[0][1] == execution_id:
+                    if scalar(value_) == execution_id:
                         tx.delete(queue, index)
                         break
             if status == "running":
@@ -192,14 +212,24 @@ class RuntimeDoc:
             elif status in FINISHED and self.running() == execution_id:
                 tx.put(ROOT, "running", ScalarType.Null, None)
 
-    def forget_executions(self, keep: int) -> None:
-        """Drop all but the newest ``keep`` finished executions (bounded state)."""
+    def forget_executions(self, keep: int, *, slack: int = 50) -> None:
+        """Drop all but the newest ``keep`` finished executions (bounded state).
+
+        Runs only once the records exceed ``keep + slack``, so its scan is paid once per
+        ``slack`` executions rather than after every one.
+        """
         executions = self._obj("executions")
+        keys = self.doc.keys(executions)
+        if len(keys) <= keep + slack:
+            return
         finished = []
-        for key in self.doc.keys(executions):
-            record = self.execution(key)
-            if record and record.get("status") in FINISHED:
-                finished.append((int(record.get("seq") or 0), key))
+        for key in keys:
+            got = self.doc.get(executions, key)
+            if got is None or not isinstance(got[0], ObjType):
+                continue
+            if scalar(self.doc.get(got[1], "status")) in FINISHED:
+                seq = scalar(self.doc.get(got[1], "seq"))
+                finished.append((seq if isinstance(seq, int) else 0, key))
         finished.sort()
         drop = finished[: max(0, len(finished) - keep)]
         if drop:
@@ -242,7 +272,7 @@ class RuntimeDoc:
         with self.doc.transaction() as tx:
             if outputs is None:
                 outputs = tx.put_object(obj, "outputs", ObjType.List)
-            old = [str(v[0][1]) for v in self.doc.values(outputs)]
+            old = [str(scalar(v)) for v in self.doc.values(outputs)]
             common = 0
             while common < min(len(old), len(new)) and old[common] == new[common]:
                 common += 1

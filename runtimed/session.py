@@ -103,7 +103,9 @@ class ClientSession:
         if self._closed:
             return
         if len(self._control) >= MAX_QUEUED_CONTROL_FRAMES:
-            log.warning("%r: %d frames unread; disconnecting a slow client", self, len(self._control))
+            log.warning(
+                "%r: %d frames unread; disconnecting a slow client", self, len(self._control)
+            )
             self._closed = True
         self._control.append(frame)
         self._wake.set()
@@ -188,7 +190,8 @@ class ClientSession:
             room = self._rooms(envelope.notebook_id)
             if room is None or envelope.notebook_id not in self.open_notebooks:
                 raise ProtocolError(
-                    f"sync for notebook {envelope.notebook_id!r}, which is not open on this connection"
+                    f"sync for notebook {envelope.notebook_id!r}, "
+                    "which is not open on this connection"
                 )
             room.receive(self, envelope.doc, envelope.data)
         except (ProtocolError, RuntimedError) as exc:
@@ -212,7 +215,8 @@ class ClientSession:
         except Exception:
             log.exception("%r: internal error handling %s", self, type(request).__name__)
             self._reply_error(
-                request.id, ErrorCode.INTERNAL_ERROR,
+                request.id,
+                ErrorCode.INTERNAL_ERROR,
                 f"internal error handling {type(request).__name__}; see the daemon log",
             )
         finally:
@@ -266,8 +270,9 @@ class ClientSession:
                 except ProtocolError as exc:
                     # The document outgrew one frame: this peer cannot be synced; drop it.
                     log.error("%r: cannot sync %s: %s", self, notebook_id, exc)
-                    self._reply_error(0, ErrorCode.PROTOCOL_ERROR,
-                                      f"cannot sync notebook {notebook_id}: {exc}")
+                    self._reply_error(
+                        0, ErrorCode.PROTOCOL_ERROR, f"cannot sync notebook {notebook_id}: {exc}"
+                    )
                     self._closed = True
                     continue
                 batch.append(frame)

@@ -6,24 +6,27 @@ Pure functions over nbformat notebooks; see :mod:`runtimed.automation.parameters
 
 from __future__ import annotations
 
-from runtimed.automation.inspect import (
-    ParameterInfo,
-    format_parameters_help,
-    has_parameters_cell,
-    inspect_parameters,
-    notebook_language,
-    unknown_parameters,
-)
-from runtimed.automation.parameters import (
-    INJECTED_PARAMETERS_TAG,
-    PARAMETERS_TAG,
-    ParameterError,
-    collect_parameters,
-    find_first_tagged_cell_index,
-    parameterize_notebook,
-    parse_cli_value,
-    render_python,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtimed.automation.inspect import (
+        ParameterInfo,
+        format_parameters_help,
+        has_parameters_cell,
+        inspect_parameters,
+        notebook_language,
+        unknown_parameters,
+    )
+    from runtimed.automation.parameters import (
+        INJECTED_PARAMETERS_TAG,
+        PARAMETERS_TAG,
+        ParameterError,
+        collect_parameters,
+        find_first_tagged_cell_index,
+        parameterize_notebook,
+        parse_cli_value,
+        render_python,
+    )
 
 __all__ = [
     "INJECTED_PARAMETERS_TAG",
@@ -41,3 +44,41 @@ __all__ = [
     "render_python",
     "unknown_parameters",
 ]
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "ParameterInfo",
+            "format_parameters_help",
+            "has_parameters_cell",
+            "inspect_parameters",
+            "notebook_language",
+            "unknown_parameters",
+        ),
+        "runtimed.automation.inspect",
+    ),
+    **dict.fromkeys(
+        (
+            "INJECTED_PARAMETERS_TAG",
+            "PARAMETERS_TAG",
+            "ParameterError",
+            "collect_parameters",
+            "find_first_tagged_cell_index",
+            "parameterize_notebook",
+            "parse_cli_value",
+            "render_python",
+        ),
+        "runtimed.automation.parameters",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `runt` imports runtimed.automation.cli on every command; nbformat, jsonschema and
+    # yaml load only when parameters or inspection are actually used.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtimed.automation' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

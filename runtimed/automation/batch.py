@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from runtimed.automation.parameters import ParameterError
-from runtimed.automation.progress import RunObserver
+from runtimed.automation.progress import RunObserver, format_table, strip_ansi
 from runtimed.automation.report import RunResult, format_path
 from runtimed.errors import InvalidRequest, RuntimedError
 
@@ -63,9 +63,11 @@ if TYPE_CHECKING:
     from runtimed.client import AsyncClient
 
 __all__ = [
+    "BatchProgress",
     "BatchRun",
     "BatchSpecError",
     "default_jobs",
+    "format_summary",
     "load_spec",
     "run_batch",
     "runs_for_inputs",
@@ -157,8 +159,9 @@ def _escape(path: str) -> str:
     return path.replace("{", "{{").replace("}", "}}")
 
 
-def load_spec(path: str | os.PathLike[str], *,
-              parameters: Mapping[str, object] | None = None) -> tuple[list[BatchRun], int | None]:
+def load_spec(
+    path: str | os.PathLike[str], *, parameters: Mapping[str, object] | None = None
+) -> tuple[list[BatchRun], int | None]:
     """Read a batch spec (format in the module docstring).
 
     Args:
@@ -185,8 +188,10 @@ def load_spec(path: str | os.PathLike[str], *,
         raise BatchSpecError(f"{path}: 'jobs' must be a positive integer")
     defaults = _mapping(spec.get("defaults"), f"{path}: defaults")
     _check_keys(defaults, _RUN_KEYS - {"input", "output"}, f"{path}: defaults")
-    common = {**(parameters or {}),
-              **_mapping(defaults.get("parameters"), f"{path}: defaults.parameters")}
+    common = {
+        **(parameters or {}),
+        **_mapping(defaults.get("parameters"), f"{path}: defaults.parameters"),
+    }
     common_options = _options(defaults, f"{path}: defaults", base)
 
     runs: list[BatchRun] = []
@@ -197,8 +202,14 @@ def load_spec(path: str | os.PathLike[str], *,
             output = format_path(_path(entry, "output", where, base), merged)
         except ParameterError as exc:
             raise BatchSpecError(f"{where}: {exc}") from exc
-        runs.append(BatchRun(_path(entry, "input", where, base), _escape(output),
-                             merged, {**common_options, **_options(entry, where, base)}))
+        runs.append(
+            BatchRun(
+                _path(entry, "input", where, base),
+                _escape(output),
+                merged,
+                {**common_options, **_options(entry, where, base)},
+            )
+        )
 
     notebooks = spec.get("notebooks") or []
     if not isinstance(notebooks, list):
@@ -223,15 +234,17 @@ def load_spec(path: str | os.PathLike[str], *,
     return runs, jobs
 
 
-def runs_for_inputs(inputs: Sequence[str], output_dir: str, *,
-                    parameters: Mapping[str, object] | None = None) -> list[BatchRun]:
+def runs_for_inputs(
+    inputs: Sequence[str], output_dir: str, *, parameters: Mapping[str, object] | None = None
+) -> list[BatchRun]:
     """``runt run A.ipynb B.ipynb --output-dir OUT``: each output is ``OUT/<input name>``.
 
     Raises:
         BatchSpecError: two inputs share a file name.
     """
-    runs = [BatchRun(i, str(Path(output_dir) / Path(i).name), dict(parameters or {}))
-            for i in inputs]
+    runs = [
+        BatchRun(i, str(Path(output_dir) / Path(i).name), dict(parameters or {})) for i in inputs
+    ]
     _check_outputs(runs)
     return runs
 
@@ -279,14 +292,20 @@ async def run_batch(
             started = anyio.current_time()
             try:
                 result = await execute_notebook_async(
-                    run.input, run.output, run.parameters, client=client,
+                    run.input,
+                    run.output,
+                    run.parameters,
+                    client=client,
                     observer=observer(index, run) if observer else None,
                     **{"progress_bar": False, **options, **run.options},
                 )
             except (ParameterError, RuntimedError) as exc:
                 result = RunResult(
-                    status="error", input_path=run.input, output_path=run.output,
-                    duration=anyio.current_time() - started, parameters=run.parameters,
+                    status="error",
+                    input_path=run.input,
+                    output_path=run.output,
+                    duration=anyio.current_time() - started,
+                    parameters=run.parameters,
                     error=str(exc),
                 )
             results[index] = result
@@ -297,3 +316,61 @@ async def run_batch(
         for index, run in enumerate(runs):
             tg.start_soon(one, index, run)
     return [r for r in results if r is not None]
+
+
+# ------------------------------------------------------------------------------ terminal output
+
+
+class BatchProgress:
+    """One line per run as it starts and as it ends, written with ``write``."""
+
+    def __init__(self, total: int, write: Callable[[str], None]) -> None:
+        self.total, self.write = total, write
+        self.finished = 0
+
+    def observer(self, index: int, run: BatchRun) -> RunObserver:
+        """The :class:`RunObserver` of run ``index`` (for :func:`run_batch`)."""
+        progress = self
+
+        class Started(RunObserver):
+            def run_started(
+                self, *, input_path: str, output_path: str, notebook_id: str, link: str, total: int
+            ) -> None:
+                progress.write(
+                    f"[{index + 1}/{progress.total}] started {input_path} -> "
+                    f"{output_path}  ({link})"
+                )
+
+        return Started()
+
+    def done(self, index: int, result: RunResult) -> None:
+        self.finished += 1
+        detail = ""
+        if result.failed_cell is not None:
+            f = result.failed_cell
+            detail = f"  cell {f.index}: {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0]
+        elif result.error:
+            detail = f"  {result.error}".splitlines()[0]
+        self.write(
+            f"[{index + 1}/{self.total}] {result.status:<6} {result.output_path} "
+            f"({result.duration:.1f} s){detail}   [{self.finished}/{self.total} done]"
+        )
+
+
+def format_summary(results: Sequence[RunResult]) -> str:
+    """The end-of-batch table: input, output, status, duration and the failed cell."""
+    rows = []
+    for r in results:
+        failed = ""
+        if r.failed_cell is not None:
+            f = r.failed_cell
+            failed = f"[{f.index}] {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0][:60]
+        elif r.error:
+            failed = r.error.splitlines()[0][:60]
+        rows.append([r.input_path, r.output_path, r.status, f"{r.duration:.1f}s", failed])
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "error")}
+    tally = f"{counts['ok']} ok, {counts['failed']} failed"
+    if counts["error"]:
+        tally += f", {counts['error']} could not run"
+    header = ["INPUT", "OUTPUT", "STATUS", "TIME", "FAILED CELL"]
+    return format_table(header, rows) + f"{tally}, {len(results)} notebooks\n"

@@ -13,19 +13,21 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
-from runtimed.automation.batch import BatchRun, default_jobs, load_spec, run_batch, runs_for_inputs
-from runtimed.automation.parameters import ParameterError, collect_parameters
-from runtimed.automation.progress import RunObserver, is_tty, strip_ansi
-from runtimed.automation.report import FailedCell, RunResult
 from runtimed.errors import RuntimedError
 
-__all__ = ["add_run_parser", "format_failure", "format_summary", "run_command"]
+if TYPE_CHECKING:
+    from runtimed.automation.report import FailedCell
+
+# The rest of runtimed.automation (nbformat, yaml, the client) is imported when a command
+# runs: add_run_parser is called for every ``runt`` invocation.
+
+__all__ = ["add_run_parser", "format_failure", "run_command"]
 
 _RUN_HELP = """\
 Execute a notebook through the daemon, papermill style: parameters are injected after the
@@ -35,61 +37,72 @@ notebook is written to OUTPUT (also when a cell fails). Exit status: 0 ok, 1 a c
 parallel (--jobs)."""
 
 
+# papermill's options, same names and short flags: (flags, metavar, help)
+_REPEATABLE: tuple[tuple[tuple[str, ...], str | tuple[str, str], str], ...] = (
+    (("-p", "--parameters"), ("NAME", "VALUE"), "a parameter, typed as papermill's -p does"),
+    (("-r", "--parameters_raw", "--parameters-raw"), ("NAME", "VALUE"), "a string parameter"),
+    (("-f", "--parameters_file", "--parameters-file"), "FILE", "YAML file of parameters"),
+    (("-y", "--parameters_yaml", "--parameters-yaml"), "YAML", "YAML string of parameters"),
+    (("-b", "--parameters_base64", "--parameters-base64"), "B64", "base64-encoded YAML"),
+)
+_FLAGS = (
+    ("--inject-input-path", "pass the input path as parameter PAPERMILL_INPUT_PATH"),
+    ("--inject-output-path", "pass the output path as parameter PAPERMILL_OUTPUT_PATH"),
+    ("--inject-paths", "both of the above"),
+    ("--help-notebook", "show the parameters the notebook declares, and exit"),
+    ("--keep-open", "leave the notebook and its kernel open in the daemon afterwards"),
+    ("--no-autostart", "fail instead of starting a daemon when none is running"),
+    ("--json", "print the result(s) as JSON on stdout"),
+)
+_SWITCHES = (  # --name / --no-name
+    ("--log-output", False, "write cell outputs to stderr as they arrive"),
+    ("--progress-bar", None, "progress bar on stderr (default: on when it is a terminal)"),
+    ("--report-mode", False, "hide code cell inputs in the output"),
+    ("--request-save-on-cell-execute", True, argparse.SUPPRESS),
+)
+
+
 def add_run_parser(sub: Any) -> None:
     """Register ``run``, ``inspect`` and ``scraps`` on ``runt``'s subparsers."""
     run = sub.add_parser("run", help="execute notebooks papermill-style", description=_RUN_HELP)
-    run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
-                     help="INPUT OUTPUT; or several inputs with --output-dir")
     add = run.add_argument
-    add("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-        help="a parameter; the value is typed like papermill's (int, float, bool, None, str)")
-    add("-r", "--parameters_raw", "--parameters-raw", nargs=2, action="append", default=[],
-        metavar=("NAME", "VALUE"), help="a parameter whose value stays a string")
-    add("-f", "--parameters_file", "--parameters-file", action="append", default=[],
-        metavar="FILE", help="YAML file of parameters")
-    add("-y", "--parameters_yaml", "--parameters-yaml", action="append", default=[],
-        metavar="YAML", help="YAML string of parameters")
-    add("-b", "--parameters_base64", "--parameters-base64", action="append", default=[],
-        metavar="B64", help="base64-encoded YAML string of parameters")
-    add("--inject-input-path", action="store_true", help="pass PAPERMILL_INPUT_PATH")
-    add("--inject-output-path", action="store_true", help="pass PAPERMILL_OUTPUT_PATH")
-    add("--inject-paths", action="store_true", help="both of the above")
-    add("--prepare-only", action="store_true", dest="prepare_only",
-        help="write the parameterized notebook without executing it")
+    add("notebooks", nargs="*", metavar="NOTEBOOK", help="INPUT OUTPUT (or inputs, --output-dir)")
+    for flags, metavar, text in _REPEATABLE:
+        nargs = 2 if isinstance(metavar, tuple) else None
+        add(*flags, nargs=nargs, action="append", default=[], metavar=metavar, help=text)
+    for flag, text in _FLAGS:
+        add(flag, action="store_true", help=text)
+    for flag, default, text in _SWITCHES:
+        add(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    add("--prepare-only", action="store_true", help="write the parameterized notebook only")
     add("--prepare-execute", action="store_false", dest="prepare_only", help=argparse.SUPPRESS)
     add("-k", "--kernel", help="kernelspec to run instead of the notebook's")
-    add("--cwd", help="working directory of the kernel (default: the current directory)")
-    add("--execution-timeout", type=float, metavar="S",
-        help="seconds each cell may run before it is interrupted and the run fails")
-    add("--start-timeout", "--start_timeout", type=float, default=60.0, metavar="S",
-        help="seconds to wait for the kernel to start (default 60)")
-    add("--log-output", action=argparse.BooleanOptionalAction, default=False,
-        help="write cell outputs to stderr as they arrive")
+    add("--cwd", help="working directory of the kernel (default: the current one)")
+    add("--execution-timeout", type=float, metavar="S", help="seconds a cell may run")
+    add(
+        "--start-timeout",
+        "--start_timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the kernel to start (default 60)",
+    )
+    add(
+        "--autosave-cell-every",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="checkpoint the output every S seconds while running (0: only at the end)",
+    )
     add("--stdout-file", metavar="FILE", help="also write the cells' stdout to FILE")
     add("--stderr-file", metavar="FILE", help="also write the cells' stderr to FILE")
-    add("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
-        help="progress bar on stderr (default: on when stderr is a terminal)")
-    add("--report-mode", action=argparse.BooleanOptionalAction, default=False,
-        help="hide code cell inputs in the output")
-    add("--autosave-cell-every", type=float, default=30.0, metavar="S",
-        help="also checkpoint the output every S seconds while running (0: only at the end)")
-    add("--request-save-on-cell-execute", action=argparse.BooleanOptionalAction, default=True,
-        help=argparse.SUPPRESS)
-    add("--help-notebook", action="store_true",
-        help="show the parameters the notebook declares, and exit")
-    add("--keep-open", action="store_true",
-        help="leave the notebook and its kernel open in the daemon afterwards")
-    add("--no-autostart", action="store_true", help="fail instead of starting a daemon")
-    add("--json", action="store_true", help="print the result(s) as JSON on stdout")
-    add("--batch", metavar="SPEC", help="YAML file describing many runs (see the docs)")
-    add("--output-dir", metavar="DIR", help="run every NOTEBOOK, writing DIR/<name>.ipynb")
+    add("--batch", metavar="SPEC", help="YAML file describing many runs")
+    add("--output-dir", metavar="DIR", help="run every NOTEBOOK, writing DIR/<its name>")
     add("-j", "--jobs", type=int, metavar="N", help="runs at once (default: number of CPUs)")
 
-    inspect = sub.add_parser("inspect", help="show a notebook's parameters (papermill "
-                             "--help-notebook)")
+    inspect = sub.add_parser("inspect", help="show a notebook's parameters (--help-notebook)")
     inspect.add_argument("notebook")
     inspect.add_argument("--json", action="store_true")
-
     scraps = sub.add_parser("scraps", help="show values notebooks recorded with glue()")
     scraps.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
     scraps.add_argument("--json", action="store_true")
@@ -97,12 +110,17 @@ def add_run_parser(sub: Any) -> None:
 
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``runt run`` / ``inspect`` / ``scraps``; returns the exit status."""
+    from runtimed.automation.parameters import ParameterError
+
     try:
         if args.command == "inspect":
             return await _inspect(args)
         if args.command == "scraps":
             return await _scraps(args)
-        return await _interruptible(lambda: _run(args))
+        status = await _interruptible(lambda: _run(args))
+        if status == 130 and len(args.notebooks) == 2 and not (args.batch or args.output_dir):
+            _err(f"runt run: interrupted; what ran is in {args.notebooks[1]}")
+        return status
     except (ParameterError, RuntimedError, _UsageError) as exc:
         _err(f"runt {args.command}: {exc}")
         return 2
@@ -118,7 +136,8 @@ def _err(text: str) -> None:
 
 
 async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
-    """Run ``body``; SIGINT/SIGTERM cancel it, so the run interrupts its cell and saves."""
+    """Run ``body``; SIGINT/SIGTERM cancel it (a run then interrupts its cell, saves the
+    output and stops) and the exit status is 130."""
     outcome: list[int | BaseException] = []
     async with anyio.create_task_group() as tg:
 
@@ -132,7 +151,7 @@ async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
         tg.start_soon(watch)
         try:
             outcome.append(await body())
-        except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
+        except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
             outcome.append(exc)
         tg.cancel_scope.cancel()
     if not outcome:
@@ -152,6 +171,8 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, object]:
+    from runtimed.automation.parameters import collect_parameters
+
     injected: dict[str, object] = {}
     positional = args.notebooks
     if (args.inject_input_path or args.inject_paths) and positional:
@@ -159,8 +180,10 @@ def _parameters(args: argparse.Namespace) -> dict[str, object]:
     if (args.inject_output_path or args.inject_paths) and len(positional) > 1:
         injected["PAPERMILL_OUTPUT_PATH"] = positional[1]
     collected = collect_parameters(
-        params=[tuple(p) for p in args.parameters], raw=[tuple(p) for p in args.parameters_raw],
-        yaml_text=args.parameters_yaml, yaml_file=args.parameters_file,
+        params=[tuple(p) for p in args.parameters],
+        raw=[tuple(p) for p in args.parameters_raw],
+        yaml_text=args.parameters_yaml,
+        yaml_file=args.parameters_file,
         b64_yaml=args.parameters_base64,
     )
     return {**injected, **collected}
@@ -168,11 +191,16 @@ def _parameters(args: argparse.Namespace) -> dict[str, object]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     autosave = args.autosave_cell_every if args.request_save_on_cell_execute else 0
-    return {"kernel_name": args.kernel, "cwd": args.cwd,
-            "execution_timeout": args.execution_timeout, "start_timeout": args.start_timeout,
-            "report_mode": args.report_mode, "autosave_cell_every": autosave,
-            "prepare_only": args.prepare_only,
-            "keep_open": args.keep_open}
+    return {
+        "kernel_name": args.kernel,
+        "cwd": args.cwd,
+        "execution_timeout": args.execution_timeout,
+        "start_timeout": args.start_timeout,
+        "report_mode": args.report_mode,
+        "autosave_cell_every": autosave,
+        "prepare_only": args.prepare_only,
+        "keep_open": args.keep_open,
+    }
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -190,17 +218,26 @@ async def _run(args: argparse.Namespace) -> int:
             "or --batch SPEC.yaml); reading or writing notebooks on stdin/stdout is not "
             "supported"
         )
+    from runtimed.automation.progress import is_tty
     from runtimed.automation.run import execute_notebook_async
 
     tty = is_tty(sys.stderr)
     sinks = [_open_sink(path) for path in (args.stdout_file, args.stderr_file)]
     try:
         result = await execute_notebook_async(
-            notebooks[0], notebooks[1], parameters, **_options(args),
-            log_output=args.log_output, stdout_file=sinks[0], stderr_file=sinks[1],
-            progress_bar=args.progress_bar if args.progress_bar is not None
+            notebooks[0],
+            notebooks[1],
+            parameters,
+            **_options(args),
+            log_output=args.log_output,
+            stdout_file=sinks[0],
+            stderr_file=sinks[1],
+            progress_bar=args.progress_bar
+            if args.progress_bar is not None
             else not args.log_output,
-            observer=_Announcer(), socket=args.socket, autostart=not args.no_autostart,
+            observer=_announcer(),
+            socket=args.socket,
+            autostart=not args.no_autostart,
         )
     finally:
         for sink in sinks:
@@ -215,8 +252,10 @@ async def _run(args: argparse.Namespace) -> int:
         _err(format_failure(result.failed_cell, color=tty))
         _err(f"runt run: FAILED; the output notebook was written to {result.output_path}")
         return 1
-    _err(f"runt run: {result.cells_executed} cells ran in {result.duration:.1f} s; "
-         f"output written to {result.output_path}")
+    _err(
+        f"runt run: {result.cells_executed} cells ran in {result.duration:.1f} s; "
+        f"output written to {result.output_path}"
+    )
     return 0
 
 
@@ -229,15 +268,29 @@ def _open_sink(path: str | None) -> IO[str] | None:
         raise _UsageError(f"cannot write {path}: {exc}") from exc
 
 
-class _Announcer(RunObserver):
-    """Says where a single run can be watched (stderr)."""
+def _announcer() -> Any:
+    """An observer saying where a single run can be watched (stderr)."""
+    from runtimed.automation.progress import RunObserver
 
-    def run_started(self, *, input_path: str, output_path: str, notebook_id: str,
-                    link: str, total: int) -> None:
-        _err(f"runt run: {input_path} -> {output_path}  (notebook {notebook_id}, {link})")
+    class Announcer(RunObserver):
+        def run_started(
+            self, *, input_path: str, output_path: str, notebook_id: str, link: str, total: int
+        ) -> None:
+            _err(f"runt run: {input_path} -> {output_path}  (notebook {notebook_id}, {link})")
+
+    return Announcer()
 
 
 async def _run_many(args: argparse.Namespace, parameters: dict[str, object]) -> int:
+    from runtimed.automation.batch import (
+        BatchProgress,
+        default_jobs,
+        format_summary,
+        load_spec,
+        run_batch,
+        runs_for_inputs,
+    )
+
     jobs: int | None = args.jobs
     if args.batch:
         if args.notebooks or args.output_dir:
@@ -255,50 +308,23 @@ async def _run_many(args: argparse.Namespace, parameters: dict[str, object]) -> 
     jobs = jobs or default_jobs()
     from runtimed.client import AsyncClient
 
-    lines = _BatchLines(len(runs))
+    lines = BatchProgress(len(runs), _err)
     options = _options(args)
     async with await AsyncClient.connect(args.socket, autostart=not args.no_autostart) as client:
         _err(f"runt run: {len(runs)} notebooks, {jobs} at a time")
         results = await run_batch(
-            runs, client=client, jobs=jobs, observer=lines.observer, on_done=lines.done,
+            runs,
+            client=client,
+            jobs=jobs,
+            observer=lines.observer,
+            on_done=lines.done,
             **{k: v for k, v in options.items() if v is not None},
         )
     if args.json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in results], default=str, indent=2)
-                         + "\n")
+        sys.stdout.write(json.dumps([r.to_dict() for r in results], default=str, indent=2) + "\n")
     else:
         sys.stdout.write(format_summary(results))
     return 0 if all(r.ok for r in results) else 1
-
-
-class _BatchLines:
-    """One stderr line per run as it starts and as it ends."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.finished = 0
-
-    def observer(self, index: int, run: BatchRun) -> RunObserver:
-        lines = self
-
-        class Line(RunObserver):
-            def run_started(self, *, input_path: str, output_path: str, notebook_id: str,
-                            link: str, total: int) -> None:
-                _err(f"[{index + 1}/{lines.total}] started {input_path} -> {output_path}"
-                     f"  ({link})")
-
-        return Line()
-
-    def done(self, index: int, result: RunResult) -> None:
-        self.finished += 1
-        detail = ""
-        if result.failed_cell is not None:
-            f = result.failed_cell
-            detail = f"  cell {f.index}: {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0]
-        elif result.error:
-            detail = f"  {result.error}".splitlines()[0]
-        _err(f"[{index + 1}/{self.total}] {result.status:<6} {result.output_path} "
-             f"({result.duration:.1f} s){detail}   [{self.finished}/{self.total} done]")
 
 
 # ------------------------------------------------------------------------------ inspect, scraps
@@ -325,8 +351,7 @@ async def _inspect(args: argparse.Namespace) -> int:
 
     nb = _read(args.notebook)
     params = [p._asdict() for p in inspect_parameters(nb)] if has_parameters_cell(nb) else None
-    sys.stdout.write(json.dumps({"notebook": args.notebook, "parameters": params}, indent=2)
-                     + "\n")
+    sys.stdout.write(json.dumps({"notebook": args.notebook, "parameters": params}, indent=2) + "\n")
     return 0
 
 
@@ -337,51 +362,47 @@ async def _scraps(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(found, indent=2) + "\n")
         return 0
-    rows = [[path, name, json.dumps(value)] for path, scraps in found.items()
-            for name, value in scraps.items()]
+    rows = [
+        [path, name, json.dumps(value)]
+        for path, scraps in found.items()
+        for name, value in scraps.items()
+    ]
     if not rows:
         _err("runt scraps: no recorded values (record them with runtimed.glue.glue)")
         return 0
     header = ["NOTEBOOK", "NAME", "VALUE"]
     if len(found) == 1:
         rows, header = [row[1:] for row in rows], header[1:]
-    rows = [[*row[:-1], row[-1] if len(row[-1]) <= 60 else row[-1][:57] + "..."]
-            for row in rows]
-    sys.stdout.write(_table(header, rows))
+    rows = [[*row[:-1], row[-1] if len(row[-1]) <= 60 else row[-1][:57] + "..."] for row in rows]
+    from runtimed.automation.progress import format_table
+
+    sys.stdout.write(format_table(header, rows))
     return 0
 
 
-# ------------------------------------------------------------------------------ text reports
+# ------------------------------------------------------------------------------ reports
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        for row in [header, *rows]
-    )
-
-
-def _excerpt(source: str, *, max_lines: int) -> list[str]:
-    lines = source.splitlines() or [""]
-    width = len(str(min(len(lines), max_lines)))
-    out = [f"  {n:>{width}} | {line}" for n, line in enumerate(lines[:max_lines], start=1)]
-    if len(lines) > max_lines:
-        out.append(f"  {'':>{width}} | ... ({len(lines) - max_lines} more lines)")
-    return out
-
-
-def format_failure(failed: FailedCell, *, color: bool, max_source_lines: int = 8,
-                   max_traceback_lines: int = 30) -> str:
+def format_failure(
+    failed: FailedCell, *, color: bool, max_source_lines: int = 8, max_traceback_lines: int = 30
+) -> str:
     """One screen about the failed cell: where, its source, the traceback, the error.
 
     Args:
         color: keep the kernel's ANSI colours (only when writing to a terminal).
     """
+    from runtimed.automation.progress import strip_ansi
+
     count = "" if failed.execution_count is None else f", In [{failed.execution_count}]"
     what = {"timeout": "timed out", "died": "killed the kernel"}.get(failed.status, "failed")
     lines = [f"cell {failed.index} (id {failed.cell_id!r}{count}) {what}:"]
-    lines += _excerpt(failed.source, max_lines=max_source_lines)
+    source = failed.source.splitlines() or [""]
+    width = len(str(min(len(source), max_source_lines)))
+    lines += [
+        f"  {n:>{width}} | {line}" for n, line in enumerate(source[:max_source_lines], start=1)
+    ]
+    if len(source) > max_source_lines:
+        lines.append(f"  {'':>{width}} | ... ({len(source) - max_source_lines} more lines)")
     traceback = "\n".join(failed.traceback).splitlines()
     if not color:
         traceback = [strip_ansi(line) for line in traceback]
@@ -393,19 +414,3 @@ def format_failure(failed: FailedCell, *, color: bool, max_source_lines: int = 8
     if not traceback or strip_ansi(traceback[-1]).strip() != summary.strip():
         lines.append(summary)
     return "\n".join(lines) + "\n"
-
-
-def format_summary(results: Sequence[RunResult]) -> str:
-    """The end-of-batch table: input, output, status, duration and the failed cell."""
-    rows = []
-    for r in results:
-        failed = ""
-        if r.failed_cell is not None:
-            f = r.failed_cell
-            failed = f"[{f.index}] {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0][:60]
-        elif r.error:
-            failed = r.error.splitlines()[0][:60]
-        rows.append([r.input_path, r.output_path, r.status, f"{r.duration:.1f}s", failed])
-    ok = sum(r.ok for r in results)
-    return (_table(["INPUT", "OUTPUT", "STATUS", "TIME", "FAILED CELL"], rows)
-            + f"{ok} ok, {len(results) - ok} failed, {len(results)} notebooks\n")

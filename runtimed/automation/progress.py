@@ -8,17 +8,20 @@ calls (all methods optional no-ops). :class:`ProgressBar` is a small tqdm-like b
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
 from runtimed.automation.report import RunResult, error_output
+from runtimed.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient, AsyncNotebook
@@ -29,9 +32,13 @@ __all__ = [
     "OutputLog",
     "ProgressBar",
     "RunObserver",
+    "format_table",
     "is_tty",
+    "open_fresh",
     "strip_ansi",
 ]
+
+log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -54,15 +61,17 @@ class RunObserver:
     ``index`` is the cell's position in the executed notebook, ``total`` the number of cells.
     """
 
-    def run_started(self, *, input_path: str, output_path: str, notebook_id: str,
-                    link: str, total: int) -> None:
+    def run_started(
+        self, *, input_path: str, output_path: str, notebook_id: str, link: str, total: int
+    ) -> None:
         """The output notebook is open in the daemon and its cells are queued."""
 
     def cell_started(self, index: int, cell_id: str) -> None:
         """The daemon started running the cell."""
 
-    def cell_output(self, index: int, cell_id: str, outputs: Sequence[dict[str, Any]],
-                    *, final: bool) -> None:
+    def cell_output(
+        self, index: int, cell_id: str, outputs: Sequence[dict[str, Any]], *, final: bool
+    ) -> None:
         """The cell's outputs so far (``final``: it finished). Only when output is logged."""
 
     def cell_finished(self, index: int, cell_id: str, status: str, *, done: int) -> None:
@@ -78,8 +87,9 @@ class ProgressBar:
 
     WIDTH = 24
 
-    def __init__(self, total: int, *, stream: IO[str] | None = None,
-                 desc: str = "Executing") -> None:
+    def __init__(
+        self, total: int, *, stream: IO[str] | None = None, desc: str = "Executing"
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = is_tty(self.stream)
         self.total = max(total, 0)
@@ -101,8 +111,9 @@ class ProgressBar:
         part = "" if filled >= self.WIDTH else " ▏▎▍▌▋▊▉"[int((frac * self.WIDTH - filled) * 8)]
         bar = ("█" * filled + part).ljust(self.WIDTH)
         left = _clock(elapsed / frac - elapsed) if 0 < frac < 1 else "00:00"
-        self.stream.write(f"\r{self.desc}: {frac:4.0%}|{bar}| {self.n}/{self.total} "
-                          f"[{_clock(elapsed)}<{left}]")
+        self.stream.write(
+            f"\r{self.desc}: {frac:4.0%}|{bar}| {self.n}/{self.total} [{_clock(elapsed)}<{left}]"
+        )
         self.stream.flush()
         self._shown = True
 
@@ -136,8 +147,13 @@ class OutputLog:
     cell's stdout/stderr streams only.
     """
 
-    def __init__(self, *, log: IO[str] | None = None, stdout_file: IO[str] | None = None,
-                 stderr_file: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        log: IO[str] | None = None,
+        stdout_file: IO[str] | None = None,
+        stderr_file: IO[str] | None = None,
+    ) -> None:
         self.log = log
         self.stdout_file = stdout_file
         self.stderr_file = stderr_file
@@ -170,7 +186,7 @@ class OutputLog:
             output = outputs[position]
             if output.get("output_type") == "stream":
                 text = _text(output.get("text", ""))
-                self._write_stream(str(output.get("name", "stdout")), text[self._partial:])
+                self._write_stream(str(output.get("name", "stdout")), text[self._partial :])
                 self._partial = len(text)
                 if position < upto:
                     self._count, self._partial = position + 1, 0
@@ -211,6 +227,46 @@ def _text(value: object) -> str:
 
 
 # ------------------------------------------------------------------------------ following
+
+
+async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNotebook:
+    """Open the notebook file just written at ``path`` in the daemon, as that file says.
+
+    The daemon does not re-read a notebook some client still has open (or one left open
+    with ``keep_open``): then its cells are replaced by ``expected``'s (an nbformat
+    notebook) and its kernel restarted, so nothing of an earlier run leaks into this one.
+
+    Raises:
+        InvalidRequest: another client is executing that notebook.
+    """
+    nb = await client.open(path)
+    try:
+        runtime = nb.runtime
+        if runtime.running() or runtime.queue():
+            raise InvalidRequest(
+                f"{path} is being executed by another client (see 'runt ps'); "
+                "wait for it or write to another output path"
+            )
+        want = [(c.id, c.cell_type, c.source, c.metadata) for c in expected.cells]
+        have = [(c.id, c.cell_type, c.source, c.metadata) for c in nb.cells()]
+        if want != have or nb.metadata() != expected.metadata:
+            log.info("%s was open in the daemon already; replacing its content", path)
+            for cell_id in nb.cell_ids():
+                nb.doc.delete_cell(cell_id)
+            for c in expected.cells:
+                nb.doc.add_cell(c.cell_type, c.source, cell_id=c.id, metadata=c.metadata)
+            for key, value in expected.metadata.items():
+                nb.doc.set_metadata(key, value)
+            await client.push(nb.id, "notebook")
+            await nb.clear_outputs()
+        if str(runtime.kernel().get("state", "")) not in ("", "not_started", "shutdown", "dead"):
+            await nb.restart()
+    except BaseException:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(15):
+            await nb.close()
+        raise
+    return nb
+
 
 FINISHED = frozenset({"ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"})
 # Error names the daemon gives executions that end without a kernel error of their own.
@@ -262,9 +318,15 @@ class ExecutionWatcher:
             lambda: self.nb.runtime is not runtime or list(runtime.doc.get_heads()) != heads
         )
 
-    async def wait(self, execution_id: str, cell_id: str, *, start_deadline: float,
-                   on_start: Callable[[], None],
-                   on_outputs: Callable[[list[dict[str, Any]]], None] | None) -> Finished | None:
+    async def wait(
+        self,
+        execution_id: str,
+        cell_id: str,
+        *,
+        start_deadline: float,
+        on_start: Callable[[], None],
+        on_outputs: Callable[[list[dict[str, Any]]], None] | None,
+    ) -> Finished | None:
         """Wait for the execution to finish; None if the kernel is not up by
         ``start_deadline`` (``time.monotonic()``). ``on_start`` is called once it runs,
         ``on_outputs`` with the outputs so far whenever they change."""
@@ -291,8 +353,9 @@ class ExecutionWatcher:
         nb = self.nb
         if status != "forgotten":
             result = await nb.wait_execution(execution_id)
-            return Finished(result.status, result.execution_count, result.outputs,
-                            result.ename, result.evalue)
+            return Finished(
+                result.status, result.execution_count, result.outputs, result.ename, result.evalue
+            )
         # Rare (a long queue raced far ahead of this client): read what the cell holds.
         cell_state = nb.runtime.snapshot()["cells"].get(cell_id) or {}
         if cell_state.get("execution_id") != execution_id:
@@ -302,5 +365,22 @@ class ExecutionWatcher:
         if error is None:
             return Finished("ok", count, outputs, None, None)
         ename = str(error.get("ename", ""))
-        return Finished(_STATUS_BY_ENAME.get(ename, "error"), count, outputs, ename,
-                        str(error.get("evalue", "")))
+        return Finished(
+            _STATUS_BY_ENAME.get(ename, "error"),
+            count,
+            outputs,
+            ename,
+            str(error.get("evalue", "")),
+        )
+
+
+# ------------------------------------------------------------------------------ text reports
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, a line per row."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in [header, *rows]
+    )

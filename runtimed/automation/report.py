@@ -67,9 +67,22 @@ ERROR_ANCHOR_MSG = (
     "</span>"
 )
 
+# papermill's translator registry keys (kernel names and languages).
 _TRANSLATOR_KEYS = frozenset(
-    {"python", "pysparkkernel", "R", "scala", "julia", "matlab", ".net-csharp", ".net-fsharp",
-     ".net-powershell", "sparkkernel", "sparkrkernel", "bash"}
+    [
+        "python",
+        "pysparkkernel",
+        "R",
+        "scala",
+        "julia",
+        "matlab",
+        ".net-csharp",
+        ".net-fsharp",
+        ".net-powershell",
+        "sparkkernel",
+        "sparkrkernel",
+        "bash",
+    ]
 )
 
 _from_dict: Callable[[object], Any] = nbformat.from_dict
@@ -95,15 +108,19 @@ def format_path(path: str, parameters: Mapping[str, object]) -> str:
 
     now = datetime.datetime.now()
     values: dict[str, object] = {
-        "pm": {"run_uuid": str(uuid.uuid4()), "current_datetime_local": now,
-               "current_datetime_utc": datetime.datetime.now(datetime.UTC)},
+        "pm": {
+            "run_uuid": str(uuid.uuid4()),
+            "current_datetime_local": now,
+            "current_datetime_utc": datetime.datetime.now(datetime.UTC),
+        },
         **parameters,
     }
     try:
         return path.format(**values)
     except KeyError as exc:
-        raise ParameterError(f"path {path!r} refers to parameter {exc} which was not given") \
-            from exc
+        raise ParameterError(
+            f"path {path!r} refers to parameter {exc} which was not given"
+        ) from exc
     except (IndexError, ValueError, AttributeError) as exc:
         raise ParameterError(f"path {path!r} is not a valid template: {exc}") from exc
 
@@ -156,8 +173,7 @@ def prepare_notebook(
     if parameters:
         unknown = unknown_parameters(out, parameters)
         key = _translator_key(out, kernel_name)
-        out = parameterize_notebook(out, parameters, kernel_language=key,
-                                    report_mode=report_mode)
+        out = parameterize_notebook(out, parameters, kernel_language=key, report_mode=report_mode)
     if report_mode:
         for cell in out.cells:
             if cell.cell_type == "code":
@@ -181,10 +197,16 @@ class Prepared:
     unknown_parameters: list[str]
 
 
-def materialize(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
-                parameters: Mapping[str, object], *, kernel_name: str | None,
-                report_mode: bool, prepare_only: bool,
-                cwd: str | os.PathLike[str] | None) -> Prepared:
+def materialize(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    parameters: Mapping[str, object],
+    *,
+    kernel_name: str | None,
+    report_mode: bool,
+    prepare_only: bool,
+    cwd: str | os.PathLike[str] | None,
+) -> Prepared:
     """Read the input, prepare it as papermill does and write it to the output path (its
     folder is created). Unless ``prepare_only``, also reset it for a run
     (:func:`start_notebook`) with the kernel's working directory: ``cwd``, else the
@@ -199,8 +221,11 @@ def materialize(input_path: str | os.PathLike[str], output_path: str | os.PathLi
     output_str = format_path(os.fspath(output_path), parameters)
     output = Path(output_str).expanduser().resolve()
     nb, unknown = prepare_notebook(
-        read_notebook(Path(input_str).expanduser()), parameters=parameters,
-        input_path=input_str, output_path=output_str, kernel_name=kernel_name,
+        read_notebook(Path(input_str).expanduser()),
+        parameters=parameters,
+        input_path=input_str,
+        output_path=output_str,
+        kernel_name=kernel_name,
         report_mode=report_mode,
     )
     if not prepare_only:
@@ -216,15 +241,25 @@ def materialize(input_path: str | os.PathLike[str], output_path: str | os.PathLi
     return Prepared(nb, input_str, output_str, output, unknown)
 
 
-def cell_record(status: str, *, start_time: str | None = None, end_time: str | None = None,
-                duration: float | None = None, exception: bool | None = None) -> dict[str, Any]:
+def cell_record(
+    status: str,
+    *,
+    start_time: str | None = None,
+    end_time: str | None = None,
+    duration: float | None = None,
+    exception: bool | None = None,
+) -> dict[str, Any]:
     """A cell's ``metadata.papermill`` (status: pending, running, completed or failed)."""
-    return {"exception": exception, "start_time": start_time, "end_time": end_time,
-            "duration": duration, "status": status}
+    return {
+        "exception": exception,
+        "start_time": start_time,
+        "end_time": end_time,
+        "duration": duration,
+        "status": status,
+    }
 
 
-def start_notebook(nb: Any, *, start_time: str, kernel_name: str | None,
-                   cwd: str | None) -> Any:
+def start_notebook(nb: Any, *, start_time: str, kernel_name: str | None, cwd: str | None) -> Any:
     """``NotebookExecutionManager.notebook_start``: reset counts, outputs and cell records.
 
     Also records what the daemon needs to run it: the kernelspec for ``--kernel`` and
@@ -259,8 +294,11 @@ def error_marker_cells(execution_count: int | None) -> tuple[dict[str, Any], dic
     """
     tags = {"tags": [ERROR_MARKER_TAG]}
     return (
-        {"cell_type": "markdown", "source": ERROR_MESSAGE_TEMPLATE % str(execution_count),
-         "metadata": copy.deepcopy(tags)},
+        {
+            "cell_type": "markdown",
+            "source": ERROR_MESSAGE_TEMPLATE % str(execution_count),
+            "metadata": copy.deepcopy(tags),
+        },
         {"cell_type": "markdown", "source": ERROR_ANCHOR_MSG, "metadata": copy.deepcopy(tags)},
     )
 
@@ -340,8 +378,15 @@ class CellTimeline:
 
     def passed_over(self, end: int, when: str) -> list[tuple[int, dict[str, Any]]]:
         """Cells from the last one reached up to (excluding) ``end`` were not run."""
-        edits = [(i, cell_record("completed", start_time=when, end_time=when, duration=0.0,
-                                 exception=False)) for i in range(self.reached, end)]
+        edits = [
+            (
+                i,
+                cell_record(
+                    "completed", start_time=when, end_time=when, duration=0.0, exception=False
+                ),
+            )
+            for i in range(self.reached, end)
+        ]
         self.reached = max(self.reached, end)
         return edits
 
@@ -353,15 +398,26 @@ class CellTimeline:
     def is_started(self, index: int) -> bool:
         return index in self._started
 
-    def finished(self, index: int, when: str, clock: float, *, failed: bool,
-                 timed: bool = True) -> list[tuple[int, dict[str, Any]]]:
+    def finished(
+        self, index: int, when: str, clock: float, *, failed: bool, timed: bool = True
+    ) -> list[tuple[int, dict[str, Any]]]:
         edits = [] if index in self._started else self.started(index, when, clock)
         start_iso, start_clock = self._started[index]
         self.reached = index + 1
         duration = round(clock - start_clock, 6) if timed else None
-        return [*edits, (index, cell_record("failed" if failed else "completed",
-                                            start_time=start_iso, end_time=when,
-                                            duration=duration, exception=failed))]
+        return [
+            *edits,
+            (
+                index,
+                cell_record(
+                    "failed" if failed else "completed",
+                    start_time=start_iso,
+                    end_time=when,
+                    duration=duration,
+                    exception=failed,
+                ),
+            ),
+        ]
 
 
 #: Scheme of run links. A ``runtimed://notebook/<id>`` names an open notebook of the local

@@ -8,7 +8,9 @@ is then queued at once with ``RunAll`` (``skip-execution`` cells are left out by
 an error stops the queue unless the cell is tagged ``raises-exception``), results are
 followed through the synced runtime document, papermill's ``metadata.papermill`` records are
 kept on the notebook and on every cell, and the output file is checkpointed by the daemon at
-the end — on failure too, with papermill's error marker cells.
+the end — on failure too, with papermill's error marker cells. Then the notebook is unloaded
+(its kernel stopped) unless ``keep_open``. Cancelling a run (Ctrl-C in ``runt run``)
+interrupts the running cell and still saves what ran.
 
 Where the kernel runs: as papermill, in the caller's working directory unless ``cwd`` is
 given. The client records it as ``metadata.runtimed.cwd`` and the daemon starts the
@@ -38,6 +40,7 @@ from runtimed.automation.progress import (
     OutputLog,
     ProgressBar,
     RunObserver,
+    open_fresh,
 )
 from runtimed.automation.report import (
     CellTimeline,
@@ -53,10 +56,10 @@ from runtimed.automation.report import (
     notebook_link,
     now_iso,
 )
-from runtimed.errors import InvalidRequest, RuntimedError
+from runtimed.errors import RuntimedError
 
 if TYPE_CHECKING:
-    from runtimed.client import AsyncClient, AsyncNotebook
+    from runtimed.client import AsyncClient
 
 __all__ = [
     "FailedCell",
@@ -74,8 +77,9 @@ _NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
 
 
 @asynccontextmanager
-async def _connected(client: AsyncClient | None, socket: str | os.PathLike[str] | None,
-                     autostart: bool) -> AsyncIterator[AsyncClient]:
+async def _connected(
+    client: AsyncClient | None, socket: str | os.PathLike[str] | None, autostart: bool
+) -> AsyncIterator[AsyncClient]:
     if client is not None:
         yield client
         return
@@ -152,30 +156,47 @@ async def execute_notebook_async(
     """
     started_at = time.monotonic()
     params = dict(parameters or {})
-    prepared = await anyio.to_thread.run_sync(functools.partial(
-        materialize, input_path, output_path, params, kernel_name=kernel_name,
-        report_mode=report_mode, prepare_only=prepare_only, cwd=cwd,
-    ))
+    prepared = await anyio.to_thread.run_sync(
+        functools.partial(
+            materialize,
+            input_path,
+            output_path,
+            params,
+            kernel_name=kernel_name,
+            report_mode=report_mode,
+            prepare_only=prepare_only,
+            cwd=cwd,
+        )
+    )
     for name in prepared.unknown_parameters:
         log.warning("Passed unknown parameter: %s", name)
     if prepare_only:
-        return RunResult(status="ok", input_path=prepared.input_path,
-                         output_path=prepared.output_path,
-                         duration=time.monotonic() - started_at, parameters=params)
+        return RunResult(
+            status="ok",
+            input_path=prepared.input_path,
+            output_path=prepared.output_path,
+            duration=time.monotonic() - started_at,
+            parameters=params,
+        )
     if log_output and log_stream is None:
         import sys
 
         log_stream = sys.stderr
     run = _LiveRun(
-        prepared, parameters=params, execution_timeout=execution_timeout,
-        start_timeout=start_timeout, observer=observer or RunObserver(),
-        outputs=OutputLog(log=log_stream if log_output else None, stdout_file=stdout_file,
-                          stderr_file=stderr_file),
+        prepared,
+        parameters=params,
+        execution_timeout=execution_timeout,
+        start_timeout=start_timeout,
+        observer=observer or RunObserver(),
+        outputs=OutputLog(
+            log=log_stream if log_output else None, stdout_file=stdout_file, stderr_file=stderr_file
+        ),
         bar=ProgressBar(len(prepared.nb.cells)) if progress_bar and not log_output else None,
-        autosave_every=autosave_cell_every, keep_open=keep_open, started_at=started_at,
+        autosave_every=autosave_cell_every,
+        keep_open=keep_open,
+        started_at=started_at,
     )
-    async with _connected(client, socket, autostart) as connected:
-        result = await run.run(connected)
+    result = await _run_stoppable(run, client, socket, autostart)
     if raise_on_error and result.status == "failed":
         raise NotebookExecutionError(result)
     return result
@@ -195,20 +216,72 @@ def execute_notebook(
     """
     from anyio.from_thread import start_blocking_portal
 
-    call = functools.partial(execute_notebook_async, input_path, output_path, parameters,
-                             **options)
+    call = functools.partial(execute_notebook_async, input_path, output_path, parameters, **options)
     with start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
         return portal.call(call)
+
+
+async def _run_stoppable(
+    run: _LiveRun,
+    client: AsyncClient | None,
+    socket: str | os.PathLike[str] | None,
+    autostart: bool,
+) -> RunResult:
+    """Run ``run``; cancelling the caller stops it gracefully.
+
+    The run (and the client it may create) runs shielded, so that on cancellation (Ctrl-C in
+    ``runt run``) it can still interrupt the running cell, drop the queue and save the output
+    through the daemon; after 30 s it is cancelled outright.
+    """
+    outcome: list[RunResult | BaseException] = []
+    done = anyio.Event()
+    scope = anyio.CancelScope(shield=True)
+
+    async def guarded() -> None:
+        try:
+            with scope:
+                async with _connected(client, socket, autostart) as connected:
+                    outcome.append(await run.run(connected))
+        except BaseException as exc:  # re-raised below, not wrapped in an ExceptionGroup
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(guarded)
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            run.stop.set()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                await done.wait()
+            scope.cancel()
+            raise
+    if not outcome:
+        raise RuntimedError(f"the run of {run.prepared.input_path} was cancelled")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 class _LiveRun:
     """One output notebook's RunAll in the daemon, followed cell by cell while papermill's
     records are kept on the notebook (the file :func:`materialize` wrote)."""
 
-    def __init__(self, prepared: Prepared, *, parameters: dict[str, object],
-                 execution_timeout: float | None, start_timeout: float,
-                 observer: RunObserver, outputs: OutputLog, bar: ProgressBar | None,
-                 autosave_every: float, keep_open: bool, started_at: float) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        *,
+        parameters: dict[str, object],
+        execution_timeout: float | None,
+        start_timeout: float,
+        observer: RunObserver,
+        outputs: OutputLog,
+        bar: ProgressBar | None,
+        autosave_every: float,
+        keep_open: bool,
+        started_at: float,
+    ) -> None:
         self.prepared, self.expected = prepared, prepared.nb
         self.cells = [(str(c.id), str(c.source), cell_tags(c)) for c in prepared.nb.cells]
         self.index_of = {cell_id: i for i, (cell_id, _, _) in enumerate(self.cells)}
@@ -223,21 +296,26 @@ class _LiveRun:
         self.failed: FailedCell | None = None
         self.exception: bool | None = None  # metadata.papermill.exception
         self._clock0 = self._last_save = time.monotonic()
+        self._metadata_done = False
+        self.stop = anyio.Event()  # set: interrupt the running cell, drop the rest, save
+        self._current: tuple[int, str] | None = None
 
     # -------------------------------------------------------------- lifecycle
 
     async def run(self, client: AsyncClient) -> RunResult:
         self.client = client
-        self.nb = nb = await client.open(self.prepared.output)
+        self.nb = nb = await open_fresh(client, self.prepared.output, self.expected)
         self.watcher = ExecutionWatcher(client, nb)
         try:
-            await self._reconcile(nb)
             queued = await nb.queue_all(cell_timeout=self.execution_timeout)
             self.observer.run_started(
-                input_path=self.prepared.input_path, output_path=self.prepared.output_path,
-                notebook_id=nb.id, link=notebook_link(nb.id), total=len(self.cells),
+                input_path=self.prepared.input_path,
+                output_path=self.prepared.output_path,
+                notebook_id=nb.id,
+                link=notebook_link(nb.id),
+                total=len(self.cells),
             )
-            await self._follow([(q.cell_id, q.execution_id) for q in queued])
+            await self._follow_until_stopped([(q.cell_id, q.execution_id) for q in queued])
             self._finish_metadata()
             await nb.save()
         except BaseException:
@@ -250,69 +328,25 @@ class _LiveRun:
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 try:
                     await nb.close(unload=not self.keep_open)
-                    if not self.keep_open:
-                        await self._wait_unloaded()
                 except RuntimedError as exc:
                     log.info("could not close %s: %s", self.prepared.output, exc)
         from runtimed.glue import read_scraps
 
         cells = [{"outputs": self.outputs_of[i]} for i in sorted(self.outputs_of)]
         result = RunResult(
-            status="failed" if self.failed else "ok", input_path=self.prepared.input_path,
-            output_path=self.prepared.output_path, duration=time.monotonic() - self.started_at,
-            cells_executed=self.executed, failed_cell=self.failed, notebook_id=nb.id,
-            notebook_link=notebook_link(nb.id), scraps=read_scraps({"cells": cells}),
+            status="failed" if self.failed else "ok",
+            input_path=self.prepared.input_path,
+            output_path=self.prepared.output_path,
+            duration=time.monotonic() - self.started_at,
+            cells_executed=self.executed,
+            failed_cell=self.failed,
+            notebook_id=nb.id,
+            notebook_link=notebook_link(nb.id),
+            scraps=read_scraps({"cells": cells}),
             parameters=self.parameters,
         )
         self.observer.run_finished(result)
         return result
-
-    async def _reconcile(self, nb: AsyncNotebook) -> None:
-        """Make sure the daemon's document is the file just written.
-
-        The daemon does not re-read a notebook some client still has open (or that was left
-        open with ``keep_open``): then replace its cells and restart its kernel, so nothing
-        of an earlier run leaks into this one.
-        """
-        runtime = nb.runtime
-        if runtime.running() or runtime.queue():
-            raise InvalidRequest(
-                f"{self.prepared.output} is being executed by another client (see 'runt ps'); "
-                "wait for it or write to another output path"
-            )
-        want = [(c.id, c.cell_type, c.source, c.metadata) for c in self.expected.cells]
-        have = [(c.id, c.cell_type, c.source, c.metadata) for c in nb.cells()]
-        if want != have or nb.metadata() != self.expected.metadata:
-            log.info("%s was open in the daemon already; replacing its content",
-                     self.prepared.output)
-            for cell_id in nb.cell_ids():
-                nb.doc.delete_cell(cell_id)
-            for c in self.expected.cells:
-                nb.doc.add_cell(c.cell_type, c.source, cell_id=c.id, metadata=c.metadata)
-            for key, value in self.expected.metadata.items():
-                nb.doc.set_metadata(key, value)
-            await self.client.push(nb.id, "notebook")
-            await nb.clear_outputs()
-        if str(runtime.kernel().get("state", "")) not in ("", "not_started", "shutdown", "dead"):
-            await nb.restart()
-
-    async def _wait_unloaded(self) -> None:
-        """Wait (bounded) until the daemon has stopped the kernel and closed the notebook,
-        as papermill returns only after its kernel shut down.
-
-        Also works around a daemon race: a notebook being unloaded stays registered while
-        its kernel stops, and an OpenNotebook in that window joins the dying room (whose
-        executions then never run), so a run right after this one could hang.
-        """
-        delay = 0.005
-        with anyio.move_on_after(10):
-            while True:
-                infos = await self.client.list_notebooks()
-                mine = [i for i in infos if i.notebook_id == self.nb.id]
-                if not mine or mine[0].clients > 0:
-                    return
-                await anyio.sleep(delay)  # the daemon sends no event for a closed notebook
-                delay = min(delay * 2, 0.1)
 
     async def _salvage(self) -> None:
         """After an error or cancellation: stop the running cell and write what there is."""
@@ -325,8 +359,9 @@ class _LiveRun:
                 await nb.save()
                 return
             except RuntimedError as exc:
-                log.warning("could not checkpoint %s through the daemon: %s",
-                            self.prepared.output, exc)
+                log.warning(
+                    "could not checkpoint %s through the daemon: %s", self.prepared.output, exc
+                )
         # The daemon is gone: write what the local replica holds.
         from runtimed.notebook_file import write_notebook_atomic
 
@@ -334,21 +369,72 @@ class _LiveRun:
             data = nb.doc.to_nbformat(lambda cid: (nb.execution_count(cid), nb.outputs(cid)))
             await anyio.to_thread.run_sync(write_notebook_atomic, self.prepared.output, data)
         except (RuntimedError, OSError, ValueError) as exc:
-            log.warning("could not write %s from the local replica: %s",
-                        self.prepared.output, exc)
+            log.warning("could not write %s from the local replica: %s", self.prepared.output, exc)
 
     # -------------------------------------------------------------- following
+
+    async def _follow_until_stopped(self, queued: list[tuple[str, str]]) -> None:
+        errors: list[Exception] = []
+        followed = False
+        async with anyio.create_task_group() as tg:
+
+            async def on_stop() -> None:
+                await self.stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_stop)
+            try:
+                await self._follow(queued)
+                followed = True
+            except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                errors.append(exc)
+            tg.cancel_scope.cancel()
+        if errors:
+            raise errors[0]
+        if not followed and self._current is not None:
+            await self._interrupted(*self._current)
+
+    async def _interrupted(self, index: int, execution_id: str) -> None:
+        """Stopped while following cell ``index``: interrupt it, drop the queue."""
+        nb, cell_id = self.nb, self.cells[index][0]
+        await nb.interrupt()
+        done = None
+        with anyio.move_on_after(5):
+            done = await self.watcher.wait(
+                execution_id,
+                cell_id,
+                start_deadline=time.monotonic() + 5,
+                on_start=lambda: None,
+                on_outputs=None,
+            )
+        if nb.runtime.running() is not None or nb.runtime.queue():
+            await nb.restart()  # the interrupt came between two cells: stop the next one
+        if done is not None and done.status not in _NOT_RUN:
+            self.executed += 1
+            self.outputs_of[index] = done.outputs
+        self._fail(
+            index,
+            "KeyboardInterrupt",
+            "the run was interrupted",
+            "cancelled",
+            done.outputs if done is not None else [],
+            done.execution_count if done else None,
+        )
 
     async def _follow(self, queued: list[tuple[str, str]]) -> None:
         start_deadline = time.monotonic() + self.start_timeout
         for cell_id, execution_id in queued:
             index = self.index_of[cell_id]
+            self._current = (index, execution_id)
             on_outputs = None
             if self.outputs.enabled:
                 on_outputs = functools.partial(self.outputs.outputs, cell_id, final=False)
             done = await self.watcher.wait(
-                execution_id, cell_id, start_deadline=start_deadline,
-                on_start=functools.partial(self._cell_started, index), on_outputs=on_outputs,
+                execution_id,
+                cell_id,
+                start_deadline=start_deadline,
+                on_start=functools.partial(self._cell_started, index),
+                on_outputs=on_outputs,
             )
             if done is None:
                 await self._start_timed_out(index)
@@ -380,7 +466,7 @@ class _LiveRun:
 
     def _finished(self, index: int, done: Finished) -> bool:
         """Record a finished cell; False when the run stops here."""
-        cell_id, source, tags = self.cells[index]
+        cell_id, _, tags = self.cells[index]
         if not self.timeline.is_started(index):
             self._cell_started(index)
         ran = done.status not in _NOT_RUN
@@ -391,41 +477,75 @@ class _LiveRun:
                 self.outputs.outputs(cell_id, done.outputs, final=True)
                 self.outputs.cell_finished(index)
         stops = (done.status in _FAILED and "raises-exception" not in tags) or not ran
-        if stops:
-            self.exception = True
+        if not stops:
+            self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=False))
+        elif is_clean_exit(done.ename, done.evalue):
             # sys.exit()/sys.exit(0) ends the run early without failing it (papermill).
-            if not is_clean_exit(done.ename, done.evalue):
-                error = error_output(done.outputs, done.ename) or {}
-                self.failed = FailedCell(
-                    index=index, cell_id=cell_id, source=source,
-                    ename=done.ename or ("ExecutionCancelled" if not ran else "Error"),
-                    evalue=done.evalue or "", traceback=list(error.get("traceback") or []),
-                    execution_count=done.execution_count,
-                    status=done.status if ran else "cancelled",
-                )
-        self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=stops))
+            self.exception = True
+            self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=True))
+        else:
+            ename = done.ename or ("ExecutionCancelled" if not ran else "Error")
+            status = done.status if ran else "cancelled"
+            self._fail(index, ename, done.evalue or "", status, done.outputs, done.execution_count)
         self.observer.cell_finished(index, cell_id, done.status, done=self.timeline.reached)
         return not stops
 
     async def _start_timed_out(self, index: int) -> None:
+        evalue = f"the kernel did not start within {self.start_timeout:g} s"
+        self._fail(index, "KernelStartTimeout", evalue, "timeout", [], None, timed=False)
+        await self.nb.restart()  # drops the queued cells
+
+    def _fail(
+        self,
+        index: int,
+        ename: str,
+        evalue: str,
+        status: str,
+        outputs: list[dict[str, Any]],
+        count: int | None,
+        *,
+        timed: bool = True,
+    ) -> None:
+        """Cell ``index`` stopped the run: remember it (papermill's record: failed)."""
+        error = error_output(outputs, ename) or {}
+        # A timeout's own error has no traceback; the interrupt's shows where it was.
+        traceback = error.get("traceback") or [
+            line
+            for o in outputs
+            if o.get("output_type") == "error"
+            for line in o.get("traceback") or []
+        ]
         cell_id, source, _ = self.cells[index]
         self.exception = True
         self.failed = FailedCell(
-            index=index, cell_id=cell_id, source=source, ename="KernelStartTimeout",
-            evalue=f"the kernel did not start within {self.start_timeout:g} s", status="timeout",
+            index=index,
+            cell_id=cell_id,
+            source=source,
+            ename=ename,
+            evalue=evalue,
+            traceback=list(traceback),
+            execution_count=count,
+            status=status,
         )
-        self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=True,
-                                           timed=False))
-        await self.nb.restart()  # drops the queued cells
+        self._apply(
+            self.timeline.finished(index, now_iso(), time.monotonic(), failed=True, timed=timed)
+        )
 
     def _finish_metadata(self) -> None:
+        if self._metadata_done:
+            return
+        self._metadata_done = True
         meta = dict(self.expected.metadata.get("papermill") or {})
-        meta.update(end_time=now_iso(), duration=round(time.monotonic() - self._clock0, 6),
-                    exception=self.exception)
+        meta.update(
+            end_time=now_iso(),
+            duration=round(time.monotonic() - self._clock0, 6),
+            exception=self.exception,
+        )
         self.nb.doc.set_metadata("papermill", meta)
         if self.failed is not None:
             top, anchor = error_marker_cells(self.failed.execution_count)
             for cell, index in ((anchor, self.failed.index), (top, 0)):
-                self.nb.doc.add_cell("markdown", cell["source"], index=index,
-                                     metadata=cell["metadata"])
+                self.nb.doc.add_cell(
+                    "markdown", cell["source"], index=index, metadata=cell["metadata"]
+                )
         self.client.mark_dirty(self.nb.id, "notebook")

@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
 
 from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
 from protocol.messages import (
@@ -47,8 +48,8 @@ from protocol.messages import (
     NotebookOpened,
     OpenNotebook,
     Ping,
-    RuntimeResync,
     RuntimeList,
+    RuntimeResync,
     Shutdown,
     StatusReply,
 )
@@ -79,14 +80,20 @@ class AsyncClient:
         self._wake = anyio.Event()
         self._changed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
-        self._subscribers: list[anyio.abc.ObjectSendStream[DaemonEvent]] = []
+        self._subscribers: list[MemoryObjectSendStream[DaemonEvent]] = []
         self._status: StatusReply | None = None
         self._blob_root: Path | None = None
         self.socket: Path | None = None
 
     @classmethod
-    async def connect(cls, socket: str | Path | None = None, *, autostart: bool = False,
-                      home: str | Path | None = None, timeout: float = 30.0) -> AsyncClient:
+    async def connect(
+        cls,
+        socket: str | Path | None = None,
+        *,
+        autostart: bool = False,
+        home: str | Path | None = None,
+        timeout: float = 30.0,
+    ) -> AsyncClient:
         """Connect to the daemon on ``socket`` (default: ``$RUNTIMED_SOCKET`` or the user's).
 
         Args:
@@ -98,8 +105,13 @@ class AsyncClient:
         """
         self = cls()
         self._conn = await Connection.open(
-            socket, on_sync=self._on_sync, on_event=self._on_event, on_closed=self._on_closed,
-            autostart=autostart, home=Path(home) if home else None, connect_timeout=timeout,
+            socket,
+            on_sync=self._on_sync,
+            on_event=self._on_event,
+            on_closed=self._on_closed,
+            autostart=autostart,
+            home=Path(home) if home else None,
+            connect_timeout=timeout,
         )
         return self
 
@@ -111,9 +123,11 @@ class AsyncClient:
         self._tg.start_soon(self._writer)
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
-        assert self._tg is not None and self._conn is not None
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._tg is not None
+        assert self._conn is not None
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
         for stream in self._subscribers:
@@ -187,8 +201,9 @@ class AsyncClient:
         self._dirty.pop((notebook_id, doc), None)
         await self._send_sync(notebook_id, doc)
 
-    async def wait_until(self, predicate: Callable[[], bool], *,
-                         timeout: float | None = None) -> None:
+    async def wait_until(
+        self, predicate: Callable[[], bool], *, timeout: float | None = None
+    ) -> None:
         """Wait until ``predicate()`` holds; it is re-checked whenever anything arrives.
 
         Raises:
@@ -225,8 +240,9 @@ class AsyncClient:
             raise BlobCorrupt(f"blob {blob_hash} on disk does not match its hash")
         return data
 
-    async def request(self, make: Callable[[int], msgspec.Struct], *,
-                      timeout: float | None = None) -> Any:
+    async def request(
+        self, make: Callable[[int], msgspec.Struct], *, timeout: float | None = None
+    ) -> Any:
         return await self.connection.request(make, timeout=timeout)
 
     # ------------------------------------------------------------ API
@@ -265,8 +281,9 @@ class AsyncClient:
         reply: EnvList = await self.request(lambda i: ListEnvs(id=i))
         return reply
 
-    async def clean_envs(self, *, remove_all: bool = False,
-                         older_than_days: float | None = None) -> EnvsCleaned:
+    async def clean_envs(
+        self, *, remove_all: bool = False, older_than_days: float | None = None
+    ) -> EnvsCleaned:
         """Remove cached environments no kernel uses (default: those over the configured
         limits; ``older_than_days``: unused that long; ``remove_all``: every one)."""
         reply: EnvsCleaned = await self.request(
@@ -287,12 +304,14 @@ class AsyncClient:
         )
         return await self._attach(reply, timeout)
 
-    async def create(self, path: str | Path | None = None, *, kernel_name: str | None = None,
-                     timeout: float = 60) -> AsyncNotebook:
+    async def create(
+        self, path: str | Path | None = None, *, kernel_name: str | None = None, timeout: float = 60
+    ) -> AsyncNotebook:
         """Create a new, empty notebook (written to ``path`` at once when given)."""
         reply: NotebookOpened = await self.request(
             lambda i: CreateNotebook(
-                id=i, path=str(Path(path).expanduser().resolve()) if path else None,
+                id=i,
+                path=str(Path(path).expanduser().resolve()) if path else None,
                 kernel_name=kernel_name,
             )
         )

@@ -24,15 +24,22 @@ __all__ = ["Client", "Notebook"]
 class Client:
     """Blocking client. ``with Client.connect() as client: ...``"""
 
-    def __init__(self, portal: BlockingPortal, stack: contextlib.ExitStack,
-                 client: AsyncClient) -> None:
+    def __init__(
+        self, portal: BlockingPortal, stack: contextlib.ExitStack, client: AsyncClient
+    ) -> None:
         self._portal = portal
         self._stack = stack
         self._client = client
 
     @classmethod
-    def connect(cls, socket: str | Path | None = None, *, autostart: bool = False,
-                home: str | Path | None = None, timeout: float = 30.0) -> Client:
+    def connect(
+        cls,
+        socket: str | Path | None = None,
+        *,
+        autostart: bool = False,
+        home: str | Path | None = None,
+        timeout: float = 30.0,
+    ) -> Client:
         """See :meth:`runtimed.client.AsyncClient.connect`."""
         from runtimed.client import AsyncClient
 
@@ -41,8 +48,9 @@ class Client:
             start_blocking_portal("asyncio", backend_options={"use_uvloop": True})
         )
         try:
-            client = portal.call(lambda: AsyncClient.connect(socket, autostart=autostart,
-                                                             home=home, timeout=timeout))
+            client = portal.call(
+                lambda: AsyncClient.connect(socket, autostart=autostart, home=home, timeout=timeout)
+            )
             stack.enter_context(portal.wrap_async_context_manager(client))
         except BaseException:
             stack.close()
@@ -55,8 +63,9 @@ class Client:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def ping(self) -> None:
@@ -77,10 +86,12 @@ class Client:
     def list_envs(self) -> EnvList:
         return self._portal.call(self._client.list_envs)
 
-    def clean_envs(self, *, remove_all: bool = False,
-                   older_than_days: float | None = None) -> EnvsCleaned:
-        return self._portal.call(lambda: self._client.clean_envs(
-            remove_all=remove_all, older_than_days=older_than_days))
+    def clean_envs(
+        self, *, remove_all: bool = False, older_than_days: float | None = None
+    ) -> EnvsCleaned:
+        return self._portal.call(
+            lambda: self._client.clean_envs(remove_all=remove_all, older_than_days=older_than_days)
+        )
 
     def get_config(self) -> ConfigReply:
         return self._portal.call(self._client.get_config)
@@ -127,10 +138,17 @@ class Notebook:
     def outputs(self, cell_id: str) -> list[dict[str, Any]]:
         return self._read(self._nb.outputs, cell_id)  # type: ignore[no-any-return]
 
-    def add_cell(self, cell_type: str = "code", source: str = "", *, index: int | None = None,
-                 cell_id: str | None = None) -> str:
-        return self._portal.call(lambda: self._nb.add_cell(cell_type, source, index=index,
-                                                            cell_id=cell_id))
+    def add_cell(
+        self,
+        cell_type: str = "code",
+        source: str = "",
+        *,
+        index: int | None = None,
+        cell_id: str | None = None,
+    ) -> str:
+        return self._portal.call(
+            lambda: self._nb.add_cell(cell_type, source, index=index, cell_id=cell_id)
+        )
 
     def delete_cell(self, cell_id: str) -> None:
         self._portal.call(self._nb.delete_cell, cell_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -51,8 +50,12 @@ def spawn_daemon(socket: Path, *, home: Path | None = None) -> subprocess.Popen[
     if home is not None:
         cmd += ["--home", str(home)]
     return subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
     )
 
 
@@ -63,9 +66,15 @@ class Connection:
     the reader task; they must not block.
     """
 
-    def __init__(self, stream: SocketStream, *, on_sync: SyncHandler, on_event: EventHandler,
-                 on_closed: Callable[[], None] | None = None,
-                 max_frame_size: int = framing.DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        stream: SocketStream,
+        *,
+        on_sync: SyncHandler,
+        on_event: EventHandler,
+        on_closed: Callable[[], None] | None = None,
+        max_frame_size: int = framing.DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
         self._stream = stream
         self._on_sync = on_sync
         self._on_event = on_event
@@ -79,10 +88,17 @@ class Connection:
         self._leftover = b""
 
     @classmethod
-    async def open(cls, socket: Path | str | None = None, *, on_sync: SyncHandler,
-                   on_event: EventHandler, on_closed: Callable[[], None] | None = None,
-                   autostart: bool = False, home: Path | None = None,
-                   connect_timeout: float = 30.0) -> Connection:
+    async def open(
+        cls,
+        socket: Path | str | None = None,
+        *,
+        on_sync: SyncHandler,
+        on_event: EventHandler,
+        on_closed: Callable[[], None] | None = None,
+        autostart: bool = False,
+        home: Path | None = None,
+        connect_timeout: float = 30.0,
+    ) -> Connection:
         """Connect (starting a daemon first if ``autostart`` and none answers).
 
         Raises:
@@ -90,6 +106,7 @@ class Connection:
             VersionMismatch: the daemon speaks another protocol version.
         """
         path = Path(socket) if socket else default_socket_path()
+        stream: SocketStream
         try:
             stream = await anyio.connect_unix(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -114,7 +131,9 @@ class Connection:
                 try:
                     buffer += await self._stream.receive()
                 except anyio.EndOfStream as exc:
-                    raise ConnectionClosed("the daemon closed the connection during the handshake") from exc
+                    raise ConnectionClosed(
+                        "the daemon closed the connection during the handshake"
+                    ) from exc
                 try:
                     parsed = framing.decode_server_hello(buffer)
                 except ProtocolError as exc:
@@ -132,8 +151,9 @@ class Connection:
         self._tg.start_soon(self._reader)
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
@@ -152,8 +172,12 @@ class Connection:
                 for frame in frames:
                     self._dispatch(frame)
                 frames = decoder.feed(await self._stream.receive(1 << 18))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                ConnectionError) as exc:
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            ConnectionError,
+        ) as exc:
             self._fail(ConnectionClosed("the daemon closed the connection"), exc)
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"), exc)
@@ -196,11 +220,13 @@ class Connection:
                 raise ConnectionClosed("the daemon closed the connection") from exc
 
     async def send_sync(self, notebook_id: str, doc: DocKind, data: bytes) -> None:
-        await self.send_frame(FrameKind.SYNC, encode(SyncEnvelope(notebook_id=notebook_id,
-                                                                  doc=doc, data=data)))
+        await self.send_frame(
+            FrameKind.SYNC, encode(SyncEnvelope(notebook_id=notebook_id, doc=doc, data=data))
+        )
 
-    async def request(self, make: Callable[[int], msgspec.Struct], *,
-                      timeout: float | None = None) -> Any:
+    async def request(
+        self, make: Callable[[int], msgspec.Struct], *, timeout: float | None = None
+    ) -> Any:
         """Send ``make(id)`` and return its reply.
 
         Raises:
@@ -236,7 +262,7 @@ async def _autostart(path: Path, *, home: Path | None, timeout: float) -> Socket
             try:
                 return await anyio.connect_unix(path)
             except (FileNotFoundError, ConnectionRefusedError):
-                if process.poll() is not None and not os.path.exists(path):
+                if process.poll() is not None and not await anyio.Path(path).exists():
                     raise DaemonNotRunning(
                         f"the daemon exited with code {process.returncode} while starting; "
                         "see its log (runt daemon status shows where)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,9 @@ class AsyncNotebook:
 
     async def wait_ready(self, *, timeout: float = 30) -> None:
         """Wait until the first sync delivered the document (open() does this for you)."""
-        await self._client.wait_until(lambda: self.doc.ready and self.runtime.ready,
-                                      timeout=timeout)
+        await self._client.wait_until(
+            lambda: self.doc.ready and self.runtime.ready, timeout=timeout
+        )
 
     def cells(self) -> list[Cell]:
         return self.doc.cells()
@@ -138,12 +140,19 @@ class AsyncNotebook:
     async def _edited(self) -> None:
         await self._client.push(self.id, "notebook")
 
-    async def add_cell(self, cell_type: str = "code", source: str = "", *,
-                       index: int | None = None, cell_id: str | None = None,
-                       metadata: dict[str, JsonValue] | None = None) -> str:
+    async def add_cell(
+        self,
+        cell_type: str = "code",
+        source: str = "",
+        *,
+        index: int | None = None,
+        cell_id: str | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+    ) -> str:
         """Insert a cell (at the end unless ``index``); returns its id."""
-        new_id = self.doc.add_cell(cell_type, source, index=index, cell_id=cell_id,
-                                   metadata=metadata)
+        new_id = self.doc.add_cell(
+            cell_type, source, index=index, cell_id=cell_id, metadata=metadata
+        )
         await self._edited()
         return new_id
 
@@ -179,14 +188,16 @@ class AsyncNotebook:
         await self._client.push(self.id, "notebook")
         heads = self.heads()
         reply: NotebookSaved = await self._client.request(
-            lambda i: SaveNotebook(id=i, notebook_id=self.id,
-                                   path=str(path) if path else None, heads=heads)
+            lambda i: SaveNotebook(
+                id=i, notebook_id=self.id, path=str(path) if path else None, heads=heads
+            )
         )
         self.path = Path(reply.path)
         return self.path
 
-    async def queue(self, cell_id: str, *, allow_stdin: bool = False,
-                    cell_timeout: float | None = None) -> str:
+    async def queue(
+        self, cell_id: str, *, allow_stdin: bool = False, cell_timeout: float | None = None
+    ) -> str:
         """Queue the cell for execution (as the document holds it, once the daemon has this
         replica's edits); returns the execution id.
 
@@ -198,13 +209,20 @@ class AsyncNotebook:
         await self._client.push(self.id, "notebook")
         heads = self.heads()
         reply: CellQueued = await self._client.request(
-            lambda i: ExecuteCell(id=i, notebook_id=self.id, cell_id=cell_id, heads=heads,
-                                  allow_stdin=allow_stdin, timeout=cell_timeout)
+            lambda i: ExecuteCell(
+                id=i,
+                notebook_id=self.id,
+                cell_id=cell_id,
+                heads=heads,
+                allow_stdin=allow_stdin,
+                timeout=cell_timeout,
+            )
         )
         return reply.execution_id
 
-    async def execute(self, cell_id: str, *, timeout: float | None = None,
-                      allow_stdin: bool = False) -> ExecutionResult:
+    async def execute(
+        self, cell_id: str, *, timeout: float | None = None, allow_stdin: bool = False
+    ) -> ExecutionResult:
         """Run one cell and wait for it to finish (``timeout``: give up waiting; the cell goes
         on running — use ``queue(cell_timeout=...)`` to interrupt it instead)."""
         execution_id = await self.queue(cell_id, allow_stdin=allow_stdin)
@@ -228,8 +246,9 @@ class AsyncNotebook:
                 results.append(await self.wait_execution(item.execution_id))
         return results
 
-    async def wait_execution(self, execution_id: str, *,
-                             timeout: float | None = None) -> ExecutionResult:
+    async def wait_execution(
+        self, execution_id: str, *, timeout: float | None = None
+    ) -> ExecutionResult:
         """Wait until the runtime document shows ``execution_id`` finished."""
 
         def finished() -> bool:
@@ -241,14 +260,17 @@ class AsyncNotebook:
         await self._client.wait_until(finished, timeout=timeout)
         record = self.runtime.execution(execution_id) or {}
         cell_id = str(record.get("cell_id", ""))
-        count, manifests = self.runtime.cell_state(cell_id)
+        _, manifests = self.runtime.cell_state(cell_id)
         same_run = self._current_execution(cell_id) == execution_id
         outputs = [self._client.resolve_output(m) for m in manifests] if same_run else []
         errors = [o for o in outputs if o.get("output_type") == "error"]
         return ExecutionResult(
-            execution_id=execution_id, cell_id=cell_id, status=str(record.get("status")),
-            execution_count=record.get("execution_count")  # type: ignore[arg-type]
-            if isinstance(record.get("execution_count"), int) else None,
+            execution_id=execution_id,
+            cell_id=cell_id,
+            status=str(record.get("status")),
+            execution_count=record.get("execution_count")
+            if isinstance(record.get("execution_count"), int)
+            else None,
             outputs=outputs,
             ename=record.get("ename") if isinstance(record.get("ename"), str) else None,
             evalue=record.get("evalue") if isinstance(record.get("evalue"), str) else None,
@@ -256,11 +278,7 @@ class AsyncNotebook:
         )
 
     def _current_execution(self, cell_id: str) -> str | None:
-        cells = self.runtime.doc.get(self.runtime._obj("cells"), cell_id)
-        if cells is None:
-            return None
-        got = self.runtime.doc.get(cells[1], "execution_id")
-        return None if got is None or got[0][1] is None else str(got[0][1])
+        return self.runtime.cell_execution_id(cell_id)
 
     async def interrupt(self) -> None:
         await self._client.request(lambda i: InterruptKernel(id=i, notebook_id=self.id))
@@ -269,12 +287,14 @@ class AsyncNotebook:
         await self._client.request(lambda i: RestartKernel(id=i, notebook_id=self.id))
 
     async def clear_outputs(self, cell_ids: list[str] | None = None) -> None:
-        await self._client.request(lambda i: ClearOutputs(id=i, notebook_id=self.id,
-                                                          cell_ids=cell_ids))
+        await self._client.request(
+            lambda i: ClearOutputs(id=i, notebook_id=self.id, cell_ids=cell_ids)
+        )
 
     async def answer_input(self, execution_id: str, value: str) -> None:
-        await self._client.request(lambda i: InputReply(id=i, notebook_id=self.id,
-                                                        execution_id=execution_id, value=value))
+        await self._client.request(
+            lambda i: InputReply(id=i, notebook_id=self.id, execution_id=execution_id, value=value)
+        )
 
     async def close(self, *, unload: bool = False) -> None:
         """Leave the notebook (after the daemon has this replica's edits).
@@ -285,12 +305,10 @@ class AsyncNotebook:
         """
         await self._client.push(self.id, "notebook")
         heads = self.heads()
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await self._client.request(
                 lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads, unload=unload)
             )
-        except ConnectionClosed:
-            pass
         self._client.forget(self.id)
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from runtimed.config import RuntimesConfig
 from runtimed.daemon import Daemon, DaemonConfig
 from runtimed.paths import RuntimedPaths
 
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short directory (Unix socket paths are limited to ~107 bytes)."""
@@ -72,9 +73,18 @@ def daemon_process(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], R
         RUNTIMED_CONFIG=str(short_tmp / "no-config.toml"),
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtimed.daemon_main", "--socket", str(paths.socket),
-         "--home", str(paths.home)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "runtimed.daemon_main",
+            "--socket",
+            str(paths.socket),
+            "--home",
+            str(paths.home),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for_socket(paths.socket, proc)
@@ -87,9 +97,9 @@ def daemon_process(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], R
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def wait_for_socket(socket_path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -110,8 +120,9 @@ def wait_for_socket(socket_path: Path, proc: subprocess.Popen[bytes], timeout: f
     raise TimeoutError(f"no daemon on {socket_path} after {timeout} s")
 
 
-def write_notebook(path: Path, cells: list[dict[str, object]], *,
-                   metadata: dict[str, object] | None = None) -> Path:
+def write_notebook(
+    path: Path, cells: list[dict[str, object]], *, metadata: dict[str, object] | None = None
+) -> Path:
     """Write a minimal valid nbformat 4.5 notebook with the given cells."""
     import json
 
@@ -123,8 +134,11 @@ def write_notebook(path: Path, cells: list[dict[str, object]], *,
             c.setdefault("execution_count", None)
         full.append(c)
     nb = {
-        "nbformat": 4, "nbformat_minor": 5,
-        "metadata": metadata if metadata is not None else {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": metadata
+        if metadata is not None
+        else {
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"},
         },
