@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 _MIN_FLUSH_INTERVAL = 0.02
 _FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
+_FORGET_SLACK = 50
 _FAILED = frozenset({"error", "died", "timeout"})
 
 
@@ -150,6 +151,8 @@ class NotebookExecutor:
         self._flush_wake = anyio.Event()
         self._pending_change: OutputChange | None = None
         self._idle_changed = anyio.Event()
+        self._finished: collections.deque[str] = collections.deque(room.runtime.finished_by_age())
+        self._kernel_written: tuple[str, str | None, int | None, str] | None = None
         self._display_updates: list[DisplayUpdate] = []
         self._displays: dict[str, dict[str, tuple[int, ...]]] = {}
 
@@ -276,6 +279,8 @@ class NotebookExecutor:
                         tg.start_soon(self._flusher)
                         while True:
                             while not self._queue:
+                                if self._kernel_written and self._kernel_written[0] == "busy":
+                                    self._set_kernel("idle")
                                 await self._wake.wait()
                                 self._wake = anyio.Event()
                             job = self._queue.popleft()
@@ -292,7 +297,7 @@ class NotebookExecutor:
                                         "the daemon failed running this cell; see its log",
                                     ),
                                 )
-                            self.room.runtime.forget_executions(self.config.keep_executions)
+                            self._forget_old_executions()
             finally:
                 with anyio.CancelScope(shield=True):
                     self._cancel_queue("cancelled", "the notebook was closed")
@@ -426,11 +431,23 @@ class NotebookExecutor:
         # Environment build progress: the runtime document and KernelStatusChanged events.
         self._set_kernel("building_env", message=line)
 
+    def _forget_old_executions(self) -> None:
+        """Keep ``keep_executions`` finished records: dropped in batches, oldest first, from
+        an in-memory list (no scan of the document per execution)."""
+        keep = self.config.keep_executions
+        if len(self._finished) > keep + _FORGET_SLACK:
+            drop = [self._finished.popleft() for _ in range(len(self._finished) - keep)]
+            self.room.runtime.forget(drop)
+            self.room.runtime_changed()
+
     def _set_kernel(
         self, state: str, *, name: str | None = None, pid: int | None = None, message: str = ""
     ) -> None:
         if pid is None and self._kernel is not None and state not in ("dead", "shutdown"):
             pid = self._kernel.pid
+        if (state, name, pid, message) == self._kernel_written and name is None:
+            return  # unchanged (back-to-back cells): no document write, no event
+        self._kernel_written = (state, name, pid, message)
         self.room.runtime.set_kernel(state=state, name=name, pid=pid, message=message)
         self.room.runtime_changed()
         self.room.broadcast(
@@ -480,10 +497,12 @@ class NotebookExecutor:
                     )
                 except KernelError as exc:
                     outcome = _failed(type(exc).__name__, str(exc))
-                self._set_kernel(
-                    "dead" if kernel.state == "dead" else "idle",
-                    message="the kernel died" if kernel.state == "dead" else "",
-                )
+                if kernel.state == "dead":
+                    self._set_kernel("dead", message="the kernel died")
+                elif not self._queue:
+                    self._set_kernel("idle")
+                # else it stays "busy" for the next cell: back-to-back cells cost no
+                # kernel-state writes or events (run() sets "idle" if the queue is dropped).
         finally:
             self._pending_change = None
             self._running = None
@@ -547,6 +566,7 @@ class NotebookExecutor:
             )
         )
         self._jobs.pop(job.execution_id, None)
+        self._finished.append(job.execution_id)
         if outcome.status in _FAILED and "raises-exception" not in job.tags:
             self._cancel_queue("skipped", f"skipped: cell {job.cell_id!r} failed before it")
 
@@ -554,6 +574,7 @@ class NotebookExecutor:
         while self._queue:
             job = self._queue.popleft()
             self._jobs.pop(job.execution_id, None)
+            self._finished.append(job.execution_id)
             self.room.runtime.update_execution(job.execution_id, status=status, evalue=reason)
             self.room.broadcast(
                 encode(

@@ -21,6 +21,7 @@ from protocol.messages import DocKind, RuntimeResync, encode
 from runtimed.errors import HeadsTimeout, InvalidRequest
 from runtimed.notebook_doc import NotebookDoc
 from runtimed.runtime_doc import RuntimeDoc
+from runtimed.syncwire import may_carry_changes
 
 __all__ = ["NotebookRoom", "Peer"]
 
@@ -119,8 +120,16 @@ class NotebookRoom:
                 self.notebook_changed(exclude=None)
                 return
         else:
-            # The runtime document is daemon-authoritative: try the message on a fork first
-            # and refuse it if it would add changes (a client may only acknowledge).
+            # The runtime document is daemon-authoritative: a client may only acknowledge.
+            if not may_carry_changes(data):
+                try:
+                    self.runtime.doc.receive_sync_message(states[doc], message)
+                except Exception as exc:
+                    raise ProtocolError(f"invalid Automerge sync message: {exc}") from exc
+                self._runtime_refused.discard(peer)
+                peer.mark_dirty(self.notebook_id, doc)
+                return
+            # It may carry changes: try it on a fork and refuse it if it adds any.
             probe = self.runtime.doc.fork()
             before = probe.get_heads()
             try:

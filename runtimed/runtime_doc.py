@@ -119,6 +119,35 @@ class RuntimeDoc:
         obj = self._maybe(self._obj("executions"), execution_id)
         return None if obj is None else read_json(self.doc, obj)
 
+    def execution_status(self, execution_id: str) -> str | None:
+        """Just the status of an execution (cheaper than :meth:`execution`)."""
+        obj = self._maybe(self._obj("executions"), execution_id)
+        if obj is None:
+            return None
+        value = scalar(self.doc.get(obj, "status"))
+        return None if value is None else str(value)
+
+    def finished_by_age(self) -> list[str]:
+        """Finished execution ids, oldest first (by seq)."""
+        executions = self._obj("executions")
+        finished = []
+        for key in self.doc.keys(executions):
+            got = self.doc.get(executions, key)
+            if got is None or not isinstance(got[0], ObjType):
+                continue
+            if scalar(self.doc.get(got[1], "status")) in FINISHED:
+                seq = scalar(self.doc.get(got[1], "seq"))
+                finished.append((seq if isinstance(seq, int) else 0, key))
+        return [key for _, key in sorted(finished)]
+
+    def forget(self, execution_ids: list[str]) -> None:
+        """Delete these execution records."""
+        executions = self._obj("executions")
+        with self.doc.transaction() as tx:
+            for key in execution_ids:
+                if self.doc.get(executions, key) is not None:
+                    tx.delete(executions, key)
+
     def max_seq(self) -> int:
         """The highest execution sequence number recorded (0 if none)."""
         highest = 0
@@ -212,30 +241,11 @@ class RuntimeDoc:
             elif status in FINISHED and self.running() == execution_id:
                 tx.put(ROOT, "running", ScalarType.Null, None)
 
-    def forget_executions(self, keep: int, *, slack: int = 50) -> None:
-        """Drop all but the newest ``keep`` finished executions (bounded state).
-
-        Runs only once the records exceed ``keep + slack``, so its scan is paid once per
-        ``slack`` executions rather than after every one.
-        """
-        executions = self._obj("executions")
-        keys = self.doc.keys(executions)
-        if len(keys) <= keep + slack:
-            return
-        finished = []
-        for key in keys:
-            got = self.doc.get(executions, key)
-            if got is None or not isinstance(got[0], ObjType):
-                continue
-            if scalar(self.doc.get(got[1], "status")) in FINISHED:
-                seq = scalar(self.doc.get(got[1], "seq"))
-                finished.append((seq if isinstance(seq, int) else 0, key))
-        finished.sort()
-        drop = finished[: max(0, len(finished) - keep)]
-        if drop:
-            with self.doc.transaction() as tx:
-                for _, key in drop:
-                    tx.delete(executions, key)
+    def forget_executions(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` finished executions (bounded state)."""
+        finished = self.finished_by_age()
+        if len(finished) > keep:
+            self.forget(finished[: len(finished) - keep])
 
     def _cell_obj(self, cell_id: str) -> bytes:
         cells = self._obj("cells")

@@ -254,8 +254,7 @@ class AsyncNotebook:
         def finished() -> bool:
             if not self.runtime.ready:
                 return False
-            record = self.runtime.execution(execution_id)
-            return record is not None and record.get("status") in FINISHED
+            return self.runtime.execution_status(execution_id) in FINISHED
 
         await self._client.wait_until(finished, timeout=timeout)
         record = self.runtime.execution(execution_id) or {}

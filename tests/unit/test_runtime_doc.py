@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from automerge.core import SyncState
+from automerge.core import ROOT, ScalarType, SyncState
 
 from runtimed.runtime_doc import FINISHED, RuntimeDoc
 
@@ -196,7 +196,7 @@ def test_forget_executions_keeps_the_newest_finished_and_all_unfinished() -> Non
         rt.add_execution(f"e{i}", "c", i)
         rt.update_execution(f"e{i}", status="ok")
     rt.add_execution("e6", "c", 6)
-    rt.forget_executions(2, slack=0)
+    rt.forget_executions(2)
     assert sorted(rt.execution_ids()) == ["e4", "e5", "e6"]
     assert rt.queue() == ["e6"]
 
@@ -224,3 +224,53 @@ def test_finished_statuses_match_the_wire_vocabulary() -> None:
 
     wire: set[Any] = set(typing.get_args(ExecutionStatus))
     assert wire - {"queued", "running"} == set(FINISHED)
+
+
+def test_sync_message_peek_tells_acknowledgements_from_changes() -> None:
+    """The daemon's cheap path for runtime-document messages must never mistake a message
+    carrying changes for a bare acknowledgement."""
+    from automerge.core import Document, SyncState
+
+    from runtimed.syncwire import may_carry_changes
+
+    daemon, client = RuntimeDoc.new(), Document()
+    d_state, c_state = SyncState(), SyncState()
+    saw_changes = saw_acks = 0
+    for _ in range(10):
+        m = daemon.doc.generate_sync_message(d_state)
+        if m is not None:
+            data = bytes(m.encode())
+            before = client.get_heads()
+            client.receive_sync_message(c_state, m)
+            if client.get_heads() != before:
+                assert may_carry_changes(data)
+                saw_changes += 1
+        reply = client.generate_sync_message(c_state)
+        if reply is not None:
+            data = bytes(reply.encode())
+            assert not may_carry_changes(data)  # the client only acknowledges
+            saw_acks += 1
+            daemon.doc.receive_sync_message(d_state, reply)
+    assert saw_changes
+    assert saw_acks
+    # A client that wrote to its replica: its next message carries the change.
+    rogue = client.fork()
+    with rogue.transaction() as tx:
+        tx.put(ROOT, "running", ScalarType.Str, "rogue")
+    fresh = SyncState()
+    messages = []
+    for _ in range(4):
+        m = rogue.generate_sync_message(fresh)
+        if m is None:
+            break
+        messages.append(bytes(m.encode()))
+        answer_state = SyncState()
+        probe = daemon.doc.fork()
+        probe.receive_sync_message(answer_state, m)
+        back = probe.generate_sync_message(answer_state)
+        if back is not None:
+            rogue.receive_sync_message(fresh, back)
+    assert any(may_carry_changes(m) for m in messages)
+    # Garbage and truncation answer "maybe" (the safe path), never raise.
+    for junk in (b"", b"\x00", b"\x42", b"\x43\x05", b"\x42" + b"\xff" * 12):
+        assert may_carry_changes(junk)
