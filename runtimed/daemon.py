@@ -85,6 +85,8 @@ class DaemonConfig:
     http_port: int | None = 0
     """Loopback port for the HTTP endpoint (0: any free port; None: disabled)."""
     gc_grace_seconds: float = 3600.0
+    runtime_persist_interval: float = 2.0
+    """Runtime-only changes (outputs, kernel state) are persisted at most this often."""
     idle_timeout: float = 900.0
     """Close a notebook nobody has open (stopping its kernel) after this many idle seconds."""
     runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
@@ -104,6 +106,7 @@ class _OpenRoom:
         self.file_sha256 = file_sha256
         self.executor: NotebookExecutor | None = None
         self.cull_scope: anyio.CancelScope | None = None
+        self.persisted_at = float("-inf")
 
 
 class Daemon:
@@ -119,7 +122,8 @@ class Daemon:
         self._sessions: set[ClientSession] = set()
         self._stop = anyio.Event()
         self._stopping = False
-        self._persist_wanted: set[str] = set()
+        # notebook id -> whether its notebook document (not only runtime state) changed
+        self._persist_wanted: dict[str, bool] = {}
         self._persist_wake = anyio.Event()
         self._store = DocumentStore(paths.documents)
         self.blobs = BlobStore(paths.blobs)
@@ -244,8 +248,8 @@ class Daemon:
 
     def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> _OpenRoom:
         entry = _OpenRoom(room, file_sha256=file_sha256)
-        room._on_notebook_change = lambda r: self._want_persist(r.notebook_id)
-        room._on_runtime_change = lambda r: self._want_persist(r.notebook_id)
+        room._on_notebook_change = lambda r: self._want_persist(r.notebook_id, notebook=True)
+        room._on_runtime_change = lambda r: self._want_persist(r.notebook_id, notebook=False)
         self._rooms[room.notebook_id] = entry
         if room.path is not None:
             self._by_path[room.path] = room.notebook_id
@@ -329,23 +333,37 @@ class Daemon:
 
     # ------------------------------------------------------------ persistence
 
-    def _want_persist(self, notebook_id: str) -> None:
-        self._persist_wanted.add(notebook_id)
+    def _want_persist(self, notebook_id: str, *, notebook: bool) -> None:
+        self._persist_wanted[notebook_id] = self._persist_wanted.get(notebook_id, False) or notebook
         self._persist_wake.set()
 
     async def _persister(self) -> None:
+        """Persist changed notebooks: edits after ``persist_debounce`` (no acknowledged edit
+        should wait long for disk), runtime-only changes (outputs, states) at most every
+        ``runtime_persist_interval`` — a running notebook changes those on every cell."""
         while True:
             await self._persist_wake.wait()
             self._persist_wake = anyio.Event()
-            await anyio.sleep(self.config.persist_debounce)  # debounce: batch a burst of edits
-            wanted, self._persist_wanted = self._persist_wanted, set()
-            for notebook_id in wanted:
+            await anyio.sleep(self.config.persist_debounce)  # debounce: batch a burst
+            wanted, self._persist_wanted = self._persist_wanted, {}
+            now = anyio.current_time()
+            for notebook_id, notebook_changed in wanted.items():
                 entry = self._rooms.get(notebook_id)
-                if entry is not None:
-                    await self._persist_now(entry)
+                if entry is None:
+                    continue
+                if (
+                    not notebook_changed
+                    and now - entry.persisted_at < self.config.runtime_persist_interval
+                ):
+                    self._persist_wanted.setdefault(notebook_id, False)  # later
+                    continue
+                await self._persist_now(entry)
+            if self._persist_wanted:
+                self._persist_wake.set()
 
     async def _persist_now(self, entry: _OpenRoom) -> None:
         room = entry.room
+        entry.persisted_at = anyio.current_time()
         # Serialise on the event loop (the documents are not shared with threads), write in one.
         notebook = room.notebook.save()
         runtime = room.runtime.snapshot()
