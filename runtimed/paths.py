@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -24,7 +26,14 @@ def default_socket_path() -> Path:
     env = os.environ.get(SOCKET_ENV)
     if env:
         return Path(env)
-    runtime_dir = Path(platformdirs.user_runtime_dir(APP, appauthor=False))
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, cron); we have our
+        # own fallback below.
+        warnings.simplefilter("ignore")
+        runtime_dir = Path(platformdirs.user_runtime_dir(APP, appauthor=False))
+    if not os.environ.get("XDG_RUNTIME_DIR") and sys.platform.startswith("linux"):
+        runtime_dir = Path(tempfile.gettempdir()) / f"runtimed-{os.getuid()}"
+        return runtime_dir / "runtimed.sock"
     if runtime_dir.parent.is_dir() and os.access(runtime_dir.parent, os.W_OK):
         return runtime_dir / "runtimed.sock"
     return Path(tempfile.gettempdir()) / f"runtimed-{os.getuid()}" / "runtimed.sock"
