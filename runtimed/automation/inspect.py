@@ -62,7 +62,7 @@ _ASSIGNMENT = re.compile(
 # Kernel names / languages that papermill maps to its PythonTranslator, the only built-in
 # translator implementing ``inspect``, and every key papermill registers a translator for.
 _PYTHON_KEYS = frozenset({"python", "pysparkkernel"})
-_PAPERMILL_TRANSLATOR_KEYS = _PYTHON_KEYS | {
+PAPERMILL_TRANSLATOR_KEYS = _PYTHON_KEYS | {
     "R",
     "scala",
     "julia",
@@ -103,7 +103,7 @@ def _uses_python_translator(nb: Any) -> bool:
     # language, and assume Python when neither is recorded.
     metadata = nb.get("metadata") or {}
     kernel_name = (metadata.get("kernelspec") or {}).get("name")
-    if kernel_name in _PAPERMILL_TRANSLATOR_KEYS:
+    if kernel_name in PAPERMILL_TRANSLATOR_KEYS:
         return kernel_name in _PYTHON_KEYS
     language = notebook_language(nb)
     return language is None or language in _PYTHON_KEYS

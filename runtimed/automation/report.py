@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import nbformat
 
-from runtimed.automation.inspect import unknown_parameters
+from runtimed.automation.inspect import PAPERMILL_TRANSLATOR_KEYS, unknown_parameters
 from runtimed.automation.parameters import ParameterError, parameterize_notebook
 from runtimed.errors import InvalidRequest
 
@@ -67,23 +67,6 @@ ERROR_ANCHOR_MSG = (
     "</span>"
 )
 
-# papermill's translator registry keys (kernel names and languages).
-_TRANSLATOR_KEYS = frozenset(
-    [
-        "python",
-        "pysparkkernel",
-        "R",
-        "scala",
-        "julia",
-        "matlab",
-        ".net-csharp",
-        ".net-fsharp",
-        ".net-powershell",
-        "sparkkernel",
-        "sparkrkernel",
-        "bash",
-    ]
-)
 
 _from_dict: Callable[[object], Any] = nbformat.from_dict
 _upgrade: Callable[[Any], Any] = nbformat.v4.upgrade
@@ -129,7 +112,7 @@ def _translator_key(nb: Any, kernel_name: str | None) -> str:
     # papermill's translators.find_translator: kernel name first, then language.
     metadata = nb.get("metadata") or {}
     name = kernel_name or (metadata.get("kernelspec") or {}).get("name")
-    if name in _TRANSLATOR_KEYS:
+    if name in PAPERMILL_TRANSLATOR_KEYS:
         return str(name)
     language = (metadata.get("language_info") or {}).get("name") or (
         metadata.get("kernelspec") or {}
