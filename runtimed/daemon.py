@@ -401,6 +401,13 @@ class Daemon:
         execution (those pin theirs) and older than ``grace_seconds``."""
         if grace_seconds < 0:
             raise InvalidRequest("grace_seconds must be >= 0")
+        # Bring every pending snapshot up to date first: a snapshot on disk that still names
+        # a blob the live document dropped would, after a crash, reload a missing blob.
+        pending, self._persist_wanted = self._persist_wanted, {}
+        for notebook_id in pending:
+            entry = self._rooms.get(notebook_id)
+            if entry is not None:
+                await self._persist_now(entry)
 
         async def referenced() -> set[str]:
             hashes: set[str] = set()

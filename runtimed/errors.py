@@ -36,6 +36,8 @@ class RuntimedError(Exception):
     """Root of every error runtimed raises on purpose."""
 
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    remote_code: str | None = None
+    """For errors rebuilt from an ErrorReply: the code exactly as the daemon sent it."""
 
 
 class InvalidRequest(RuntimedError):
@@ -149,4 +151,5 @@ def error_from_reply(code: ErrorCode | str, message: str) -> RuntimedError:
     Exception.__init__(err, message)
     if cls is RemoteError:
         err.code = ErrorCode.INTERNAL_ERROR
+    err.remote_code = str(code)
     return err

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,15 +85,6 @@ class _Job:
     timeout: float | None = None
     input_waiter: tuple[anyio.Event, list[str]] | None = None
     accumulator_outputs: list[dict[str, Any]] = field(default_factory=list)
-
-
-def kernel_name_for(metadata: dict[str, Any]) -> str | None:
-    """The kernelspec a notebook asks for; None means the daemon's own Python (ipykernel)."""
-    spec = metadata.get("kernelspec")
-    name = spec.get("name") if isinstance(spec, dict) else None
-    if not name or name in ("python3", "python", f"python{sys.version_info.major}"):
-        return None
-    return str(name)
 
 
 def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:

@@ -241,12 +241,6 @@ class RuntimeDoc:
             elif status in FINISHED and self.running() == execution_id:
                 tx.put(ROOT, "running", ScalarType.Null, None)
 
-    def forget_executions(self, keep: int) -> None:
-        """Drop all but the newest ``keep`` finished executions (bounded state)."""
-        finished = self.finished_by_age()
-        if len(finished) > keep:
-            self.forget(finished[: len(finished) - keep])
-
     def _cell_obj(self, cell_id: str) -> bytes:
         cells = self._obj("cells")
         obj = self._maybe(cells, cell_id)

@@ -183,20 +183,22 @@ def test_snapshot_of_a_churned_document_is_small() -> None:
         rt.start_cell_run("c1", f"e{i}")
         rt.set_outputs("c1", [{**STREAM, "text": f"run {i}\n"}])
         rt.update_execution(f"e{i}", status="ok", execution_count=i)
-    rt.forget_executions(5)
+    finished = rt.finished_by_age()
+    rt.forget(finished[:-5])
     assert len(rt.execution_ids()) == 5
     restored = RuntimeDoc.from_snapshot(rt.snapshot())
     assert restored.cell_state("c1") == (None, [{**STREAM, "text": "run 299\n"}])
     assert len(restored.save()) < len(rt.save()) / 5
 
 
-def test_forget_executions_keeps_the_newest_finished_and_all_unfinished() -> None:
+def test_finished_by_age_lists_only_finished_oldest_first() -> None:
     rt = RuntimeDoc.new()
     for i in range(1, 6):
         rt.add_execution(f"e{i}", "c", i)
         rt.update_execution(f"e{i}", status="ok")
     rt.add_execution("e6", "c", 6)
-    rt.forget_executions(2)
+    assert rt.finished_by_age() == ["e1", "e2", "e3", "e4", "e5"]
+    rt.forget(rt.finished_by_age()[:-2])
     assert sorted(rt.execution_ids()) == ["e4", "e5", "e6"]
     assert rt.queue() == ["e6"]
 
