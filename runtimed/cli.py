@@ -175,6 +175,7 @@ async def _daemon_status(args: argparse.Namespace) -> int:
         status = await client.status()
     data = msgspec.to_builtins(status)
     data.pop("id", None)
+    data.pop("type", None)
     data["running"] = True
     data["uptime_seconds"] = round(status.uptime_seconds, 3)
     if args.json:
