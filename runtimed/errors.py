@@ -130,12 +130,6 @@ def _register() -> None:
             _BY_CODE[cls.code] = cls  # subclasses come later, so the most specific wins
 
 
-def register_error(cls: type[RuntimedError]) -> type[RuntimedError]:
-    """Map ``cls.code`` to ``cls`` for :func:`error_from_reply` (for errors defined elsewhere)."""
-    _BY_CODE[cls.code] = cls
-    return cls
-
-
 def error_from_reply(code: ErrorCode | str, message: str) -> RuntimedError:
     """The exception matching an ``ErrorReply``'s code."""
     import runtimed.kernel_errors  # noqa: F401  (registers the kernel layer's classes)

@@ -84,7 +84,6 @@ class _Job:
     allow_stdin: bool = False
     timeout: float | None = None
     input_waiter: tuple[anyio.Event, list[str]] | None = None
-    accumulator_outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:

@@ -9,7 +9,6 @@ bytes no longer match its hash → 500 and it is not served.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import anyio
 import h11
@@ -25,7 +24,6 @@ MAX_REQUEST_HEAD = 16 * 1024
 REQUEST_TIMEOUT = 30.0
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
-Route = Callable[[str, str], Awaitable[Response | None]]
 
 
 def _plain(status: int, text: str) -> Response:

@@ -81,7 +81,6 @@ class AsyncClient:
         self._changed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._subscribers: list[MemoryObjectSendStream[DaemonEvent]] = []
-        self._status: StatusReply | None = None
         self._blob_root: Path | None = None
         self.socket: Path | None = None
 
@@ -252,7 +251,6 @@ class AsyncClient:
 
     async def status(self) -> StatusReply:
         reply: StatusReply = await self.request(lambda i: DaemonStatus(id=i))
-        self._status = reply
         self._blob_root = Path(reply.blob_dir)
         return reply
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,10 +57,6 @@ class Replica:
         """Drop the runtime replica (the daemon refused it) to sync it again from empty."""
         self.runtime = RuntimeDoc.empty()
         self.states["runtime"] = SyncState()
-
-    def reset_sync(self) -> None:
-        """Fresh sync states (after a reconnect; the documents are kept)."""
-        self.states = {"notebook": SyncState(), "runtime": SyncState()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +307,3 @@ class AsyncNotebook:
 
     def __repr__(self) -> str:
         return f"<AsyncNotebook {self.id} {self.path}>"
-
-
-OutputResolver = Callable[[dict[str, Any]], dict[str, Any]]
