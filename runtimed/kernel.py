@@ -313,7 +313,9 @@ class KernelSession:
         execute_result broadcast, the execution count does not advance, nothing enters the
         history (for the daemon's own setup code, never a notebook's cells).
         """
-        kernel = self._running()
+        if stdin is not None:
+            await self._running().wait_stdin()
+        kernel = self._running()  # again: the kernel may have gone while we waited
         ex = Execution(on_change, stdin)
         content = {
             "code": code,

@@ -8,6 +8,7 @@ dispatching messages by their parent ``msg_id`` (Jupyter messaging protocol, "th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -19,6 +20,7 @@ import anyio
 import zmq
 from anyio.abc import Process, TaskGroup, TaskStatus
 from jupyter_client.asynchronous.client import AsyncKernelClient
+from zmq.utils.monitor import parse_monitor_message
 
 from runtimed.kernel_errors import KernelNotRunning
 from runtimed.kernel_launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
@@ -36,6 +38,7 @@ _IOPUB_GRACE = 0.5  # after kernel_info_reply, wait this long for proof IOPub is
 _TERM_GRACE = 2.0  # after SIGTERM, wait this long before SIGKILL
 _KILL_WAIT = 3.0  # after SIGKILL, wait this long for the exit and the console's EOF
 _INTERRUPT_REPLY_WAIT = 3.0  # interrupt_mode "message": wait this long for interrupt_reply
+_STDIN_CONNECT_WAIT = 5.0  # an execution allowing stdin waits this long for the stdin handshake
 _EOF = "\x04"  # an input_reply of EOT makes ipykernel's input() raise EOFError
 
 
@@ -102,6 +105,14 @@ class KernelProcess:
         self.replies: dict[str, Reply] = {}
         self.executions: dict[str, Execution] = {}
         self.iopub_seen = anyio.Event()
+        # The kernel's stdin socket is a ROUTER: an input_request sent before our DEALER has
+        # finished its ZMTP handshake is silently dropped and input() waits forever.  Watch
+        # the handshake from here, synchronously after start_channels and long before the
+        # freshly spawned kernel can have bound its ports, so the event cannot be missed.
+        self.stdin_connected = anyio.Event()
+        self._stdin_monitor = client.stdin_channel.socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
         self.exited = anyio.Event()
         self.finished = anyio.Event()
         self._tg: TaskGroup | None = None
@@ -240,6 +251,7 @@ class KernelProcess:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     tg.start_soon(self._watch)
+                    tg.start_soon(self._watch_stdin_handshake)
                     tg.start_soon(self.tail.drain, self.process.stdout, self.pid)
                     for channel in ("shell", "control", "iopub", "stdin"):
                         tg.start_soon(self._read, channel)
@@ -269,6 +281,31 @@ class KernelProcess:
         for reply in self.replies.values():
             reply.event.set()
         self.replies.clear()
+
+    async def _watch_stdin_handshake(self) -> None:
+        socket = self.client.stdin_channel.socket
+        try:
+            while not self.stdin_connected.is_set():
+                event = parse_monitor_message(await self._stdin_monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self.stdin_connected.set()
+        except zmq.ZMQError as exc:  # the socket closed under us: input() cannot work anyway
+            logger.debug("kernel %d: stdin monitor ended: %s", self.pid, exc)
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                socket.disable_monitor()
+            self._stdin_monitor.close(linger=0)
+
+    async def wait_stdin(self) -> None:
+        """Wait (bounded) until the kernel can reach us on stdin; see ``stdin_connected``."""
+        with anyio.move_on_after(_STDIN_CONNECT_WAIT):
+            await self.stdin_connected.wait()
+        if not self.stdin_connected.is_set():
+            logger.warning(
+                "kernel %d: stdin not connected after %g s; input() may not reach us",
+                self.pid,
+                _STDIN_CONNECT_WAIT,
+            )
 
     # -- receiving ----------------------------------------------------------------------
 
