@@ -55,6 +55,9 @@ class RuntimesConfig:
     """Concurrent kernel processes, pooled ones included (0: no limit)."""
     pool_size: int = 1
     """Idle kernels kept started for the default runtime (0: no pool, no start on open)."""
+    persist_history: bool = False
+    """ipykernel runtimes write their input history to the user's IPython history.sqlite
+    (Jupyter's default); off, each kernel keeps its session's history in memory only."""
     env_max_bytes: int = 10 * 1024**3
     """Size limit of the environment cache (0: none)."""
     env_max_age_days: float = 30.0
@@ -161,6 +164,17 @@ KEYS: tuple[ConfigKey, ...] = (
         "kernel_startup_timeout",
     ),
     ConfigKey(
+        "kernels",
+        "persist_history",
+        bool,
+        False,
+        "ipykernel runtimes write every input to the user's IPython history.sqlite, as "
+        "Jupyter does (off: history of the kernel's own session, in memory; a committed "
+        "sqlite write per cell is most of a trivial cell's cost)",
+        "runtimes.persist_history",
+        minimum=None,
+    ),
+    ConfigKey(
         "pool",
         "size",
         int,
@@ -223,6 +237,7 @@ _ENV_NAMES = {
     "kernels.default_runtime": "RUNTIMED_DEFAULT_RUNTIME",
     "kernels.max_kernels": "RUNTIMED_MAX_KERNELS",
     "kernels.startup_timeout": "RUNTIMED_KERNEL_STARTUP_TIMEOUT",
+    "kernels.persist_history": "RUNTIMED_PERSIST_HISTORY",
     "pool.size": "RUNTIMED_POOL_SIZE",
     "envs.max_size_mb": "RUNTIMED_ENV_MAX_SIZE_MB",
     "envs.max_age_days": "RUNTIMED_ENV_MAX_AGE_DAYS",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -46,6 +46,9 @@ RuntimeKind = Literal["builtin", "kernelspec", "env"]
 BUILTIN_NAME = "python3"
 _BUILTIN_ALIASES = frozenset({"python", BUILTIN_NAME, f"python{sys.version_info.major}"})
 IPYKERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}")
+# IPython's session history in an in-memory sqlite database: In, _i<n> and %history keep
+# working for the kernel's own session; nothing is committed to disk after every cell.
+MEMORY_HISTORY_ARG = "--HistoryManager.hist_file=:memory:"
 
 
 class ExecutionHandler(Protocol):
@@ -119,6 +122,17 @@ class RuntimeSpec:
     @property
     def poolable(self) -> bool:
         return "poolable" in self.capabilities
+
+    @property
+    def runs_ipykernel(self) -> bool:
+        """Whether argv starts ipykernel (so IPython's traitlets options apply)."""
+        return any(arg in ("ipykernel_launcher", "ipykernel") for arg in self.argv)
+
+    def with_memory_history(self) -> RuntimeSpec:
+        """This runtime with IPython's history kept in memory (ipykernel runtimes only)."""
+        if not self.runs_ipykernel or MEMORY_HISTORY_ARG in self.argv:
+            return self
+        return replace(self, argv=(*self.argv, MEMORY_HISTORY_ARG))
 
     def launch_spec(self) -> LaunchSpec:
         return LaunchSpec(

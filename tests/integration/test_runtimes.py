@@ -227,3 +227,33 @@ async def test_the_blocking_client_lists_runtimes_envs_and_config(daemon: Daemon
     assert "python3" in names
     assert envs == 0
     assert entries > 10
+
+
+HISTORY_PROBE = (
+    "a = 1\n"
+    "print(get_ipython().history_manager.hist_file)\n"
+    "get_ipython().run_line_magic('history', '-n')"
+)
+
+
+@pytest.mark.parametrize("persist", [False, True])
+async def test_ipython_history_is_in_memory_unless_persist_history_is_set(
+    persist: bool, paths: RuntimedPaths, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ipython_dir = short_tmp / "ipython"
+    monkeypatch.setenv("IPYTHONDIR", str(ipython_dir))  # inherited by the kernel
+    config = DaemonConfig(runtimes=RuntimesConfig(pool_size=0, persist_history=persist))
+    async with running_daemon(paths, config), await AsyncClient.connect(paths.socket) as client:
+        nb = await client.open(write_notebook(short_tmp / "hist.ipynb", [code(HISTORY_PROBE)]))
+        result = await nb.execute("cell0", timeout=DEADLINE)
+    assert result.status == "ok", result
+    hist_file, history = "".join(o["text"] for o in result.outputs).split("\n", 1)
+    # The session's own history works either way (%history lists this very cell).
+    assert history.startswith("   1:\na = 1\n")
+    database = ipython_dir / "profile_default" / "history.sqlite"
+    if persist:
+        assert hist_file == str(database)
+        assert database.exists()
+    else:
+        assert hist_file == ":memory:"
+        assert not database.exists()

@@ -29,6 +29,7 @@ gc_grace_seconds = 60
 default_runtime = "myspec"
 max_kernels = 4
 startup_timeout = 20
+persist_history = true
 
 [pool]
 size = 3
@@ -69,6 +70,7 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
         default_runtime="myspec",
         max_kernels=4,
         pool_size=3,
+        persist_history=True,
         env_max_bytes=512 * 1024**2,
         env_max_age_days=7.0,
         env_build_timeout=120.0,

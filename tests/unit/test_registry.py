@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from runtimed.kernel_errors import EnvBuildFailed, KernelNotFound, RuntimeNotFound
 from runtimed.runtimes.env_cache import BuiltEnv, describe_uv_failure, select_for_removal
-from runtimed.runtimes.registry import RuntimeRegistry, env_runtime, setup_code
+from runtimed.runtimes.registry import (
+    MEMORY_HISTORY_ARG,
+    RuntimeRegistry,
+    env_runtime,
+    setup_code,
+)
 from runtimed.runtimes.selection import (
     Dependencies,
     RuntimeRequest,
@@ -256,3 +262,16 @@ def test_the_cache_drops_old_then_least_recently_used_environments() -> None:
     # Over the size limit: least recently used first, never one in use.
     assert chosen(max_bytes=80, max_age_days=0) == ["old", "mid"]
     assert chosen(max_bytes=100, max_age_days=30) == ["old", "mid"]
+
+
+def test_ipykernel_runtimes_can_keep_ipython_history_in_memory(tmp_path: Path) -> None:
+    spec = env_runtime("abc123", tmp_path / "bin" / "python", ())
+    memory = spec.with_memory_history()
+    assert memory.argv == (*spec.argv, MEMORY_HISTORY_ARG)
+    assert memory.launch_spec().argv[-1] == "--HistoryManager.hist_file=:memory:"
+    assert memory.with_memory_history() is memory  # added once
+    assert (memory.name, memory.env_key) == (spec.name, spec.env_key)
+    # A kernel that is not ipykernel gets no IPython options.
+    other = replace(spec, argv=("R", "--slave", "-e", "IRkernel::main()", "{connection_file}"))
+    assert not other.runs_ipykernel
+    assert other.with_memory_history() is other
