@@ -1,8 +1,10 @@
 """Whole-process ``runt run`` vs the ``papermill`` command line, on the same notebooks.
 
-Run: ``python bench/bench_run.py [REPEATS]`` (default 3). Every figure is the wall time of a
-whole command (``python -m runtimed.cli run ...`` / ``papermill ...``) as a user runs it,
-median of REPEATS runs, printed with the ratio papermill / runt (above 1: runt is faster):
+Run: ``python bench/bench_run.py [REPEATS] [SCENARIO ...]`` (default 3 repeats, every
+scenario: ``small``, ``cold``, ``big``, ``batch``). Every figure is the wall time of a whole
+command (``python -m runtimed.cli run ...`` / ``papermill ...``) as a user runs it, median of
+REPEATS runs, printed with the ratio papermill / runt (above 1: runt is faster). The runs of
+the two tools alternate, so a noisy moment on a shared machine hits both alike.
 
 - a 3-cell parameterized notebook (``-p``), with the daemon already running (warm), and with
   no daemon (``runt`` autostarts a fresh one: cold; the daemon is stopped after each run);
@@ -64,8 +66,17 @@ def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def median_of(repeats: int, once: Callable[[int], float]) -> float:
-    return statistics.median(once(i) for i in range(repeats))
+def paired(
+    repeats: int, ours: Callable[[int], float], peer: Callable[[int], float]
+) -> tuple[float, float]:
+    """Medians of ``ours`` and ``peer``, run alternately."""
+    mine, theirs = [], []
+    for i in range(repeats):
+        mine.append(ours(i))
+        theirs.append(peer(i))
+    if os.environ.get("BENCH_VERBOSE"):
+        print("  runs:", [round(x, 2) for x in mine], [round(x, 2) for x in theirs], flush=True)
+    return statistics.median(mine), statistics.median(theirs)
 
 
 def line(label: str, ours: float, peer: float) -> None:
@@ -89,6 +100,7 @@ def stop_daemon(socket: Path, home: Path) -> None:
 
 def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    scenarios = set(sys.argv[2:]) or {"small", "cold", "big", "batch"}
     work = Path(tempfile.mkdtemp(prefix="rtr-", dir="/tmp"))
     small = write_notebook(
         work / "small.ipynb",
@@ -121,14 +133,17 @@ def main() -> None:
     try:
         with daemon_process() as (socket, _proc, _):
             timed(runt(socket, small, work / "warmup.ipynb", *params))  # first kernel, caches
-            ours = median_of(
-                repeats, lambda i: timed(runt(socket, small, work / f"s{i}.ipynb", *params))
-            )
-            peer = median_of(
-                repeats,
-                lambda i: timed([*PAPERMILL, str(small), str(work / f"p{i}.ipynb"), *params]),
-            )
-            line("3-cell parameterized notebook (daemon warm)", ours, peer)
+
+            def papermill_small(i: int) -> float:
+                return timed([*PAPERMILL, str(small), str(work / f"p{i}.ipynb"), *params])
+
+            if "small" in scenarios:
+                ours, peer = paired(
+                    repeats,
+                    lambda i: timed(runt(socket, small, work / f"s{i}.ipynb", *params)),
+                    papermill_small,
+                )
+                line("3-cell parameterized notebook (daemon warm)", ours, peer)
 
             def cold(i: int) -> float:
                 sock, home = work / f"cold{i}.sock", work / f"cold-home{i}"
@@ -140,13 +155,17 @@ def main() -> None:
                 finally:
                     stop_daemon(sock, home)
 
-            line("3-cell parameterized notebook (autostart cold)", median_of(repeats, cold), peer)
+            if "cold" in scenarios:
+                ours, peer = paired(repeats, cold, papermill_small)
+                line("3-cell parameterized notebook (autostart cold)", ours, peer)
 
-            ours = median_of(repeats, lambda i: timed(runt(socket, big, work / f"b{i}.ipynb")))
-            peer = median_of(
-                repeats, lambda i: timed([*PAPERMILL, str(big), str(work / f"bp{i}.ipynb")])
-            )
-            line("300 trivial cells (daemon warm)", ours, peer)
+            if "big" in scenarios:
+                ours, peer = paired(
+                    repeats,
+                    lambda i: timed(runt(socket, big, work / f"b{i}.ipynb")),
+                    lambda i: timed([*PAPERMILL, str(big), str(work / f"bp{i}.ipynb")]),
+                )
+                line("300 trivial cells (daemon warm)", ours, peer)
 
             def runt_batch(i: int) -> float:
                 return timed(runt(socket, *inputs, "--output-dir", work / f"out{i}", "--jobs", "2"))
@@ -157,14 +176,13 @@ def main() -> None:
                     timed([*PAPERMILL, str(nb), str(work / f"pout{i}" / nb.name)])
                 return time.perf_counter() - start
 
-            (work / "pout0").mkdir()
-            for i in range(1, repeats):
-                (work / f"pout{i}").mkdir()
-            line(
-                "16 notebooks: --jobs 2 vs papermill in turn",
-                median_of(repeats, runt_batch),
-                median_of(repeats, papermill_batch),
-            )
+            if "batch" in scenarios:
+                for i in range(repeats):
+                    (work / f"pout{i}").mkdir()
+                line(
+                    "16 notebooks: --jobs 2 vs papermill in turn",
+                    *paired(repeats, runt_batch, papermill_batch),
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -63,6 +63,8 @@ _MIN_FLUSH_INTERVAL = 0.02
 _FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
 _FORGET_SLACK = 50
 _FAILED = frozenset({"error", "died", "timeout"})
+# Kernel states after which no process holds anything a notebook ran (kernel.used = False).
+_NEW_PROCESS_STATES = frozenset({"starting", "building_env", "restarting", "dead", "shutdown"})
 
 
 @dataclass(eq=False)
@@ -141,7 +143,7 @@ class NotebookExecutor:
         self._pending_change: OutputChange | None = None
         self._idle_changed = anyio.Event()
         self._finished: collections.deque[str] = collections.deque(room.runtime.finished_by_age())
-        self._kernel_written: tuple[str, str | None, int | None, str] | None = None
+        self._kernel_written: tuple[str, str | None, int | None, str, bool] | None = None
         self._display_updates: list[DisplayUpdate] = []
         self._displays: dict[str, dict[str, tuple[int, ...]]] = {}
 
@@ -434,10 +436,15 @@ class NotebookExecutor:
     ) -> None:
         if pid is None and self._kernel is not None and state not in ("dead", "shutdown"):
             pid = self._kernel.pid
-        if (state, name, pid, message) == self._kernel_written and name is None:
+        used = self._kernel_written[4] if self._kernel_written else False
+        if state in _NEW_PROCESS_STATES:
+            used = False  # a new process (or none yet): nothing of a notebook has run in it
+        elif state == "busy":
+            used = True
+        if (state, name, pid, message, used) == self._kernel_written and name is None:
             return  # unchanged (back-to-back cells): no document write, no event
-        self._kernel_written = (state, name, pid, message)
-        self.room.runtime.set_kernel(state=state, name=name, pid=pid, message=message)
+        self._kernel_written = (state, name, pid, message, used)
+        self.room.runtime.set_kernel(state=state, name=name, pid=pid, message=message, used=used)
         self.room.runtime_changed()
         self.room.broadcast(
             encode(

@@ -191,11 +191,19 @@ class RuntimeDoc:
     # ------------------------------------------------------------ writes (daemon only)
 
     def set_kernel(
-        self, *, state: str, name: str | None = None, pid: int | None = None, message: str = ""
+        self,
+        *,
+        state: str,
+        name: str | None = None,
+        pid: int | None = None,
+        message: str = "",
+        used: bool | None = None,
     ) -> None:
         kernel = self._obj("kernel")
         with self.doc.transaction() as tx:
             tx.put(kernel, "state", ScalarType.Str, state)
+            if used is not None:
+                tx.put(kernel, "used", ScalarType.Boolean, used)
             if name is not None:
                 tx.put(kernel, "name", ScalarType.Str, name)
             if pid is None:

@@ -259,7 +259,10 @@ async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNot
                 nb.doc.set_metadata(key, value)
             await client.push(nb.id, "notebook")
             await nb.clear_outputs()
-        if str(runtime.kernel().get("state", "")) not in ("", "not_started", "shutdown", "dead"):
+        if runtime.kernel().get("used"):
+            # A kernel that ran cells of an earlier run: start from a clean namespace.  A
+            # fresh one (from the pool, or started at open) is kept: restarting it would
+            # throw the pool's head start away.
             await nb.restart()
     except BaseException:
         with anyio.CancelScope(shield=True), anyio.move_on_after(15):

@@ -125,6 +125,41 @@ async def test_a_pooled_kernel_is_never_shared_after_it_ran_code(
     assert a.runtime.kernel()["pid"] not in (used, b.runtime.kernel()["pid"])
 
 
+async def test_runt_run_runs_on_the_pooled_kernel_and_restarts_only_a_used_one(
+    daemon: Daemon, client: AsyncClient, short_tmp: Path
+) -> None:
+    from runtimed.automation.run import execute_notebook_async
+
+    status = await wait_status(client, pool_ready(1))
+    assert status.pool is not None
+    [pooled] = status.pool.kernels
+    source = write_notebook(
+        short_tmp / "in.ipynb",
+        [code("import os\nprint(os.getpid(), 'seen' in globals())\nseen = True")],
+    )
+    out = short_tmp / "out.ipynb"
+
+    async def run_once() -> list[str]:
+        result = await execute_notebook_async(
+            source, out, socket=daemon.paths.socket, keep_open=True, progress_bar=False
+        )
+        assert result.status == "ok"
+        nb = await client.open(out)
+        kernel = nb.runtime.kernel()
+        text = stdout([dict(o) for o in nb.outputs("cell0")])
+        assert kernel["used"] is True
+        await nb.close()
+        return text.split()
+
+    # The fresh pooled kernel is used as it is: no restart, no cold start.
+    assert await run_once() == [str(pooled.pid), "False"]
+    # The same output notebook, still open with a kernel that ran it: restarted first, so
+    # nothing of the earlier run is left in its namespace.
+    pid, seen = await run_once()
+    assert (int(pid), seen) != (pooled.pid, "True")
+    assert seen == "False"
+
+
 async def test_restarting_a_pooled_kernel_keeps_the_notebooks_folder_and_environment(
     client: AsyncClient, short_tmp: Path
 ) -> None:
