@@ -61,7 +61,7 @@ from runtimed.loading import load_room, new_room, notebook_for_save
 from runtimed.notebook_file import write_notebook_atomic
 from runtimed.outputs_manifest import manifest_hashes
 from runtimed.paths import RuntimedPaths
-from runtimed.persistence import DocumentStore, file_digest
+from runtimed.persistence import DocumentStore, NotebookMeta, file_digest
 from runtimed.room import NotebookRoom
 from runtimed.runtimes import service as runtime_service
 from runtimed.runtimes.manager import RuntimeManager
@@ -106,7 +106,12 @@ class _OpenRoom:
         self.file_sha256 = file_sha256
         self.executor: NotebookExecutor | None = None
         self.cull_scope: anyio.CancelScope | None = None
-        self.persisted_at = float("-inf")
+        # What is on disk already (DocumentStore), so a persist writes only what changed.
+        self.persisted_at = float("-inf")  # when the runtime snapshot was last written
+        self.runtime_dirty = True
+        self.saved_key: str | None = None
+        self.saved_heads: list[bytes] | None = None
+        self.saved_meta: NotebookMeta | None = None
 
 
 class Daemon:
@@ -249,7 +254,7 @@ class Daemon:
     def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> _OpenRoom:
         entry = _OpenRoom(room, file_sha256=file_sha256)
         room._on_notebook_change = lambda r: self._want_persist(r.notebook_id, notebook=True)
-        room._on_runtime_change = lambda r: self._want_persist(r.notebook_id, notebook=False)
+        room._on_runtime_change = lambda r: self._runtime_changed(r.notebook_id)
         self._rooms[room.notebook_id] = entry
         if room.path is not None:
             self._by_path[room.path] = room.notebook_id
@@ -333,6 +338,12 @@ class Daemon:
 
     # ------------------------------------------------------------ persistence
 
+    def _runtime_changed(self, notebook_id: str) -> None:
+        entry = self._rooms.get(notebook_id)
+        if entry is not None:
+            entry.runtime_dirty = True
+            self._want_persist(notebook_id, notebook=False)
+
     def _want_persist(self, notebook_id: str, *, notebook: bool) -> None:
         self._persist_wanted[notebook_id] = self._persist_wanted.get(notebook_id, False) or notebook
         self._persist_wake.set()
@@ -351,36 +362,47 @@ class Daemon:
                 entry = self._rooms.get(notebook_id)
                 if entry is None:
                     continue
-                if (
-                    not notebook_changed
-                    and now - entry.persisted_at < self.config.runtime_persist_interval
-                ):
+                runtime_due = now - entry.persisted_at >= self.config.runtime_persist_interval
+                if notebook_changed or runtime_due:
+                    await self._persist_now(entry, runtime=runtime_due)
+                if entry.runtime_dirty:
                     self._persist_wanted.setdefault(notebook_id, False)  # later
-                    continue
-                await self._persist_now(entry)
             if self._persist_wanted:
                 self._persist_wake.set()
 
-    async def _persist_now(self, entry: _OpenRoom) -> None:
+    async def _persist_now(self, entry: _OpenRoom, *, runtime: bool = True) -> None:
+        """Write what changed since the last persist: the notebook document if its heads
+        moved, the runtime snapshot if it changed (and ``runtime``), the file record if it
+        changed.  A running notebook edits only metadata per cell: one file, not three."""
         room = entry.room
-        entry.persisted_at = anyio.current_time()
-        # Serialise on the event loop (the documents are not shared with threads), write in one.
-        notebook = room.notebook.save()
-        runtime = room.runtime.snapshot()
         key = DocumentStore.key_for(room.path, room.notebook_id)
+        if key != entry.saved_key:  # first persist, or saved under a new path: everything
+            entry.saved_heads = entry.saved_meta = None
+            entry.runtime_dirty, runtime = True, True
+        # Serialise on the event loop (the documents are not shared with threads), write in one.
+        heads = room.notebook.heads()
+        notebook = room.notebook.save() if heads != entry.saved_heads else None
+        snapshot = None
+        if runtime and entry.runtime_dirty:
+            snapshot = room.runtime.snapshot()
+            entry.runtime_dirty = False
+            entry.persisted_at = anyio.current_time()
+        path = str(room.path) if room.path else None
+        meta = (path, room.notebook_id, entry.file_sha256)
+        changed_meta = meta if meta != entry.saved_meta else None
+        if notebook is None and snapshot is None and changed_meta is None:
+            return
         try:
             await anyio.to_thread.run_sync(
                 lambda: self._store.save(
-                    key,
-                    notebook=notebook,
-                    runtime=runtime,
-                    path=room.path,
-                    doc_id=room.notebook_id,
-                    file_sha256=entry.file_sha256,
+                    key, notebook=notebook, runtime=snapshot, meta=changed_meta
                 )
             )
         except OSError:
             log.exception("could not persist notebook %s", room.notebook_id)
+            entry.runtime_dirty = entry.runtime_dirty or snapshot is not None
+            return
+        entry.saved_key, entry.saved_heads, entry.saved_meta = key, heads, meta
 
     # ------------------------------------------------------------ execution
 

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DocumentStore", "PersistedNotebook", "file_digest"]
+__all__ = ["DocumentStore", "NotebookMeta", "PersistedNotebook", "file_digest"]
+
+NotebookMeta = tuple[str | None, str, str | None]
+"""What ``<key>.json`` records: (file path, doc id, file sha256)."""
 
 
 def file_digest(path: Path) -> str:
@@ -79,23 +82,21 @@ class DocumentStore:
         self,
         key: str,
         *,
-        notebook: bytes,
-        runtime: dict[str, Any],
-        path: Path | None,
-        doc_id: str,
-        file_sha256: str | None,
+        notebook: bytes | None,
+        runtime: dict[str, Any] | None,
+        meta: NotebookMeta | None,
     ) -> None:
+        """Write the parts given (None: that part is unchanged on disk), each atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
         doc_path, runtime_path, meta_path = self._paths(key)
-        _atomic_write(doc_path, notebook)
-        _atomic_write(runtime_path, json.dumps(runtime).encode())
-        meta = {
-            "path": str(path) if path else None,
-            "doc_id": doc_id,
-            "file_sha256": file_sha256,
-            "saved_at": time.time(),
-        }
-        _atomic_write(meta_path, json.dumps(meta).encode())
+        if notebook is not None:
+            _atomic_write(doc_path, notebook)
+        if runtime is not None:
+            _atomic_write(runtime_path, json.dumps(runtime).encode())
+        if meta is not None:
+            path, doc_id, file_sha256 = meta
+            record = {"path": path, "doc_id": doc_id, "file_sha256": file_sha256}
+            _atomic_write(meta_path, json.dumps(record).encode())
 
     def referenced_blobs(self, *, skip_keys: frozenset[str] = frozenset()) -> set[str]:
         """Blob hashes referenced by persisted runtime snapshots (GC marking), except those

@@ -459,7 +459,11 @@ class _LiveRun:
             self.bar.update(self.timeline.reached)
 
     def _cell_started(self, index: int) -> None:
-        self._apply(self.timeline.started(index, now_iso(), time.monotonic()))
+        # Cells passed over get their records now; the started cell's "running" record is
+        # not written: its "completed"/"failed" record follows (the runtime document shows
+        # it running meanwhile), and one metadata write per cell halves the sync traffic.
+        *passed_over, _running = self.timeline.started(index, now_iso(), time.monotonic())
+        self._apply(passed_over)
         self.observer.cell_started(index, self.cells[index][0])
         if self.outputs.enabled:
             self.outputs.cell_started(index, self.cells[index][0])

@@ -369,20 +369,18 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 def wait_persisted(paths: RuntimedPaths, path: Path, text: str, timeout: float = 10) -> None:
     """Until the daemon has persisted ``text`` (in some cell) for ``path``: its document holds
-    it and the metadata written after each document is at least as new (the daemon persists
-    on a short debounce; nothing else signals it across processes)."""
+    it and the file record exists (the daemon persists on a short debounce; nothing else
+    signals it across processes; the record is rewritten only when it changes)."""
     key = DocumentStore.key_for(path.resolve(), "")
     doc_file, meta_file = paths.documents / f"{key}.automerge", paths.documents / f"{key}.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            # Both are written atomically (temp + rename), the metadata last.
-            meta_mtime = meta_file.stat().st_mtime_ns
-            doc_mtime = doc_file.stat().st_mtime_ns
-            data = doc_file.read_bytes()
+            # Each is written atomically (temp + rename).
+            data = doc_file.read_bytes() if meta_file.exists() else b""
         except FileNotFoundError:
             data = b""
-        if data and meta_mtime >= doc_mtime:
+        if data:
             doc = NotebookDoc.load(data)
             if doc.ready and any(text in cell.source for cell in doc.cells()):
                 return
@@ -474,3 +472,44 @@ async def test_a_clean_stop_checkpoints_unsaved_edits(daemon: Daemon, short_tmp:
         await client.wait_until(lambda: client.connection.closed, timeout=30)
     saved = nbformat.read(path, as_version=4)
     assert saved.cells[0].source == "x = 'checkpointed on stop'"
+
+
+@pytest.mark.anyio
+async def test_a_persist_rewrites_only_the_parts_that_changed(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    import anyio
+
+    path = write_notebook(short_tmp / "parts.ipynb", [{"cell_type": "code", "source": "1"}])
+    key = DocumentStore.key_for(path.resolve(), "")
+    files = [
+        daemon.paths.documents / f"{key}{suffix}"
+        for suffix in (".automerge", ".runtime.json", ".json")
+    ]
+
+    def inodes() -> list[int | None]:  # every write is temp + rename: a new inode
+        return [f.stat().st_ino if f.exists() else None for f in files]
+
+    async def until(predicate: Any) -> None:
+        with anyio.fail_after(10):
+            while not predicate():
+                await anyio.sleep(0.02)
+
+    async with await AsyncClient.connect(daemon.paths.socket) as client:
+        nb = await client.open(path)
+        await nb.set_source("cell0", "x = 'first'")
+        await until(lambda: None not in inodes())
+        doc, runtime, record = inodes()
+        # An edit of the notebook: only its document is written again.
+        await nb.set_source("cell0", "x = 'second'")
+        await until(lambda: inodes()[0] != doc)
+        await anyio.sleep(0.5)  # more than the debounce: nothing else follows
+        assert inodes()[1:] == [runtime, record]
+        loaded = NotebookDoc.load(files[0].read_bytes())
+        assert loaded.cell("cell0").source == "x = 'second'"
+        # A save changes the file's hash: the record is written, the document is not.
+        doc = inodes()[0]
+        await nb.save()
+        assert inodes()[0] == doc
+        assert inodes()[2] != record
+        assert json.loads(files[2].read_text())["file_sha256"] is not None
