@@ -32,6 +32,19 @@ def summary(label: str, seconds: list[float]) -> str:
     )
 
 
+def compile_project() -> None:
+    """Byte-compile the checkout, as pip does for an installed package (papermill's is).
+
+    An editable install under ``PYTHONDONTWRITEBYTECODE=1`` (set on our machines) never
+    gets ``.pyc`` files, so every ``runt`` process would compile our modules again: about
+    85 ms a command that a user installing runtimed does not pay.
+    """
+    import compileall
+
+    for package in ("protocol", "blobstore", "runtimed"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

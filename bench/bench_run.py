@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ROOT, daemon_process, write_notebook
+from bench._common import ROOT, compile_project, daemon_process, write_notebook
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 PAPERMILL = [
@@ -101,6 +101,7 @@ def stop_daemon(socket: Path, home: Path) -> None:
 def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     scenarios = set(sys.argv[2:]) or {"small", "cold", "big", "batch"}
+    compile_project()
     work = Path(tempfile.mkdtemp(prefix="rtr-", dir="/tmp"))
     small = write_notebook(
         work / "small.ipynb",

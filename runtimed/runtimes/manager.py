@@ -239,8 +239,7 @@ class RuntimeManager:
     def _new_kernel(
         self, runtime: RuntimeSpec, *, cwd: Path, env: dict[str, str], pooled: bool
     ) -> ManagedKernel:
-        if not self.config.persist_history:
-            runtime = runtime.with_memory_history()
+        runtime = runtime.tuned(persist_history=self.config.persist_history)
         session = runtime.handler.session(
             runtime, cwd=cwd, env=env, startup_timeout=self.startup_timeout
         )

@@ -49,6 +49,10 @@ IPYKERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}")
 # IPython's session history in an in-memory sqlite database: In, _i<n> and %history keep
 # working for the kernel's own session; nothing is committed to disk after every cell.
 MEMORY_HISTORY_ARG = "--HistoryManager.hist_file=:memory:"
+# ipykernel sleeps 0.5 ms before every execute_reply so that clients which stop reading at
+# the reply see the cell's last output first.  We wait for the IOPub idle status as the
+# messaging spec says (outputs may follow the reply), so the sleep only costs time.
+NO_EXECUTE_SLEEP_ARG = "--Kernel._execute_sleep=0"
 
 
 class ExecutionHandler(Protocol):
@@ -128,11 +132,14 @@ class RuntimeSpec:
         """Whether argv starts ipykernel (so IPython's traitlets options apply)."""
         return any(arg in ("ipykernel_launcher", "ipykernel") for arg in self.argv)
 
-    def with_memory_history(self) -> RuntimeSpec:
-        """This runtime with IPython's history kept in memory (ipykernel runtimes only)."""
-        if not self.runs_ipykernel or MEMORY_HISTORY_ARG in self.argv:
+    def tuned(self, *, persist_history: bool) -> RuntimeSpec:
+        """This runtime as the daemon launches it: ipykernel gets no pre-reply sleep and,
+        unless ``persist_history``, IPython's history in memory; other kernels as they are."""
+        if not self.runs_ipykernel:
             return self
-        return replace(self, argv=(*self.argv, MEMORY_HISTORY_ARG))
+        wanted = [NO_EXECUTE_SLEEP_ARG] + ([] if persist_history else [MEMORY_HISTORY_ARG])
+        extra = tuple(arg for arg in wanted if arg not in self.argv)
+        return replace(self, argv=(*self.argv, *extra)) if extra else self
 
     def launch_spec(self) -> LaunchSpec:
         return LaunchSpec(

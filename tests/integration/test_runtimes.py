@@ -231,6 +231,7 @@ async def test_the_blocking_client_lists_runtimes_envs_and_config(daemon: Daemon
 
 HISTORY_PROBE = (
     "a = 1\n"
+    "assert get_ipython().kernel._execute_sleep == 0  # the daemon's tuning reached it\n"
     "print(get_ipython().history_manager.hist_file)\n"
     "get_ipython().run_line_magic('history', '-n')"
 )
@@ -249,7 +250,7 @@ async def test_ipython_history_is_in_memory_unless_persist_history_is_set(
     assert result.status == "ok", result
     hist_file, history = "".join(o["text"] for o in result.outputs).split("\n", 1)
     # The session's own history works either way (%history lists this very cell).
-    assert history.startswith("   1:\na = 1\n")
+    assert history.startswith("   1:\na = 1\nassert get_ipython()")
     database = ipython_dir / "profile_default" / "history.sqlite"
     if persist:
         assert hist_file == str(database)

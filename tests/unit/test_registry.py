@@ -15,6 +15,7 @@ from runtimed.kernel_errors import EnvBuildFailed, KernelNotFound, RuntimeNotFou
 from runtimed.runtimes.env_cache import BuiltEnv, describe_uv_failure, select_for_removal
 from runtimed.runtimes.registry import (
     MEMORY_HISTORY_ARG,
+    NO_EXECUTE_SLEEP_ARG,
     RuntimeRegistry,
     env_runtime,
     setup_code,
@@ -264,14 +265,18 @@ def test_the_cache_drops_old_then_least_recently_used_environments() -> None:
     assert chosen(max_bytes=100, max_age_days=30) == ["old", "mid"]
 
 
-def test_ipykernel_runtimes_can_keep_ipython_history_in_memory(tmp_path: Path) -> None:
+def test_ipykernel_runtimes_are_tuned_for_the_daemon(tmp_path: Path) -> None:
     spec = env_runtime("abc123", tmp_path / "bin" / "python", ())
-    memory = spec.with_memory_history()
-    assert memory.argv == (*spec.argv, MEMORY_HISTORY_ARG)
-    assert memory.launch_spec().argv[-1] == "--HistoryManager.hist_file=:memory:"
-    assert memory.with_memory_history() is memory  # added once
-    assert (memory.name, memory.env_key) == (spec.name, spec.env_key)
+    tuned = spec.tuned(persist_history=False)
+    assert tuned.argv == (*spec.argv, NO_EXECUTE_SLEEP_ARG, MEMORY_HISTORY_ARG)
+    assert tuned.launch_spec().argv[-2:] == [
+        "--Kernel._execute_sleep=0",
+        "--HistoryManager.hist_file=:memory:",
+    ]
+    assert tuned.tuned(persist_history=False) is tuned  # added once
+    assert (tuned.name, tuned.env_key) == (spec.name, spec.env_key)
+    assert spec.tuned(persist_history=True).argv == (*spec.argv, NO_EXECUTE_SLEEP_ARG)
     # A kernel that is not ipykernel gets no IPython options.
     other = replace(spec, argv=("R", "--slave", "-e", "IRkernel::main()", "{connection_file}"))
     assert not other.runs_ipykernel
-    assert other.with_memory_history() is other
+    assert other.tuned(persist_history=False) is other
