@@ -24,6 +24,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from runtimed.kernel_errors import KernelNotRunning
 from runtimed.kernel_launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
+from runtimed.kernel_wire import decode_message
 from runtimed.outputs import OutputAccumulator, OutputChange
 
 __all__ = ["Execution", "KernelProcess", "Reply", "StdinHandler"]
@@ -311,17 +312,20 @@ class KernelProcess:
 
     async def _read(self, channel: str) -> None:
         """One long-lived reader per channel."""
-        chan = getattr(self.client, f"{channel}_channel")
+        socket = getattr(self.client, f"{channel}_channel").socket
+        session = self.client.session
         while True:
             try:
-                msg = await chan.get_msg()
+                frames = await socket.recv_multipart()
             except zmq.ZMQError as exc:  # the boundary for socket failures
                 logger.error(
                     "kernel %d: %s channel failed (%s); killing it", self.pid, channel, exc
                 )
                 signal_group(self.pid, signal.SIGKILL)
                 return
-            except ValueError as exc:  # bad signature or malformed frames (Session)
+            try:
+                msg = decode_message(session, frames)
+            except ValueError as exc:  # bad signature or malformed frames
                 logger.warning("kernel %d: dropped invalid %s message: %s", self.pid, channel, exc)
                 continue
             try:

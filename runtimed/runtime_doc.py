@@ -240,10 +240,15 @@ class RuntimeDoc:
             status = fields.get("status")
             if status is not None and status != "queued":
                 queue = self._obj("queue")
-                for index, value_ in enumerate(self.doc.values(queue)):
-                    if scalar(value_) == execution_id:
-                        tx.delete(queue, index)
-                        break
+                # FIFO: the execution that starts is nearly always at the head; look there
+                # before reading the whole queue (hundreds of entries for a RunAll).
+                if self.doc.length(queue) and scalar(self.doc.get(queue, 0)) == execution_id:
+                    tx.delete(queue, 0)
+                else:
+                    for index, value_ in enumerate(self.doc.values(queue)):
+                        if scalar(value_) == execution_id:
+                            tx.delete(queue, index)
+                            break
             if status == "running":
                 tx.put(ROOT, "running", ScalarType.Str, execution_id)
             elif status in FINISHED and self.running() == execution_id:

@@ -82,6 +82,19 @@ def test_executions_move_through_the_queue() -> None:
     assert rt.execution("e3")["status"] == "skipped"  # type: ignore[index]
 
 
+def test_an_execution_leaves_the_queue_from_any_position() -> None:
+    rt = RuntimeDoc.new()
+    for n in range(1, 5):
+        rt.add_execution(f"e{n}", "c1", n)
+    rt.update_execution("e3", status="cancelled")  # the middle
+    rt.update_execution("e4", status="cancelled")  # the tail
+    assert rt.queue() == ["e1", "e2"]
+    rt.update_execution("e1", status="running")  # the head
+    assert rt.queue() == ["e2"]
+    rt.update_execution("e1", status="ok")  # no longer queued: the queue is unchanged
+    assert rt.queue() == ["e2"]
+
+
 def test_finishing_another_execution_does_not_clear_running() -> None:
     rt = RuntimeDoc.new()
     rt.add_execution("e1", "c1", 1)
