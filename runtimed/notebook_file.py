@@ -58,13 +58,18 @@ def read_notebook(path: Path) -> dict[str, Any]:
             f"{path}: nbformat {data.get('nbformat')!r} notebooks are not supported; "
             "convert it to nbformat 4 (jupyter nbconvert --to notebook)"
         )
+    # reads() validates (once; a second validate() of ours cost as much again on a big
+    # notebook) and hands the error back through capture_validation_error.
+    invalid: dict[str, ValidationError] = {}
     try:
-        node = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
-        nbformat.validate(node)
-    except ValidationError as exc:
-        raise NotebookInvalid(f"{path}: invalid notebook: {_first_line(exc)}") from exc
+        node = nbformat.reads(  # type: ignore[no-untyped-call]
+            text, as_version=4, capture_validation_error=invalid
+        )
     except Exception as exc:  # nbformat raises assorted types for malformed input
         raise NotebookInvalid(f"{path}: invalid notebook: {exc}") from exc
+    if invalid:
+        error = invalid["ValidationError"]
+        raise NotebookInvalid(f"{path}: invalid notebook: {_first_line(error)}") from error
     plain: dict[str, Any] = _plain(node)
     return plain
 
@@ -78,11 +83,14 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
             and no temp file is left behind.
     """
     node = nbformat.from_dict(nb)  # type: ignore[no-untyped-call]
-    try:
-        nbformat.validate(node)
-    except ValidationError as exc:
-        raise NotebookInvalid(f"refusing to write an invalid notebook: {_first_line(exc)}") from exc
-    data = nbformat.writes(node).encode("utf-8")  # type: ignore[no-untyped-call]
+    invalid: dict[str, ValidationError] = {}  # writes() validates once, as reads() does
+    text = nbformat.writes(node, capture_validation_error=invalid)  # type: ignore[no-untyped-call]
+    if invalid:
+        error = invalid["ValidationError"]
+        raise NotebookInvalid(
+            f"refusing to write an invalid notebook: {_first_line(error)}"
+        ) from error
+    data = text.encode("utf-8")
     if not data.endswith(b"\n"):
         data += b"\n"
     directory = path.parent
