@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 _FAILED = frozenset({"error", "died", "timeout"})
 _NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
+_RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
 
 
 @asynccontextmanager
@@ -298,6 +299,7 @@ class _LiveRun:
         self._clock0 = self._last_save = time.monotonic()
         self._metadata_done = False
         self.stop = anyio.Event()  # set: interrupt the running cell, drop the rest, save
+        self._records_written = anyio.Event()  # papermill records not yet synced
         self._current: tuple[int, str] | None = None
 
     # -------------------------------------------------------------- lifecycle
@@ -383,6 +385,7 @@ class _LiveRun:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(on_stop)
+            tg.start_soon(self._sync_records)
             try:
                 await self._follow(queued)
                 followed = True
@@ -449,14 +452,23 @@ class _LiveRun:
     # -------------------------------------------------------------- papermill records
 
     def _apply(self, edits: list[tuple[int, dict[str, Any]]]) -> None:
-        # Edit the local replica and let the client's writer sync it: one sync message then
-        # carries the records of many fast cells.
+        # Edit the local replica; _sync_records sends them (save() pushes what is left).
         for index, record in edits:
             self.nb.doc.set_cell_metadata(self.cells[index][0], "papermill", record)
         if edits:
-            self.client.mark_dirty(self.nb.id, "notebook")
+            self._records_written.set()
         if self.bar is not None:
             self.bar.update(self.timeline.reached)
+
+    async def _sync_records(self) -> None:
+        """Sync the papermill records at most every ``_RECORD_SYNC_DELAY``: one message
+        then carries the records of many fast cells (one per cell cost the daemon a receive,
+        an acknowledgement and the client a send, for every cell)."""
+        while True:
+            await self._records_written.wait()
+            await anyio.sleep(_RECORD_SYNC_DELAY)
+            self._records_written = anyio.Event()
+            self.client.mark_dirty(self.nb.id, "notebook")
 
     def _cell_started(self, index: int) -> None:
         # Cells passed over get their records now; the started cell's "running" record is

@@ -366,3 +366,44 @@ async def test_cancelling_a_run_interrupts_the_cell_and_saves(
     assert statuses(nb) == ["marker", "completed", "marker", "failed", "pending"]
     assert nb["cells"][3]["outputs"][-1]["ename"] == "KeyboardInterrupt"
     assert nb["cells"][1]["outputs"][0]["text"] == "first\n"
+
+
+@pytest.mark.anyio
+async def test_a_watcher_sees_papermill_records_while_the_run_goes_on(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    from runtimed.client import AsyncClient
+
+    gate = short_tmp / "go-on"
+    src = write_notebook(
+        short_tmp / "in.ipynb",
+        [
+            code("x = 1"),
+            code(
+                f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)"
+            ),
+        ],
+    )
+    out = short_tmp / "out.ipynb"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: execute_notebook_async(src, out, socket=daemon.paths.socket, progress_bar=False)
+        )
+        async with await AsyncClient.connect(daemon.paths.socket) as watcher:
+            with anyio.fail_after(30):
+                while not out.exists():
+                    await anyio.sleep(0.02)
+                nb = await watcher.open(out)
+
+                def first_cell_completed() -> bool:
+                    ids = nb.cell_ids()
+                    return bool(ids) and (
+                        nb.cell(ids[0]).metadata.get("papermill", {}).get("status") == "completed"
+                    )
+
+                # The first cell's record arrives while the second cell still runs.
+                await watcher.wait_until(first_cell_completed)
+                assert nb.runtime.running() is not None
+            await nb.close()
+        gate.touch()
+    assert statuses(load(out)) == ["completed", "completed"]
