@@ -120,6 +120,11 @@ def wait_for_socket(socket_path: Path, proc: subprocess.Popen[bytes], timeout: f
     raise TimeoutError(f"no daemon on {socket_path} after {timeout} s")
 
 
+def wait_for_file_code(gate: Path) -> str:
+    """Cell source that blocks the kernel until ``gate`` exists (the test touches it)."""
+    return f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
+
+
 def write_notebook(
     path: Path, cells: list[dict[str, object]], *, metadata: dict[str, object] | None = None
 ) -> Path:

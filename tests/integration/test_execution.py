@@ -25,7 +25,7 @@ from runtimed.client import AsyncClient, AsyncNotebook
 from runtimed.daemon import Daemon
 from runtimed.errors import CellEmpty, CellNotCode, CellNotFound
 
-from .conftest import write_notebook
+from .conftest import wait_for_file_code, write_notebook
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -602,9 +602,7 @@ async def test_kernel_status_is_visible_in_the_runtime_document(
     path = write_notebook(
         short_tmp / "ks.ipynb",
         [
-            code(
-                f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)"
-            ),
+            code(wait_for_file_code(gate)),
         ],
     )
     nb = await client.open(path)

@@ -21,7 +21,7 @@ from runtimed.daemon import Daemon
 from runtimed.errors import ExecutionNotFound, InvalidRequest
 from runtimed.paths import RuntimedPaths
 
-from .conftest import write_notebook
+from .conftest import wait_for_file_code, write_notebook
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -106,10 +106,7 @@ async def test_kernel_death_ends_the_cell_as_died_and_the_next_run_gets_a_fresh_
             code("x = 1\nprint('alive', flush=True)"),
             # Output sent just before os._exit may die with the kernel's zmq queue: print, then
             # wait for the test to have seen it, then die.
-            code(
-                f"import os, time\nprint('dying', flush=True)\n"
-                f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\nos._exit(1)"
-            ),
+            code(f"print('dying', flush=True)\n{wait_for_file_code(gate)}os._exit(1)"),
             code("print('after')"),
             code("x"),
         ],

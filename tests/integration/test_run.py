@@ -16,7 +16,7 @@ from runtimed.automation.report import ERROR_MARKER_TAG
 from runtimed.automation.run import execute_notebook, execute_notebook_async
 from runtimed.daemon import Daemon
 
-from .conftest import write_notebook
+from .conftest import wait_for_file_code, write_notebook
 
 pytestmark = pytest.mark.integration
 
@@ -379,9 +379,7 @@ async def test_a_watcher_sees_papermill_records_while_the_run_goes_on(
         short_tmp / "in.ipynb",
         [
             code("x = 1"),
-            code(
-                f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)"
-            ),
+            code(wait_for_file_code(gate)),
         ],
     )
     out = short_tmp / "out.ipynb"
