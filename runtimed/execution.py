@@ -43,7 +43,7 @@ from runtimed.errors import (
     InvalidRequest,
     RuntimedError,
 )
-from runtimed.kernel import ExecutionOutcome, KernelSession
+from runtimed.kernel import ExecutionOutcome, KernelSession, Submitted
 from runtimed.kernel_errors import KernelError, KernelNotRunning
 from runtimed.notebook_doc import Cell
 from runtimed.outputs import DisplayUpdate, OutputChange
@@ -137,6 +137,9 @@ class NotebookExecutor:
         self._prewarm = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._running: _Job | None = None
+        # The head of the queue, already sent to the kernel while the cell before it is
+        # recorded (see _send_next): the job, the session it went through, the request.
+        self._sent: tuple[_Job, KernelSession, Submitted] | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._flush_wake = anyio.Event()
@@ -204,7 +207,7 @@ class NotebookExecutor:
         return queued
 
     async def interrupt(self) -> None:
-        if self._kernel is None or self._running is None:
+        if self._kernel is None or (self._running is None and self._sent is None):
             return
         try:
             await self._kernel.interrupt()
@@ -477,20 +480,29 @@ class NotebookExecutor:
                 )
             )
         )
+        sent, self._sent = self._sent, None
+        if sent is not None and sent[0] is not job:  # cannot happen: the queue is FIFO
+            sent[1].abandon(sent[2])
+            sent = None
+        if self._pending_change is not None:
+            self._flush_wake.set()  # outputs it sent before it became the running job
+        kernel: KernelSession | None = None
         try:
             try:
-                kernel = await self._ensure_kernel()
+                kernel = sent[1] if sent is not None else await self._ensure_kernel()
             except RuntimedError as exc:  # kernel start failures, a bad runtimed.cwd, ...
                 outcome = _failed(type(exc).__name__, str(exc))
             else:
                 self._set_kernel("busy")
                 try:
-                    outcome = await kernel.execute(
-                        job.source,
-                        on_change=self._on_change,
-                        stdin=self._stdin_for(job) if job.allow_stdin else None,
-                        timeout=job.timeout,
-                    )
+                    submitted = sent[2] if sent is not None else None
+                    if submitted is None:
+                        submitted = await kernel.submit(
+                            job.source,
+                            on_change=self._on_change,
+                            stdin=self._stdin_for(job) if job.allow_stdin else None,
+                        )
+                    outcome = await kernel.wait(submitted, timeout=job.timeout)
                 except KernelError as exc:
                     outcome = _failed(type(exc).__name__, str(exc))
                 if kernel.state == "dead":
@@ -502,8 +514,26 @@ class NotebookExecutor:
         finally:
             self._pending_change = None
             self._running = None
+        if outcome.status == "ok" and kernel is not None:
+            await self._send_next(kernel)
         await self._finish(job, outcome)
         self._note_progress()
+
+    async def _send_next(self, kernel: KernelSession) -> None:
+        """Send the next queued cell now, so the kernel runs it while this one is recorded.
+
+        Only after this cell finished without error: the next one must never run after a
+        failure, and ipykernel aborts only requests queued when a cell fails.  Not for a
+        cell that may ask for input (its prompt must not come before it is running).
+        """
+        if not self._queue or self._queue[0].allow_stdin or kernel.state == "dead":
+            return
+        job = self._queue[0]
+        try:
+            submitted = await kernel.submit(job.source, on_change=self._on_change)
+        except KernelError:
+            return  # the normal path tries again and records the error
+        self._sent = (job, kernel, submitted)
 
     async def _finish(self, job: _Job, outcome: ExecutionOutcome) -> None:
         room, runtime = self.room, self.room.runtime
@@ -533,9 +563,6 @@ class NotebookExecutor:
                     }
                 )
             ]
-        self._record_displays(job.cell_id, outcome.display_ids)
-        if self._display_updates:
-            await self._apply_display_updates()
         if room.runtime is runtime:
             runtime.set_outputs(job.cell_id, manifests)
             runtime.set_execution_count(job.cell_id, outcome.execution_count)
@@ -547,6 +574,11 @@ class NotebookExecutor:
                 evalue=error.evalue if error else None,
             )
             room.runtime_changed()
+        # After this cell's outputs are in place: a display update the next cell (already
+        # sent, see _send_next) made to one of them must not be overwritten by them.
+        self._record_displays(job.cell_id, outcome.display_ids)
+        if self._display_updates:
+            await self._apply_display_updates()
         room.broadcast(
             encode(
                 ExecutionDone(
@@ -567,6 +599,11 @@ class NotebookExecutor:
             self._cancel_queue("skipped", f"skipped: cell {job.cell_id!r} failed before it")
 
     def _cancel_queue(self, status: str, reason: str) -> None:
+        if self._sent is not None:
+            # Only on restart or close: the process it runs in is being replaced or stopped.
+            _, kernel, submitted = self._sent
+            self._sent = None
+            kernel.abandon(submitted)
         while self._queue:
             job = self._queue.popleft()
             self._jobs.pop(job.execution_id, None)

@@ -44,6 +44,7 @@ __all__ = [
     "KernelSession",
     "KernelState",
     "StdinHandler",
+    "Submitted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,15 @@ class ExecutionOutcome:
     error: ErrorInfo | None
     display_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Display id -> indices into ``outputs`` (targets of later update_display_data)."""
+
+
+@dataclass(eq=False, slots=True)
+class Submitted:
+    """An execute_request sent to one kernel process (:meth:`KernelSession.submit`)."""
+
+    kernel: KernelProcess
+    msg_id: str
+    execution: Execution
 
 
 class KernelSession:
@@ -313,6 +323,23 @@ class KernelSession:
         execute_result broadcast, the execution count does not advance, nothing enters the
         history (for the daemon's own setup code, never a notebook's cells).
         """
+        submitted = await self.submit(code, on_change=on_change, stdin=stdin, silent=silent)
+        return await self.wait(submitted, timeout=timeout)
+
+    async def submit(
+        self,
+        code: str,
+        *,
+        on_change: Callable[[OutputChange], None] | None = None,
+        stdin: StdinHandler | None = None,
+        silent: bool = False,
+    ) -> Submitted:
+        """Send ``code`` for execution and return at once (see :meth:`execute`).
+
+        The kernel runs requests in the order they arrive; :meth:`wait` collects the result.
+        Only send a request after the previous one finished if it must not run after a
+        failure: ipykernel aborts (``stop_on_error``) only requests queued when a cell fails.
+        """
         if stdin is not None:
             await self._running().wait_stdin()
         kernel = self._running()  # again: the kernel may have gone while we waited
@@ -335,8 +362,14 @@ class KernelSession:
         except KernelNotRunning:
             kernel.forget(msg_id)
             raise
-        timed_out = False
         self.last_activity = time.time()
+        return Submitted(kernel, msg_id, ex)
+
+    async def wait(self, submitted: Submitted, *, timeout: float | None = None) -> ExecutionOutcome:
+        """The outcome of a submitted execution (see :meth:`execute`); ``timeout`` counts
+        from this call.  If the process it was sent to exits, the status is "died"."""
+        kernel, msg_id, ex = submitted.kernel, submitted.msg_id, submitted.execution
+        timed_out = False
         try:
             with anyio.move_on_after(timeout) as scope:
                 await self._wait_done(kernel, msg_id, ex)
@@ -355,6 +388,14 @@ class KernelSession:
         if ex.callback_error is not None:
             raise ex.callback_error
         return _outcome(ex, timed_out=timed_out, timeout=timeout)
+
+    @staticmethod
+    def abandon(submitted: Submitted) -> None:
+        """Nobody will :meth:`wait` for ``submitted``: deliver no more of its changes."""
+        ex = submitted.execution
+        ex.abandoned = True
+        for input_scope in ex.input_scopes:
+            input_scope.cancel()
 
     @staticmethod
     async def _wait_done(kernel: KernelProcess, msg_id: str, ex: Execution) -> None:

@@ -280,6 +280,36 @@ async def test_display_update_from_a_later_cell_updates_the_earlier_output(
     assert saved["cell0"] == _normalise_nbclient(_plain(peer.cells[0]["outputs"]))
 
 
+async def test_run_all_outputs_and_interrupt_of_a_cell_sent_ahead(
+    client: AsyncClient, short_tmp: Path
+) -> None:
+    """In a RunAll the daemon sends each cell as soon as the one before finished without
+    error (before recording it): outputs still land on the right cells, an interrupt still
+    reaches the cell the kernel runs, and nothing after it runs."""
+    path = write_notebook(
+        short_tmp / "ahead.ipynb",
+        [
+            *(code(f"print({i})") for i in range(20)),
+            code("import time\nprint('sleeping', flush=True)\ntime.sleep(60)"),
+            code("print('never')"),
+        ],
+    )
+    nb = await client.open(path)
+    queued = await nb.queue_all()
+    sleeper, last = queued[20].execution_id, queued[21].execution_id
+    await client.wait_until(
+        lambda: nb.outputs("cell20") == [stream("sleeping\n")], timeout=DEADLINE
+    )
+    await nb.interrupt()
+    result = await nb.wait_execution(sleeper, timeout=30)
+    assert (result.status, result.ename) == ("error", "KeyboardInterrupt")
+    assert (await nb.wait_execution(last, timeout=DEADLINE)).status == "skipped"
+    for i in range(20):
+        assert nb.outputs(f"cell{i}") == [stream(f"{i}\n")]
+        assert nb.execution_count(f"cell{i}") == i + 1
+    assert nb.outputs("cell21") == []
+
+
 # ------------------------------------------------------------------ what runs is the document
 
 
