@@ -495,18 +495,22 @@ async def test_a_persist_rewrites_only_the_parts_that_changed(
             while not predicate():
                 await anyio.sleep(0.02)
 
+    def persisted(text: str) -> bool:
+        if None in inodes():
+            return False
+        return NotebookDoc.load(files[0].read_bytes()).cell("cell0").source == text
+
     async with await AsyncClient.connect(daemon.paths.socket) as client:
         nb = await client.open(path)
         await nb.set_source("cell0", "x = 'first'")
-        await until(lambda: None not in inodes())
+        await until(lambda: persisted("x = 'first'"))
         doc, runtime, record = inodes()
         # An edit of the notebook: only its document is written again.
         await nb.set_source("cell0", "x = 'second'")
-        await until(lambda: inodes()[0] != doc)
+        await until(lambda: persisted("x = 'second'"))
         await anyio.sleep(0.5)  # more than the debounce: nothing else follows
+        assert inodes()[0] != doc
         assert inodes()[1:] == [runtime, record]
-        loaded = NotebookDoc.load(files[0].read_bytes())
-        assert loaded.cell("cell0").source == "x = 'second'"
         # A save changes the file's hash: the record is written, the document is not.
         doc = inodes()[0]
         await nb.save()
