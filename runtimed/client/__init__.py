@@ -76,6 +76,9 @@ class AsyncClient:
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._replicas: dict[str, Replica] = {}
+        # Notebooks whose CloseNotebook is under way: no sync goes out for them any more (the
+        # daemon refuses sync for a notebook the connection has left) and none is taken in.
+        self._closing: set[str] = set()
         self._dirty: dict[tuple[str, DocKind], None] = {}
         self._wake = anyio.Event()
         self._changed = anyio.Event()
@@ -145,6 +148,8 @@ class AsyncClient:
         self._changed = anyio.Event()
 
     def _on_sync(self, notebook_id: str, doc: DocKind, data: bytes) -> None:
+        if notebook_id in self._closing:
+            return
         replica = self._replicas.get(notebook_id)
         if replica is None:
             # Sync can precede the NotebookOpened reply: make the replica on first sight.
@@ -186,7 +191,7 @@ class AsyncClient:
 
     async def _send_sync(self, notebook_id: str, doc: DocKind) -> None:
         replica = self._replicas.get(notebook_id)
-        if replica is None:
+        if replica is None or notebook_id in self._closing:
             return
         data = replica.generate(doc)
         if data is not None:
@@ -215,8 +220,13 @@ class AsyncClient:
                     raise ConnectionClosed("the daemon closed the connection")
                 await self._changed.wait()
 
+    def closing(self, notebook_id: str) -> None:
+        """Stop syncing ``notebook_id``: its CloseNotebook request goes out next."""
+        self._closing.add(notebook_id)
+
     def forget(self, notebook_id: str) -> None:
         self._replicas.pop(notebook_id, None)
+        self._closing.discard(notebook_id)
 
     def resolve_output(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """An output manifest as an nbformat output dict, blobs read from the daemon's store

@@ -299,11 +299,14 @@ class AsyncNotebook:
         """
         await self._client.push(self.id, "notebook")
         heads = self.heads()
-        with contextlib.suppress(ConnectionClosed):
-            await self._client.request(
-                lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads, unload=unload)
-            )
-        self._client.forget(self.id)
+        self._client.closing(self.id)
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                await self._client.request(
+                    lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads, unload=unload)
+                )
+        finally:
+            self._client.forget(self.id)
 
     def __repr__(self) -> str:
         return f"<AsyncNotebook {self.id} {self.path}>"

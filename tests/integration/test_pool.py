@@ -235,3 +235,20 @@ async def test_runt_pool_and_daemon_status_show_the_pool(
     assert status["pool"]["ready"] == 1
     assert status["kernels"][0]["pid"] == kernel["pid"]
     assert sys.executable  # the CLI ran with this interpreter
+
+
+async def test_closing_right_after_an_execution_sends_no_sync_for_the_closed_notebook(
+    daemon: Daemon, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sync acknowledgements still in flight when a client closes a notebook must not go out
+    after its CloseNotebook (the daemon answers each with a protocol error)."""
+    async with await AsyncClient.connect(daemon.paths.socket) as client:
+        for round_ in range(20):
+            await wait_status(client, pool_ready(1))
+            path = write_notebook(short_tmp / f"c{round_}.ipynb", [code("1 + 1")])
+            nb = await client.open(path)
+            # The execution's last runtime changes arrive around the close.
+            assert (await nb.execute("cell0", timeout=DEADLINE)).status == "ok"
+            await nb.close(unload=True)
+        await client.ping()
+    assert "protocol_error" not in caplog.text
