@@ -127,8 +127,8 @@ class Daemon:
         self._sessions: set[ClientSession] = set()
         self._stop = anyio.Event()
         self._stopping = False
-        # notebook id -> whether its notebook document (not only runtime state) changed
-        self._persist_wanted: dict[str, bool] = {}
+        # notebooks with a change to persist (what changed is found out when persisting)
+        self._persist_wanted: set[str] = set()
         self._persist_wake = anyio.Event()
         self._store = DocumentStore(paths.documents)
         self.blobs = BlobStore(paths.blobs)
@@ -253,7 +253,7 @@ class Daemon:
 
     def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> _OpenRoom:
         entry = _OpenRoom(room, file_sha256=file_sha256)
-        room._on_notebook_change = lambda r: self._want_persist(r.notebook_id, notebook=True)
+        room._on_notebook_change = lambda r: self._want_persist(r.notebook_id)
         room._on_runtime_change = lambda r: self._runtime_changed(r.notebook_id)
         self._rooms[room.notebook_id] = entry
         if room.path is not None:
@@ -342,10 +342,10 @@ class Daemon:
         entry = self._rooms.get(notebook_id)
         if entry is not None:
             entry.runtime_dirty = True
-            self._want_persist(notebook_id, notebook=False)
+            self._want_persist(notebook_id)
 
-    def _want_persist(self, notebook_id: str, *, notebook: bool) -> None:
-        self._persist_wanted[notebook_id] = self._persist_wanted.get(notebook_id, False) or notebook
+    def _want_persist(self, notebook_id: str) -> None:
+        self._persist_wanted.add(notebook_id)
         self._persist_wake.set()
 
     async def _persister(self) -> None:
@@ -356,17 +356,18 @@ class Daemon:
             await self._persist_wake.wait()
             self._persist_wake = anyio.Event()
             await anyio.sleep(self.config.persist_debounce)  # debounce: batch a burst
-            wanted, self._persist_wanted = self._persist_wanted, {}
+            wanted, self._persist_wanted = self._persist_wanted, set()
             now = anyio.current_time()
-            for notebook_id, notebook_changed in wanted.items():
+            for notebook_id in wanted:
                 entry = self._rooms.get(notebook_id)
                 if entry is None:
                     continue
+                # The notebook document goes out now if its heads moved; the runtime
+                # snapshot only when its interval has passed.
                 runtime_due = now - entry.persisted_at >= self.config.runtime_persist_interval
-                if notebook_changed or runtime_due:
-                    await self._persist_now(entry, runtime=runtime_due)
+                await self._persist_now(entry, runtime=runtime_due)
                 if entry.runtime_dirty:
-                    self._persist_wanted.setdefault(notebook_id, False)  # later
+                    self._persist_wanted.add(notebook_id)  # later
             if self._persist_wanted:
                 self._persist_wake.set()
 
@@ -425,7 +426,7 @@ class Daemon:
             raise InvalidRequest("grace_seconds must be >= 0")
         # Bring every pending snapshot up to date first: a snapshot on disk that still names
         # a blob the live document dropped would, after a crash, reload a missing blob.
-        pending, self._persist_wanted = self._persist_wanted, {}
+        pending, self._persist_wanted = self._persist_wanted, set()
         for notebook_id in pending:
             entry = self._rooms.get(notebook_id)
             if entry is not None:

@@ -481,9 +481,7 @@ class NotebookExecutor:
             )
         )
         sent, self._sent = self._sent, None
-        if sent is not None and sent[0] is not job:  # cannot happen: the queue is FIFO
-            sent[1].abandon(sent[2])
-            sent = None
+        assert sent is None or sent[0] is job, "the job sent ahead is the queue's head"
         if self._pending_change is not None:
             self._flush_wake.set()  # outputs it sent before it became the running job
         kernel: KernelSession | None = None
@@ -495,8 +493,9 @@ class NotebookExecutor:
             else:
                 self._set_kernel("busy")
                 try:
-                    submitted = sent[2] if sent is not None else None
-                    if submitted is None:
+                    if sent is not None:
+                        submitted = sent[2]
+                    else:
                         submitted = await kernel.submit(
                             job.source,
                             on_change=self._on_change,
@@ -601,9 +600,8 @@ class NotebookExecutor:
     def _cancel_queue(self, status: str, reason: str) -> None:
         if self._sent is not None:
             # Only on restart or close: the process it runs in is being replaced or stopped.
-            _, kernel, submitted = self._sent
+            self._sent[2].abandon()
             self._sent = None
-            kernel.abandon(submitted)
         while self._queue:
             job = self._queue.popleft()
             self._jobs.pop(job.execution_id, None)

@@ -87,6 +87,12 @@ class Submitted:
     msg_id: str
     execution: Execution
 
+    def abandon(self) -> None:
+        """Nobody waits for it any more: deliver no more of its changes, answer no input."""
+        self.execution.abandoned = True
+        for input_scope in self.execution.input_scopes:
+            input_scope.cancel()
+
 
 class KernelSession:
     """An async context manager owning one kernel process at a time.
@@ -382,20 +388,10 @@ class KernelSession:
                     await self._wait_done(kernel, msg_id, ex)
         finally:
             self.last_activity = time.time()
-            ex.abandoned = True
-            for input_scope in ex.input_scopes:
-                input_scope.cancel()
+            submitted.abandon()
         if ex.callback_error is not None:
             raise ex.callback_error
         return _outcome(ex, timed_out=timed_out, timeout=timeout)
-
-    @staticmethod
-    def abandon(submitted: Submitted) -> None:
-        """Nobody will :meth:`wait` for ``submitted``: deliver no more of its changes."""
-        ex = submitted.execution
-        ex.abandoned = True
-        for input_scope in ex.input_scopes:
-            input_scope.cancel()
 
     @staticmethod
     async def _wait_done(kernel: KernelProcess, msg_id: str, ex: Execution) -> None:

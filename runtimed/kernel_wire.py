@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from jupyter_client.session import Session
 
 __all__ = ["decode_message"]
 
-_DELIMITER = b"<IDS|MSG>"
 _JSON = msgspec.json.Decoder()
 
 
@@ -34,10 +33,10 @@ def decode_message(session: Session, frames: Sequence[bytes]) -> dict[str, Any]:
             single "drop the malformed message" boundary).
     """
     try:
-        start = list(frames).index(_DELIMITER) + 1
+        _idents, found = session.feed_identities(list(frames))
     except ValueError:
         raise ValueError("malformed message: no <IDS|MSG> delimiter") from None
-    parts = frames[start:]
+    parts = cast("list[bytes]", found)  # received with copy=True: bytes, not zmq Frames
     if len(parts) < 5:
         raise ValueError(f"malformed message: {len(parts)} parts after the delimiter, not 5+")
     signature = parts[0]
