@@ -72,6 +72,9 @@ __all__ = ["Daemon", "DaemonConfig"]
 log = logging.getLogger(__name__)
 
 
+_PERSIST_RETRY = 1.0  # s between attempts to persist a notebook after a failed write
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """Tunables (see docs/running.md)."""
@@ -112,6 +115,7 @@ class _OpenRoom:
         self.saved_key: str | None = None
         self.saved_heads: list[bytes] | None = None
         self.saved_meta: NotebookMeta | None = None
+        self.failed_at = float("-inf")  # the last persist that failed (full disk, ...)
 
 
 class Daemon:
@@ -362,6 +366,9 @@ class Daemon:
                 entry = self._rooms.get(notebook_id)
                 if entry is None:
                     continue
+                if now - entry.failed_at < _PERSIST_RETRY:
+                    self._persist_wanted.add(notebook_id)  # the disk failed just now: later
+                    continue
                 # The notebook document goes out now if its heads moved; the runtime
                 # snapshot only when its interval has passed.
                 runtime_due = now - entry.persisted_at >= self.config.runtime_persist_interval
@@ -399,9 +406,12 @@ class Daemon:
                     key, notebook=notebook, runtime=snapshot, meta=changed_meta
                 )
             )
-        except OSError:
-            log.exception("could not persist notebook %s", room.notebook_id)
+        except OSError as exc:
+            # Kept in memory and retried (_persister) until the disk takes it again.
+            log.warning("could not persist notebook %s (retrying): %s", room.notebook_id, exc)
             entry.runtime_dirty = entry.runtime_dirty or snapshot is not None
+            entry.failed_at = anyio.current_time()
+            self._persist_wanted.add(room.notebook_id)
             return
         entry.saved_key, entry.saved_heads, entry.saved_meta = key, heads, meta
 

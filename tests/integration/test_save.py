@@ -517,3 +517,50 @@ async def test_a_persist_rewrites_only_the_parts_that_changed(
         assert inodes()[0] == doc
         assert inodes()[2] != record
         assert json.loads(files[2].read_text())["file_sha256"] is not None
+
+
+@pytest.mark.anyio
+async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
+    daemon: Daemon,
+    short_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import anyio
+
+    from runtimed import persistence
+
+    path = write_notebook(short_tmp / "fail.ipynb", [{"cell_type": "code", "source": "1"}])
+    key = DocumentStore.key_for(path.resolve(), "")
+    doc_file = daemon.paths.documents / f"{key}.automerge"
+    real_write = persistence._atomic_write
+    disk_full = True
+
+    def full_disk_write(target: Path, data: bytes) -> None:
+        if disk_full:  # root ignores file modes: fail the write as a full disk does
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        real_write(target, data)
+
+    def persisted_source() -> str | None:
+        if not doc_file.exists():
+            return None
+        return NotebookDoc.load(doc_file.read_bytes()).cell("cell0").source
+
+    async def until(predicate: Any) -> None:
+        with anyio.fail_after(10):
+            while not predicate():
+                await anyio.sleep(0.02)
+
+    async with await AsyncClient.connect(daemon.paths.socket) as client:
+        nb = await client.open(path)
+        await nb.set_source("cell0", "x = 'before'")
+        await until(lambda: persisted_source() == "x = 'before'")
+        monkeypatch.setattr(persistence, "_atomic_write", full_disk_write)
+        await nb.set_source("cell0", "x = 'while the disk was full'")
+        await until(lambda: "could not persist notebook" in caplog.text)
+        assert persisted_source() == "x = 'before'"  # the old state is intact
+        disk_full = False
+        # Retried without any further change: the edit made meanwhile reaches the disk.
+        await until(lambda: persisted_source() == "x = 'while the disk was full'")
