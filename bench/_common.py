@@ -99,7 +99,7 @@ def daemon_process() -> Iterator[tuple[Path, subprocess.Popen[bytes], Path]]:
         [
             sys.executable,
             "-m",
-            "runtimed.daemon_main",
+            "runtimed.daemon.main",
             "--socket",
             str(sock),
             "--home",

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import daemon_process, rss_kib, summary, write_notebook
 from runtimed.client import AsyncClient
-from runtimed.runtime_doc import FINISHED
+from runtimed.documents.runtime import FINISHED
 
 BASELINE_RUNS = 200
 PAIRS = 2  # alternating runtimed-alone / nbclient runs of the flood

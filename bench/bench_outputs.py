@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import daemon_process, rss_kib, summary, write_notebook
 from runtimed.client import AsyncClient
-from runtimed.runtime_doc import FINISHED
+from runtimed.documents.runtime import FINISHED
 
 LINES = 125_000  # x 80 bytes = 10 MB
 CELL = f"for i in range({LINES}):\n    print('x' * 79)"

@@ -124,7 +124,7 @@ def run_peer(edits: int) -> list[float]:
     """Raw Automerge: A makes the same edit, sync messages go A -> B as bytes until B has it."""
     from automerge.core import Message, SyncState
 
-    from runtimed.notebook_doc import NotebookDoc
+    from runtimed.documents.notebook import NotebookDoc
 
     a = NotebookDoc.new()
     a.add_cell("code", "# edits go here\n", cell_id=CELL)

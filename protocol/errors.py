@@ -36,6 +36,7 @@ class ErrorCode(enum.StrEnum):
     RUNTIME_NOT_FOUND = "runtime_not_found"
     KERNEL_LIMIT = "kernel_limit"
     ENV_BUILD_FAILED = "env_build_failed"
+    DOCUMENT_ERROR = "document_error"
 
 
 class ProtocolError(Exception):

@@ -21,7 +21,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from runtimed.version import __version__
 
 __all__ = ["__version__", "execute_notebook", "glue"]
 

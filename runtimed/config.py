@@ -23,6 +23,7 @@ from typing import Any
 
 import platformdirs
 
+from protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from runtimed.errors import RuntimedError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "KEYS",
     "ConfigError",
     "ConfigKey",
+    "DaemonConfig",
     "LoadedConfig",
     "RuntimesConfig",
     "config_path",
@@ -397,3 +399,29 @@ def _coerce(spec: ConfigKey, value: object, *, where: str) -> Scalar:
     if spec.minimum is not None and value < spec.minimum:
         raise ConfigError(f"{where} must be >= {spec.minimum:g}, not {value!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Tunables (see docs/running.md)."""
+
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    heads_timeout: float = 10.0
+    persist_debounce: float = 0.2
+    kernel_startup_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    keep_executions: int = 200
+    http_port: int | None = 0
+    """Loopback port for the HTTP endpoint (0: any free port; None: disabled)."""
+    gc_grace_seconds: float = 3600.0
+    runtime_persist_interval: float = 2.0
+    """Runtime-only changes (outputs, kernel state) are persisted at most this often."""
+    idle_timeout: float = 900.0
+    """Close a notebook nobody has open (stopping its kernel) after this many idle seconds."""
+    runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
+    """Pool, kernel limit, default runtime, environment cache (docs/runtimes.md)."""
+    config_path: str = ""
+    """The config.toml these values were loaded from ("" if built in code)."""
+    config_origins: dict[str, str] = field(default_factory=dict)
+    """Config key -> where its value came from (``runt config show``)."""
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -17,14 +17,23 @@ __all__ = [
     "ConnectionClosed",
     "DaemonAlreadyRunning",
     "DaemonNotRunning",
+    "EnvBuildFailed",
     "ExecutionNotFound",
+    "ExecutionTimeout",
     "HeadsTimeout",
     "InternalError",
     "InvalidRequest",
+    "KernelDied",
+    "KernelError",
+    "KernelLimitReached",
+    "KernelNotFound",
+    "KernelNotRunning",
+    "KernelStartFailed",
     "NotebookIOError",
     "NotebookInvalid",
     "NotebookNotFound",
     "RemoteError",
+    "RuntimeNotFound",
     "RuntimedError",
     "ShuttingDown",
     "VersionMismatch",
@@ -118,6 +127,103 @@ class RemoteError(RuntimedError):
     """An error reply whose code this client does not know (a newer daemon)."""
 
 
+# ---------------------------------------------------------------- kernel layer
+
+
+class KernelError(RuntimedError):
+    """Root of the kernel layer's errors (part of the runtimed error tree)."""
+
+    code = ErrorCode.KERNEL_NOT_RUNNING
+
+
+class KernelNotFound(KernelError):
+    """No installed kernelspec has the requested name; the message lists the available ones."""
+
+    code = ErrorCode.KERNEL_NOT_FOUND
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        listing = ", ".join(sorted(available)) or "none"
+        super().__init__(f"no kernelspec named {name!r}; available kernelspecs: {listing}")
+        self.name = name
+        self.available = sorted(available)
+
+
+class KernelStartFailed(KernelError):
+    """The kernel process could not be launched, exited, or never became ready.
+
+    ``stderr_tail`` holds the last lines the kernel wrote to stderr/stdout (also appended to
+    the message).
+    """
+
+    code = ErrorCode.KERNEL_START_FAILED
+
+    def __init__(self, reason: str, *, stderr_tail: str = "") -> None:
+        message = reason
+        if stderr_tail:
+            message += "\n--- kernel stderr (tail) ---\n" + stderr_tail
+        super().__init__(message)
+        self.reason = reason
+        self.stderr_tail = stderr_tail
+
+
+class KernelDied(KernelError):
+    """The kernel process exited unexpectedly (executions report this as status "died")."""
+
+    code = ErrorCode.KERNEL_DIED
+
+
+class KernelNotRunning(KernelError):
+    """The operation needs a running kernel, but it is dead, shut down, or still starting."""
+
+    code = ErrorCode.KERNEL_NOT_RUNNING
+
+
+class ExecutionTimeout(KernelError):
+    """An execution exceeded its timeout (executions report this as status "timeout")."""
+
+    code = ErrorCode.EXECUTION_TIMEOUT
+
+
+class RuntimeNotFound(KernelNotFound):
+    """The notebook selects a runtime the daemon does not have; the message lists them."""
+
+    code = ErrorCode.RUNTIME_NOT_FOUND
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        listing = ", ".join(available) or "none"
+        KernelError.__init__(
+            self,
+            f"no runtime or kernelspec named {name!r}; available: {listing} "
+            "(see `runt runtimes`; set metadata.kernelspec.name to one of them)",
+        )
+        self.name = name
+        self.available = list(available)
+
+
+class KernelLimitReached(KernelError):
+    """Starting another kernel would exceed the configured limit on concurrent kernels."""
+
+    code = ErrorCode.KERNEL_LIMIT
+
+
+class EnvBuildFailed(KernelError):
+    """An environment for a notebook's declared dependencies could not be built.
+
+    ``package`` names the dependency at fault when it could be told (else None); the message
+    ends with the tail of uv's output.
+    """
+
+    code = ErrorCode.ENV_BUILD_FAILED
+
+    def __init__(self, message: str, *, package: str | None = None, output_tail: str = "") -> None:
+        full = message
+        if output_tail:
+            full += "\n--- uv output (tail) ---\n" + output_tail
+        super().__init__(full)
+        self.package = package
+        self.output_tail = output_tail
+
+
 _BY_CODE: dict[ErrorCode, type[RuntimedError]] = {}
 
 
@@ -132,8 +238,6 @@ def _register() -> None:
 
 def error_from_reply(code: ErrorCode | str, message: str) -> RuntimedError:
     """The exception matching an ``ErrorReply``'s code."""
-    import runtimed.kernel_errors  # noqa: F401  (registers the kernel layer's classes)
-
     _register()
     try:
         cls = _BY_CODE.get(ErrorCode(code), RemoteError)

@@ -74,7 +74,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `runt` imports runtimed.automation.cli on every command; nbformat, jsonschema and
+    # Lazy: `runt` imports runtimed.cli.run on every command; nbformat, jsonschema and
     # yaml load only when parameters or inspection are actually used.
     module = _LAZY.get(name)
     if module is None:

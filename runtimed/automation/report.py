@@ -198,7 +198,7 @@ def materialize(
     Raises:
         ParameterError, NotebookNotFound, NotebookInvalid, NotebookIOError, InvalidRequest.
     """
-    from runtimed.notebook_file import read_notebook, write_notebook_atomic
+    from runtimed.storage.ipynb import read_notebook, write_notebook_atomic
 
     input_str = format_path(os.fspath(input_path), parameters)
     output_str = format_path(os.fspath(output_path), parameters)

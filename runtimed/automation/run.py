@@ -365,7 +365,7 @@ class _LiveRun:
                     "could not checkpoint %s through the daemon: %s", self.prepared.output, exc
                 )
         # The daemon is gone: write what the local replica holds.
-        from runtimed.notebook_file import write_notebook_atomic
+        from runtimed.storage.ipynb import write_notebook_atomic
 
         try:
             data = nb.doc.to_nbformat(lambda cid: (nb.execution_count(cid), nb.outputs(cid)))

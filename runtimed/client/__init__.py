@@ -57,8 +57,8 @@ from protocol.runtimes import RuntimeInfo
 from runtimed.client.blocking import Client, Notebook
 from runtimed.client.connection import Connection
 from runtimed.client.notebook import AsyncNotebook, ExecutionResult, Replica
+from runtimed.documents.manifests import resolve_output
 from runtimed.errors import ConnectionClosed
-from runtimed.outputs_manifest import resolve_output
 
 __all__ = ["AsyncClient", "AsyncNotebook", "Client", "ExecutionResult", "Notebook"]
 

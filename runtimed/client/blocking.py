@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from runtimed.amjson import JsonValue
-from runtimed.notebook_doc import Cell
+from runtimed.documents.amjson import JsonValue
+from runtimed.documents.notebook import Cell
 
 if TYPE_CHECKING:
     from protocol.messages import ConfigReply, EnvList, EnvsCleaned, NotebookInfo, StatusReply

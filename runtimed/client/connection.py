@@ -46,7 +46,7 @@ EventHandler = Callable[[DaemonEvent], None]
 
 def spawn_daemon(socket: Path, *, home: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a daemon in the background (its own session, so it outlives this process)."""
-    cmd = [sys.executable, "-m", "runtimed.daemon_main", "--socket", str(socket)]
+    cmd = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(socket)]
     if home is not None:
         cmd += ["--home", str(home)]
     return subprocess.Popen(

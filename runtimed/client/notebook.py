@@ -24,10 +24,10 @@ from protocol.messages import (
     RunAllQueued,
     SaveNotebook,
 )
-from runtimed.amjson import JsonValue
+from runtimed.documents.amjson import JsonValue
+from runtimed.documents.notebook import Cell, NotebookDoc
+from runtimed.documents.runtime import FINISHED, RuntimeDoc
 from runtimed.errors import ConnectionClosed
-from runtimed.notebook_doc import Cell, NotebookDoc
-from runtimed.runtime_doc import FINISHED, RuntimeDoc
 
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient

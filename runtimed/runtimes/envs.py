@@ -34,8 +34,8 @@ import anyio
 from anyio.abc import TaskGroup
 from packaging.specifiers import SpecifierSet
 
-from runtimed.kernel_errors import EnvBuildFailed
-from runtimed.kernel_launch import signal_group
+from runtimed.errors import EnvBuildFailed
+from runtimed.kernels.launch import signal_group
 from runtimed.runtimes.env_cache import (
     MARKER,
     BuiltEnv,

@@ -1,7 +1,8 @@
 """One kernel hosted by the runtime manager: a KernelSession entered and exited by one task.
 
-A :class:`~runtimed.kernel.KernelSession` owns a task group, so it must be entered and exited
-in the same task. :meth:`ManagedKernel.host` is that task, run in the manager's task group
+A :class:`~runtimed.kernels.session.KernelSession` owns a task group, so it must be entered
+and exited in the same task. :meth:`ManagedKernel.host` is that task, run in the manager's
+task group
 (``await tg.start(kernel.host)`` returns once the kernel is ready); :meth:`ManagedKernel.stop`
 asks it to exit the session (shutdown_request, then signals) and waits until it has.
 """
@@ -18,7 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from protocol.runtimes import KernelHealth
-from runtimed.kernel import KernelSession
+from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.registry import RuntimeSpec
 
 __all__ = ["ManagedKernel", "rss_bytes"]

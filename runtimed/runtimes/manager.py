@@ -28,9 +28,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from protocol.runtimes import EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
 from runtimed.config import RuntimesConfig
-from runtimed.errors import ShuttingDown
-from runtimed.kernel import KernelSession
-from runtimed.kernel_errors import KernelError, KernelLimitReached
+from runtimed.errors import KernelError, KernelLimitReached, ShuttingDown
+from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.envs import BuiltEnv, EnvStore, Progress
 from runtimed.runtimes.hosting import ManagedKernel
 from runtimed.runtimes.pool import KernelPool

@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from protocol.runtimes import PoolInfo
-from runtimed.kernel_errors import KernelError
+from runtimed.errors import KernelError
 from runtimed.runtimes.hosting import ManagedKernel
 from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec
 

@@ -2,7 +2,7 @@
 handler — composition, not a class hierarchy.
 
 A :class:`RuntimeSpec` is plain data; its ``handler`` knows how to turn it into a running
-kernel (:class:`JupyterHandler`: a :class:`~runtimed.kernel.KernelSession` speaking the
+kernel (:class:`JupyterHandler`: a :class:`~runtimed.kernels.session.KernelSession` speaking the
 Jupyter messaging protocol) and whether a pre-started kernel can be pointed at a notebook
 afterwards (what makes a runtime poolable). :class:`RuntimeRegistry` discovers them:
 
@@ -26,9 +26,9 @@ import anyio
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from protocol.runtimes import RuntimeInfo
-from runtimed.kernel import KernelSession
-from runtimed.kernel_errors import RuntimeNotFound
-from runtimed.kernel_launch import LaunchSpec
+from runtimed.errors import RuntimeNotFound
+from runtimed.kernels.launch import LaunchSpec
+from runtimed.kernels.session import KernelSession
 
 __all__ = [
     "BUILTIN_NAME",
@@ -88,7 +88,8 @@ def setup_code(cwd: Path, env: Mapping[str, str]) -> str:
 
 
 class JupyterHandler:
-    """Jupyter kernels launched from argv, driven by :class:`runtimed.kernel.KernelSession`."""
+    """Jupyter kernels launched from argv, driven by
+    :class:`runtimed.kernels.session.KernelSession`."""
 
     def session(
         self, runtime: RuntimeSpec, *, cwd: Path, env: Mapping[str, str], startup_timeout: float

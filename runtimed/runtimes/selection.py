@@ -28,7 +28,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
-from runtimed.kernel_errors import EnvBuildFailed
+from runtimed.errors import EnvBuildFailed
 
 __all__ = [
     "Dependencies",

@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from runtimed.client import AsyncClient
-from runtimed.config import RuntimesConfig
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import DaemonConfig, RuntimesConfig
+from runtimed.daemon.app import Daemon
 from runtimed.paths import RuntimedPaths
 
 
@@ -61,7 +61,7 @@ async def client(daemon: Daemon) -> AsyncIterator[AsyncClient]:
 
 @pytest.fixture
 def daemon_process(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], RuntimedPaths]]:
-    """A daemon in its own process (``python -m runtimed.daemon_main``), for lifecycle tests.
+    """A daemon in its own process (``python -m runtimed.daemon.main``), for lifecycle tests.
 
     Readiness is a successful connect within a deadline; the process is stopped afterwards.
     """
@@ -76,7 +76,7 @@ def daemon_process(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], R
         [
             sys.executable,
             "-m",
-            "runtimed.daemon_main",
+            "runtimed.daemon.main",
             "--socket",
             str(paths.socket),
             "--home",

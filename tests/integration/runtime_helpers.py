@@ -15,7 +15,8 @@ import anyio
 
 from protocol.messages import DaemonEvent, StatusReply
 from runtimed.client import AsyncClient
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import DaemonConfig
+from runtimed.daemon.app import Daemon
 from runtimed.paths import RuntimedPaths
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,9 +22,10 @@ import pytest
 from blobstore import BlobCorrupt
 from protocol.errors import ErrorCode
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import DaemonConfig
+from runtimed.daemon.app import Daemon
+from runtimed.documents.manifests import manifest_hashes
 from runtimed.errors import RuntimedError
-from runtimed.outputs_manifest import manifest_hashes
 
 from .conftest import write_notebook
 

@@ -43,12 +43,12 @@ from protocol.messages import (
     encode,
 )
 from runtimed.client import AsyncClient, AsyncNotebook
-from runtimed.config import RuntimesConfig
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import DaemonConfig, RuntimesConfig
+from runtimed.daemon.app import Daemon
+from runtimed.documents.notebook import NotebookDoc
+from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import CellNotFound, InvalidRequest, NotebookNotFound
-from runtimed.notebook_doc import NotebookDoc
 from runtimed.paths import RuntimedPaths
-from runtimed.runtime_doc import RuntimeDoc
 
 from .conftest import write_notebook
 

@@ -68,7 +68,7 @@ def test_a_second_daemon_on_the_same_socket_exits_naming_the_running_pid(
         [
             sys.executable,
             "-m",
-            "runtimed.daemon_main",
+            "runtimed.daemon.main",
             "--socket",
             str(paths.socket),
             "--home",
@@ -106,7 +106,7 @@ def test_a_stale_socket_file_from_a_dead_daemon_does_not_block_a_start(
         [
             sys.executable,
             "-m",
-            "runtimed.daemon_main",
+            "runtimed.daemon.main",
             "--socket",
             str(paths.socket),
             "--home",
@@ -152,7 +152,7 @@ def test_sigterm_while_the_pool_kernel_starts_exits_promptly(short_tmp: Path) ->
             [
                 sys.executable,
                 "-m",
-                "runtimed.daemon_main",
+                "runtimed.daemon.main",
                 "--socket",
                 str(paths.socket),
                 "--home",

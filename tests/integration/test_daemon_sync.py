@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from runtimed.client import AsyncClient, AsyncNotebook
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
 
 from .conftest import write_notebook
 

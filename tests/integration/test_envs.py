@@ -14,7 +14,7 @@ import pytest
 
 from protocol.messages import KernelStatusChanged
 from runtimed.client import AsyncClient, AsyncNotebook
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
 
 from .conftest import write_notebook
 from .runtime_helpers import Events, code, runt, runt_json, wait_gone

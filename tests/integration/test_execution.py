@@ -22,7 +22,7 @@ from nbclient import NotebookClient
 
 from protocol.messages import DaemonEvent, ExecutionDone, ExecutionStarted, KernelStatusChanged
 from runtimed.client import AsyncClient, AsyncNotebook
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
 from runtimed.errors import CellEmpty, CellNotCode, CellNotFound
 
 from .conftest import wait_for_file_code, write_notebook
@@ -92,7 +92,7 @@ def _normalise_nbclient(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """nbclient's raw outputs, streams shown as a terminal shows them (the one documented
     difference: runtimed coalesces consecutive same-name streams and renders ``\\r``/``\\b``).
 
-    Written here independently of runtimed.outputs so the comparison checks it.
+    Written here independently of runtimed.kernels.outputs so the comparison checks it.
     """
     merged: list[dict[str, Any]] = []
     for out in outputs:

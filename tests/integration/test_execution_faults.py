@@ -17,7 +17,7 @@ import pytest
 
 from protocol.messages import DaemonEvent, ExecutionDone, InputRequested
 from runtimed.client import AsyncClient
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
 from runtimed.errors import ExecutionNotFound, InvalidRequest
 from runtimed.paths import RuntimedPaths
 

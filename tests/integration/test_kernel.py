@@ -12,9 +12,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from runtimed.kernel import ExecutionOutcome, KernelSession
-from runtimed.kernel_errors import KernelNotFound, KernelNotRunning, KernelStartFailed
-from runtimed.outputs import Output, OutputChange, coalesce_streams
+from runtimed.errors import KernelNotFound, KernelNotRunning, KernelStartFailed
+from runtimed.kernels.outputs import Output, OutputChange, coalesce_streams
+from runtimed.kernels.session import ExecutionOutcome, KernelSession
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

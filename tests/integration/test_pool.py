@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from runtimed.client import AsyncClient
-from runtimed.config import RuntimesConfig
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import DaemonConfig, RuntimesConfig
+from runtimed.daemon.app import Daemon
 from runtimed.paths import RuntimedPaths
 
 from .conftest import write_notebook

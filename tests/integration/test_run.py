@@ -14,7 +14,7 @@ import pytest
 
 from runtimed.automation.report import ERROR_MARKER_TAG
 from runtimed.automation.run import execute_notebook, execute_notebook_async
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
 
 from .conftest import wait_for_file_code, write_notebook
 

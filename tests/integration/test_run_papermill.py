@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from runtimed.automation.report import ERROR_MARKER_TAG
 from runtimed.automation.run import execute_notebook_async
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
 
 from .conftest import write_notebook
 

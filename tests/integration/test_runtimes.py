@@ -12,8 +12,8 @@ import pytest
 
 from protocol.messages import KernelStatusChanged
 from runtimed.client import AsyncClient
-from runtimed.config import RuntimesConfig
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import DaemonConfig, RuntimesConfig
+from runtimed.daemon.app import Daemon
 from runtimed.paths import RuntimedPaths
 
 from .conftest import write_notebook

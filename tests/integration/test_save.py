@@ -19,11 +19,11 @@ import nbformat
 import pytest
 
 from runtimed.client import AsyncClient, Client
-from runtimed.daemon import Daemon
+from runtimed.daemon.app import Daemon
+from runtimed.documents.notebook import NotebookDoc
 from runtimed.errors import InvalidRequest, NotebookInvalid, NotebookIOError, NotebookNotFound
-from runtimed.notebook_doc import NotebookDoc
 from runtimed.paths import RuntimedPaths
-from runtimed.persistence import DocumentStore
+from runtimed.storage.documents import DocumentStore
 
 from .conftest import wait_for_socket, write_notebook
 
@@ -325,7 +325,7 @@ class Daemons:
             [
                 sys.executable,
                 "-m",
-                "runtimed.daemon_main",
+                "runtimed.daemon.main",
                 "--socket",
                 str(self.paths.socket),
                 "--home",
@@ -530,7 +530,7 @@ async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
 
     import anyio
 
-    from runtimed import persistence
+    from runtimed.storage import documents as persistence
 
     path = write_notebook(short_tmp / "fail.ipynb", [{"cell_type": "code", "source": "1"}])
     key = DocumentStore.key_for(path.resolve(), "")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import binascii
 import copy
 import json
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,19 +164,6 @@ def test_error_codes(cls: str, code: str) -> None:
     err = getattr(blobstore, cls)
     assert issubclass(err, BlobError)
     assert err.code == code
-
-
-def test_pure_modules_import_no_io() -> None:
-    root = Path(__file__).resolve().parents[2] / "blobstore"
-    for name in ("hashing.py", "content.py", "manifest.py", "errors.py"):
-        tree = ast.parse((root / name).read_text())
-        imported: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module.split(".")[0])
-        assert not imported & {"anyio", "os", "socket", "pathlib", "asyncio"}, name
 
 
 # --- mime classification -----------------------------------------------------------------

@@ -10,13 +10,13 @@ import pytest
 from runtimed.config import (
     KEYS,
     ConfigError,
+    DaemonConfig,
     RuntimesConfig,
     config_path,
     effective_value,
     load_config,
 )
-from runtimed.daemon import DaemonConfig
-from runtimed.runtimes.service import config_reply
+from runtimed.daemon.handlers.runtimes import config_reply
 
 FULL = """
 [daemon]

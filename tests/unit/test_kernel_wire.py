@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from runtimed.kernel_wire import decode_message
+from runtimed.kernels.wire import decode_message
 
 KEY = uuid.uuid4().hex.encode()
 

@@ -15,9 +15,9 @@ from automerge.core import ROOT, Document, ObjType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtimed.amjson import splice_text
+from runtimed.documents.amjson import splice_text
+from runtimed.documents.notebook import NotebookDoc
 from runtimed.errors import CellNotFound, InvalidRequest
-from runtimed.notebook_doc import NotebookDoc
 
 CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 

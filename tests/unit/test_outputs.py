@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nbclient import NotebookClient
 
-from runtimed.outputs import DisplayUpdate, OutputAccumulator, coalesce_streams
+from runtimed.kernels.outputs import DisplayUpdate, OutputAccumulator, coalesce_streams
 
 
 def stream(text: str, name: str = "stdout") -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtimed.kernel_errors import EnvBuildFailed, KernelNotFound, RuntimeNotFound
+from runtimed.errors import EnvBuildFailed, KernelNotFound, RuntimeNotFound
 from runtimed.runtimes.env_cache import BuiltEnv, describe_uv_failure, select_for_removal
 from runtimed.runtimes.registry import (
     MEMORY_HISTORY_ARG,

@@ -10,10 +10,10 @@ import nbformat
 import pytest
 
 from runtimed.automation.batch import format_summary
-from runtimed.automation.cli import format_failure
 from runtimed.automation.progress import OutputLog, ProgressBar, strip_ansi
 from runtimed.automation.report import FailedCell, RunResult
 from runtimed.cli import main
+from runtimed.cli.run import format_failure
 
 RED = "\x1b[31m"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from automerge.core import ROOT, ScalarType, SyncState
 
-from runtimed.runtime_doc import FINISHED, RuntimeDoc
+from runtimed.documents.runtime import FINISHED, RuntimeDoc
 
 STREAM = {"output_type": "stream", "name": "stdout", "text": "hi é😀\n"}
 RESULT = {
@@ -246,7 +246,7 @@ def test_sync_message_peek_tells_acknowledgements_from_changes() -> None:
     carrying changes for a bare acknowledgement."""
     from automerge.core import Document, SyncState
 
-    from runtimed.syncwire import may_carry_changes
+    from runtimed.documents.syncwire import may_carry_changes
 
     daemon, client = RuntimeDoc.new(), Document()
     d_state, c_state = SyncState(), SyncState()

@@ -36,23 +36,24 @@ from protocol.messages import (
     KernelStatusChanged,
     encode,
 )
+from runtimed.daemon.manifests import ManifestWriter
+from runtimed.daemon.room import NotebookRoom
+from runtimed.documents.notebook import Cell
 from runtimed.errors import (
     CellEmpty,
     CellNotCode,
     ExecutionNotFound,
     InvalidRequest,
+    KernelError,
+    KernelNotRunning,
     RuntimedError,
 )
-from runtimed.kernel import ExecutionOutcome, KernelSession, Submitted
-from runtimed.kernel_errors import KernelError, KernelNotRunning
-from runtimed.notebook_doc import Cell
-from runtimed.outputs import DisplayUpdate, OutputChange
-from runtimed.outputs_manifest import ManifestWriter
-from runtimed.room import NotebookRoom
+from runtimed.kernels.outputs import DisplayUpdate, OutputChange
+from runtimed.kernels.session import ExecutionOutcome, KernelSession, Submitted
 from runtimed.runtimes.selection import RuntimeRequest, runtime_request_for
 
 if TYPE_CHECKING:
-    from runtimed.daemon import DaemonConfig
+    from runtimed.config import DaemonConfig
     from runtimed.runtimes.manager import KernelLease, RuntimeManager
 
 __all__ = ["NotebookExecutor"]
@@ -715,7 +716,7 @@ class NotebookExecutor:
 
 
 def _failed(ename: str, evalue: str) -> ExecutionOutcome:
-    from runtimed.kernel import ErrorInfo
+    from runtimed.kernels.session import ErrorInfo
 
     return ExecutionOutcome(
         status="error",

@@ -13,11 +13,12 @@ from typing import Any
 
 import anyio
 
-from runtimed import __version__, cli_runtimes
+from runtimed.cli import runtimes as cli_runtimes
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.client.connection import spawn_daemon
 from runtimed.errors import DaemonNotRunning, RuntimedError
 from runtimed.paths import default_home, default_socket_path
+from runtimed.version import __version__
 
 __all__ = ["main"]
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--json", action="store_true")
 
-    from runtimed.automation.cli import add_run_parser
+    from runtimed.cli.run import add_run_parser
 
     add_run_parser(sub)
     cli_runtimes.add_parsers(sub)
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     elif (command, getattr(args, "action", None)) in cli_runtimes.COMMANDS:
         handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
     elif command in ("run", "inspect", "scraps"):
-        from runtimed.automation.cli import run_command
+        from runtimed.cli.run import run_command
 
         handler = run_command
     else:
@@ -351,7 +352,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 A session is an async context manager owning a task group; each kernel process it starts
 (one at a time; :meth:`KernelSession.restart` replaces it) runs as a
-:class:`~runtimed.kernel_process.KernelProcess` task in that group with long-lived channel
+:class:`~runtimed.kernels.process.KernelProcess` task in that group with long-lived channel
 readers.  Messages follow the Jupyter messaging protocol ("the spec":
 https://jupyter-client.readthedocs.io/en/stable/messaging.html).
 
@@ -32,10 +32,10 @@ import anyio
 from anyio.abc import TaskGroup
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
-from runtimed.kernel_errors import KernelNotRunning, KernelStartFailed
-from runtimed.kernel_launch import LaunchSpec, resolve_spec, spawn_kernel, write_connection
-from runtimed.kernel_process import Execution, KernelProcess, StdinHandler
-from runtimed.outputs import Output, OutputChange
+from runtimed.errors import KernelNotRunning, KernelStartFailed
+from runtimed.kernels.launch import LaunchSpec, resolve_spec, spawn_kernel, write_connection
+from runtimed.kernels.outputs import Output, OutputChange
+from runtimed.kernels.process import Execution, KernelProcess, StdinHandler
 
 __all__ = [
     "ErrorInfo",

@@ -18,10 +18,10 @@ from automerge.core import Message, SyncState
 
 from protocol.errors import ProtocolError
 from protocol.messages import DocKind, RuntimeResync, encode
+from runtimed.documents.notebook import NotebookDoc
+from runtimed.documents.runtime import RuntimeDoc
+from runtimed.documents.syncwire import may_carry_changes
 from runtimed.errors import HeadsTimeout, InvalidRequest
-from runtimed.notebook_doc import NotebookDoc
-from runtimed.runtime_doc import RuntimeDoc
-from runtimed.syncwire import may_carry_changes
 
 __all__ = ["NotebookRoom", "Peer"]
 

@@ -1,6 +1,6 @@
 """Launching a kernel process: kernelspec lookup, connection file, spawn, console capture.
 
-The low-level half of :mod:`runtimed.kernel`.  We launch kernels ourselves (rather than via
+The low-level half of :mod:`runtimed.kernels.session`.  We launch kernels ourselves (rather than via
 ``jupyter_client.AsyncKernelManager``) so that we own the process object (event-driven exit
 detection), its console pipe (stderr tail on failure) and its process group (signals).
 """
@@ -24,7 +24,7 @@ from anyio.abc import ByteReceiveStream, Process
 from jupyter_client.connect import KernelConnectionInfo, write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from runtimed.kernel_errors import KernelNotFound, KernelStartFailed
+from runtimed.errors import KernelNotFound, KernelStartFailed
 
 __all__ = [
     "ConsoleTail",

@@ -166,9 +166,8 @@ async def _env_clean(args: argparse.Namespace) -> int:
 
 
 async def _config_show(args: argparse.Namespace) -> int:
-    from runtimed.config import ConfigError, load_config
-    from runtimed.daemon import DaemonConfig
-    from runtimed.runtimes.service import config_reply
+    from runtimed.config import ConfigError, DaemonConfig, load_config
+    from runtimed.daemon.handlers.runtimes import config_reply
 
     note = ""
     try:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import anyio
 
-from runtimed import __version__
-from runtimed.config import ConfigError, load_config
-from runtimed.daemon import Daemon, DaemonConfig
+from runtimed.config import ConfigError, DaemonConfig, load_config
+from runtimed.daemon.app import Daemon
 from runtimed.errors import DaemonAlreadyRunning
 from runtimed.paths import resolve_paths
+from runtimed.version import __version__
 
 __all__ = ["main"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from runtimed.amjson import JsonValue, put_json, read_json, scalar
+from runtimed.documents.amjson import JsonValue, put_json, read_json, scalar
 
 __all__ = ["ExecutionRecord", "RuntimeDoc"]
 

@@ -34,7 +34,7 @@ from protocol.messages import (
 from runtimed.errors import RuntimedError
 
 if TYPE_CHECKING:
-    from runtimed.room import NotebookRoom
+    from runtimed.daemon.room import NotebookRoom
 
 __all__ = ["ClientSession"]
 

@@ -1,4 +1,4 @@
-"""One running kernel process and its channel readers (internal to :mod:`runtimed.kernel`).
+"""One running kernel process and its channel readers (internal to :mod:`runtimed.kernels.session`).
 
 A :class:`KernelProcess` lives from spawn to exit.  :meth:`KernelProcess.run` is one task in
 the owning session's task group; it owns a task group of its own with a process watcher, a
@@ -22,10 +22,10 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from zmq.utils.monitor import parse_monitor_message
 
-from runtimed.kernel_errors import KernelNotRunning
-from runtimed.kernel_launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
-from runtimed.kernel_wire import decode_message
-from runtimed.outputs import OutputAccumulator, OutputChange
+from runtimed.errors import KernelNotRunning
+from runtimed.kernels.launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
+from runtimed.kernels.outputs import OutputAccumulator, OutputChange
+from runtimed.kernels.wire import decode_message
 
 __all__ = ["Execution", "KernelProcess", "Reply", "StdinHandler"]
 

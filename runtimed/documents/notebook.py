@@ -20,7 +20,7 @@ write: two replicas moving the same cell concurrently converge on one copy (last
 wins), and a move never loses a concurrent edit to the cell's source.
 
 Outputs and execution counts are runtime state and live in the runtime document
-(:mod:`runtimed.runtime_doc`), so re-running cells never grows this document's history.
+(:mod:`runtimed.documents.runtime`), so re-running cells never grows this document's history.
 No I/O happens here.
 """
 
@@ -39,7 +39,7 @@ from fractional_indexing import (  # type: ignore[import-untyped]
     generate_n_keys_between,
 )
 
-from runtimed.amjson import JsonValue, encode_key, put_json, read_json, splice_text
+from runtimed.documents.amjson import JsonValue, encode_key, put_json, read_json, splice_text
 from runtimed.errors import CellNotFound, InvalidRequest
 
 __all__ = ["CELL_TYPES", "Cell", "NotebookDoc", "new_cell_id"]
@@ -101,7 +101,7 @@ class NotebookDoc:
         """Build the document from a validated nbformat v4 notebook (a plain dict).
 
         Cells without an id get a fresh one (and the notebook becomes nbformat 4.5).
-        Outputs and execution counts are not stored here; see :mod:`runtimed.runtime_doc`.
+        Outputs and execution counts are not stored here; see :mod:`runtimed.documents.runtime`.
         """
         doc = Document()
         minor = int(nb.get("nbformat_minor", 5))

@@ -162,7 +162,7 @@ async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
 
 
 def _read(path: str) -> dict[str, Any]:
-    from runtimed.notebook_file import read_notebook
+    from runtimed.storage.ipynb import read_notebook
 
     return read_notebook(Path(path))
 

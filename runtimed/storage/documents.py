@@ -101,7 +101,7 @@ class DocumentStore:
     def referenced_blobs(self, *, skip_keys: frozenset[str] = frozenset()) -> set[str]:
         """Blob hashes referenced by persisted runtime snapshots (GC marking), except those
         of ``skip_keys`` (open notebooks, whose live documents are newer)."""
-        from runtimed.outputs_manifest import manifest_hashes
+        from runtimed.documents.manifests import manifest_hashes
 
         hashes: set[str] = set()
         for snapshot_path in self.root.glob("*.runtime.json"):

@@ -1,80 +1,18 @@
-"""Output manifests in the runtime document: what is stored instead of each output.
+"""Output manifests written by the daemon: blobs first, then the manifest that names them.
 
-Every output in the runtime document is a manifest (``blobstore.manifest``): small text
-inline, larger text and every binary payload as a content-addressed blob reference. While a
-cell runs, a stream that has outgrown the inline threshold is published as a *partial*
-manifest — size plus a head/tail preview, no blob — so a flood of output never writes a new
-multi-megabyte blob at every flush; the final manifest (with its blob) replaces it when the
-execution ends.
+The pure rules (what a manifest is, partial streams, resolving) live in
+:mod:`runtimed.documents.manifests`; this module does the blob store I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from blobstore import (
-    BlobStore,
-    PinSet,
-    build_manifest,
-    is_manifest,
-    manifest_blob_hashes,
-    resolve_manifest,
-)
-from blobstore.manifest import DEFAULT_INLINE_THRESHOLD, PREVIEW_CHARS
+from blobstore import BlobStore, PinSet, build_manifest, is_manifest
+from blobstore.manifest import DEFAULT_INLINE_THRESHOLD
+from runtimed.documents.manifests import is_partial, partial_stream, resolve_output
 
-__all__ = [
-    "ManifestWriter",
-    "is_partial",
-    "manifest_hashes",
-    "resolve_output",
-    "resolve_output_async",
-]
-
-
-def is_partial(manifest: dict[str, Any]) -> bool:
-    text = manifest.get("text")
-    return isinstance(text, dict) and bool(text.get("partial"))
-
-
-def _partial_stream(output: dict[str, Any], text: str) -> dict[str, Any]:
-    return {
-        "manifest_version": 1,
-        "output_type": "stream",
-        "name": output.get("name", "stdout"),
-        "text": {
-            "partial": True,
-            "size": len(text),
-            "preview": {"head": text[:PREVIEW_CHARS], "tail": text[-PREVIEW_CHARS:]},
-        },
-    }
-
-
-def _partial_output(manifest: dict[str, Any]) -> dict[str, Any]:
-    text = manifest["text"]
-    preview = text.get("preview", {})
-    return {
-        "output_type": "stream",
-        "name": manifest.get("name", "stdout"),
-        "text": f"{preview.get('head', '')}\n[... {text.get('size', 0)} characters so far; "
-        f"the full text is stored when the cell finishes ...]\n{preview.get('tail', '')}",
-    }
-
-
-def manifest_hashes(manifest: dict[str, Any]) -> set[str]:
-    """Blob hashes a stored output references (none for partial or legacy outputs)."""
-    if not is_manifest(manifest) or is_partial(manifest):
-        return set()
-    return manifest_blob_hashes(manifest)
-
-
-def resolve_output(manifest: dict[str, Any], read_blob: Callable[[str], bytes]) -> dict[str, Any]:
-    """The nbformat output a stored manifest stands for (blobs read with ``read_blob``)."""
-    if is_partial(manifest):
-        return _partial_output(manifest)
-    if not is_manifest(manifest):
-        return dict(manifest)
-    return resolve_manifest(manifest, read_blob)
+__all__ = ["ManifestWriter", "resolve_output_async"]
 
 
 async def resolve_output_async(manifest: dict[str, Any], store: BlobStore) -> dict[str, Any]:
@@ -121,7 +59,7 @@ class ManifestWriter:
             text = output.get("text", "")
             text = text if isinstance(text, str) else "".join(text)
             if not final and len(text) > self.inline_threshold:
-                return _partial_stream(output, text)
+                return partial_stream(output, text)
             return await self._store(output, pins)
         cached = self._cache.get(id(output))
         if cached is not None and cached[0] is output:

@@ -14,13 +14,13 @@ from typing import Any
 import anyio
 
 from blobstore import BlobError, BlobStore
+from runtimed.daemon.manifests import resolve_output_async
+from runtimed.daemon.room import NotebookRoom
+from runtimed.documents.notebook import NotebookDoc
+from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import BlobUnavailable
-from runtimed.notebook_doc import NotebookDoc
-from runtimed.notebook_file import read_notebook
-from runtimed.outputs_manifest import resolve_output_async
-from runtimed.persistence import DocumentStore, file_digest
-from runtimed.room import NotebookRoom
-from runtimed.runtime_doc import RuntimeDoc
+from runtimed.storage.documents import DocumentStore, file_digest
+from runtimed.storage.ipynb import read_notebook
 
 __all__ = ["load_room", "new_room", "notebook_for_save"]
 

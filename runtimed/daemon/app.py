@@ -6,9 +6,8 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, assert_never
+from typing import assert_never
 
 import anyio
 import msgspec
@@ -51,21 +50,21 @@ from protocol.messages import (
     StatusReply,
     encode,
 )
-from runtimed import __version__
-from runtimed.config import RuntimesConfig
+from runtimed.config import DaemonConfig
+from runtimed.daemon.connection import ClientSession
+from runtimed.daemon.executor import NotebookExecutor
+from runtimed.daemon.handlers import runtimes as runtime_service
+from runtimed.daemon.http import HttpServer
+from runtimed.daemon.instance import InstanceLock
+from runtimed.daemon.loading import load_room, new_room, notebook_for_save
+from runtimed.daemon.room import NotebookRoom
+from runtimed.documents.manifests import manifest_hashes
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
-from runtimed.execution import NotebookExecutor
-from runtimed.http import HttpServer
-from runtimed.instance import InstanceLock
-from runtimed.loading import load_room, new_room, notebook_for_save
-from runtimed.notebook_file import write_notebook_atomic
-from runtimed.outputs_manifest import manifest_hashes
 from runtimed.paths import RuntimedPaths
-from runtimed.persistence import DocumentStore, NotebookMeta, file_digest
-from runtimed.room import NotebookRoom
-from runtimed.runtimes import service as runtime_service
 from runtimed.runtimes.manager import RuntimeManager
-from runtimed.session import ClientSession
+from runtimed.storage.documents import DocumentStore, NotebookMeta, file_digest
+from runtimed.storage.ipynb import write_notebook_atomic
+from runtimed.version import __version__
 
 __all__ = ["Daemon", "DaemonConfig"]
 
@@ -73,32 +72,6 @@ log = logging.getLogger(__name__)
 
 
 _PERSIST_RETRY = 1.0  # s between attempts to persist a notebook after a failed write
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonConfig:
-    """Tunables (see docs/running.md)."""
-
-    max_frame_size: int = framing.DEFAULT_MAX_FRAME_SIZE
-    heads_timeout: float = 10.0
-    persist_debounce: float = 0.2
-    kernel_startup_timeout: float = 60.0
-    shutdown_timeout: float = 10.0
-    keep_executions: int = 200
-    http_port: int | None = 0
-    """Loopback port for the HTTP endpoint (0: any free port; None: disabled)."""
-    gc_grace_seconds: float = 3600.0
-    runtime_persist_interval: float = 2.0
-    """Runtime-only changes (outputs, kernel state) are persisted at most this often."""
-    idle_timeout: float = 900.0
-    """Close a notebook nobody has open (stopping its kernel) after this many idle seconds."""
-    runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
-    """Pool, kernel limit, default runtime, environment cache (docs/runtimes.md)."""
-    config_path: str = ""
-    """The config.toml these values were loaded from ("" if built in code)."""
-    config_origins: dict[str, str] = field(default_factory=dict)
-    """Config key -> where its value came from (``runt config show``)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _OpenRoom:

@@ -24,7 +24,7 @@ from runtimed.errors import InvalidRequest
 from runtimed.runtimes.manager import RuntimeManager
 
 if TYPE_CHECKING:
-    from runtimed.daemon import DaemonConfig
+    from runtimed.config import DaemonConfig
 
 __all__ = ["RuntimeRequestKind", "answer", "kernel_info"]
 

@@ -1,0 +1,1 @@
+"""What lives on disk: ``.ipynb`` checkpoints and the persisted Automerge documents."""
