@@ -134,7 +134,7 @@ class Notebook:
         return self._read(self._nb.metadata)  # type: ignore[no-any-return]
 
     def outputs(self, cell_id: str) -> list[dict[str, Any]]:
-        return self._read(self._nb.outputs, cell_id)  # type: ignore[no-any-return]
+        return self._portal.call(self._nb.read_outputs, cell_id)
 
     def add_cell(
         self,

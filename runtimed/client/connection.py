@@ -179,6 +179,9 @@ class Connection:
         # The body's exception is not handed to the task group (it would come out wrapped in
         # an ExceptionGroup); it propagates as itself once the reader has stopped.
         await self._exit_stack.aclose()
+        if self._closed is None:
+            # Requests still waiting (in other tasks) end now rather than never.
+            self._fail(ConnectionClosed("the connection was closed by this client"), None)
 
     @property
     def closed(self) -> bool:
@@ -202,7 +205,7 @@ class Connection:
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"), exc)
 
-    def _fail(self, error: RuntimedError, cause: BaseException) -> None:
+    def _fail(self, error: RuntimedError, cause: BaseException | None) -> None:
         error.__cause__ = cause
         self._closed = error
         for waiter in self._pending.values():

@@ -153,9 +153,18 @@ class AsyncNotebook:
         return self.doc.metadata()
 
     def outputs(self, cell_id: str) -> list[dict[str, Any]]:
-        """The cell's current outputs as nbformat dicts (blob references resolved)."""
+        """The cell's current outputs as nbformat dicts (blob references resolved).
+
+        Blob files are read on the calling thread; from async code that must not block, use
+        :meth:`read_outputs`.
+        """
         _, manifests = self.runtime.cell_state(cell_id)
         return [self._client.resolve_output(m) for m in manifests]
+
+    async def read_outputs(self, cell_id: str) -> list[dict[str, Any]]:
+        """:meth:`outputs`, with blob files read in a worker thread."""
+        _, manifests = self.runtime.cell_state(cell_id)
+        return await self._client.resolve_outputs(manifests)
 
     def execution_count(self, cell_id: str) -> int | None:
         return self.runtime.cell_state(cell_id)[0]

@@ -5,17 +5,27 @@ structured attributes, typed replies, the handshake's refusal, and errors raised
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import anyio
 import pytest
 
+from blobstore import BlobCorrupt, BlobError, shard_path
 from protocol.errors import ProtocolError, VersionMismatch
 from protocol.handshake import ClientHandshake
-from protocol.messages import DaemonStatus, Ok, Ping, Pong, StatusReply
+from protocol.messages import CellQueued, DaemonStatus, ExecuteCell, Ok, Ping, Pong, StatusReply
 from runtimed.client import AsyncClient, Client
 from runtimed.daemon.app import Daemon
-from runtimed.errors import CellNotFound, KernelStartFailed, NotebookNotFound, RuntimeNotFound
+from runtimed.documents.manifests import manifest_hashes
+from runtimed.errors import (
+    CellNotFound,
+    ConnectionClosed,
+    KernelStartFailed,
+    NotebookNotFound,
+    RuntimedError,
+    RuntimeNotFound,
+)
 
 from .conftest import write_notebook
 from .runtime_helpers import DEADLINE, KERNELS, code, ipykernel_argv, write_kernelspec
@@ -158,3 +168,66 @@ async def test_the_blocking_client_raises_the_error_itself(daemon: Daemon, short
     with pytest.raises(NotebookNotFound) as caught:
         await anyio.to_thread.run_sync(use_blocking)
     assert type(caught.value) is NotebookNotFound
+
+
+# ---------------------------------------------------------------- blobs read off the loop
+
+
+async def test_outputs_with_blobs_are_read_in_a_worker_thread_and_verified(
+    client: AsyncClient, short_tmp: Path
+) -> None:
+    big = "x" * 5000  # over the inline threshold: the stream goes to the blob store
+    nb = await client.open(write_notebook(short_tmp / "d.ipynb", [code(f"print({big!r})")]))
+    result = await nb.execute("cell0", timeout=DEADLINE)
+    assert result.outputs == [{"output_type": "stream", "name": "stdout", "text": big + "\n"}]
+
+    loop_thread = threading.get_ident()
+    readers: list[int] = []
+    original = client._read_blob
+
+    def recording(blob_hash: str) -> bytes:
+        readers.append(threading.get_ident())
+        return original(blob_hash)
+
+    client._read_blob = recording  # type: ignore[method-assign]
+    assert await nb.read_outputs("cell0") == result.outputs
+    assert readers
+    assert loop_thread not in readers
+
+    # What it reads is checked against the hash; a bad blob is a BlobError, not garbage.
+    status = await client.status()
+    [blob_hash] = {h for m in nb.runtime.cell_state("cell0")[1] for h in manifest_hashes(m)}
+    blob = Path(status.blob_dir, *shard_path(blob_hash))
+    assert blob.is_file()
+    blob.chmod(0o600)
+    blob.write_bytes(b"not the bytes of that hash")
+    with pytest.raises(BlobCorrupt) as caught:
+        await nb.read_outputs("cell0")
+    assert isinstance(caught.value, BlobError)
+    assert isinstance(caught.value, RuntimedError)
+
+
+async def test_a_request_waiting_when_the_client_closes_ends_with_connection_closed(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    path = write_notebook(short_tmp / "e.ipynb", [code("1")])
+    outcome: list[BaseException] = []
+
+    async def wait_for_a_reply(client: AsyncClient, nb_id: str) -> None:
+        # Heads the daemon never gets: it waits (heads_timeout) before answering.
+        unknown = ["ab" * 32]
+        try:
+            await client.request(
+                lambda i: ExecuteCell(id=i, notebook_id=nb_id, cell_id="cell0", heads=unknown),
+                CellQueued,
+            )
+        except ConnectionClosed as exc:
+            outcome.append(exc)
+
+    client = await AsyncClient.connect(daemon.paths.socket)
+    async with anyio.create_task_group() as tg, client:
+        nb = await client.open(path)
+        tg.start_soon(wait_for_a_reply, client, nb.id)
+        await anyio.wait_all_tasks_blocked()
+    assert len(outcome) == 1
+    assert "closed by this client" in str(outcome[0])
