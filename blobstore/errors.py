@@ -1,10 +1,13 @@
-"""The blobstore exception tree.
+"""The blobstore's branch of the exception tree.
 
-Every error raised on purpose by this package derives from :class:`BlobError`, so callers
-(the daemon's request handlers) can catch one type and report ``exc.code`` to clients.
+Every error raised on purpose by this package derives from :class:`BlobError`, itself a
+:class:`protocol.errors.RuntimedError` (the project's one root), so callers can catch one type
+and a daemon handler reports ``exc.code`` (an :class:`~protocol.errors.ErrorCode`) to clients.
 """
 
 from __future__ import annotations
+
+from protocol.errors import ErrorCode, RuntimedError
 
 __all__ = [
     "BlobCorrupt",
@@ -18,49 +21,49 @@ __all__ = [
 ]
 
 
-class BlobError(Exception):
+class BlobError(RuntimedError):
     """Root of all blobstore errors; ``code`` is a stable machine-readable identifier."""
 
-    code: str = "blob_error"
+    code = ErrorCode.BLOB_ERROR
 
 
 class InvalidBlobHash(BlobError):
     """A string offered as a blob hash is not 64 lowercase hex characters."""
 
-    code = "invalid_blob_hash"
+    code = ErrorCode.INVALID_BLOB_HASH
 
 
 class BlobNotFound(BlobError):
     """No blob with the requested hash exists in the store."""
 
-    code = "blob_not_found"
+    code = ErrorCode.BLOB_NOT_FOUND
 
 
 class BlobTooLarge(BlobError):
     """A blob exceeds the store's ``max_blob_size``."""
 
-    code = "blob_too_large"
+    code = ErrorCode.BLOB_TOO_LARGE
 
 
 class BlobCorrupt(BlobError):
     """Stored bytes no longer match their hash (or a blob's content cannot be decoded)."""
 
-    code = "blob_corrupt"
+    code = ErrorCode.BLOB_CORRUPT
 
 
 class BlobWriteFailed(BlobError):
     """Writing a blob failed at the OS level (disk full, permissions, ...); nothing was left."""
 
-    code = "blob_write_failed"
+    code = ErrorCode.BLOB_WRITE_FAILED
 
 
 class BlobReadFailed(BlobError):
     """Reading a blob failed at the OS level for a reason other than it being absent."""
 
-    code = "blob_read_failed"
+    code = ErrorCode.BLOB_READ_FAILED
 
 
 class InvalidManifest(BlobError):
     """An output cannot be turned into a manifest, or a manifest is malformed."""
 
-    code = "invalid_manifest"
+    code = ErrorCode.INVALID_MANIFEST

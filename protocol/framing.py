@@ -1,12 +1,7 @@
-"""Handshake and length-prefixed framing, without I/O (in the manner of h11).
+"""Length-prefixed framing, without I/O (in the manner of h11).
 
-Wire layout (all integers big-endian):
-
-* Client hello: ``MAGIC`` (8 bytes) + protocol version (u16).
-* Daemon hello: ``MAGIC`` + daemon protocol version (u16) + status (u8: 0 accepted,
-  1 refused) + message length (u16) + UTF-8 message. On refusal the daemon closes.
-* Then frames in both directions: length (u32, counts the kind byte and the payload) +
-  kind (u8) + payload.
+After the handshake (:mod:`protocol.handshake`), frames flow in both directions: length
+(u32, big-endian, counts the kind byte and the payload) + kind (u8) + payload.
 """
 
 from __future__ import annotations
@@ -17,29 +12,21 @@ from dataclasses import dataclass
 
 from protocol.errors import ProtocolError
 
+# The version and magic belong to the handshake; re-exported for existing importers.
+from protocol.handshake import MAGIC, PROTOCOL_VERSION
+
 __all__ = [
-    "CLIENT_HELLO_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAGIC",
     "PROTOCOL_VERSION",
     "Frame",
     "FrameDecoder",
     "FrameKind",
-    "HelloReply",
-    "decode_client_hello",
-    "decode_server_hello",
-    "encode_client_hello",
     "encode_frame",
-    "encode_server_hello",
 ]
 
-MAGIC = b"RUNTIMED"
-PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 
-_HELLO = struct.Struct(">8sH")
-CLIENT_HELLO_SIZE = _HELLO.size
-_SERVER_HELLO_HEAD = struct.Struct(">8sHBH")
 _LENGTH = struct.Struct(">I")
 
 
@@ -56,70 +43,6 @@ class FrameKind(enum.IntEnum):
 class Frame:
     kind: FrameKind
     payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class HelloReply:
-    version: int
-    accepted: bool
-    message: str
-
-
-def encode_client_hello(version: int = PROTOCOL_VERSION) -> bytes:
-    return _HELLO.pack(MAGIC, version)
-
-
-def decode_client_hello(data: bytes) -> int:
-    """Return the client's protocol version from exactly ``CLIENT_HELLO_SIZE`` bytes.
-
-    Raises:
-        ProtocolError: wrong length or wrong magic (not a runtimed client).
-    """
-    if len(data) != CLIENT_HELLO_SIZE:
-        raise ProtocolError(
-            f"handshake: expected {CLIENT_HELLO_SIZE} bytes, got {len(data)} "
-            "(connection closed early?)"
-        )
-    magic, version = _HELLO.unpack(data)
-    if magic != MAGIC:
-        raise ProtocolError(
-            f"handshake: bad magic {magic!r}; this socket speaks the runtimed protocol"
-        )
-    return int(version)
-
-
-def encode_server_hello(
-    *, accepted: bool, message: str = "", version: int = PROTOCOL_VERSION
-) -> bytes:
-    text = message.encode("utf-8")[:65535]
-    return _SERVER_HELLO_HEAD.pack(MAGIC, version, 0 if accepted else 1, len(text)) + text
-
-
-def decode_server_hello(buffer: bytes | bytearray) -> tuple[HelloReply, int] | None:
-    """Parse the daemon's hello from the start of ``buffer``.
-
-    Returns ``(reply, bytes_consumed)``, or None when more bytes are needed.
-
-    Raises:
-        ProtocolError: wrong magic or a status byte that is neither 0 nor 1.
-    """
-    head = _SERVER_HELLO_HEAD.size
-    if len(buffer) < head:
-        if not MAGIC.startswith(bytes(buffer[: len(MAGIC)])):
-            raise ProtocolError("handshake: the peer is not a runtimed daemon (bad magic)")
-        return None
-    magic, version, status, length = _SERVER_HELLO_HEAD.unpack_from(buffer)
-    if magic != MAGIC:
-        raise ProtocolError("handshake: the peer is not a runtimed daemon (bad magic)")
-    if status not in (0, 1):
-        raise ProtocolError(f"handshake: invalid status byte {status}")
-    if len(buffer) < head + length:
-        return None
-    try:
-        message = bytes(buffer[head : head + length]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("handshake: message is not UTF-8") from exc
-    return HelloReply(version=int(version), accepted=status == 0, message=message), head + length
 
 
 def encode_frame(

@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorDetails, ProtocolError
 from protocol.runtimes import ConfigEntry, EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "DocKind",
     "EnvList",
     "EnvsCleaned",
+    "ErrorDetails",
     "ErrorReply",
     "ExecuteCell",
     "ExecutionDone",
@@ -268,6 +269,9 @@ class ErrorReply(Reply, frozen=True, kw_only=True):
     """One of :class:`protocol.errors.ErrorCode`'s values (a string on the wire so that a
     client can read codes added after it was built)."""
     message: str
+    details: ErrorDetails | None = None
+    """The error's structured attributes (a kernel's stderr tail, the runtimes available, ...),
+    so the client rebuilds the error whole; None when the message says it all."""
 
 
 class NotebookOpened(Reply, frozen=True, kw_only=True):

@@ -1,15 +1,90 @@
-"""One exception tree for the daemon and its clients.
+"""One exception tree for the whole project, daemon and clients alike.
 
-Each class declares the wire :class:`protocol.ErrorCode` it maps to. The server turns any
-:class:`RuntimedError` into an ``ErrorReply`` and keeps the session open; the client turns an
-``ErrorReply`` back into the matching class (:func:`error_from_reply`).
+Every error raised on purpose derives from :class:`RuntimedError`. Its root lives in
+``protocol.errors`` (so ``protocol`` and ``blobstore`` can derive from it without importing
+``runtimed``) and is re-exported here. Each class declares the wire :class:`ErrorCode` it
+travels as: the server turns any of them into an ``ErrorReply`` (with its structured
+attributes in ``details``) and keeps the session open; the client turns an ``ErrorReply``
+back into the same class with the same attributes (:func:`error_from_reply`).
+
+The tree (module in brackets when it is not this one)::
+
+    RuntimedError [protocol.errors]
+    ├── ProtocolError [protocol.errors]
+    │   ├── UnknownMessage [protocol.errors]
+    │   └── VersionMismatch [protocol.errors]
+    ├── BlobError [blobstore.errors]
+    │   ├── InvalidBlobHash [blobstore.errors]
+    │   ├── BlobNotFound [blobstore.errors]
+    │   ├── BlobTooLarge [blobstore.errors]
+    │   ├── BlobCorrupt [blobstore.errors]
+    │   ├── BlobWriteFailed [blobstore.errors]
+    │   ├── BlobReadFailed [blobstore.errors]
+    │   ├── InvalidManifest [blobstore.errors]
+    │   └── BlobUnavailable
+    ├── InvalidRequest
+    │   ├── BatchSpecError [runtimed.automation.batch]
+    │   └── ParameterError [runtimed.automation.parameters] (also a ValueError)
+    ├── NotebookNotFound
+    ├── NotebookInvalid
+    ├── NotebookIOError
+    ├── CellNotFound
+    ├── CellNotCode
+    ├── CellEmpty
+    ├── HeadsTimeout
+    ├── ExecutionNotFound
+    ├── ShuttingDown
+    ├── InternalError
+    ├── DocumentError
+    ├── ConfigError [runtimed.config]
+    ├── DaemonAlreadyRunning
+    ├── DaemonNotRunning
+    ├── ConnectionClosed
+    ├── RemoteError
+    ├── NotebookExecutionError [runtimed.automation.report]
+    └── KernelError
+        ├── KernelNotFound
+        │   └── RuntimeNotFound
+        ├── KernelStartFailed
+        ├── KernelDied
+        ├── KernelNotRunning
+        ├── ExecutionTimeout
+        ├── KernelLimitReached
+        └── EnvBuildFailed
+
+Not in the tree, on purpose: exceptions that never leave the module raising them
+(``SlowClient`` in the daemon's connection, ``_Truncated`` in the sync wire helpers, the CLI's
+``_UsageError``) — control flow, not errors a caller sees.
 """
 
 from __future__ import annotations
 
-from protocol.errors import ErrorCode
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final, Self
+
+from blobstore.errors import (
+    BlobCorrupt,
+    BlobError,
+    BlobNotFound,
+    BlobReadFailed,
+    BlobTooLarge,
+    BlobWriteFailed,
+    InvalidBlobHash,
+    InvalidManifest,
+)
+from protocol.errors import (
+    ErrorCode,
+    ErrorDetails,
+    ProtocolError,
+    RuntimedError,
+    UnknownMessage,
+    VersionMismatch,
+)
 
 __all__ = [
+    "WIRE_ERRORS",
+    "BlobError",
     "BlobUnavailable",
     "CellEmpty",
     "CellNotCode",
@@ -17,7 +92,10 @@ __all__ = [
     "ConnectionClosed",
     "DaemonAlreadyRunning",
     "DaemonNotRunning",
+    "DocumentError",
     "EnvBuildFailed",
+    "ErrorCode",
+    "ErrorDetails",
     "ExecutionNotFound",
     "ExecutionTimeout",
     "HeadsTimeout",
@@ -32,28 +110,26 @@ __all__ = [
     "NotebookIOError",
     "NotebookInvalid",
     "NotebookNotFound",
+    "ProtocolError",
     "RemoteError",
     "RuntimeNotFound",
     "RuntimedError",
     "ShuttingDown",
+    "UnknownMessage",
     "VersionMismatch",
     "error_from_reply",
 ]
 
 
-class RuntimedError(Exception):
-    """Root of every error runtimed raises on purpose."""
-
-    code: ErrorCode = ErrorCode.INTERNAL_ERROR
-    remote_code: str | None = None
-    """For errors rebuilt from an ErrorReply: the code exactly as the daemon sent it."""
-
-
 class InvalidRequest(RuntimedError):
+    """The request is well-formed but asks for something that cannot be done as asked."""
+
     code = ErrorCode.INVALID_REQUEST
 
 
 class NotebookNotFound(RuntimedError):
+    """No notebook with that id is open, or no file at that path."""
+
     code = ErrorCode.NOTEBOOK_NOT_FOUND
 
 
@@ -70,14 +146,20 @@ class NotebookIOError(RuntimedError):
 
 
 class CellNotFound(RuntimedError):
+    """The notebook has no cell with that id."""
+
     code = ErrorCode.CELL_NOT_FOUND
 
 
 class CellNotCode(RuntimedError):
+    """The cell is not a code cell (only code cells can be executed)."""
+
     code = ErrorCode.CELL_NOT_CODE
 
 
 class CellEmpty(RuntimedError):
+    """The cell has no source to execute."""
+
     code = ErrorCode.CELL_EMPTY
 
 
@@ -88,25 +170,37 @@ class HeadsTimeout(RuntimedError):
 
 
 class ExecutionNotFound(RuntimedError):
+    """No execution with that id is known (or it was forgotten)."""
+
     code = ErrorCode.EXECUTION_NOT_FOUND
 
 
-class BlobUnavailable(RuntimedError):
+class BlobUnavailable(BlobError):
     """An output's blob is missing, corrupt or unreadable (see the message for which)."""
 
     code = ErrorCode.BLOB_ERROR
 
 
 class ShuttingDown(RuntimedError):
+    """The daemon is stopping and takes no new work."""
+
     code = ErrorCode.SHUTTING_DOWN
 
 
-class VersionMismatch(RuntimedError):
-    code = ErrorCode.VERSION_MISMATCH
-
-
 class InternalError(RuntimedError):
+    """A bug in the daemon (its log has the traceback); the session stays open."""
+
     code = ErrorCode.INTERNAL_ERROR
+
+
+class DocumentError(RuntimedError):
+    """The Automerge binding refused an operation or panicked (the message says on what).
+
+    Raised by :func:`runtimed.documents.boundary.automerge_errors`, the one place the
+    binding's exceptions are converted.
+    """
+
+    code = ErrorCode.DOCUMENT_ERROR
 
 
 class DaemonAlreadyRunning(RuntimedError):
@@ -124,7 +218,8 @@ class ConnectionClosed(RuntimedError):
 
 
 class RemoteError(RuntimedError):
-    """An error reply whose code this client does not know (a newer daemon)."""
+    """An error reply whose code this client does not know (a newer daemon);
+    ``remote_code`` holds the code as sent."""
 
 
 # ---------------------------------------------------------------- kernel layer
@@ -137,7 +232,12 @@ class KernelError(RuntimedError):
 
 
 class KernelNotFound(KernelError):
-    """No installed kernelspec has the requested name; the message lists the available ones."""
+    """No installed kernelspec has the requested name; the message lists the available ones.
+
+    Attributes:
+        name: the kernelspec asked for.
+        available: the installed kernelspecs, sorted.
+    """
 
     code = ErrorCode.KERNEL_NOT_FOUND
 
@@ -147,12 +247,21 @@ class KernelNotFound(KernelError):
         self.name = name
         self.available = sorted(available)
 
+    def wire_details(self) -> ErrorDetails:
+        return ErrorDetails(name=self.name, available=list(self.available))
+
+    @classmethod
+    def _rebuild(cls, message: str, details: ErrorDetails) -> Self:
+        return cls(details.name or "", list(details.available or []))
+
 
 class KernelStartFailed(KernelError):
     """The kernel process could not be launched, exited, or never became ready.
 
-    ``stderr_tail`` holds the last lines the kernel wrote to stderr/stdout (also appended to
-    the message).
+    Attributes:
+        reason: what went wrong, without the output tail.
+        stderr_tail: the last lines the kernel wrote to stderr/stdout (also appended to the
+            message).
     """
 
     code = ErrorCode.KERNEL_START_FAILED
@@ -164,6 +273,14 @@ class KernelStartFailed(KernelError):
         super().__init__(message)
         self.reason = reason
         self.stderr_tail = stderr_tail
+
+    def wire_details(self) -> ErrorDetails:
+        return ErrorDetails(reason=self.reason, stderr_tail=self.stderr_tail)
+
+    @classmethod
+    def _rebuild(cls, message: str, details: ErrorDetails) -> Self:
+        reason = message if details.reason is None else details.reason
+        return cls(reason, stderr_tail=details.stderr_tail or "")
 
 
 class KernelDied(KernelError):
@@ -185,7 +302,12 @@ class ExecutionTimeout(KernelError):
 
 
 class RuntimeNotFound(KernelNotFound):
-    """The notebook selects a runtime the daemon does not have; the message lists them."""
+    """The notebook selects a runtime the daemon does not have; the message lists them.
+
+    Attributes:
+        name: the runtime asked for.
+        available: the runtimes the daemon has, in its order.
+    """
 
     code = ErrorCode.RUNTIME_NOT_FOUND
 
@@ -209,8 +331,10 @@ class KernelLimitReached(KernelError):
 class EnvBuildFailed(KernelError):
     """An environment for a notebook's declared dependencies could not be built.
 
-    ``package`` names the dependency at fault when it could be told (else None); the message
-    ends with the tail of uv's output.
+    Attributes:
+        reason: what went wrong, without uv's output.
+        package: the dependency at fault when it could be told (else None).
+        output_tail: the tail of uv's output (also appended to the message).
     """
 
     code = ErrorCode.ENV_BUILD_FAILED
@@ -220,34 +344,71 @@ class EnvBuildFailed(KernelError):
         if output_tail:
             full += "\n--- uv output (tail) ---\n" + output_tail
         super().__init__(full)
+        self.reason = message
         self.package = package
         self.output_tail = output_tail
 
+    def wire_details(self) -> ErrorDetails:
+        return ErrorDetails(reason=self.reason, package=self.package, output_tail=self.output_tail)
 
-_BY_CODE: dict[ErrorCode, type[RuntimedError]] = {}
-
-
-def _register() -> None:
-    stack: list[type[RuntimedError]] = [RuntimedError]
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls not in (RuntimedError, ConnectionClosed, RemoteError):
-            _BY_CODE[cls.code] = cls  # subclasses come later, so the most specific wins
+    @classmethod
+    def _rebuild(cls, message: str, details: ErrorDetails) -> Self:
+        reason = message if details.reason is None else details.reason
+        return cls(reason, package=details.package, output_tail=details.output_tail or "")
 
 
-def error_from_reply(code: ErrorCode | str, message: str) -> RuntimedError:
-    """The exception matching an ``ErrorReply``'s code."""
-    _register()
+# ---------------------------------------------------------------- the wire table
+
+WIRE_ERRORS: Final[tuple[type[RuntimedError], ...]] = (
+    ProtocolError,
+    UnknownMessage,
+    VersionMismatch,
+    InvalidRequest,
+    NotebookNotFound,
+    NotebookInvalid,
+    NotebookIOError,
+    CellNotFound,
+    CellNotCode,
+    CellEmpty,
+    HeadsTimeout,
+    ExecutionNotFound,
+    ShuttingDown,
+    InternalError,
+    DocumentError,
+    BlobUnavailable,
+    InvalidBlobHash,
+    BlobNotFound,
+    BlobTooLarge,
+    BlobCorrupt,
+    BlobWriteFailed,
+    BlobReadFailed,
+    InvalidManifest,
+    KernelNotFound,
+    RuntimeNotFound,
+    KernelStartFailed,
+    KernelDied,
+    KernelNotRunning,
+    ExecutionTimeout,
+    KernelLimitReached,
+    EnvBuildFailed,
+)
+"""The class a client raises for each :class:`ErrorCode`: exactly one per code."""
+
+_BY_CODE: Final[Mapping[ErrorCode, type[RuntimedError]]] = MappingProxyType(
+    {cls.code: cls for cls in WIRE_ERRORS}
+)
+
+
+def error_from_reply(
+    code: ErrorCode | str, message: str, details: ErrorDetails | None = None
+) -> RuntimedError:
+    """The exception an ``ErrorReply`` describes: the class of its code (:class:`RemoteError`
+    for a code this client does not know), with ``str(err) == message`` and the structured
+    attributes ``details`` carries (defaults for any that are absent)."""
     try:
-        cls = _BY_CODE.get(ErrorCode(code), RemoteError)
-    except ValueError:
+        cls = _BY_CODE[ErrorCode(code)]
+    except (ValueError, KeyError):
         cls = RemoteError
-    # Build without the subclass's __init__ (some take structured arguments): the message is
-    # what crossed the wire.
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    if cls is RemoteError:
-        err.code = ErrorCode.INTERNAL_ERROR
+    err = cls.from_wire(message, details)
     err.remote_code = str(code)
     return err

@@ -30,6 +30,8 @@ from typing import Any
 import nbformat
 import yaml
 
+from runtimed.errors import InvalidRequest
+
 __all__ = [
     "INJECTED_PARAMETERS_TAG",
     "PARAMETERS_TAG",
@@ -58,8 +60,11 @@ _nbformat_upgrade: Callable[[Any], Any] = nbformat.v4.upgrade
 _CELL_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
-class ParameterError(ValueError):
+class ParameterError(InvalidRequest, ValueError):
     """A parameter could not be parsed, merged or rendered.
+
+    Part of the runtimed error tree (an :class:`~runtimed.errors.InvalidRequest`); still a
+    ``ValueError``, as papermill's parameter errors are, for callers that catch that.
 
     ``str(err)`` reads ``"parameter 'x': <reason>"`` when a single parameter is at fault,
     otherwise ``"<source>: <reason>"`` or just the reason.

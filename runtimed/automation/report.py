@@ -27,7 +27,7 @@ import nbformat
 
 from runtimed.automation.inspect import PAPERMILL_TRANSLATOR_KEYS, unknown_parameters
 from runtimed.automation.parameters import ParameterError, parameterize_notebook
-from runtimed.errors import InvalidRequest
+from runtimed.errors import InvalidRequest, RuntimedError
 
 __all__ = [
     "ERROR_ANCHOR_MSG",
@@ -413,7 +413,7 @@ def notebook_link(notebook_id: str) -> str:
     return f"{LINK_PREFIX}{notebook_id}"
 
 
-class NotebookExecutionError(Exception):
+class NotebookExecutionError(RuntimedError):
     """Raised by ``execute_notebook(..., raise_on_error=True)`` when a cell failed (the
     counterpart of papermill's ``PapermillExecutionError``); ``result`` has the details."""
 

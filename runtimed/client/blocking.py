@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from runtimed.client.async_client import AsyncClient
 from runtimed.documents.amjson import JsonValue
 from runtimed.documents.notebook import Cell
 
 if TYPE_CHECKING:
     from protocol.messages import ConfigReply, EnvList, EnvsCleaned, NotebookInfo, StatusReply
     from protocol.runtimes import RuntimeInfo
-    from runtimed.client import AsyncClient
     from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
 __all__ = ["Client", "Notebook"]
@@ -41,8 +41,6 @@ class Client:
         timeout: float = 30.0,
     ) -> Client:
         """See :meth:`runtimed.client.AsyncClient.connect`."""
-        from runtimed.client import AsyncClient
-
         stack = contextlib.ExitStack()
         portal = stack.enter_context(
             start_blocking_portal("asyncio", backend_options={"use_uvloop": True})
@@ -136,7 +134,7 @@ class Notebook:
         return self._read(self._nb.metadata)  # type: ignore[no-any-return]
 
     def outputs(self, cell_id: str) -> list[dict[str, Any]]:
-        return self._read(self._nb.outputs, cell_id)  # type: ignore[no-any-return]
+        return self._portal.call(self._nb.read_outputs, cell_id)
 
     def add_cell(
         self,

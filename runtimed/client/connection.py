@@ -1,7 +1,8 @@
-"""A client connection to the daemon: handshake, requests with ids, events, sync frames."""
+"""A client connection to the daemon: handshake, typed requests with ids, events, sync frames."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import subprocess
@@ -9,19 +10,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, TypeVar
 
 import anyio
-import msgspec
 from anyio.abc import SocketStream
 
 from protocol import framing
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, VersionMismatch
 from protocol.framing import FrameDecoder, FrameKind
+from protocol.handshake import ClientHandshake
 from protocol.messages import (
+    ClientRequest,
     DaemonEvent,
+    DaemonReply,
     DocKind,
     ErrorReply,
+    Reply,
     SyncEnvelope,
     decode_daemon_message,
     decode_sync,
@@ -31,7 +35,6 @@ from runtimed.errors import (
     ConnectionClosed,
     DaemonNotRunning,
     RuntimedError,
-    VersionMismatch,
     error_from_reply,
 )
 from runtimed.paths import default_socket_path
@@ -42,6 +45,20 @@ log = logging.getLogger(__name__)
 
 SyncHandler = Callable[[str, DocKind, bytes], None]
 EventHandler = Callable[[DaemonEvent], None]
+ReplyT = TypeVar("ReplyT", bound=Reply)
+
+HANDSHAKE_TIMEOUT = 30.0
+
+
+class _Waiter:
+    """One outstanding request: set once, with its reply or the error that ended the wait."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: DaemonReply | None = None
+        self.error: RuntimedError | None = None
 
 
 def spawn_daemon(socket: Path, *, home: Path | None = None) -> subprocess.Popen[bytes]:
@@ -81,9 +98,10 @@ class Connection:
         self._on_closed = on_closed
         self._max_frame_size = max_frame_size
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        self._pending: dict[int, _Waiter] = {}
         self._send_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
         self._closed: BaseException | None = None
         self._leftover = b""
 
@@ -124,41 +142,46 @@ class Connection:
         return conn
 
     async def _handshake(self) -> None:
-        await self._stream.send(framing.encode_client_hello())
-        buffer = b""
-        with anyio.fail_after(30):
-            while True:
+        # The bytes and the decisions are protocol.handshake's; this only moves them.
+        shake = ClientHandshake()
+        await self._stream.send(shake.hello)
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            while not shake.done:
                 try:
-                    buffer += await self._stream.receive()
+                    data = await self._stream.receive()
                 except anyio.EndOfStream as exc:
-                    raise ConnectionClosed(
-                        "the daemon closed the connection during the handshake"
-                    ) from exc
+                    raise ConnectionClosed(str(shake.closed_early())) from exc
                 try:
-                    parsed = framing.decode_server_hello(buffer)
+                    shake.receive(data)
+                except VersionMismatch:
+                    raise
                 except ProtocolError as exc:
                     raise ConnectionClosed(str(exc)) from exc
-                if parsed is not None:
-                    break
-        reply, used = parsed
-        if not reply.accepted:
-            raise VersionMismatch(reply.message or "the daemon refused the connection")
-        self._leftover = buffer[used:]
+        self._leftover = shake.leftover
 
     async def __aenter__(self) -> Self:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._reader)
+        # The task group is entered through an exit stack (never by hand) and kept open past
+        # this method by pop_all(); __aexit__ unwinds it.
+        async with contextlib.AsyncExitStack() as stack:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self._reader)
+            self._exit_stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
+    ) -> None:
         assert self._tg is not None
+        assert self._exit_stack is not None
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
-        return await self._tg.__aexit__(et, e, tb)
+        # The body's exception is not handed to the task group (it would come out wrapped in
+        # an ExceptionGroup); it propagates as itself once the reader has stopped.
+        await self._exit_stack.aclose()
+        if self._closed is None:
+            # Requests still waiting (in other tasks) end now rather than never.
+            self._fail(ConnectionClosed("the connection was closed by this client"), None)
 
     @property
     def closed(self) -> bool:
@@ -182,12 +205,12 @@ class Connection:
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"), exc)
 
-    def _fail(self, error: RuntimedError, cause: BaseException) -> None:
+    def _fail(self, error: RuntimedError, cause: BaseException | None) -> None:
         error.__cause__ = cause
         self._closed = error
-        for event, box in self._pending.values():
-            box.append(error)
-            event.set()
+        for waiter in self._pending.values():
+            waiter.error = error
+            waiter.done.set()
         self._pending.clear()
         if self._on_closed is not None:
             self._on_closed()
@@ -198,15 +221,16 @@ class Connection:
             self._on_sync(envelope.notebook_id, envelope.doc, envelope.data)
             return
         message = decode_daemon_message(frame.payload)
-        request_id = getattr(message, "id", None)
-        if request_id is None:
-            self._on_event(message)  # type: ignore[arg-type]
+        # Events and replies are told apart by type (the two unions of protocol.messages).
+        if isinstance(message, DaemonEvent):
+            self._on_event(message)
             return
-        waiter = self._pending.pop(request_id, None)
+        waiter = self._pending.pop(message.id, None)
         if waiter is not None:
-            waiter[1].append(message)
-            waiter[0].set()
+            waiter.reply = message
+            waiter.done.set()
         elif isinstance(message, ErrorReply):
+            # id 0: a frame the daemon could not attribute to a request (a bad sync frame).
             log.warning("daemon error (%s): %s", message.code, message.message)
 
     async def send_frame(self, kind: FrameKind, payload: bytes) -> None:
@@ -225,31 +249,41 @@ class Connection:
         )
 
     async def request(
-        self, make: Callable[[int], msgspec.Struct], *, timeout: float | None = None
-    ) -> Any:
-        """Send ``make(id)`` and return its reply.
+        self,
+        make: Callable[[int], ClientRequest],
+        reply_type: type[ReplyT],
+        *,
+        timeout: float | None = None,
+    ) -> ReplyT:
+        """Send ``make(id)`` and return its reply, which must be a ``reply_type``.
 
         Raises:
-            RuntimedError: the matching subclass for an ``ErrorReply``.
+            RuntimedError: the matching subclass for an ``ErrorReply`` (with its attributes).
+            ProtocolError: the daemon answered with a reply of another type.
             ConnectionClosed: the connection ended first.
             TimeoutError: no reply within ``timeout``.
         """
         request_id = next(self._ids)
-        event = anyio.Event()
-        box: list[Any] = []
-        self._pending[request_id] = (event, box)
+        request = make(request_id)
+        waiter = _Waiter()
+        self._pending[request_id] = waiter
         try:
-            await self.send_frame(FrameKind.CONTROL, encode(make(request_id)))  # type: ignore[arg-type]
+            await self.send_frame(FrameKind.CONTROL, encode(request))
             with anyio.fail_after(timeout):
-                await event.wait()
+                await waiter.done.wait()
         finally:
             self._pending.pop(request_id, None)
-        reply = box[0]
-        if isinstance(reply, BaseException):
-            raise reply
+        if waiter.error is not None:
+            raise waiter.error
+        reply = waiter.reply
+        if isinstance(reply, reply_type):
+            return reply
         if isinstance(reply, ErrorReply):
-            raise error_from_reply(reply.code, reply.message)
-        return reply
+            raise error_from_reply(reply.code, reply.message, reply.details)
+        raise ProtocolError(
+            f"the daemon answered {type(request).__name__} (id {request_id}) with "
+            f"{type(reply).__name__}; expected {reply_type.__name__}"
+        )
 
 
 async def _autostart(path: Path, *, home: Path | None, timeout: float) -> SocketStream:

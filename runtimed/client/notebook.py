@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from automerge.core import Message, SyncState
@@ -13,12 +14,16 @@ from automerge.core import Message, SyncState
 from protocol.messages import (
     CellQueued,
     ClearOutputs,
+    ClientRequest,
     CloseNotebook,
     DocKind,
     ExecuteCell,
     InputReply,
     InterruptKernel,
+    NotebookClosed,
     NotebookSaved,
+    Ok,
+    Reply,
     RestartKernel,
     RunAll,
     RunAllQueued,
@@ -29,10 +34,38 @@ from runtimed.documents.notebook import Cell, NotebookDoc
 from runtimed.documents.runtime import FINISHED, RuntimeDoc
 from runtimed.errors import ConnectionClosed
 
-if TYPE_CHECKING:
-    from runtimed.client import AsyncClient
+__all__ = ["AsyncNotebook", "ExecutionResult", "NotebookHost", "Replica"]
 
-__all__ = ["AsyncNotebook", "ExecutionResult", "Replica"]
+ReplyT = TypeVar("ReplyT", bound=Reply)
+
+
+class NotebookHost(Protocol):
+    """What a notebook needs of the client that opened it (``AsyncClient`` is one); named
+    here so that this module does not import the client's."""
+
+    async def request(
+        self,
+        make: Callable[[int], ClientRequest],
+        reply_type: type[ReplyT],
+        *,
+        timeout: float | None = None,
+    ) -> ReplyT: ...
+
+    async def push(self, notebook_id: str, doc: DocKind) -> None: ...
+
+    async def wait_until(
+        self, predicate: Callable[[], bool], *, timeout: float | None = None
+    ) -> None: ...
+
+    def resolve_output(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def resolve_outputs(
+        self, manifests: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]: ...
+
+    def closing(self, notebook_id: str) -> None: ...
+
+    def forget(self, notebook_id: str) -> None: ...
 
 
 class Replica:
@@ -81,7 +114,7 @@ class AsyncNotebook:
     """An open notebook. Edits apply to the local replica at once and sync in the background;
     executions run what the daemon's document holds (after it has this replica's changes)."""
 
-    def __init__(self, client: AsyncClient, replica: Replica, path: str | None) -> None:
+    def __init__(self, client: NotebookHost, replica: Replica, path: str | None) -> None:
         self._client = client
         self._replica = replica
         self.path = Path(path) if path else None
@@ -120,9 +153,18 @@ class AsyncNotebook:
         return self.doc.metadata()
 
     def outputs(self, cell_id: str) -> list[dict[str, Any]]:
-        """The cell's current outputs as nbformat dicts (blob references resolved)."""
+        """The cell's current outputs as nbformat dicts (blob references resolved).
+
+        Blob files are read on the calling thread; from async code that must not block, use
+        :meth:`read_outputs`.
+        """
         _, manifests = self.runtime.cell_state(cell_id)
         return [self._client.resolve_output(m) for m in manifests]
+
+    async def read_outputs(self, cell_id: str) -> list[dict[str, Any]]:
+        """:meth:`outputs`, with blob files read in a worker thread."""
+        _, manifests = self.runtime.cell_state(cell_id)
+        return await self._client.resolve_outputs(manifests)
 
     def execution_count(self, cell_id: str) -> int | None:
         return self.runtime.cell_state(cell_id)[0]
@@ -182,10 +224,11 @@ class AsyncNotebook:
         it has every edit this replica made."""
         await self._client.push(self.id, "notebook")
         heads = self.heads()
-        reply: NotebookSaved = await self._client.request(
+        reply = await self._client.request(
             lambda i: SaveNotebook(
                 id=i, notebook_id=self.id, path=str(path) if path else None, heads=heads
-            )
+            ),
+            NotebookSaved,
         )
         self.path = Path(reply.path)
         return self.path
@@ -203,7 +246,7 @@ class AsyncNotebook:
         """
         await self._client.push(self.id, "notebook")
         heads = self.heads()
-        reply: CellQueued = await self._client.request(
+        reply = await self._client.request(
             lambda i: ExecuteCell(
                 id=i,
                 notebook_id=self.id,
@@ -211,7 +254,8 @@ class AsyncNotebook:
                 heads=heads,
                 allow_stdin=allow_stdin,
                 timeout=cell_timeout,
-            )
+            ),
+            CellQueued,
         )
         return reply.execution_id
 
@@ -227,8 +271,9 @@ class AsyncNotebook:
         """Queue every non-empty code cell (not tagged ``skip-execution``) in order."""
         await self._client.push(self.id, "notebook")
         heads = self.heads()
-        reply: RunAllQueued = await self._client.request(
-            lambda i: RunAll(id=i, notebook_id=self.id, heads=heads, timeout=cell_timeout)
+        reply = await self._client.request(
+            lambda i: RunAll(id=i, notebook_id=self.id, heads=heads, timeout=cell_timeout),
+            RunAllQueued,
         )
         return list(reply.executions)
 
@@ -256,7 +301,7 @@ class AsyncNotebook:
         cell_id = str(record.get("cell_id", ""))
         _, manifests = self.runtime.cell_state(cell_id)
         same_run = self._current_execution(cell_id) == execution_id
-        outputs = [self._client.resolve_output(m) for m in manifests] if same_run else []
+        outputs = await self._client.resolve_outputs(manifests) if same_run else []
         errors = [o for o in outputs if o.get("output_type") == "error"]
         return ExecutionResult(
             execution_id=execution_id,
@@ -275,19 +320,20 @@ class AsyncNotebook:
         return self.runtime.cell_execution_id(cell_id)
 
     async def interrupt(self) -> None:
-        await self._client.request(lambda i: InterruptKernel(id=i, notebook_id=self.id))
+        await self._client.request(lambda i: InterruptKernel(id=i, notebook_id=self.id), Ok)
 
     async def restart(self) -> None:
-        await self._client.request(lambda i: RestartKernel(id=i, notebook_id=self.id))
+        await self._client.request(lambda i: RestartKernel(id=i, notebook_id=self.id), Ok)
 
     async def clear_outputs(self, cell_ids: list[str] | None = None) -> None:
         await self._client.request(
-            lambda i: ClearOutputs(id=i, notebook_id=self.id, cell_ids=cell_ids)
+            lambda i: ClearOutputs(id=i, notebook_id=self.id, cell_ids=cell_ids), Ok
         )
 
     async def answer_input(self, execution_id: str, value: str) -> None:
         await self._client.request(
-            lambda i: InputReply(id=i, notebook_id=self.id, execution_id=execution_id, value=value)
+            lambda i: InputReply(id=i, notebook_id=self.id, execution_id=execution_id, value=value),
+            Ok,
         )
 
     async def close(self, *, unload: bool = False) -> None:
@@ -303,7 +349,8 @@ class AsyncNotebook:
         try:
             with contextlib.suppress(ConnectionClosed):
                 await self._client.request(
-                    lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads, unload=unload)
+                    lambda i: CloseNotebook(id=i, notebook_id=self.id, heads=heads, unload=unload),
+                    NotebookClosed,
                 )
         finally:
             self._client.forget(self.id)

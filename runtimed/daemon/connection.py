@@ -19,8 +19,8 @@ import anyio
 import msgspec
 from anyio.abc import SocketStream
 
-from protocol import framing
-from protocol.errors import ErrorCode, ProtocolError
+from protocol import framing, handshake
+from protocol.errors import ErrorCode, ErrorDetails, ProtocolError
 from protocol.framing import FrameDecoder, FrameKind
 from protocol.messages import (
     ClientRequest,
@@ -142,27 +142,17 @@ class ClientSession:
     async def _handshake(self) -> bool:
         buffer = b""
         with anyio.move_on_after(10):
-            while len(buffer) < framing.CLIENT_HELLO_SIZE:
+            while len(buffer) < handshake.CLIENT_HELLO_SIZE:
                 try:
-                    chunk = await self._stream.receive(framing.CLIENT_HELLO_SIZE - len(buffer))
+                    chunk = await self._stream.receive(handshake.CLIENT_HELLO_SIZE - len(buffer))
                 except anyio.EndOfStream:
                     break
                 buffer += chunk
-        try:
-            version = framing.decode_client_hello(buffer)
-        except ProtocolError as exc:
-            log.info("%r: refused: %s", self, exc)
-            await self._stream.send(framing.encode_server_hello(accepted=False, message=str(exc)))
-            return False
-        if version != framing.PROTOCOL_VERSION:
-            message = (
-                f"protocol version {version} is not supported; this daemon speaks version "
-                f"{framing.PROTOCOL_VERSION} (upgrade the client or restart the daemon)"
-            )
-            await self._stream.send(framing.encode_server_hello(accepted=False, message=message))
-            return False
-        await self._stream.send(framing.encode_server_hello(accepted=True))
-        return True
+        verdict = handshake.answer_client_hello(buffer)
+        if not verdict.accepted:
+            log.info("%r: refused: %s", self, verdict.message)
+        await self._stream.send(verdict.reply)
+        return verdict.accepted
 
     async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
         decoder = FrameDecoder(max_frame_size=self._max_frame_size)
@@ -211,7 +201,7 @@ class ClientSession:
             reply = await self._handler(self, request)
             self.send_message(reply)
         except RuntimedError as exc:
-            self._reply_error(request.id, exc.code, str(exc))
+            self._reply_error(request.id, exc.code, str(exc), exc.wire_details())
         except Exception:
             log.exception("%r: internal error handling %s", self, type(request).__name__)
             self._reply_error(
@@ -222,8 +212,14 @@ class ClientSession:
         finally:
             self._limiter.release()
 
-    def _reply_error(self, request_id: int, code: ErrorCode, message: str) -> None:
-        self.send_message(ErrorReply(id=request_id, code=code, message=message))
+    def _reply_error(
+        self,
+        request_id: int,
+        code: ErrorCode,
+        message: str,
+        details: ErrorDetails | None = None,
+    ) -> None:
+        self.send_message(ErrorReply(id=request_id, code=code, message=message, details=details))
 
     async def _drain_and_close(self) -> None:
         """Close after the writer (the only task that writes) has sent what is queued —

@@ -12,16 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from protocol.errors import ErrorCode
-from runtimed.errors import RuntimedError
+# DocumentError lives in runtimed.errors (the client rebuilds it from an ErrorReply).
+from runtimed.errors import DocumentError, RuntimedError
 
 __all__ = ["DocumentError", "automerge_errors", "is_panic"]
-
-
-class DocumentError(RuntimedError):
-    """The Automerge binding refused an operation or panicked (the message says on what)."""
-
-    code = ErrorCode.DOCUMENT_ERROR
 
 
 def is_panic(exc: BaseException) -> bool:

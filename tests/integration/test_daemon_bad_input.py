@@ -17,17 +17,15 @@ from anyio.from_thread import start_blocking_portal
 from automerge.core import ROOT, Message, ScalarType, SyncState
 
 from protocol.errors import ErrorCode
-from protocol.framing import (
+from protocol.framing import Frame, FrameDecoder, FrameKind, encode_frame
+from protocol.handshake import (
     PROTOCOL_VERSION,
-    Frame,
-    FrameDecoder,
-    FrameKind,
-    HelloReply,
-    decode_server_hello,
+    DaemonHello,
+    decode_daemon_hello,
     encode_client_hello,
-    encode_frame,
 )
 from protocol.messages import (
+    CellQueued,
     CloseNotebook,
     DaemonEvent,
     ErrorReply,
@@ -98,14 +96,14 @@ class RawPeer:
         self.skipped_sync: list[SyncEnvelope] = []
         self.buffer = b""
 
-    async def hello(self, version: int = PROTOCOL_VERSION) -> HelloReply:
+    async def hello(self, version: int = PROTOCOL_VERSION) -> DaemonHello:
         await self.stream.send(encode_client_hello(version))
         return await self.read_hello()
 
-    async def read_hello(self) -> HelloReply:
+    async def read_hello(self) -> DaemonHello:
         with anyio.fail_after(TIMEOUT):
             while True:
-                parsed = decode_server_hello(self.buffer)
+                parsed = decode_daemon_hello(self.buffer)
                 if parsed is not None:
                     reply, used = parsed
                     self.frames += self.decoder.feed(self.buffer[used:])
@@ -401,7 +399,7 @@ async def test_an_unknown_notebook_id_gets_notebook_not_found(
 ) -> None:
     with pytest.raises(NotebookNotFound, match="no open notebook with id 'no-such-id'"):
         await witness.client.request(
-            lambda i: ExecuteCell(id=i, notebook_id="no-such-id", cell_id="cell0")
+            lambda i: ExecuteCell(id=i, notebook_id="no-such-id", cell_id="cell0"), CellQueued
         )
     assert (await raw.hello()).accepted
     for request in (
@@ -440,7 +438,7 @@ async def test_an_unknown_cell_id_gets_cell_not_found(daemon: Daemon, witness: W
         await witness.nb.queue("no-such-cell")
     with pytest.raises(CellNotFound):
         await witness.client.request(
-            lambda i: ExecuteCell(id=i, notebook_id=witness.nb.id, cell_id="")
+            lambda i: ExecuteCell(id=i, notebook_id=witness.nb.id, cell_id=""), CellQueued
         )
     await still_works(daemon, witness, "cell-id")
 
@@ -450,7 +448,8 @@ async def test_malformed_heads_get_invalid_request(daemon: Daemon, witness: Witn
         await witness.client.request(
             lambda i: ExecuteCell(
                 id=i, notebook_id=witness.nb.id, cell_id="cell0", heads=["zz-not-hex"]
-            )
+            ),
+            CellQueued,
         )
     await still_works(daemon, witness, "heads")
 

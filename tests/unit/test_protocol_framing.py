@@ -1,4 +1,5 @@
-"""Handshake and frame decoding, without I/O: fed whole, byte by byte, and fuzzed."""
+"""Frame decoding, without I/O: fed whole, byte by byte, and fuzzed (the handshake:
+test_handshake.py)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,11 @@ from hypothesis import strategies as st
 
 from protocol.errors import ProtocolError
 from protocol.framing import (
-    CLIENT_HELLO_SIZE,
     DEFAULT_MAX_FRAME_SIZE,
-    MAGIC,
-    PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
     FrameKind,
-    HelloReply,
-    decode_client_hello,
-    decode_server_hello,
-    encode_client_hello,
     encode_frame,
-    encode_server_hello,
 )
 from protocol.messages import (
     OpenNotebook,
@@ -141,66 +134,6 @@ def test_a_bad_frame_after_good_ones_fails_the_whole_feed() -> None:
     # Framing is lost at the bad frame: the caller answers once and closes the connection.
     with pytest.raises(ProtocolError, match="unknown frame kind 9"):
         FrameDecoder().feed(wire(SAMPLE_FRAMES[:1]) + header(1, 9))
-
-
-# ---------------------------------------------------------------- handshake
-
-
-def test_client_hello_round_trip() -> None:
-    hello = encode_client_hello()
-    assert len(hello) == CLIENT_HELLO_SIZE
-    assert hello.startswith(MAGIC)
-    assert decode_client_hello(hello) == PROTOCOL_VERSION
-    assert decode_client_hello(encode_client_hello(7)) == 7
-
-
-def test_client_hello_bad_magic_raises() -> None:
-    with pytest.raises(ProtocolError, match="bad magic"):
-        decode_client_hello(b"GET / HT" + b"\x00\x01")
-
-
-@pytest.mark.parametrize("size", [0, 1, CLIENT_HELLO_SIZE - 1, CLIENT_HELLO_SIZE + 1])
-def test_client_hello_wrong_length_raises(size: int) -> None:
-    with pytest.raises(ProtocolError, match="handshake"):
-        decode_client_hello((encode_client_hello() * 2)[:size])
-
-
-def test_server_hello_accept_round_trip() -> None:
-    data = encode_server_hello(accepted=True)
-    assert decode_server_hello(data) == (HelloReply(PROTOCOL_VERSION, True, ""), len(data))
-
-
-def test_server_hello_refusal_carries_its_message() -> None:
-    message = "protocol version 9 is not supported; this daemon speaks version 1 — é"
-    data = encode_server_hello(accepted=False, message=message, version=1)
-    reply, used = decode_server_hello(data + b"trailing frames") or (None, 0)
-    assert reply == HelloReply(version=1, accepted=False, message=message)
-    assert used == len(data)
-
-
-def test_server_hello_truncated_needs_more_bytes() -> None:
-    data = encode_server_hello(accepted=False, message="refused: because")
-    for i in range(len(data)):
-        assert decode_server_hello(data[:i]) is None, i
-    assert decode_server_hello(data) is not None
-
-
-@pytest.mark.parametrize("prefix", [b"X", b"RUNTIMEX", b"HTTP/1.1 200 OK"])
-def test_server_hello_bad_magic_raises_early(prefix: bytes) -> None:
-    with pytest.raises(ProtocolError, match="bad magic"):
-        decode_server_hello(prefix)
-
-
-def test_server_hello_bad_status_raises() -> None:
-    data = struct.pack(">8sHBH", MAGIC, 1, 2, 0)
-    with pytest.raises(ProtocolError, match="status"):
-        decode_server_hello(data)
-
-
-def test_server_hello_non_utf8_message_raises() -> None:
-    data = struct.pack(">8sHBH", MAGIC, 1, 1, 2) + b"\xff\xfe"
-    with pytest.raises(ProtocolError, match="UTF-8"):
-        decode_server_hello(data)
 
 
 # ---------------------------------------------------------------- fuzz: only ProtocolError
