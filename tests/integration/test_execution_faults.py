@@ -170,6 +170,7 @@ async def test_input_without_stdin_raises_in_the_cell_instead_of_hanging(
 async def test_input_with_stdin_is_answered_through_input_requested(
     client: AsyncClient, short_tmp: Path
 ) -> None:
+    gate = short_tmp / "gate"
     path = write_notebook(
         short_tmp / "in.ipynb",
         [
@@ -177,7 +178,9 @@ async def test_input_with_stdin_is_answered_through_input_requested(
                 "import getpass\nname = input('name? ')\nsecret = getpass.getpass('pw: ')\n"
                 "print('hello', name, len(secret))"
             ),
-            code("1 + 1"),
+            # Held until the test has asked: a cell that had already finished would be
+            # forgotten, and the answer would be refused as unknown instead.
+            code(wait_for_file_code(gate) + "1 + 1"),
         ],
     )
     nb = await client.open(path)
@@ -195,8 +198,11 @@ async def test_input_with_stdin_is_answered_through_input_requested(
     assert result.status == "ok"
     assert result.outputs == [stream("hello Ada 6\n")]
     # Answers to what is not (or no longer) waiting are refused with specific errors.
+    held = await nb.queue("cell1")
     with pytest.raises(InvalidRequest):
-        await nb.answer_input(await nb.queue("cell1"), "late")
+        await nb.answer_input(held, "late")
+    gate.touch()
+    assert (await nb.wait_execution(held, timeout=DEADLINE)).status == "ok"
     with pytest.raises(ExecutionNotFound):
         await nb.answer_input("0" * 32, "nobody")
 
