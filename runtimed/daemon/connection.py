@@ -24,6 +24,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameDecoder, FrameKind
 from protocol.messages import (
     ClientRequest,
+    DaemonReply,
     DocKind,
     ErrorReply,
     SyncEnvelope,
@@ -31,6 +32,7 @@ from protocol.messages import (
     decode_sync,
     encode,
 )
+from runtimed.daemon.room import SyncRejected
 from runtimed.errors import RuntimedError
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ SEND_TIMEOUT = 30.0
 MAX_CONCURRENT_REQUESTS = 64
 _WRITE_BATCH_BYTES = 1 << 20
 
-Handler = Callable[["ClientSession", ClientRequest], Awaitable[msgspec.Struct]]
+Handler = Callable[["ClientSession", ClientRequest], Awaitable[DaemonReply]]
 
 _session_ids = itertools.count(1)
 _LOST = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError)
@@ -179,6 +181,8 @@ class ClientSession:
                 await self._drain_and_close()
                 return
             for frame in frames:
+                if self._closed:
+                    return
                 if frame.kind is FrameKind.SYNC:
                     self._on_sync(frame.payload)
                 else:
@@ -194,6 +198,12 @@ class ClientSession:
                     "which is not open on this connection"
                 )
             room.receive(self, envelope.doc, envelope.data)
+        except SyncRejected as exc:
+            # The binding could not take this peer's message: the document is as it was,
+            # but this connection's sync state is lost. Say why, then close it.
+            self._reply_error(0, exc.code, str(exc))
+            self._closed = True
+            self._wake.set()
         except (ProtocolError, RuntimedError) as exc:
             self._reply_error(0, exc.code, str(exc))
 
