@@ -181,14 +181,15 @@ class ClientSession:
                 await self._drain_and_close()
                 return
             for frame in frames:
-                if self._closed:
-                    return
                 if frame.kind is FrameKind.SYNC:
-                    self._on_sync(frame.payload)
+                    if not self._on_sync(frame.payload):
+                        await self._drain_and_close()  # the error reply goes out first
+                        return
                 else:
                     await self._on_control(frame.payload, tg)
 
-    def _on_sync(self, payload: bytes) -> None:
+    def _on_sync(self, payload: bytes) -> bool:
+        """Apply one sync frame; False when the connection must close."""
         try:
             envelope: SyncEnvelope = decode_sync(payload)
             room = self._rooms(envelope.notebook_id)
@@ -202,10 +203,10 @@ class ClientSession:
             # The binding could not take this peer's message: the document is as it was,
             # but this connection's sync state is lost. Say why, then close it.
             self._reply_error(0, exc.code, str(exc))
-            self._closed = True
-            self._wake.set()
+            return False
         except (ProtocolError, RuntimedError) as exc:
             self._reply_error(0, exc.code, str(exc))
+        return True
 
     async def _on_control(self, payload: bytes, tg: anyio.abc.TaskGroup) -> None:
         try:

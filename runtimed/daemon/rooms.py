@@ -261,25 +261,29 @@ class RoomRegistry:
             reason,
             exc_info=exc,
         )
-        self._unregister(entry)
-        room.broadcast(
-            encode(
-                NotebookFailed(
-                    notebook_id=room.notebook_id,
-                    path=str(room.path) if room.path else None,
-                    reason=reason,
-                )
+        peers = room.peers
+        path = room.path
+        lock = self._open_locks.setdefault(path, anyio.Lock()) if path else None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.shutdown_timeout):
+            # Under the path's open lock: an open of the same file waits for this persist,
+            # then loads the state it wrote.
+            async with lock if lock is not None else contextlib.nullcontext():
+                self._unregister(entry)
+                for peer in peers:
+                    room.leave(peer)
+                    if isinstance(peer, ClientSession):
+                        peer.open_notebooks.discard(room.notebook_id)
+                try:
+                    await entry.persister.persist_now()
+                except Exception:
+                    log.exception("could not persist the last state of %s", room.notebook_id)
+        payload = encode(
+            NotebookFailed(
+                notebook_id=room.notebook_id, path=str(path) if path else None, reason=reason
             )
         )
-        for peer in room.peers:
-            room.leave(peer)
-            if isinstance(peer, ClientSession):
-                peer.open_notebooks.discard(room.notebook_id)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.shutdown_timeout):
-            try:
-                await entry.persister.persist_now()
-            except Exception:
-                log.exception("could not persist the last state of %s", room.notebook_id)
+        for peer in peers:
+            peer.send_event_bytes(payload)
 
     # ------------------------------------------------------------ leaving and closing
 
