@@ -192,7 +192,7 @@ class NotebookRoom:
             if changed:
                 try:
                     with automerge_errors("reading the notebook after a sync message"):
-                        NotebookDoc(fork).cells()
+                        NotebookDoc(fork).to_nbformat()  # everything a save reads
                 except DocumentError as exc:
                     raise SyncRejected(
                         f"a sync message for notebook {self.notebook_id} was refused: "
