@@ -25,6 +25,7 @@ from automerge.core import Document, Message, SyncState
 
 from protocol.errors import ProtocolError
 from protocol.messages import DocKind, RuntimeResync, encode
+from runtimed.daemon.synccheck import check_readable
 from runtimed.documents.boundary import DocumentError, automerge_errors, is_panic
 from runtimed.documents.notebook import NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
@@ -91,6 +92,7 @@ class NotebookRoom:
         self._callbacks = callbacks
         self._sync: dict[Peer, dict[DocKind, SyncState]] = {}
         self._replies: dict[Peer, dict[DocKind, list[bytes]]] = {}
+        self._shadow: Document | None = None  # see _fork
         self._changed = anyio.Event()
         self._runtime_refused: set[Peer] = set()
         self.dirty_since_save = False
@@ -182,33 +184,55 @@ class NotebookRoom:
             self._queue_reply(peer, "notebook", live, state)
             return
         # Fork, apply, check, swap: the live document never holds what has not been tried.
-        with automerge_errors(f"forking notebook {self.notebook_id}"):
-            fork = live.fork()
-            fork.set_actor(live.get_actor())  # the daemon's edits keep one actor
-            before = live.get_heads()
+        fork = self._fork()
+        before = list(fork.get_heads())
         try:
             _apply(fork, state, message)
-            changed = fork.get_heads() != before
+            changed = list(fork.get_heads()) != before
             if changed:
-                try:
-                    with automerge_errors("reading the notebook after a sync message"):
-                        NotebookDoc(fork).to_nbformat()  # everything a save reads
-                except DocumentError as exc:
-                    raise SyncRejected(
-                        f"a sync message for notebook {self.notebook_id} was refused: "
-                        f"the notebook could not be read after it ({exc})"
-                    ) from exc
-                except RuntimedError:
-                    # A schema complaint (a cell our reader rejects), not a binding failure:
-                    # taken as before; the request that reads that cell reports it.
-                    pass
+                self._check_readable(fork, before)
             self._queue_reply(peer, "notebook", fork if changed else live, state)
         except BaseException:
+            self._shadow = None  # it may hold the refused change (or be poisoned)
             _dispose(fork)
             raise
         if changed:
             self.notebook.doc = fork
+            # The previous document becomes the next fork: catching up is a merge of the
+            # changes just tried, not a copy of the whole document per message.
+            try:
+                with automerge_errors("updating the notebook's fork"):
+                    live.merge(fork)
+                self._shadow = live
+            except DocumentError:
+                log.exception("notebook %s: dropped its fork", self.notebook_id)
+                self._shadow = None
             self.notebook_changed(exclude=None)
+
+    def _fork(self) -> Document:
+        """A document equal to the live one, to try a message on (kept between messages)."""
+        live = self.notebook.doc
+        with automerge_errors(f"forking notebook {self.notebook_id}"):
+            shadow = self._shadow
+            if shadow is None:
+                shadow = self._shadow = live.fork()
+                shadow.set_actor(live.get_actor())  # the daemon's edits keep one actor
+            elif shadow.get_heads() != live.get_heads():
+                shadow.merge(live)  # the daemon's own edits since the last message
+        return shadow
+
+    def _check_readable(self, fork: Document, before: list[bytes]) -> None:
+        try:
+            check_readable(fork, before)
+        except DocumentError as exc:
+            raise SyncRejected(
+                f"a sync message for notebook {self.notebook_id} was refused: "
+                f"the notebook could not be read after it ({exc})"
+            ) from exc
+        except RuntimedError:
+            # A schema complaint (a cell our reader rejects), not a binding failure: taken
+            # as before; the request that reads that cell reports it.
+            pass
 
     def _receive_runtime(
         self, peer: Peer, states: dict[DocKind, SyncState], message: Message, data: bytes
