@@ -51,7 +51,7 @@ from runtimed.daemon.handlers.execution import ExecutionHandlers
 from runtimed.daemon.handlers.notebooks import NotebookHandlers
 from runtimed.daemon.http import HttpServer
 from runtimed.daemon.instance import InstanceLock
-from runtimed.daemon.rooms import RoomRegistry
+from runtimed.daemon.rooms import RoomRegistry, is_fault
 from runtimed.errors import ShuttingDown
 from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager
@@ -156,8 +156,11 @@ class Daemon:
         self._sessions.add(session)
         try:
             await session.run()
-        except Exception:
-            # A bug in serving one client closes that connection, never the daemon.
+        except BaseException as exc:
+            # A bug in serving one client (or a panic of the Automerge binding, which is a
+            # BaseException) closes that connection, never the daemon.
+            if not is_fault(exc):
+                raise
             log.exception("%r: internal error; connection closed", session)
         finally:
             self._sessions.discard(session)

@@ -36,7 +36,7 @@ from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore, file_digest
 from runtimed.storage.ipynb import write_notebook_atomic
 
-__all__ = ["OpenRoom", "RoomRegistry", "resolved"]
+__all__ = ["OpenRoom", "RoomRegistry", "is_fault", "resolved"]
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class RoomRegistry:
                 task_status.started()
                 await entry.wait_closed()
         except BaseException as exc:
-            if not _contained(exc):
+            if not is_fault(exc):
                 raise
             await self._fail(entry, exc)
 
@@ -401,11 +401,11 @@ class RoomRegistry:
             entry.persister.runtime_changed()
 
 
-def _contained(exc: BaseException) -> bool:
+def is_fault(exc: BaseException) -> bool:
     """Whether what escaped a room's scope is a fault to contain there (errors and panics),
     not cancellation, KeyboardInterrupt or SystemExit, which must go on up."""
     if isinstance(exc, BaseExceptionGroup):
-        return all(_contained(e) for e in exc.exceptions)
+        return all(is_fault(e) for e in exc.exceptions)
     return isinstance(exc, Exception) or is_panic(exc)
 
 
