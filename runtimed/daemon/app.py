@@ -51,7 +51,8 @@ from runtimed.daemon.handlers.execution import ExecutionHandlers
 from runtimed.daemon.handlers.notebooks import NotebookHandlers
 from runtimed.daemon.http import HttpServer
 from runtimed.daemon.instance import InstanceLock
-from runtimed.daemon.rooms import RoomRegistry, is_fault
+from runtimed.daemon.rooms import RoomRegistry
+from runtimed.daemon.scope import is_fault
 from runtimed.errors import ShuttingDown
 from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager

@@ -1,23 +1,19 @@
 """The room registry: which notebooks are open, each in its own supervised scope.
 
-Every open notebook is an :class:`OpenRoom`: the room (documents and peers), its persister,
-its executor, and one task group that all of that notebook's background work runs in
-(persisting, executing and flushing outputs, the idle cull). The registry runs a supervisor
-task per room; whatever escapes a room's scope — any ``Exception``, or the Automerge binding's
-``PanicException`` — is logged with its traceback and closes that notebook only: its clients
-get :class:`~protocol.messages.NotebookFailed`, its kernel is stopped (the executor's own
-shutdown path), its last good state is persisted, and every other notebook keeps running.
+Every open notebook is an :class:`~runtimed.daemon.scope.OpenRoom`: the room (documents and
+peers), its persister, its executor, and one task group that all of that notebook's background
+work runs in (persisting, executing and flushing outputs, the idle cull). The registry runs a
+supervisor task per room; whatever escapes a room's scope — any ``Exception``, or the Automerge
+binding's ``PanicException`` — is logged with its traceback and closes that notebook only: its
+clients get :class:`~protocol.messages.NotebookFailed`, its kernel is stopped (the executor's
+own shutdown path), its last good state is persisted, and every other notebook keeps running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
-from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -30,87 +26,15 @@ from runtimed.daemon.executor import NotebookExecutor
 from runtimed.daemon.loading import load_room, new_room, notebook_for_save
 from runtimed.daemon.persister import RoomPersister
 from runtimed.daemon.room import NotebookRoom, RoomCallbacks
-from runtimed.documents.boundary import is_panic
+from runtimed.daemon.scope import OpenRoom, first_leaf, is_fault
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
 from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore, file_digest
 from runtimed.storage.ipynb import write_notebook_atomic
 
-__all__ = ["OpenRoom", "RoomRegistry", "is_fault", "resolved"]
+__all__ = ["RoomRegistry", "resolved"]
 
 log = logging.getLogger(__name__)
-
-
-class OpenRoom:
-    """One open notebook and the task group its background work runs in.
-
-    An async context manager: entering opens the task group (through an ``AsyncExitStack``,
-    as pycrdt-websocket's ``YRoom`` does) and starts the persister; leaving cancels what still
-    runs there and re-raises what failed in it.
-    """
-
-    def __init__(self, room: NotebookRoom, persister: RoomPersister) -> None:
-        self.room = room
-        self.persister = persister
-        self.executor: NotebookExecutor | None = None
-        self.closing = False
-        self._closed = anyio.Event()
-        self._cull_scope: anyio.CancelScope | None = None
-        self._tg: TaskGroup | None = None
-        self._exit_stack: AsyncExitStack | None = None
-
-    def __repr__(self) -> str:
-        return f"<OpenRoom {self.room.path or self.room.notebook_id}>"
-
-    async def __aenter__(self) -> OpenRoom:
-        async with AsyncExitStack() as stack:
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            self._tg.start_soon(self.persister.run, name=f"persist {self.room.notebook_id}")
-            self._exit_stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None
-        assert self._exit_stack is not None
-        self.closing = True
-        self._tg.cancel_scope.cancel()
-        self._tg = None
-        return await self._exit_stack.__aexit__(exc_type, exc, tb)
-
-    def start_soon(self, func: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> None:
-        """Run ``func`` in this room's scope.
-
-        Raises:
-            NotebookNotFound: the room is closing.
-        """
-        if self._tg is None or self.closing:
-            raise NotebookNotFound(f"notebook {self.room.notebook_id!r} is being closed")
-        self._tg.start_soon(func, name=name)
-
-    def cancel_cull(self) -> None:
-        if self._cull_scope is not None:
-            self._cull_scope.cancel()
-            self._cull_scope = None
-
-    def schedule_cull(self, cull: Callable[[anyio.CancelScope], Coroutine[Any, Any, None]]) -> None:
-        """Run ``cull`` (in this room's scope) with a fresh scope that :meth:`cancel_cull`
-        cancels; a cull already waiting is cancelled first."""
-        self.cancel_cull()
-        scope = self._cull_scope = anyio.CancelScope()
-        self.start_soon(lambda: cull(scope), name=f"cull {self.room.notebook_id}")
-
-    def mark_closed(self) -> None:
-        """The room is closed: its supervisor leaves its scope."""
-        self.closing = True
-        self._closed.set()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
 
 class RoomRegistry:
@@ -253,7 +177,7 @@ class RoomRegistry:
     async def _fail(self, entry: OpenRoom, exc: BaseException) -> None:
         """Close a room whose scope failed; its executor has already stopped its kernel."""
         room = entry.room
-        leaf = _first_leaf(exc)
+        leaf = first_leaf(exc)
         reason = f"{type(leaf).__name__}: {leaf}"
         log.error(
             "notebook %s failed and was closed (%s); other notebooks are unaffected",
@@ -399,20 +323,6 @@ class RoomRegistry:
         entry = self._rooms.get(room.notebook_id)
         if entry is not None:
             entry.persister.runtime_changed()
-
-
-def is_fault(exc: BaseException) -> bool:
-    """Whether what escaped a room's scope is a fault to contain there (errors and panics),
-    not cancellation, KeyboardInterrupt or SystemExit, which must go on up."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_fault(e) for e in exc.exceptions)
-    return isinstance(exc, Exception) or is_panic(exc)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def resolved(path: Path) -> Path:

@@ -21,7 +21,8 @@ from protocol.messages import (
 from runtimed.config import DaemonConfig
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.handlers import runtimes as runtime_service
-from runtimed.daemon.rooms import OpenRoom, RoomRegistry
+from runtimed.daemon.rooms import RoomRegistry
+from runtimed.daemon.scope import OpenRoom
 from runtimed.runtimes.manager import RuntimeManager
 
 __all__ = ["NotebookHandlers", "NotebookReply", "NotebookRequest", "notebook_info"]
