@@ -316,12 +316,12 @@ class RoomRegistry:
 
     def _notebook_changed(self, room: NotebookRoom) -> None:
         entry = self._rooms.get(room.notebook_id)
-        if entry is not None:
+        if entry is not None and entry.room is room:  # not a closed room's late change
             entry.persister.want()
 
     def _runtime_changed(self, room: NotebookRoom) -> None:
         entry = self._rooms.get(room.notebook_id)
-        if entry is not None:
+        if entry is not None and entry.room is room:
             entry.persister.runtime_changed()
 
 
