@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from automerge.core import Message, SyncState
 
 from blobstore import PinSet
 from protocol.errors import ErrorCode
@@ -38,8 +39,11 @@ from protocol.messages import (
 from runtimed.client import AsyncClient, AsyncNotebook
 from runtimed.config import DaemonConfig, RuntimesConfig
 from runtimed.daemon.app import Daemon
+from runtimed.daemon.handlers import runtimes as runtime_handlers
 from runtimed.daemon.manifests import ManifestWriter
-from runtimed.errors import NotebookNotFound
+from runtimed.documents.boundary import is_panic
+from runtimed.documents.notebook import NotebookDoc
+from runtimed.errors import ConnectionClosed, NotebookNotFound
 from runtimed.paths import RuntimedPaths
 from runtimed.storage.documents import DocumentStore
 
@@ -124,9 +128,26 @@ async def serves_on(daemon: Daemon, other: AsyncNotebook, other_path: Path, tag:
         await fresh.wait_until(lambda: f"# {tag}" in nb.doc.source(nb.cell_ids()[0]), timeout=10)
 
 
+def panic_exception() -> type[BaseException]:
+    """pyo3's PanicException (a BaseException, not importable by name), from a real panic."""
+    doc, state = NotebookDoc.new(metadata={}).doc, SyncState()
+    doc.generate_sync_message(state)
+    doc.receive_sync_message(state, Message.decode(PANIC_SYNC))
+    with pytest.raises(BaseException) as raised:  # noqa: PT011 (the class is what we want)
+        doc.generate_sync_message(state)
+    assert is_panic(raised.value)
+    return raised.type
+
+
+@pytest.mark.parametrize("kind", ["RuntimeError", "PanicException"])
 async def test_a_persister_failure_closes_only_that_notebook(
-    running: Running, client: AsyncClient, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+    running: Running,
+    client: AsyncClient,
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
+    fault = RuntimeError if kind == "RuntimeError" else panic_exception()
     path_a, path_b = two_notebooks(short_tmp)
     nb_a = await client.open(path_a)
     async with await AsyncClient.connect(running.daemon.paths.socket) as other:
@@ -138,7 +159,7 @@ async def test_a_persister_failure_closes_only_that_notebook(
         def failing_save(self: DocumentStore, key: str, **parts: Any) -> None:
             if key == key_a and not injected:
                 injected.append(key)
-                raise RuntimeError("injected persist failure")
+                raise fault("injected persist failure")
             real_save(self, key, **parts)
 
         monkeypatch.setattr(DocumentStore, "save", failing_save)
@@ -151,7 +172,7 @@ async def test_a_persister_failure_closes_only_that_notebook(
             tg.cancel_scope.cancel()
         assert injected == [key_a]
         assert failed.path == str(path_a.resolve())
-        assert "RuntimeError: injected persist failure" in failed.reason
+        assert f"{kind}: injected persist failure" in failed.reason
         # The notebook is closed for its clients, and for the daemon.
         with pytest.raises(NotebookNotFound):
             await nb_a.save()
@@ -266,3 +287,22 @@ async def test_a_sync_message_that_panics_is_refused_and_closes_only_that_connec
         nb_b = await other.open(path_b)
         await serves_on(running.daemon, nb_b, path_b, f"b-after-panic-{doc}")
     assert len(await client.list_notebooks()) == 2
+
+
+async def test_a_panic_in_a_request_handler_closes_only_that_connection(
+    running: Running, client: AsyncClient, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path_a, _ = two_notebooks(short_tmp)
+    witness = await client.open(path_a)
+    panic = panic_exception()
+
+    def panicking_config_reply(*args: Any, **kwargs: Any) -> Any:
+        raise panic("injected handler panic")
+
+    monkeypatch.setattr(runtime_handlers, "config_reply", panicking_config_reply)
+    async with await AsyncClient.connect(running.daemon.paths.socket) as victim:
+        with pytest.raises(ConnectionClosed):
+            await victim.get_config()
+    monkeypatch.undo()
+    await serves_on(running.daemon, witness, path_a, "after-handler-panic")
+    assert (await client.get_config()).entries
