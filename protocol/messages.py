@@ -53,6 +53,7 @@ __all__ = [
     "ListNotebooks",
     "ListRuntimes",
     "NotebookClosed",
+    "NotebookFailed",
     "NotebookInfo",
     "NotebookList",
     "NotebookOpened",
@@ -447,6 +448,18 @@ class RuntimeResync(Event, frozen=True, kw_only=True):
     notebook_id: str
 
 
+class NotebookFailed(Event, frozen=True, kw_only=True):
+    """The daemon closed this notebook because its background work failed (a bug, or a
+    document the daemon cannot process): its kernel was stopped, its last good state
+    persisted, and it is no longer open on any connection. Open it again to continue;
+    other notebooks are unaffected."""
+
+    notebook_id: str
+    path: str | None = None
+    reason: str = ""
+    """What failed, in words (the traceback is in the daemon log)."""
+
+
 class DaemonShuttingDown(Event, frozen=True, kw_only=True):
     pass
 
@@ -457,6 +470,7 @@ DaemonEvent = (
     | KernelStatusChanged
     | InputRequested
     | RuntimeResync
+    | NotebookFailed
     | DaemonShuttingDown
 )
 

@@ -24,6 +24,7 @@ from protocol.errors import ErrorCode, ErrorDetails, ProtocolError
 from protocol.framing import FrameDecoder, FrameKind
 from protocol.messages import (
     ClientRequest,
+    DaemonReply,
     DocKind,
     ErrorReply,
     SyncEnvelope,
@@ -31,6 +32,7 @@ from protocol.messages import (
     decode_sync,
     encode,
 )
+from runtimed.daemon.room import SyncRejected
 from runtimed.errors import RuntimedError
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ SEND_TIMEOUT = 30.0
 MAX_CONCURRENT_REQUESTS = 64
 _WRITE_BATCH_BYTES = 1 << 20
 
-Handler = Callable[["ClientSession", ClientRequest], Awaitable[msgspec.Struct]]
+Handler = Callable[["ClientSession", ClientRequest], Awaitable[DaemonReply]]
 
 _session_ids = itertools.count(1)
 _LOST = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError)
@@ -170,11 +172,14 @@ class ClientSession:
                 return
             for frame in frames:
                 if frame.kind is FrameKind.SYNC:
-                    self._on_sync(frame.payload)
+                    if not self._on_sync(frame.payload):
+                        await self._drain_and_close()  # the error reply goes out first
+                        return
                 else:
                     await self._on_control(frame.payload, tg)
 
-    def _on_sync(self, payload: bytes) -> None:
+    def _on_sync(self, payload: bytes) -> bool:
+        """Apply one sync frame; False when the connection must close."""
         try:
             envelope: SyncEnvelope = decode_sync(payload)
             room = self._rooms(envelope.notebook_id)
@@ -184,8 +189,14 @@ class ClientSession:
                     "which is not open on this connection"
                 )
             room.receive(self, envelope.doc, envelope.data)
+        except SyncRejected as exc:
+            # The binding could not take this peer's message: the document is as it was,
+            # but this connection's sync state is lost. Say why, then close it.
+            self._reply_error(0, exc.code, str(exc))
+            return False
         except (ProtocolError, RuntimedError) as exc:
             self._reply_error(0, exc.code, str(exc))
+        return True
 
     async def _on_control(self, payload: bytes, tg: anyio.abc.TaskGroup) -> None:
         try:

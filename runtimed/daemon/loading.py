@@ -15,7 +15,7 @@ import anyio
 
 from blobstore import BlobError, BlobStore
 from runtimed.daemon.manifests import resolve_output_async
-from runtimed.daemon.room import NotebookRoom
+from runtimed.daemon.room import NotebookRoom, RoomCallbacks
 from runtimed.documents.notebook import NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import BlobUnavailable
@@ -27,16 +27,18 @@ __all__ = ["load_room", "new_room", "notebook_for_save"]
 log = logging.getLogger(__name__)
 
 
-async def load_room(path: Path, store: DocumentStore, blobs: BlobStore) -> tuple[NotebookRoom, str]:
+async def load_room(
+    path: Path, store: DocumentStore, blobs: BlobStore, *, callbacks: RoomCallbacks
+) -> tuple[NotebookRoom, str]:
     """Read ``path`` and build its room (the persisted document when the file is unchanged
     since the daemon last saw it, so crash recovery keeps edits made after the last
-    checkpoint). Returns the room and the file's sha256.
+    checkpoint), reporting changes to ``callbacks``. Returns the room and the file's sha256.
 
     Raises:
         NotebookNotFound, NotebookIOError, NotebookInvalid: from reading the file.
     """
     nb, digest = await anyio.to_thread.run_sync(_read, path)
-    room = await anyio.to_thread.run_sync(_from_persisted, path, digest, store)
+    room = await anyio.to_thread.run_sync(_from_persisted, path, digest, store, callbacks)
     if room is not None:
         return room, digest
     manifests: dict[int, tuple[int | None, list[dict[str, Any]]]] = {}
@@ -46,7 +48,7 @@ async def load_room(path: Path, store: DocumentStore, blobs: BlobStore) -> tuple
         outputs = [await blobs.store_output(o) for o in cell.get("outputs", [])]
         if outputs or cell.get("execution_count") is not None:
             manifests[index] = (cell.get("execution_count"), outputs)
-    room = await anyio.to_thread.run_sync(_from_file, path, nb, manifests)
+    room = await anyio.to_thread.run_sync(_from_file, path, nb, manifests, callbacks)
     return room, digest
 
 
@@ -54,7 +56,9 @@ def _read(path: Path) -> tuple[dict[str, Any], str]:
     return read_notebook(path), file_digest(path)
 
 
-def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRoom | None:
+def _from_persisted(
+    path: Path, digest: str, store: DocumentStore, callbacks: RoomCallbacks
+) -> NotebookRoom | None:
     key = DocumentStore.key_for(path, "")
     persisted = store.load(key)
     if persisted is None:
@@ -69,6 +73,7 @@ def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRo
                     path=path,
                     notebook=notebook,
                     runtime=RuntimeDoc.from_snapshot(persisted.runtime),
+                    callbacks=callbacks,
                 )
         except Exception:  # the binding raises bare Exceptions for corrupt documents
             log.exception("persisted document for %s is unreadable; loading the file", path)
@@ -78,17 +83,28 @@ def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRo
 
 
 def _from_file(
-    path: Path, nb: dict[str, Any], manifests: dict[int, tuple[int | None, list[dict[str, Any]]]]
+    path: Path,
+    nb: dict[str, Any],
+    manifests: dict[int, tuple[int | None, list[dict[str, Any]]]],
+    callbacks: RoomCallbacks,
 ) -> NotebookRoom:
     notebook = NotebookDoc.from_nbformat(nb)
     runtime = RuntimeDoc.new()
     cell_ids = notebook.cell_ids()
     for index, (count, outputs) in manifests.items():
         runtime.load_cell(cell_ids[index], count, outputs)
-    return NotebookRoom(notebook_id=notebook.doc_id, path=path, notebook=notebook, runtime=runtime)
+    return NotebookRoom(
+        notebook_id=notebook.doc_id,
+        path=path,
+        notebook=notebook,
+        runtime=runtime,
+        callbacks=callbacks,
+    )
 
 
-def new_room(path: Path | None, *, kernel_name: str | None) -> NotebookRoom:
+def new_room(
+    path: Path | None, *, kernel_name: str | None, callbacks: RoomCallbacks
+) -> NotebookRoom:
     """A room for a brand-new notebook with no cells."""
     metadata: dict[str, Any]
     if kernel_name:
@@ -100,7 +116,11 @@ def new_room(path: Path | None, *, kernel_name: str | None) -> NotebookRoom:
         }
     notebook = NotebookDoc.new(metadata=metadata)
     return NotebookRoom(
-        notebook_id=notebook.doc_id, path=path, notebook=notebook, runtime=RuntimeDoc.new()
+        notebook_id=notebook.doc_id,
+        path=path,
+        notebook=notebook,
+        runtime=RuntimeDoc.new(),
+        callbacks=callbacks,
     )
 
 

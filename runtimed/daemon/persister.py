@@ -1,0 +1,129 @@
+"""Persisting one notebook's documents (crash recovery), in that notebook's own scope.
+
+Each open notebook has a :class:`RoomPersister`: edits reach disk ``persist_debounce`` after
+they stop (no acknowledged edit should wait long), runtime-only changes (outputs, states) at
+most every ``runtime_persist_interval`` — a running notebook changes those on every cell. A
+persist writes only what changed since the last one: the notebook document if its heads
+moved, the runtime snapshot if it changed, the file record if it changed. A write the disk
+refuses (full disk, ...) is kept in memory and retried every second until it succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from runtimed.config import DaemonConfig
+from runtimed.daemon.room import NotebookRoom
+from runtimed.storage.documents import DocumentStore, NotebookMeta
+
+__all__ = ["RoomPersister"]
+
+log = logging.getLogger(__name__)
+
+_PERSIST_RETRY = 1.0  # s between attempts to persist a notebook after a failed write
+
+
+class RoomPersister:
+    """What is on disk for one room, and the task that keeps it current (:meth:`run`)."""
+
+    def __init__(
+        self,
+        room: NotebookRoom,
+        store: DocumentStore,
+        *,
+        config: DaemonConfig,
+        file_sha256: str | None,
+    ) -> None:
+        self.room = room
+        self.file_sha256 = file_sha256
+        """The sha256 of the notebook's file as the daemon last read or wrote it."""
+        self._store = store
+        self._config = config
+        self._wanted = False
+        self._wake = anyio.Event()
+        self._persisted_at = float("-inf")  # when the runtime snapshot was last written
+        self._runtime_dirty = True
+        self._saved_key: str | None = None
+        self._saved_heads: list[bytes] | None = None
+        self._saved_meta: NotebookMeta | None = None
+        self._failed_at = float("-inf")  # the last persist that failed (full disk, ...)
+
+    @property
+    def wanted(self) -> bool:
+        """A change waits to be persisted."""
+        return self._wanted
+
+    def want(self) -> None:
+        """The notebook changed: persist it after the debounce."""
+        self._wanted = True
+        self._wake.set()
+
+    def runtime_changed(self) -> None:
+        """The runtime document changed: persist its snapshot when its interval allows."""
+        self._runtime_dirty = True
+        self.want()
+
+    async def run(self) -> None:
+        """Persist changes until cancelled (runs in the room's task group)."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await anyio.sleep(self._config.persist_debounce)  # debounce: batch a burst
+            self._wanted = False
+            now = anyio.current_time()
+            if now - self._failed_at < _PERSIST_RETRY:
+                self._wanted = True  # the disk failed just now: later
+            else:
+                # The notebook document goes out now if its heads moved; the runtime
+                # snapshot only when its interval has passed.
+                due = now - self._persisted_at >= self._config.runtime_persist_interval
+                await self.persist_now(runtime=due)
+                if self._runtime_dirty:
+                    self._wanted = True  # later
+            if self._wanted:
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Persist now if a change waits (the debounce is skipped)."""
+        if self._wanted:
+            self._wanted = False
+            await self.persist_now()
+
+    async def persist_now(self, *, runtime: bool = True) -> None:
+        """Write what changed since the last persist: the notebook document if its heads
+        moved, the runtime snapshot if it changed (and ``runtime``), the file record if it
+        changed. A running notebook edits only metadata per cell: one file, not three."""
+        room = self.room
+        key = DocumentStore.key_for(room.path, room.notebook_id)
+        if key != self._saved_key:  # first persist, or saved under a new path: everything
+            self._saved_heads = self._saved_meta = None
+            self._runtime_dirty, runtime = True, True
+        # Serialise on the event loop (the documents are not shared with threads), write in one.
+        heads = room.notebook.heads()
+        notebook = room.notebook.save() if heads != self._saved_heads else None
+        snapshot = None
+        if runtime and self._runtime_dirty:
+            snapshot = room.runtime.snapshot()
+            self._runtime_dirty = False
+            self._persisted_at = anyio.current_time()
+        path = str(room.path) if room.path else None
+        meta = (path, room.notebook_id, self.file_sha256)
+        changed_meta = meta if meta != self._saved_meta else None
+        if notebook is None and snapshot is None and changed_meta is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self._store.save(
+                    key, notebook=notebook, runtime=snapshot, meta=changed_meta
+                )
+            )
+        except OSError as exc:
+            # Kept in memory and retried (run) until the disk takes it again.
+            log.warning("could not persist notebook %s (retrying): %s", room.notebook_id, exc)
+            self._runtime_dirty = self._runtime_dirty or snapshot is not None
+            self._failed_at = anyio.current_time()
+            self.want()
+            return
+        self._saved_key, self._saved_heads, self._saved_meta = key, heads, meta

@@ -1,0 +1,330 @@
+"""The room registry: which notebooks are open, each in its own supervised scope.
+
+Every open notebook is an :class:`~runtimed.daemon.scope.OpenRoom`: the room (documents and
+peers), its persister, its executor, and one task group that all of that notebook's background
+work runs in (persisting, executing and flushing outputs, the idle cull). The registry runs a
+supervisor task per room; whatever escapes a room's scope — any ``Exception``, or the Automerge
+binding's ``PanicException`` — is logged with its traceback and closes that notebook only: its
+clients get :class:`~protocol.messages.NotebookFailed`, its kernel is stopped (the executor's
+own shutdown path), its last good state is persisted, and every other notebook keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from blobstore import BlobStore
+from protocol.messages import NotebookFailed, encode
+from runtimed.config import DaemonConfig
+from runtimed.daemon.connection import ClientSession
+from runtimed.daemon.executor import NotebookExecutor
+from runtimed.daemon.loading import load_room, new_room, notebook_for_save
+from runtimed.daemon.persister import RoomPersister
+from runtimed.daemon.room import NotebookRoom, RoomCallbacks
+from runtimed.daemon.scope import OpenRoom, first_leaf, is_fault
+from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
+from runtimed.runtimes.manager import RuntimeManager
+from runtimed.storage.documents import DocumentStore, file_digest
+from runtimed.storage.ipynb import write_notebook_atomic
+
+__all__ = ["RoomRegistry", "resolved"]
+
+log = logging.getLogger(__name__)
+
+
+class RoomRegistry:
+    """Open notebooks by id and by path; opens, joins, leaves, saves and closes them.
+
+    Run :meth:`run` in a task group: it owns the supervisors of every room.
+    """
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        blobs: BlobStore,
+        runtimes: RuntimeManager,
+        *,
+        config: DaemonConfig,
+    ) -> None:
+        self.store = store
+        self._blobs = blobs
+        self._runtimes = runtimes
+        self._config = config
+        self._rooms: dict[str, OpenRoom] = {}
+        self._by_path: dict[Path, str] = {}
+        self._open_locks: dict[Path, anyio.Lock] = {}
+        self._tg: TaskGroup | None = None
+        self.stopping = False
+        self._callbacks = RoomCallbacks(
+            on_notebook_change=self._notebook_changed, on_runtime_change=self._runtime_changed
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Supervise rooms until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
+
+    # ------------------------------------------------------------ lookup
+
+    def entries(self) -> list[OpenRoom]:
+        return list(self._rooms.values())
+
+    def get(self, notebook_id: str) -> OpenRoom | None:
+        return self._rooms.get(notebook_id)
+
+    def room_or_none(self, notebook_id: str) -> NotebookRoom | None:
+        entry = self._rooms.get(notebook_id)
+        return entry.room if entry else None
+
+    def entry(self, notebook_id: str) -> OpenRoom:
+        entry = self._rooms.get(notebook_id)
+        if entry is None:
+            raise NotebookNotFound(
+                f"no open notebook with id {notebook_id!r}; open it first (runt ps lists them)"
+            )
+        return entry
+
+    def joined(self, session: ClientSession, notebook_id: str) -> OpenRoom:
+        """The room ``session`` has open.
+
+        Raises:
+            NotebookNotFound: no such open notebook.
+            InvalidRequest: it is open, but not on this connection.
+        """
+        entry = self.entry(notebook_id)
+        if notebook_id not in session.open_notebooks:
+            raise InvalidRequest(f"notebook {notebook_id!r} is not open on this connection")
+        return entry
+
+    # ------------------------------------------------------------ opening
+
+    async def open_path(self, path: Path) -> OpenRoom:
+        """The room for ``path``, loading it if no client has it open."""
+        path = await resolved(path)
+        lock = self._open_locks.setdefault(path, anyio.Lock())
+        async with lock:
+            existing = self._by_path.get(path)
+            if existing is not None and existing in self._rooms:
+                return self._rooms[existing]
+            room, digest = await load_room(path, self.store, self._blobs, callbacks=self._callbacks)
+            return await self._register(room, file_sha256=digest)
+
+    async def create(self, path: Path | None, kernel_name: str | None) -> OpenRoom:
+        """A new notebook, saved at once when it has a ``path``.
+
+        Raises:
+            InvalidRequest: ``path`` exists already.
+        """
+        if path is not None:
+            path = await resolved(path)
+            if path in self._by_path or await anyio.Path(path).exists():
+                raise InvalidRequest(f"{path} already exists; open it instead")
+        room = new_room(path, kernel_name=kernel_name, callbacks=self._callbacks)
+        entry = await self._register(room, file_sha256=None)
+        if path is not None:
+            try:
+                await self.save(entry, path)
+            except BaseException:
+                self._unregister(entry)
+                entry.mark_closed()
+                raise
+        return entry
+
+    async def _register(self, room: NotebookRoom, *, file_sha256: str | None) -> OpenRoom:
+        if self._tg is None or self.stopping:
+            raise ShuttingDown("the daemon is shutting down")
+        persister = RoomPersister(room, self.store, config=self._config, file_sha256=file_sha256)
+        entry = OpenRoom(room, persister)
+        await self._tg.start(self._supervise, entry, name=f"room {room.notebook_id}")
+        self._rooms[room.notebook_id] = entry
+        if room.path is not None:
+            self._by_path[room.path] = room.notebook_id
+        return entry
+
+    def _unregister(self, entry: OpenRoom) -> None:
+        room = entry.room
+        if self._rooms.get(room.notebook_id) is entry:
+            del self._rooms[room.notebook_id]
+        if room.path is not None and self._by_path.get(room.path) == room.notebook_id:
+            del self._by_path[room.path]
+
+    def join(self, session: ClientSession, entry: OpenRoom) -> None:
+        entry.cancel_cull()
+        session.open_notebooks.add(entry.room.notebook_id)
+        # Sync frames for this notebook may reach the client before the reply; clients
+        # create a replica on the first frame for an id (see runtimed.client).
+        entry.room.join(session)
+
+    # ------------------------------------------------------------ supervision
+
+    async def _supervise(self, entry: OpenRoom, *, task_status: TaskStatus[None]) -> None:
+        try:
+            async with entry:
+                task_status.started()
+                await entry.wait_closed()
+        except BaseException as exc:
+            if not is_fault(exc):
+                raise
+            await self._fail(entry, exc)
+
+    async def _fail(self, entry: OpenRoom, exc: BaseException) -> None:
+        """Close a room whose scope failed; its executor has already stopped its kernel."""
+        room = entry.room
+        leaf = first_leaf(exc)
+        reason = f"{type(leaf).__name__}: {leaf}"
+        log.error(
+            "notebook %s failed and was closed (%s); other notebooks are unaffected",
+            room.path or room.notebook_id,
+            reason,
+            exc_info=exc,
+        )
+        peers = room.peers
+        path = room.path
+        lock = self._open_locks.setdefault(path, anyio.Lock()) if path else None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.shutdown_timeout):
+            # Under the path's open lock: an open of the same file waits for this persist,
+            # then loads the state it wrote.
+            async with lock if lock is not None else contextlib.nullcontext():
+                self._unregister(entry)
+                for peer in peers:
+                    room.leave(peer)
+                    if isinstance(peer, ClientSession):
+                        peer.open_notebooks.discard(room.notebook_id)
+                try:
+                    await entry.persister.persist_now()
+                except Exception:
+                    log.exception("could not persist the last state of %s", room.notebook_id)
+        payload = encode(
+            NotebookFailed(
+                notebook_id=room.notebook_id, path=str(path) if path else None, reason=reason
+            )
+        )
+        for peer in peers:
+            peer.send_event_bytes(payload)
+
+    # ------------------------------------------------------------ leaving and closing
+
+    def leave(self, entry: OpenRoom, session: ClientSession, *, unload: bool) -> None:
+        """``session`` left the room; a room nobody has open is closed (kernel stopped) at once
+        when the last client asked to ``unload`` it, else after ``idle_timeout`` of idleness."""
+        entry.room.leave(session)
+        if entry.room.peers or self.stopping or entry.closing:
+            return
+        delay = 0.0 if unload else self._config.idle_timeout
+        entry.schedule_cull(lambda scope: self._cull_when_idle(entry, scope, delay))
+
+    async def _cull_when_idle(
+        self, entry: OpenRoom, scope: anyio.CancelScope, delay: float
+    ) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            if entry.executor is not None:
+                await entry.executor.wait_idle()
+            if entry.room.peers or self._rooms.get(entry.room.notebook_id) is not entry:
+                return
+            scope.shield = True
+            # Hold the path's open lock so an open racing this close waits, then loads the
+            # document this close persists, instead of joining a room being torn down.
+            path = entry.room.path
+            lock = self._open_locks.setdefault(path, anyio.Lock()) if path else None
+            async with lock if lock is not None else contextlib.nullcontext():
+                if entry.room.peers:
+                    return
+                log.info("closing %s: no clients and idle", path or entry.room.notebook_id)
+                await self.close(entry, checkpoint=False)
+
+    async def close(self, entry: OpenRoom, *, checkpoint: bool) -> None:
+        """Stop the room's kernel, checkpoint it (if asked and it has unsaved changes),
+        persist it and forget it."""
+        room = entry.room
+        if entry.executor is not None:
+            await entry.executor.aclose()
+        if checkpoint and room.path is not None and room.dirty_since_save:
+            try:
+                await self.save(entry, None)
+            except Exception:
+                log.exception("could not checkpoint %s while closing", room.path)
+        await entry.persister.persist_now()
+        self._unregister(entry)
+        entry.mark_closed()
+
+    async def close_all(self, *, checkpoint: bool) -> None:
+        """Close every room (daemon shutdown); no new room opens after this starts."""
+        self.stopping = True
+        for entry in self.entries():
+            try:
+                await self.close(entry, checkpoint=checkpoint)
+            except Exception:
+                log.exception("could not close %s cleanly", entry)
+                self._unregister(entry)
+                entry.mark_closed()
+
+    # ------------------------------------------------------------ saving, executing
+
+    async def save(self, entry: OpenRoom, path: Path | None) -> Path:
+        """Checkpoint the notebook to ``path`` (None: its own path); returns where.
+
+        Raises:
+            InvalidRequest: no path to save to, or ``path`` is another open notebook's.
+            NotebookIOError, NotebookInvalid, BlobUnavailable: from writing the file.
+        """
+        room = entry.room
+        target = await resolved(path) if path else room.path
+        if target is None:
+            raise InvalidRequest("this notebook has no path yet; save it with a path")
+        if target != room.path and target in self._by_path:
+            raise InvalidRequest(f"{target} is open as another notebook; close it first")
+        nb = await notebook_for_save(room, self._blobs)
+        await anyio.to_thread.run_sync(write_notebook_atomic, target, nb)
+        entry.persister.file_sha256 = await anyio.to_thread.run_sync(file_digest, target)
+        if room.path is None or target != room.path:
+            if room.path is not None:
+                self._by_path.pop(room.path, None)
+            room.path = target
+            self._by_path[target] = room.notebook_id
+        room.dirty_since_save = False
+        # Record the new file hash now, not after the debounce: a crash in that window would
+        # make the daemon take its own checkpoint for an outside change.
+        await entry.persister.persist_now()
+        return target
+
+    def executor(self, entry: OpenRoom) -> NotebookExecutor:
+        """The room's executor, started (in the room's scope) on first use.
+
+        Raises:
+            ShuttingDown: the daemon is stopping.
+            NotebookNotFound: the room is closing.
+        """
+        if entry.executor is None:
+            if self.stopping:
+                raise ShuttingDown("the daemon is shutting down")
+            executor = NotebookExecutor(
+                entry.room, config=self._config, blobs=self._blobs, runtimes=self._runtimes
+            )
+            entry.start_soon(executor.run, name=f"execute {entry.room.notebook_id}")
+            entry.executor = executor
+        return entry.executor
+
+    # ------------------------------------------------------------ room callbacks
+
+    def _notebook_changed(self, room: NotebookRoom) -> None:
+        entry = self._rooms.get(room.notebook_id)
+        if entry is not None and entry.room is room:  # not a closed room's late change
+            entry.persister.want()
+
+    def _runtime_changed(self, room: NotebookRoom) -> None:
+        entry = self._rooms.get(room.notebook_id)
+        if entry is not None and entry.room is room:
+            entry.persister.runtime_changed()
+
+
+async def resolved(path: Path) -> Path:
+    """``path`` made absolute with symlinks resolved (filesystem calls: in a worker thread)."""
+    return await anyio.to_thread.run_sync(lambda: path.expanduser().resolve())
