@@ -36,6 +36,7 @@ The tree (module in brackets when it is not this one)::
     ├── ShuttingDown
     ├── InternalError
     ├── DocumentError
+    │   └── SyncRejected [runtimed.daemon.room]
     ├── ConfigError [runtimed.config]
     ├── DaemonAlreadyRunning
     ├── DaemonNotRunning
