@@ -108,6 +108,15 @@ async def notebook_for_save(room: NotebookRoom, blobs: BlobStore) -> dict[str, A
     """The nbformat dict to checkpoint: cells from the notebook document, outputs (blobs
     re-inlined, base64 for binary) and execution counts from the runtime document."""
     states: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
+    problems = room.notebook.problems()
+    if problems:
+        # Written anyway: the readable rest of the notebook must not be held hostage by one
+        # value another Automerge library wrote (docs/principles.md, "Guarantees").
+        log.warning(
+            "saving %s without what cannot be read: %s",
+            room.path or room.notebook_id,
+            "; ".join(problems),
+        )
     for cell in room.notebook.cells():
         if cell.cell_type == "code":
             count, manifests = room.runtime.cell_state(cell.id)
