@@ -7,6 +7,11 @@ Wire layout (all integers big-endian):
   1 refused) + message length (u16) + UTF-8 message. On refusal the daemon closes.
 * Then frames in both directions: length (u32, counts the kind byte and the payload) +
   kind (u8) + payload.
+
+Limits: a frame may hold at most ``max_frame_size`` bytes (64 MiB by default; Automerge sync
+messages of a big notebook need room), and a CONTROL frame at most ``max_control_frame_size``
+(the daemon uses 64 KiB, as the Rust runtimed does: no request needs more). Both are checked
+as soon as the 5-byte header is in, before the payload is buffered.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from protocol.errors import ProtocolError
 
 __all__ = [
     "CLIENT_HELLO_SIZE",
+    "DEFAULT_MAX_CONTROL_FRAME_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAGIC",
     "PROTOCOL_VERSION",
@@ -36,6 +42,8 @@ __all__ = [
 MAGIC = b"RUNTIMED"
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_CONTROL_FRAME_SIZE = 64 * 1024
+"""What the daemon accepts in one CONTROL frame from a client."""
 
 _HELLO = struct.Struct(">8sH")
 CLIENT_HELLO_SIZE = _HELLO.size
@@ -141,12 +149,27 @@ def encode_frame(
 class FrameDecoder:
     """Incremental frame decoder: feed it bytes, take complete frames out.
 
-    It never reads a socket; the caller feeds whatever arrived, in pieces of any size.
+    It never reads a socket; the caller feeds whatever arrived, in pieces of any size. It
+    holds at most one partial frame, so what it buffers is bounded by the frame limits.
+
+    Args:
+        max_frame_size: the largest frame accepted (kind byte + payload).
+        max_control_frame_size: the largest CONTROL frame (None: ``max_frame_size``).
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_control_frame_size: int | None = None,
+    ) -> None:
         self._buffer = bytearray()
         self._max = max_frame_size
+        self._max_control = (
+            max_frame_size
+            if max_control_frame_size is None
+            else min(max_control_frame_size, max_frame_size)
+        )
 
     @property
     def buffered(self) -> int:
@@ -172,14 +195,21 @@ class FrameDecoder:
                 raise ProtocolError(
                     f"frame of {length} bytes exceeds the maximum frame size of {self._max} bytes"
                 )
-            end = offset + _LENGTH.size + length
-            if len(view) < end:
-                break
+            if len(view) - offset <= _LENGTH.size:
+                break  # the kind byte is not in yet
             kind_byte = view[offset + _LENGTH.size]
             try:
                 kind = FrameKind(kind_byte)
             except ValueError:
                 raise ProtocolError(f"unknown frame kind {kind_byte}") from None
+            if kind is FrameKind.CONTROL and length > self._max_control:
+                raise ProtocolError(
+                    f"control frame of {length} bytes exceeds the maximum control frame size "
+                    f"of {self._max_control} bytes"
+                )
+            end = offset + _LENGTH.size + length
+            if len(view) < end:
+                break
             frames.append(Frame(kind, bytes(view[offset + _LENGTH.size + 1 : end])))
             offset = end
         if offset:

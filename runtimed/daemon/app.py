@@ -56,6 +56,7 @@ from runtimed.daemon.executor import NotebookExecutor
 from runtimed.daemon.handlers import runtimes as runtime_service
 from runtimed.daemon.http import HttpServer
 from runtimed.daemon.instance import InstanceLock
+from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.loading import load_room, new_room, notebook_for_save
 from runtimed.daemon.room import NotebookRoom
 from runtimed.documents.manifests import manifest_hashes
@@ -102,6 +103,7 @@ class Daemon:
         self._by_path: dict[Path, str] = {}
         self._open_locks: dict[Path, anyio.Lock] = {}
         self._sessions: set[ClientSession] = set()
+        self._receive_budget = ReceiveBudget(self.config.max_receive_buffer_total)
         self._stop = anyio.Event()
         self._stopping = False
         # notebooks with a change to persist (what changed is found out when persisting)
@@ -134,19 +136,17 @@ class Daemon:
         try:
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
-            old_umask = os.umask(0o177)
-            try:
-                listener = await anyio.create_unix_listener(self.paths.socket)
-            finally:
-                os.umask(old_umask)
-            os.chmod(self.paths.socket, 0o600)
+            listener = UnixListener(
+                self.paths.socket, self._on_connect, max_connections=self.config.max_connections
+            )
+            await listener.bind()
             log.info(
                 "runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid()
             )
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.runtimes.run)
-                tg.start_soon(self._serve, listener)
+                tg.start_soon(listener.run)
                 tg.start_soon(self._persister)
                 if self.config.http_port is not None:
                     server = HttpServer(self.blobs, port=self.config.http_port)
@@ -161,16 +161,14 @@ class Daemon:
             lock.release()
             log.info("runtimed stopped")
 
-    async def _serve(self, listener: anyio.abc.Listener[SocketStream]) -> None:
-        async with listener:
-            await listener.serve(self._on_connect)
-
     async def _on_connect(self, stream: SocketStream) -> None:
         session = ClientSession(
             stream,
             handler=self.handle,
             rooms=self._room_or_none,
             max_frame_size=self.config.max_frame_size,
+            max_control_frame_size=self.config.max_control_frame_size,
+            budget=self._receive_budget,
         )
         self._sessions.add(session)
         try:
@@ -185,7 +183,7 @@ class Daemon:
                 if entry is not None:
                     self._leave(entry, session, unload=False)
 
-    async def _shutdown(self, listener: anyio.abc.Listener[SocketStream]) -> None:
+    async def _shutdown(self, listener: UnixListener) -> None:
         self._stopping = True
         log.info("shutting down: %d notebooks, %d clients", len(self._rooms), len(self._sessions))
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.shutdown_timeout):
