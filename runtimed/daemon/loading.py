@@ -19,8 +19,8 @@ from runtimed.daemon.room import NotebookRoom
 from runtimed.documents.notebook import NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import BlobUnavailable
-from runtimed.storage.documents import DocumentStore, file_digest
-from runtimed.storage.ipynb import read_notebook
+from runtimed.storage.documents import DocumentStore
+from runtimed.storage.ipynb import read_notebook_with_digest
 
 __all__ = ["load_room", "new_room", "notebook_for_save"]
 
@@ -51,7 +51,9 @@ async def load_room(path: Path, store: DocumentStore, blobs: BlobStore) -> tuple
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
-    return read_notebook(path), file_digest(path)
+    # One bounded read of a regular file (a FIFO or /dev/zero is refused, never waited on
+    # or read without end), and the digest of exactly the bytes parsed.
+    return read_notebook_with_digest(path)
 
 
 def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRoom | None:
