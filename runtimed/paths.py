@@ -23,6 +23,7 @@ import platformdirs
 __all__ = [
     "RuntimedPaths",
     "UnsafeDirectory",
+    "check_private_dir",
     "default_home",
     "default_socket_path",
     "ensure_private_dir",
@@ -48,16 +49,30 @@ def _owner(uid: int) -> str:
 
 
 def ensure_private_dir(path: Path, what: str) -> None:
-    """Create ``path`` (mode 0700) or check that the existing one is safely ours.
+    """Create ``path`` (mode 0700) or check that the existing one is safely ours (and
+    tighten it to 0700 when others may read or enter it).
 
     Parents are created as needed with the default mode; only ``path`` itself is checked.
 
     Raises:
-        UnsafeDirectory: ``path`` is a symlink, not a directory, owned by another user, or
-            writable by its group or by others.
+        UnsafeDirectory: as :func:`check_private_dir`.
     """
     with contextlib.suppress(FileExistsError):
         path.mkdir(parents=True, mode=0o700)
+    check_private_dir(path, what, tighten=True)
+
+
+def check_private_dir(path: Path, what: str, *, tighten: bool = False) -> None:
+    """Check that ``path`` is a real directory of ours that nobody else can write.
+
+    A client can call this on the socket's directory before connecting, so that it never
+    talks to a socket another user could have swapped in.
+
+    Raises:
+        UnsafeDirectory: ``path`` is a symlink, not a directory, owned by another user, or
+            writable by its group or by others.
+        FileNotFoundError: it does not exist.
+    """
     info = os.lstat(path)
     fix = f"remove it (or point {what} elsewhere) and start again"
     if stat.S_ISLNK(info.st_mode):
@@ -76,7 +91,7 @@ def ensure_private_dir(path: Path, what: str) -> None:
             f"refusing {what} {path}: mode {mode:04o} lets other users write into it; "
             f"check what is in it, then 'chmod 700 {path}'"
         )
-    if mode & 0o077:
+    if tighten and mode & 0o077:
         os.chmod(path, 0o700)  # ours, but others could list or enter it
 
 
