@@ -2,6 +2,11 @@
 
 After the handshake (:mod:`protocol.handshake`), frames flow in both directions: length
 (u32, big-endian, counts the kind byte and the payload) + kind (u8) + payload.
+
+Limits: a frame may hold at most ``max_frame_size`` bytes (64 MiB by default; Automerge sync
+messages of a big notebook need room), and a CONTROL frame at most ``max_control_frame_size``
+(the daemon uses 64 KiB, as the Rust runtimed does: no request needs more). Both are checked
+as soon as the 5-byte header is in, before the payload is buffered.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from protocol.errors import ProtocolError
 from protocol.handshake import MAGIC, PROTOCOL_VERSION
 
 __all__ = [
+    "DEFAULT_MAX_CONTROL_FRAME_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "MAGIC",
     "PROTOCOL_VERSION",
@@ -26,6 +32,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_CONTROL_FRAME_SIZE = 64 * 1024
+"""What the daemon accepts in one CONTROL frame from a client."""
 
 _LENGTH = struct.Struct(">I")
 
@@ -64,12 +72,27 @@ def encode_frame(
 class FrameDecoder:
     """Incremental frame decoder: feed it bytes, take complete frames out.
 
-    It never reads a socket; the caller feeds whatever arrived, in pieces of any size.
+    It never reads a socket; the caller feeds whatever arrived, in pieces of any size. It
+    holds at most one partial frame, so what it buffers is bounded by the frame limits.
+
+    Args:
+        max_frame_size: the largest frame accepted (kind byte + payload).
+        max_control_frame_size: the largest CONTROL frame (None: ``max_frame_size``).
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_control_frame_size: int | None = None,
+    ) -> None:
         self._buffer = bytearray()
         self._max = max_frame_size
+        self._max_control = (
+            max_frame_size
+            if max_control_frame_size is None
+            else min(max_control_frame_size, max_frame_size)
+        )
 
     @property
     def buffered(self) -> int:
@@ -95,14 +118,21 @@ class FrameDecoder:
                 raise ProtocolError(
                     f"frame of {length} bytes exceeds the maximum frame size of {self._max} bytes"
                 )
-            end = offset + _LENGTH.size + length
-            if len(view) < end:
-                break
+            if len(view) - offset <= _LENGTH.size:
+                break  # the kind byte is not in yet
             kind_byte = view[offset + _LENGTH.size]
             try:
                 kind = FrameKind(kind_byte)
             except ValueError:
                 raise ProtocolError(f"unknown frame kind {kind_byte}") from None
+            if kind is FrameKind.CONTROL and length > self._max_control:
+                raise ProtocolError(
+                    f"control frame of {length} bytes exceeds the maximum control frame size "
+                    f"of {self._max_control} bytes"
+                )
+            end = offset + _LENGTH.size + length
+            if len(view) < end:
+                break
             frames.append(Frame(kind, bytes(view[offset + _LENGTH.size + 1 : end])))
             offset = end
         if offset:

@@ -503,13 +503,14 @@ def decode_client_message(payload: bytes) -> ClientRequest:
     """Decode a CONTROL frame sent by a client.
 
     Raises:
-        ProtocolError: not msgpack, an unknown ``type`` tag, or fields of the wrong shape.
+        ProtocolError: not msgpack, an unknown ``type`` tag, fields of the wrong shape, or
+            nesting deeper than msgspec decodes.
     """
     try:
         request: ClientRequest = _client_decoder.decode(payload)
         return request
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"invalid client message: {exc}") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"invalid client message: {_why(exc)}") from exc
 
 
 def decode_daemon_message(payload: bytes) -> DaemonMessage:
@@ -521,8 +522,8 @@ def decode_daemon_message(payload: bytes) -> DaemonMessage:
     try:
         message: DaemonMessage = _daemon_decoder.decode(payload)
         return message
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"invalid daemon message: {exc}") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"invalid daemon message: {_why(exc)}") from exc
 
 
 def decode_sync(payload: bytes) -> SyncEnvelope:
@@ -533,5 +534,13 @@ def decode_sync(payload: bytes) -> SyncEnvelope:
     """
     try:
         return _sync_decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"invalid sync frame: {exc}") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"invalid sync frame: {_why(exc)}") from exc
+
+
+def _why(exc: Exception) -> str:
+    # msgspec raises RecursionError for input nested deeper than it decodes (about 1,000
+    # levels, even inside a field it would ignore): that is bad input, not a daemon fault.
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)

@@ -23,7 +23,7 @@ from typing import Any
 
 import platformdirs
 
-from protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from protocol.framing import DEFAULT_MAX_CONTROL_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE
 from runtimed.errors import RuntimedError
 
 __all__ = [
@@ -131,6 +131,15 @@ KEYS: tuple[ConfigKey, ...] = (
         minimum=-1,
         to_config=_port_in,
         from_config=_port_out,
+    ),
+    ConfigKey(
+        "daemon",
+        "max_connections",
+        int,
+        256,
+        "socket connections served at once; more are refused with a clear handshake error",
+        "max_connections",
+        minimum=1,
     ),
     ConfigKey(
         "daemon",
@@ -406,6 +415,14 @@ class DaemonConfig:
     """Tunables (see docs/running.md)."""
 
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    """Largest frame a client may send (sync frames carry whole documents)."""
+    max_control_frame_size: int = DEFAULT_MAX_CONTROL_FRAME_SIZE
+    """Largest CONTROL frame a client may send (64 KiB, as the Rust runtimed)."""
+    max_receive_buffer_total: int = 128 * 1024 * 1024
+    """Bytes of partly received frames all connections together may hold; the connection
+    that would go over is closed with a protocol error."""
+    max_connections: int = 256
+    """Socket connections served at once; more are refused at the handshake."""
     heads_timeout: float = 10.0
     persist_debounce: float = 0.2
     kernel_startup_timeout: float = 60.0

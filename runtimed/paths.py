@@ -1,8 +1,18 @@
-"""Where the daemon listens and keeps its state (platformdirs, overridable)."""
+"""Where the daemon listens and keeps its state (platformdirs, overridable).
+
+No other user gets in: the socket directory and the state directories must be real
+directories (not symlinks), owned by us, and writable by nobody else. A directory that fails
+this is refused with :class:`UnsafeDirectory`, naming the directory, its owner and mode, and
+what to do; one of ours that other users can merely read or enter is tightened to 0700.
+Otherwise a user who created ``/tmp/runtimed-<uid>`` first (mode 0777) could swap the socket
+and read every client's traffic, or plant a symlink for the lock file to overwrite.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -10,11 +20,79 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["RuntimedPaths", "default_home", "default_socket_path", "resolve_paths"]
+__all__ = [
+    "RuntimedPaths",
+    "UnsafeDirectory",
+    "check_private_dir",
+    "default_home",
+    "default_socket_path",
+    "ensure_private_dir",
+    "resolve_paths",
+]
 
 APP = "runtimed"
 SOCKET_ENV = "RUNTIMED_SOCKET"
 HOME_ENV = "RUNTIMED_HOME"
+
+
+class UnsafeDirectory(PermissionError):
+    """A directory the daemon would keep its socket or state in is not safely ours."""
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def ensure_private_dir(path: Path, what: str) -> None:
+    """Create ``path`` (mode 0700) or check that the existing one is safely ours (and
+    tighten it to 0700 when others may read or enter it).
+
+    Parents are created as needed with the default mode; only ``path`` itself is checked.
+
+    Raises:
+        UnsafeDirectory: as :func:`check_private_dir`.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(parents=True, mode=0o700)
+    check_private_dir(path, what, tighten=True)
+
+
+def check_private_dir(path: Path, what: str, *, tighten: bool = False) -> None:
+    """Check that ``path`` is a real directory of ours that nobody else can write.
+
+    A client can call this on the socket's directory before connecting, so that it never
+    talks to a socket another user could have swapped in.
+
+    Raises:
+        UnsafeDirectory: ``path`` is a symlink, not a directory, owned by another user, or
+            writable by its group or by others.
+        FileNotFoundError: it does not exist.
+    """
+    info = os.lstat(path)
+    fix = f"remove it (or point {what} elsewhere) and start again"
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeDirectory(f"refusing {what} {path}: it is a symlink; {fix}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectory(f"refusing {what} {path}: it is not a directory; {fix}")
+    if info.st_uid != os.getuid():
+        raise UnsafeDirectory(
+            f"refusing {what} {path}: it is owned by {_owner(info.st_uid)}, not by you "
+            f"({_owner(os.getuid())}); another user could replace what the daemon puts "
+            f"there; {fix}"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise UnsafeDirectory(
+            f"refusing {what} {path}: mode {mode:04o} lets other users write into it; "
+            f"check what is in it, then 'chmod 700 {path}'"
+        )
+    if tighten and mode & 0o077:
+        os.chmod(path, 0o700)  # ours, but others could list or enter it
 
 
 def default_socket_path() -> Path:
@@ -75,14 +153,15 @@ class RuntimedPaths:
         return self.logs / "runtimed.log"
 
     def ensure(self) -> None:
-        """Create the socket directory (0700) and the state directories."""
-        # Only a directory we create is ours to restrict: $RUNTIMED_SOCKET may point into a
-        # shared directory such as /tmp (the socket itself is 0600 either way).
-        if not self.socket.parent.exists():
-            self.socket.parent.mkdir(parents=True, mode=0o700)
-            os.chmod(self.socket.parent, 0o700)
+        """Create (0700) or check the socket directory and the state directories.
+
+        Raises:
+            UnsafeDirectory: one of them is a symlink, not ours, or writable by others
+                (a shared directory such as /tmp is refused as a socket directory too).
+        """
+        ensure_private_dir(self.socket.parent, "the socket directory")
         for directory in (self.home, self.documents, self.blobs, self.logs):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            ensure_private_dir(directory, "the state directory")
 
 
 def resolve_paths(

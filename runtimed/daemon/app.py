@@ -51,6 +51,7 @@ from runtimed.daemon.handlers.execution import ExecutionHandlers
 from runtimed.daemon.handlers.notebooks import NotebookHandlers
 from runtimed.daemon.http import HttpServer
 from runtimed.daemon.instance import InstanceLock
+from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import is_fault
 from runtimed.errors import ShuttingDown
@@ -71,6 +72,7 @@ class Daemon:
         self.paths = paths
         self.config = config or DaemonConfig()
         self._sessions: set[ClientSession] = set()
+        self._receive_budget = ReceiveBudget(self.config.max_receive_buffer_total)
         self._stop = anyio.Event()
         self._stopping = False
         self.blobs = BlobStore(paths.blobs)
@@ -117,19 +119,17 @@ class Daemon:
         try:
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
-            old_umask = os.umask(0o177)
-            try:
-                listener = await anyio.create_unix_listener(self.paths.socket)
-            finally:
-                os.umask(old_umask)
-            os.chmod(self.paths.socket, 0o600)
+            listener = UnixListener(
+                self.paths.socket, self._on_connect, max_connections=self.config.max_connections
+            )
+            await listener.bind()
             log.info(
                 "runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid()
             )
             async with anyio.create_task_group() as tg:
                 await tg.start(self.runtimes.run)
                 await tg.start(self.rooms.run)
-                tg.start_soon(self._serve, listener)
+                tg.start_soon(listener.run)
                 if self.config.http_port is not None:
                     server = HttpServer(self.blobs, port=self.config.http_port)
                     self.http_port = await tg.start(server.run)
@@ -143,16 +143,14 @@ class Daemon:
             lock.release()
             log.info("runtimed stopped")
 
-    async def _serve(self, listener: anyio.abc.Listener[SocketStream]) -> None:
-        async with listener:
-            await listener.serve(self._on_connect)
-
     async def _on_connect(self, stream: SocketStream) -> None:
         session = ClientSession(
             stream,
             handler=self.handle,
             rooms=self.rooms.room_or_none,
             max_frame_size=self.config.max_frame_size,
+            max_control_frame_size=self.config.max_control_frame_size,
+            budget=self._receive_budget,
         )
         self._sessions.add(session)
         try:
@@ -170,7 +168,7 @@ class Daemon:
                 if entry is not None:
                     self.rooms.leave(entry, session, unload=False)
 
-    async def _shutdown(self, listener: anyio.abc.Listener[SocketStream]) -> None:
+    async def _shutdown(self, listener: UnixListener) -> None:
         self._stopping = True
         log.info(
             "shutting down: %d notebooks, %d clients",

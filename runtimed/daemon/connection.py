@@ -32,6 +32,7 @@ from protocol.messages import (
     decode_sync,
     encode,
 )
+from runtimed.daemon.listener import ReceiveBudget
 from runtimed.daemon.room import SyncRejected
 from runtimed.errors import RuntimedError
 
@@ -67,12 +68,16 @@ class ClientSession:
         handler: Handler,
         rooms: Callable[[str], NotebookRoom | None],
         max_frame_size: int = framing.DEFAULT_MAX_FRAME_SIZE,
+        max_control_frame_size: int = framing.DEFAULT_MAX_CONTROL_FRAME_SIZE,
+        budget: ReceiveBudget | None = None,
     ) -> None:
         self.id = next(_session_ids)
         self._stream = stream
         self._handler = handler
         self._rooms = rooms
         self._max_frame_size = max_frame_size
+        self._max_control_frame_size = max_control_frame_size
+        self._budget = budget
         self._control: collections.deque[bytes] = collections.deque()
         self._dirty: dict[tuple[str, DocKind], None] = {}
         self._wake = anyio.Event()
@@ -157,7 +162,20 @@ class ClientSession:
         return verdict.accepted
 
     async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
-        decoder = FrameDecoder(max_frame_size=self._max_frame_size)
+        try:
+            await self._read_frames(tg)
+        finally:
+            if self._budget is not None:
+                self._budget.release(self.id)
+
+    async def _read_frames(self, tg: anyio.abc.TaskGroup) -> None:
+        # Memory held for this connection: at most one partial frame (the decoder checks the
+        # frame limits from the 5-byte header, before buffering a payload) plus one read;
+        # all connections together are held to the daemon's ReceiveBudget.
+        decoder = FrameDecoder(
+            max_frame_size=self._max_frame_size,
+            max_control_frame_size=self._max_control_frame_size,
+        )
         while not self._closed:
             try:
                 data = await self._stream.receive(1 << 16)
@@ -165,6 +183,12 @@ class ClientSession:
                 return
             try:
                 frames = decoder.feed(data)
+                if self._budget is not None and not self._budget.hold(self.id, decoder.buffered):
+                    raise ProtocolError(
+                        f"the daemon holds {self._budget.total} bytes of partly received "
+                        f"frames (limit {self._budget.limit}); this connection's "
+                        f"{decoder.buffered} bytes would exceed it. Retry later"
+                    )
             except ProtocolError as exc:
                 # Framing is lost: answer once, then close only this connection.
                 self._reply_error(0, ErrorCode.PROTOCOL_ERROR, str(exc))
@@ -302,7 +326,7 @@ def _salvage_id(payload: bytes) -> int:
     """Best effort: the ``id`` of an undecodable request, so the error reply can echo it."""
     try:
         raw = msgspec.msgpack.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return 0
     if isinstance(raw, dict) and isinstance(raw.get("id"), int):
         return int(raw["id"])

@@ -19,8 +19,8 @@ from runtimed.daemon.room import NotebookRoom, RoomCallbacks
 from runtimed.documents.notebook import NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import BlobUnavailable
-from runtimed.storage.documents import DocumentStore, file_digest
-from runtimed.storage.ipynb import read_notebook
+from runtimed.storage.documents import DocumentStore
+from runtimed.storage.ipynb import read_notebook_with_digest
 
 __all__ = ["load_room", "new_room", "notebook_for_save"]
 
@@ -53,7 +53,9 @@ async def load_room(
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
-    return read_notebook(path), file_digest(path)
+    # One bounded read of a regular file (a FIFO or /dev/zero is refused, never waited on
+    # or read without end), and the digest of exactly the bytes parsed.
+    return read_notebook_with_digest(path)
 
 
 def _from_persisted(
@@ -128,6 +130,15 @@ async def notebook_for_save(room: NotebookRoom, blobs: BlobStore) -> dict[str, A
     """The nbformat dict to checkpoint: cells from the notebook document, outputs (blobs
     re-inlined, base64 for binary) and execution counts from the runtime document."""
     states: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
+    problems = room.notebook.problems()
+    if problems:
+        # Written anyway: the readable rest of the notebook must not be held hostage by one
+        # value another Automerge library wrote (docs/principles.md, "Guarantees").
+        log.warning(
+            "saving %s without what cannot be read: %s",
+            room.path or room.notebook_id,
+            "; ".join(problems),
+        )
     for cell in room.notebook.cells():
         if cell.cell_type == "code":
             count, manifests = room.runtime.cell_state(cell.id)

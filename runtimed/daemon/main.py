@@ -14,7 +14,7 @@ import anyio
 from runtimed.config import ConfigError, DaemonConfig, load_config
 from runtimed.daemon.app import Daemon
 from runtimed.errors import DaemonAlreadyRunning
-from runtimed.paths import resolve_paths
+from runtimed.paths import UnsafeDirectory, resolve_paths
 from runtimed.version import __version__
 
 __all__ = ["main"]
@@ -61,7 +61,11 @@ async def _run(daemon: Daemon) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = resolve_paths(socket=args.socket, home=args.home)
-    paths.ensure()
+    try:
+        paths.ensure()
+    except UnsafeDirectory as exc:
+        print(f"runtimed: {exc}", file=sys.stderr)
+        return 1
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     handlers.append(
         logging.handlers.RotatingFileHandler(
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         anyio.run(_run, daemon, backend="asyncio", backend_options={"use_uvloop": True})
-    except* DaemonAlreadyRunning as group:  # raised inside _run's task group
+    except* (DaemonAlreadyRunning, UnsafeDirectory) as group:  # inside _run's task group
         print(f"runtimed: {group.exceptions[0]}", file=sys.stderr)
         status = 1
     return status

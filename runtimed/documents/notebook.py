@@ -22,6 +22,13 @@ wins), and a move never loses a concurrent edit to the cell's source.
 Outputs and execution counts are runtime state and live in the runtime document
 (:mod:`runtimed.documents.runtime`), so re-running cells never grows this document's history.
 No I/O happens here.
+
+Reads tolerate documents written by other Automerge libraries: a field the schema says is a
+Str may be a Text (the stock JS library writes a plain string as Text) and is read as its
+string; a value the binding cannot read (a Counter) is left out. Either way the cell is still
+read, and what could not be read is listed in :attr:`Cell.problems` (and by
+:meth:`NotebookDoc.problems`), naming the cell, so one bad cell never makes the notebook
+unreadable or unsavable.
 """
 
 from __future__ import annotations
@@ -39,7 +46,17 @@ from fractional_indexing import (  # type: ignore[import-untyped]
     generate_n_keys_between,
 )
 
-from runtimed.documents.amjson import JsonValue, encode_key, put_json, read_json, splice_text
+from runtimed.documents.amjson import (
+    JsonValue,
+    encode_key,
+    get,
+    put_json,
+    read_json,
+    splice_text,
+    text_or_str,
+    unreadable_reason,
+)
+from runtimed.documents.boundary import DocumentError, automerge_errors
 from runtimed.errors import CellNotFound, InvalidRequest
 
 __all__ = ["CELL_TYPES", "Cell", "NotebookDoc", "new_cell_id"]
@@ -74,6 +91,8 @@ class Cell:
     source: str
     metadata: dict[str, JsonValue] = field(default_factory=dict)
     attachments: dict[str, JsonValue] | None = None
+    problems: tuple[str, ...] = ()
+    """What of this cell could not be read as the schema says (empty for a healthy cell)."""
 
 
 class NotebookDoc:
@@ -135,10 +154,12 @@ class NotebookDoc:
 
     @classmethod
     def load(cls, data: bytes) -> NotebookDoc:
-        return cls(Document.load(data))
+        with automerge_errors("loading a notebook document"):
+            return cls(Document.load(data))
 
     def save(self) -> bytes:
-        return bytes(self.doc.save())
+        with automerge_errors("saving the notebook document"):
+            return bytes(self.doc.save())
 
     # ------------------------------------------------------------ heads
 
@@ -170,35 +191,55 @@ class NotebookDoc:
     @property
     def ready(self) -> bool:
         """Whether the schema has arrived (a fresh client replica is empty until first sync)."""
-        return self.doc.get(ROOT, "cells") is not None
+        return self._get(ROOT, "cells") is not None
+
+    def _get(self, obj: bytes, key: str | int) -> tuple[Any, bytes] | None:
+        return get(self.doc, obj, key)
 
     def _cells_obj(self) -> bytes:
-        got = self.doc.get(ROOT, "cells")
-        if got is None:
-            raise InvalidRequest("the notebook document has no cells list (not synced yet?)")
+        got = self._get(ROOT, "cells")
+        if got is None or got[0] != ObjType.Map:
+            raise InvalidRequest("the notebook document has no cells map (not synced yet?)")
         return got[1]
 
     def _ordered(self) -> list[tuple[str, str, bytes]]:
         """(position, id, obj) of every cell, in notebook order."""
         cells = self._cells_obj()
         entries = []
-        for key in self.doc.keys(cells):
-            got = self.doc.get(cells, key)
+        with automerge_errors("listing the cells"):
+            keys = self.doc.keys(cells)
+        for key in keys:
+            try:
+                got = self._get(cells, key)
+            except DocumentError:
+                continue  # not a cell at all (a Counter under cells/): nothing to order
             if got is None or got[0] != ObjType.Map:
                 continue
             entries.append((self._str(got[1], "position"), key, got[1]))
         entries.sort()
         return entries
 
-    def _iter_cell_objs(self) -> Iterator[tuple[int, bytes]]:
-        for index, (_, _, obj) in enumerate(self._ordered()):
-            yield index, obj
+    def _iter_cell_objs(self) -> Iterator[tuple[str, bytes]]:
+        for _, cell_id, obj in self._ordered():
+            yield cell_id, obj
 
-    def _str(self, obj: bytes, key: str, default: str = "") -> str:
-        got = self.doc.get(obj, key)
-        if got is None or isinstance(got[0], ObjType):
+    def _str(
+        self, obj: bytes, key: str, default: str = "", *, problems: list[str] | None = None
+    ) -> str:
+        """A string field, whether stored as Str or as Text; ``default`` when it is missing
+        or holds something else (noted in ``problems``)."""
+        try:
+            got = self._get(obj, key)
+            value = text_or_str(self.doc, got)
+        except DocumentError as exc:
+            if problems is not None:
+                problems.append(f"{key}: {unreadable_reason(exc)}; read as {default!r}")
             return default
-        return str(got[0][1])
+        if value is None:
+            if got is not None and problems is not None:
+                problems.append(f"{key}: not a string")
+            return default
+        return value
 
     @property
     def doc_id(self) -> str:
@@ -208,10 +249,13 @@ class NotebookDoc:
         return [cell_id for _, cell_id, _ in self._ordered()]
 
     def __len__(self) -> int:
-        return len(self.doc.keys(self._cells_obj()))
+        return len(self._ordered())
 
     def _obj(self, cell_id: str) -> bytes:
-        got = self.doc.get(self._cells_obj(), cell_id)
+        try:
+            got = self._get(self._cells_obj(), cell_id)
+        except DocumentError:
+            got = None
         if got is None or got[0] != ObjType.Map:
             raise CellNotFound(f"cell {cell_id!r} is not in this notebook")
         return got[1]
@@ -223,35 +267,92 @@ class NotebookDoc:
     def index_of(self, cell_id: str) -> int:
         return self._find(cell_id)[0]
 
-    def _source_obj(self, cell_obj: bytes) -> bytes:
-        got = self.doc.get(cell_obj, "source")
+    def _source_obj(self, cell_obj: bytes, cell_id: str = "") -> bytes:
+        try:
+            got = self._get(cell_obj, "source")
+        except DocumentError as exc:
+            raise InvalidRequest(f"cell {cell_id!r}: its source cannot be read ({exc})") from exc
         if got is None or got[0] != ObjType.Text:
-            raise InvalidRequest("cell has no source text")
+            raise InvalidRequest(f"cell {cell_id!r} has no source text")
         return got[1]
 
-    def _cell(self, obj: bytes) -> Cell:
-        metadata = self.doc.get(obj, "metadata")
-        attachments = self.doc.get(obj, "attachments")
+    def _cell(self, cell_id: str, obj: bytes) -> Cell:
+        problems: list[str] = []
+        stored_id = self._str(obj, "id", cell_id, problems=problems)
+        if stored_id != cell_id:
+            problems.append(f"id: {stored_id!r} differs from its key; the key is used")
+        cell_type = self._str(obj, "cell_type", "code", problems=problems)
+        if cell_type not in CELL_TYPES:
+            problems.append(f"cell_type: unknown type {cell_type!r}; read as 'raw'")
+            cell_type = "raw"
+        try:
+            source = text_or_str(self.doc, self._get(obj, "source"))
+        except DocumentError as exc:
+            source = None
+            problems.append(f"source: {unreadable_reason(exc)}; read as empty")
+        if source is None:
+            if not any(p.startswith("source:") for p in problems):
+                problems.append("source: missing or not text; read as empty")
+            source = ""
+        metadata = self._json_field(obj, "metadata", problems)
+        attachments = self._json_field(obj, "attachments", problems)
         return Cell(
-            id=self._str(obj, "id"),
-            cell_type=self._str(obj, "cell_type", "code"),
-            source=self.doc.text(self._source_obj(obj)),
-            metadata=read_json(self.doc, metadata[1]) if metadata else {},
-            attachments=read_json(self.doc, attachments[1]) if attachments else None,
+            id=cell_id,
+            cell_type=cell_type,
+            source=source,
+            metadata=metadata if isinstance(metadata, dict) else {},
+            attachments=attachments if isinstance(attachments, dict) else None,
+            problems=tuple(f"cell {cell_id!r}: {p}" for p in problems),
         )
 
+    def _json_field(self, obj: bytes, key: str, problems: list[str]) -> JsonValue:
+        try:
+            got = self._get(obj, key)
+        except DocumentError as exc:
+            problems.append(f"{key}: {unreadable_reason(exc)}; left out")
+            return None
+        if got is None:
+            return None
+        if got[0] != ObjType.Map:
+            problems.append(f"{key}: not a map; left out")
+            return None
+        return read_json(self.doc, got[1], problems=problems, where=key)
+
     def cells(self) -> list[Cell]:
-        return [self._cell(obj) for _, obj in self._iter_cell_objs()]
+        """Every cell in order; a cell with unreadable parts is returned with what could be
+        read and its :attr:`Cell.problems`."""
+        return [self._cell(cell_id, obj) for cell_id, obj in self._iter_cell_objs()]
 
     def cell(self, cell_id: str) -> Cell:
-        return self._cell(self._obj(cell_id))
+        return self._cell(cell_id, self._obj(cell_id))
 
     def source(self, cell_id: str) -> str:
-        return str(self.doc.text(self._source_obj(self._obj(cell_id))))
+        """The cell's source (a Str written where Text belongs is read too)."""
+        obj = self._obj(cell_id)
+        try:
+            source = text_or_str(self.doc, self._get(obj, "source"))
+        except DocumentError as exc:
+            raise InvalidRequest(f"cell {cell_id!r}: its source cannot be read ({exc})") from exc
+        return source or ""
 
-    def metadata(self) -> dict[str, JsonValue]:
-        got = self.doc.get(ROOT, "metadata")
-        return read_json(self.doc, got[1]) if got else {}
+    def metadata(self, *, problems: list[str] | None = None) -> dict[str, JsonValue]:
+        """Notebook metadata (values the binding cannot read are left out, noted in
+        ``problems``)."""
+        got = self._get(ROOT, "metadata")
+        if got is None or got[0] != ObjType.Map:
+            return {}
+        value = read_json(self.doc, got[1], problems=problems, where="metadata")
+        return value if isinstance(value, dict) else {}
+
+    def problems(self) -> list[str]:
+        """Everything in this document that could not be read as the schema says, each
+        naming its cell or field; empty for a healthy document."""
+        found: list[str] = []
+        self.metadata(problems=found)
+        found = [f"notebook {p}" for p in found]
+        for cell in self.cells():
+            found.extend(cell.problems)
+        return found
 
     def to_nbformat(
         self, outputs_for: Callable[[str], tuple[int | None, list[dict[str, Any]]]] | None = None
@@ -281,8 +382,16 @@ class NotebookDoc:
         }
 
     def _int(self, key: str, default: int) -> int:
-        got = self.doc.get(ROOT, key)
-        return default if got is None or isinstance(got[0], ObjType) else int(got[0][1])  # type: ignore[arg-type]
+        try:
+            got = self._get(ROOT, key)
+        except DocumentError:
+            return default
+        if got is None or isinstance(got[0], ObjType):
+            return default
+        value = got[0][1]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            return default
+        return int(value)
 
     # ------------------------------------------------------------ edits
 
@@ -307,7 +416,7 @@ class NotebookDoc:
                 raise InvalidRequest(f"cell id {cell_id!r} is already in this notebook")
         cells = self._cells_obj()
         position = self._position_for(index)
-        with self.doc.transaction() as tx:
+        with automerge_errors("adding a cell"), self.doc.transaction() as tx:
             _insert_cell(
                 tx,
                 cells,
@@ -334,7 +443,7 @@ class NotebookDoc:
 
     def delete_cell(self, cell_id: str) -> None:
         self._obj(cell_id)  # CellNotFound
-        with self.doc.transaction() as tx:
+        with automerge_errors(f"deleting cell {cell_id!r}"), self.doc.transaction() as tx:
             tx.delete(self._cells_obj(), cell_id)
 
     def move_cell(self, cell_id: str, index: int) -> None:
@@ -345,18 +454,19 @@ class NotebookDoc:
         """
         obj = self._obj(cell_id)
         position = self._position_for(index, excluding=cell_id)
-        with self.doc.transaction() as tx:
+        with automerge_errors(f"moving cell {cell_id!r}"), self.doc.transaction() as tx:
             tx.put(obj, "position", ScalarType.Str, position)
 
     def splice_source(self, cell_id: str, index: int, delete: int, insert: str) -> None:
         """Delete ``delete`` code points at ``index`` of the cell's source and insert ``insert``."""
-        text = self._source_obj(self._obj(cell_id))
-        length = self.doc.length(text)
+        text = self._source_obj(self._obj(cell_id), cell_id)
+        with automerge_errors(f"reading the source of cell {cell_id!r}"):
+            length = self.doc.length(text)
         if index < 0 or delete < 0 or index + delete > length:
             raise InvalidRequest(
                 f"splice out of range: index {index}, delete {delete}, source length {length}"
             )
-        with self.doc.transaction() as tx:
+        with automerge_errors(f"editing cell {cell_id!r}"), self.doc.transaction() as tx:
             splice_text(tx, text, index, delete, insert)
 
     def set_source(self, cell_id: str, source: str) -> None:
@@ -383,21 +493,30 @@ class NotebookDoc:
         if cell_type not in CELL_TYPES:
             raise InvalidRequest(f"unknown cell type {cell_type!r}; use one of {CELL_TYPES}")
         obj = self._obj(cell_id)
-        with self.doc.transaction() as tx:
+        with automerge_errors(f"editing cell {cell_id!r}"), self.doc.transaction() as tx:
             tx.put(obj, "cell_type", ScalarType.Str, cell_type)
 
     def set_cell_metadata(self, cell_id: str, key: str, value: JsonValue) -> None:
         obj = self._obj(cell_id)
-        meta = self.doc.get(obj, "metadata")
-        with self.doc.transaction() as tx:
-            target = meta[1] if meta else tx.put_object(obj, "metadata", ObjType.Map)
+        meta = self._map_or_none(obj, "metadata")
+        with automerge_errors(f"editing cell {cell_id!r}"), self.doc.transaction() as tx:
+            target = meta if meta is not None else tx.put_object(obj, "metadata", ObjType.Map)
             put_json(tx, target, encode_key(key), value)
+
+    def _map_or_none(self, obj: bytes, key: str) -> bytes | None:
+        """The Map under ``key``, or None when it is missing or not a Map (then a write
+        replaces it with a fresh Map rather than writing into something else)."""
+        try:
+            got = self._get(obj, key)
+        except DocumentError:
+            return None
+        return got[1] if got is not None and got[0] == ObjType.Map else None
 
     def set_metadata(self, key: str, value: JsonValue) -> None:
         """Set one top-level notebook metadata key (others, known or not, are kept)."""
-        meta = self.doc.get(ROOT, "metadata")
-        with self.doc.transaction() as tx:
-            target = meta[1] if meta else tx.put_object(ROOT, "metadata", ObjType.Map)
+        meta = self._map_or_none(ROOT, "metadata")
+        with automerge_errors("editing notebook metadata"), self.doc.transaction() as tx:
+            target = meta if meta is not None else tx.put_object(ROOT, "metadata", ObjType.Map)
             put_json(tx, target, encode_key(key), value)
 
 

@@ -8,6 +8,9 @@ from it when it loads a notebook. So re-running a cell a thousand times never gr
 persisted notebook history. (Within one daemon session the in-memory history does grow with
 every execution; compacting it live is not implemented yet.)
 
+Only the daemon writes this document (the daemon refuses client changes to it), so it holds
+only what we write; its reads still go through the boundary (:func:`amjson.get`).
+
 Schema (``docs/schema.md``)::
 
     ROOT
@@ -30,7 +33,8 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from runtimed.documents.amjson import JsonValue, put_json, read_json, scalar
+from runtimed.documents.amjson import JsonValue, get, put_json, read_json, scalar
+from runtimed.documents.boundary import automerge_errors
 
 __all__ = ["ExecutionRecord", "RuntimeDoc"]
 
@@ -87,20 +91,21 @@ class RuntimeDoc:
         return {"cells": read_json(self.doc, self._obj("cells")), "executions": executions}
 
     def save(self) -> bytes:
-        return bytes(self.doc.save())
+        with automerge_errors("saving the runtime document"):
+            return bytes(self.doc.save())
 
     @property
     def ready(self) -> bool:
-        return self.doc.get(ROOT, "cells") is not None
+        return get(self.doc, ROOT, "cells") is not None
 
     def _obj(self, key: str, parent: bytes = ROOT) -> bytes:
-        got = self.doc.get(parent, key)
+        got = get(self.doc, parent, key)
         if got is None or not isinstance(got[0], ObjType):
             raise KeyError(key)
         return got[1]
 
     def _maybe(self, parent: bytes, key: str) -> bytes | None:
-        got = self.doc.get(parent, key)
+        got = get(self.doc, parent, key)
         return got[1] if got is not None and isinstance(got[0], ObjType) else None
 
     # ------------------------------------------------------------ reads
@@ -112,7 +117,7 @@ class RuntimeDoc:
         return [str(scalar(v)) for v in self.doc.values(self._obj("queue"))]
 
     def running(self) -> str | None:
-        value = scalar(self.doc.get(ROOT, "running"))
+        value = scalar(get(self.doc, ROOT, "running"))
         return None if value is None else str(value)
 
     def execution(self, execution_id: str) -> ExecutionRecord | None:
@@ -124,7 +129,7 @@ class RuntimeDoc:
         obj = self._maybe(self._obj("executions"), execution_id)
         if obj is None:
             return None
-        value = scalar(self.doc.get(obj, "status"))
+        value = scalar(get(self.doc, obj, "status"))
         return None if value is None else str(value)
 
     def finished_by_age(self) -> list[str]:
@@ -132,11 +137,11 @@ class RuntimeDoc:
         executions = self._obj("executions")
         finished = []
         for key in self.doc.keys(executions):
-            got = self.doc.get(executions, key)
+            got = get(self.doc, executions, key)
             if got is None or not isinstance(got[0], ObjType):
                 continue
-            if scalar(self.doc.get(got[1], "status")) in FINISHED:
-                seq = scalar(self.doc.get(got[1], "seq"))
+            if scalar(get(self.doc, got[1], "status")) in FINISHED:
+                seq = scalar(get(self.doc, got[1], "seq"))
                 finished.append((seq if isinstance(seq, int) else 0, key))
         return [key for _, key in sorted(finished)]
 
@@ -145,7 +150,7 @@ class RuntimeDoc:
         executions = self._obj("executions")
         with self.doc.transaction() as tx:
             for key in execution_ids:
-                if self.doc.get(executions, key) is not None:
+                if get(self.doc, executions, key) is not None:
                     tx.delete(executions, key)
 
     def max_seq(self) -> int:
@@ -166,7 +171,7 @@ class RuntimeDoc:
         obj = self._maybe(self._obj("cells"), cell_id)
         if obj is None:
             return None
-        value = scalar(self.doc.get(obj, "execution_id"))
+        value = scalar(get(self.doc, obj, "execution_id"))
         return None if value is None else str(value)
 
     def cell_ids(self) -> list[str]:
@@ -178,7 +183,7 @@ class RuntimeDoc:
         obj = self._maybe(self._obj("cells"), cell_id)
         if obj is None:
             return None, []
-        count = self.doc.get(obj, "execution_count")
+        count = get(self.doc, obj, "execution_count")
         outputs = self._maybe(obj, "outputs")
         manifests = (
             [json.loads(str(scalar(v))) for v in self.doc.values(outputs)]
@@ -186,7 +191,7 @@ class RuntimeDoc:
             else []
         )
         value = None if count is None or isinstance(count[0], ObjType) else count[0][1]
-        return (int(value) if value is not None else None), manifests  # type: ignore[arg-type]
+        return (int(value) if value is not None else None), manifests
 
     # ------------------------------------------------------------ writes (daemon only)
 
@@ -242,7 +247,7 @@ class RuntimeDoc:
                 queue = self._obj("queue")
                 # FIFO: the execution that starts is nearly always at the head; look there
                 # before reading the whole queue (hundreds of entries for a RunAll).
-                if self.doc.length(queue) and scalar(self.doc.get(queue, 0)) == execution_id:
+                if self.doc.length(queue) and scalar(get(self.doc, queue, 0)) == execution_id:
                     tx.delete(queue, 0)
                 else:
                     for index, value_ in enumerate(self.doc.values(queue)):

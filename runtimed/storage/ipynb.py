@@ -3,15 +3,24 @@
 A notebook that fails to read or validate is refused with :class:`NotebookInvalid` and the
 file is never written. Checkpoints are atomic: a temp file in the same directory, fsync,
 rename over the target, fsync of the directory.
+
+Reads are bounded: only a regular file is read (opened with ``O_NONBLOCK``, so a FIFO with no
+writer cannot block the worker thread, then checked with ``fstat``: a FIFO, a device such as
+``/dev/zero``, a socket or a directory is refused by name), and at most
+``MAX_NOTEBOOK_BYTES + 1`` bytes are read whatever size the file claims. A saved file keeps the
+permission bits of the file it replaces; a new one gets ``0666`` less the umask, as any file
+the user creates.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +29,66 @@ from nbformat.validator import ValidationError
 
 from runtimed.errors import NotebookInvalid, NotebookIOError, NotebookNotFound
 
-__all__ = ["read_notebook", "write_notebook_atomic"]
+__all__ = [
+    "parse_notebook",
+    "read_notebook",
+    "read_notebook_bytes",
+    "read_notebook_with_digest",
+    "write_notebook_atomic",
+]
 
 MAX_NOTEBOOK_BYTES = 512 * 1024 * 1024
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def read_notebook_bytes(path: Path, *, limit: int = MAX_NOTEBOOK_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Raises:
+        NotebookNotFound: no such file.
+        NotebookIOError: not a regular file (FIFO, device, socket, directory) or unreadable.
+        NotebookInvalid: larger than ``limit``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError as exc:
+        raise NotebookNotFound(f"{path}: no such notebook file") from exc
+    except OSError as exc:
+        raise NotebookIOError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise NotebookIOError(f"{path}: is {kind}, not a notebook file; open a .ipynb file")
+        if info.st_size > limit:
+            raise NotebookInvalid(
+                f"{path}: {info.st_size} bytes is larger than the {limit} byte limit"
+            )
+        # The size fstat reports is a hint (a file can grow while read): read to EOF, but
+        # never more than the limit + 1 bytes.
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise NotebookInvalid(f"{path}: larger than the {limit} byte limit")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise NotebookIOError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def read_notebook(path: Path) -> dict[str, Any]:
@@ -30,22 +96,24 @@ def read_notebook(path: Path) -> dict[str, Any]:
 
     Raises:
         NotebookNotFound: no such file.
-        NotebookIOError: it cannot be read (permissions, a directory, ...).
+        NotebookIOError: it cannot be read (permissions, a directory, a FIFO, a device, ...).
+        NotebookInvalid: too large, not JSON, not a notebook, or fails nbformat validation.
+    """
+    return parse_notebook(read_notebook_bytes(path), path)
+
+
+def read_notebook_with_digest(path: Path) -> tuple[dict[str, Any], str]:
+    """:func:`read_notebook` plus the sha256 of the bytes it parsed (one read)."""
+    raw = read_notebook_bytes(path)
+    return parse_notebook(raw, path), hashlib.sha256(raw).hexdigest()
+
+
+def parse_notebook(raw: bytes, path: Path) -> dict[str, Any]:
+    """Validate ``raw`` (the bytes of ``path``) as an nbformat v4 notebook.
+
+    Raises:
         NotebookInvalid: not JSON, not a notebook, or fails nbformat validation.
     """
-    try:
-        size = path.stat().st_size
-        if size > MAX_NOTEBOOK_BYTES:
-            raise NotebookInvalid(
-                f"{path}: {size} bytes is larger than the {MAX_NOTEBOOK_BYTES} byte limit"
-            )
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise NotebookNotFound(f"{path}: no such notebook file") from exc
-    except IsADirectoryError as exc:
-        raise NotebookIOError(f"{path}: is a directory, not a notebook file") from exc
-    except OSError as exc:
-        raise NotebookIOError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
         text = raw.decode("utf-8")
         data = json.loads(text)
@@ -95,17 +163,18 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         data += b"\n"
     directory = path.parent
     try:
-        mode = path.stat().st_mode & 0o777
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        mode = 0o644
+        mode = None  # a new file: 0666 less the umask, applied by the kernel at creation
     tmp_name: str | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp_name = _create_temp(directory, path.name)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)  # the mode of the file it replaces
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         tmp_name = None
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -120,6 +189,18 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
+
+
+def _create_temp(directory: Path, name: str) -> tuple[int, str]:
+    """A new temp file beside the target: O_EXCL|O_NOFOLLOW (never an existing file or a
+    planted symlink), mode 0666 filtered by the umask (mkstemp would force 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        tmp_name = str(directory / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp_name, flags, 0o666), tmp_name
+        except FileExistsError:
+            continue
 
 
 def _first_line(exc: Exception) -> str:

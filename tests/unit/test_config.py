@@ -24,6 +24,7 @@ idle_timeout = 30
 shutdown_timeout = 5.5
 http_port = -1
 gc_grace_seconds = 60
+max_connections = 32
 
 [kernels]
 default_runtime = "myspec"
@@ -66,6 +67,7 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
     config = DaemonConfig(**loaded.daemon_kwargs())
     assert (config.idle_timeout, config.shutdown_timeout, config.http_port) == (30.0, 5.5, None)
     assert (config.gc_grace_seconds, config.kernel_startup_timeout) == (60.0, 20.0)
+    assert config.max_connections == 32
     assert config.runtimes == RuntimesConfig(
         default_runtime="myspec",
         max_kernels=4,
