@@ -38,6 +38,7 @@ The tree (module in brackets when it is not this one)::
     ├── DocumentError
     │   └── SyncRejected [runtimed.daemon.room]
     ├── ConfigError [runtimed.config]
+    ├── UnsafeDirectory [runtimed.paths] (also a PermissionError)
     ├── DaemonAlreadyRunning
     ├── DaemonNotRunning
     ├── ConnectionClosed

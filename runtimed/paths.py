@@ -20,6 +20,8 @@ from pathlib import Path
 
 import platformdirs
 
+from runtimed.errors import RuntimedError
+
 __all__ = [
     "RuntimedPaths",
     "UnsafeDirectory",
@@ -35,7 +37,7 @@ SOCKET_ENV = "RUNTIMED_SOCKET"
 HOME_ENV = "RUNTIMED_HOME"
 
 
-class UnsafeDirectory(PermissionError):
+class UnsafeDirectory(RuntimedError, PermissionError):
     """A directory the daemon would keep its socket or state in is not safely ours."""
 
 
