@@ -18,6 +18,7 @@ import msgspec
 
 from protocol.errors import ProtocolError
 from protocol.runtimes import ConfigEntry, EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
+from protocol.states import ExecutionStatus
 
 __all__ = [
     "CellQueued",
@@ -76,9 +77,6 @@ __all__ = [
 ]
 
 DocKind = Literal["notebook", "runtime"]
-ExecutionStatus = Literal[
-    "queued", "running", "ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"
-]
 
 
 def _tag(name: str) -> str:
@@ -288,6 +286,7 @@ class NotebookSaved(Reply, frozen=True, kw_only=True):
 
 class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
     state: str
+    """A :class:`~protocol.states.KernelState` value (``str``: forward compatible)."""
     name: str
     pid: int | None = None
     runtime: str = ""
@@ -424,6 +423,8 @@ class ExecutionDone(Event, frozen=True, kw_only=True):
 class KernelStatusChanged(Event, frozen=True, kw_only=True):
     notebook_id: str
     state: str
+    """A :class:`~protocol.states.KernelState` value; ``str`` so that a state a newer daemon
+    adds decodes here too."""
     message: str = ""
 
 
