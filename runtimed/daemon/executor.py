@@ -522,7 +522,8 @@ class NotebookExecutor:
                 self._sync_runtime()
                 self.room.broadcast(encode(effect.event))
             case AbandonSent():
-                # Only on restart or close: the process it runs in is being replaced or stopped.
+                # Restart or close (the process it runs in is being replaced or stopped), or
+                # the send landed after the execution was cancelled: it must not run.
                 sent = self._sent
                 if sent is not None and sent[0] == effect.execution_id:
                     sent[2].abandon()
