@@ -91,6 +91,7 @@ __all__ = [
     "SentAhead",
     "StartNext",
     "Trigger",
+    "cell_tags",
 ]
 
 Output = dict[str, Any]
