@@ -18,6 +18,7 @@ import msgspec
 
 from protocol.errors import ErrorDetails, ProtocolError
 from protocol.runtimes import ConfigEntry, EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
+from protocol.states import ExecutionStatus
 
 __all__ = [
     "CellQueued",
@@ -78,9 +79,6 @@ __all__ = [
 ]
 
 DocKind = Literal["notebook", "runtime"]
-ExecutionStatus = Literal[
-    "queued", "running", "ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"
-]
 
 
 def _tag(name: str) -> str:
@@ -293,6 +291,7 @@ class NotebookSaved(Reply, frozen=True, kw_only=True):
 
 class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
     state: str
+    """A :class:`~protocol.states.KernelState` value (``str``: forward compatible)."""
     name: str
     pid: int | None = None
     runtime: str = ""
@@ -429,6 +428,8 @@ class ExecutionDone(Event, frozen=True, kw_only=True):
 class KernelStatusChanged(Event, frozen=True, kw_only=True):
     notebook_id: str
     state: str
+    """A :class:`~protocol.states.KernelState` value; ``str`` so that a state a newer daemon
+    adds decodes here too."""
     message: str = ""
 
 

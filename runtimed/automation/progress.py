@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
+from protocol.states import FINISHED, ExecutionStatus, KernelState
 from runtimed.automation.report import RunResult, error_output
 from runtimed.errors import InvalidRequest
 
@@ -271,9 +272,8 @@ async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNot
     return nb
 
 
-FINISHED = frozenset({"ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"})
 # Error names the daemon gives executions that end without a kernel error of their own.
-_STATUS_BY_ENAME = {"KernelDied": "died", "ExecutionTimeout": "timeout"}
+_STATUS_BY_ENAME = {"KernelDied": ExecutionStatus.DIED, "ExecutionTimeout": ExecutionStatus.TIMEOUT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +336,7 @@ class ExecutionWatcher:
         running = False
         while True:
             status = self.status(execution_id)
-            if status not in (None, "queued") and not running:
+            if status not in (None, ExecutionStatus.QUEUED) and not running:
                 running = True
                 on_start()
             if status in FINISHED or status == "forgotten":
@@ -345,7 +345,8 @@ class ExecutionWatcher:
             if running and on_outputs is not None:
                 on_outputs(self.nb.outputs(cell_id))
             if not self.kernel_up and self.nb.runtime.ready:
-                self.kernel_up = self.nb.runtime.kernel().get("state") in ("idle", "busy")
+                state = self.nb.runtime.kernel().get("state")
+                self.kernel_up = state in (KernelState.IDLE, KernelState.BUSY)
             timeout = math.inf if self.kernel_up else start_deadline - time.monotonic()
             if timeout <= 0:
                 return None
@@ -362,14 +363,14 @@ class ExecutionWatcher:
         # Rare (a long queue raced far ahead of this client): read what the cell holds.
         cell_state = nb.runtime.snapshot()["cells"].get(cell_id) or {}
         if cell_state.get("execution_id") != execution_id:
-            return Finished("skipped", None, [], None, None)
+            return Finished(ExecutionStatus.SKIPPED, None, [], None, None)
         outputs, count = nb.outputs(cell_id), nb.execution_count(cell_id)
         error = error_output(outputs, None)
         if error is None:
-            return Finished("ok", count, outputs, None, None)
+            return Finished(ExecutionStatus.OK, count, outputs, None, None)
         ename = str(error.get("ename", ""))
         return Finished(
-            _STATUS_BY_ENAME.get(ename, "error"),
+            _STATUS_BY_ENAME.get(ename, ExecutionStatus.ERROR),
             count,
             outputs,
             ename,

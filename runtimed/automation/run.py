@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
+from protocol.states import FAILED, NOT_RUN, ExecutionStatus
 from runtimed.automation.progress import (
     ExecutionWatcher,
     Finished,
@@ -72,8 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_FAILED = frozenset({"error", "died", "timeout"})
-_NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
 
 
@@ -412,14 +411,14 @@ class _LiveRun:
             )
         if nb.runtime.running() is not None or nb.runtime.queue():
             await nb.restart()  # the interrupt came between two cells: stop the next one
-        if done is not None and done.status not in _NOT_RUN:
+        if done is not None and done.status not in NOT_RUN:
             self.executed += 1
             self.outputs_of[index] = done.outputs
         self._fail(
             index,
             "KeyboardInterrupt",
             "the run was interrupted",
-            "cancelled",
+            ExecutionStatus.CANCELLED,
             done.outputs if done is not None else [],
             done.execution_count if done else None,
         )
@@ -485,14 +484,14 @@ class _LiveRun:
         cell_id, _, tags = self.cells[index]
         if not self.timeline.is_started(index):
             self._cell_started(index)
-        ran = done.status not in _NOT_RUN
+        ran = done.status not in NOT_RUN
         if ran:
             self.executed += 1
             self.outputs_of[index] = done.outputs
             if self.outputs.enabled:
                 self.outputs.outputs(cell_id, done.outputs, final=True)
                 self.outputs.cell_finished(index)
-        stops = (done.status in _FAILED and "raises-exception" not in tags) or not ran
+        stops = (done.status in FAILED and "raises-exception" not in tags) or not ran
         if not stops:
             self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=False))
         elif is_clean_exit(done.ename, done.evalue):
@@ -501,14 +500,16 @@ class _LiveRun:
             self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=True))
         else:
             ename = done.ename or ("ExecutionCancelled" if not ran else "Error")
-            status = done.status if ran else "cancelled"
+            status = done.status if ran else ExecutionStatus.CANCELLED
             self._fail(index, ename, done.evalue or "", status, done.outputs, done.execution_count)
         self.observer.cell_finished(index, cell_id, done.status, done=self.timeline.reached)
         return not stops
 
     async def _start_timed_out(self, index: int) -> None:
         evalue = f"the kernel did not start within {self.start_timeout:g} s"
-        self._fail(index, "KernelStartTimeout", evalue, "timeout", [], None, timed=False)
+        self._fail(
+            index, "KernelStartTimeout", evalue, ExecutionStatus.TIMEOUT, [], None, timed=False
+        )
         await self.nb.restart()  # drops the queued cells
 
     def _fail(

@@ -1,11 +1,16 @@
-"""Per-notebook execution: a FIFO queue run one cell at a time on the notebook's kernel.
+"""Per-notebook execution: the I/O shell around the pure :mod:`runtimed.daemon.queue`.
+
+The queue decides (FIFO, one at a time, skip after a failure unless ``raises-exception``,
+``skip-execution``, cancel on restart and close, forget old records); this module performs
+what it decides: runtime-document writes, events to every client, kernel requests. It keeps
+only what needs I/O: the kernel and getting it, output manifests and blobs, the output
+flusher, display updates and ``input()`` answers.
 
 ``ExecuteCell`` reads the cell's source from the notebook document when it is queued (after
 the daemon has the client's heads), so what runs is exactly what the client saw. Outputs go
 to the runtime document as the kernel produces them, rate-limited so that a flood of output
 costs a bounded number of document writes; ``ExecutionStarted``/``ExecutionDone`` events go
-to every client of the notebook. An error stops the queue (the rest is marked ``skipped``)
-unless the failing cell is tagged ``raises-exception`` (nbclient semantics).
+to every client of the notebook.
 
 Kernel policy: the kernel comes from the daemon's runtime manager
 (:mod:`runtimed.runtimes`), which picks the runtime from the notebook's metadata. It is
@@ -18,30 +23,44 @@ shared: closing the notebook releases (shuts down) it.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 import anyio
 
 from blobstore import BlobError, BlobStore, PinSet
-from protocol.messages import (
-    ExecutionDone,
-    ExecutionStarted,
-    InputRequested,
-    KernelStatusChanged,
-    encode,
-)
+from protocol.messages import InputRequested, KernelStatusChanged, encode
+from protocol.states import ExecutionStatus, KernelState
 from runtimed.daemon.manifests import ManifestWriter
+from runtimed.daemon.queue import (
+    AbandonSent,
+    Broadcast,
+    Close,
+    Effect,
+    Entry,
+    Execute,
+    ExecutionQueue,
+    Finished,
+    ForgetRecords,
+    Interrupt,
+    InterruptKernel,
+    QueueAll,
+    QueueCell,
+    RecordNotRun,
+    RecordOutcome,
+    RecordQueued,
+    RecordRunning,
+    Restart,
+    SendAhead,
+    SentAhead,
+    StartNext,
+)
 from runtimed.daemon.room import NotebookRoom
-from runtimed.documents.notebook import Cell
 from runtimed.errors import (
-    CellEmpty,
-    CellNotCode,
     ExecutionNotFound,
     InvalidRequest,
     KernelError,
@@ -49,23 +68,33 @@ from runtimed.errors import (
     RuntimedError,
 )
 from runtimed.kernels.outputs import DisplayUpdate, OutputChange
-from runtimed.kernels.session import ExecutionOutcome, KernelSession, Submitted
+from runtimed.kernels.session import KernelSession, Submitted
 from runtimed.runtimes.selection import RuntimeRequest, runtime_request_for
 
 if TYPE_CHECKING:
     from runtimed.config import DaemonConfig
     from runtimed.runtimes.manager import KernelLease, RuntimeManager
 
-__all__ = ["NotebookExecutor"]
+__all__ = ["NotebookExecutor", "kernel_cwd_for"]
 
 log = logging.getLogger(__name__)
 
 _MIN_FLUSH_INTERVAL = 0.02
 _FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
-_FORGET_SLACK = 50
-_FAILED = frozenset({"error", "died", "timeout"})
 # Kernel states after which no process holds anything a notebook ran (kernel.used = False).
-_NEW_PROCESS_STATES = frozenset({"starting", "building_env", "restarting", "dead", "shutdown"})
+_NEW_PROCESS_STATES = frozenset(
+    {
+        KernelState.STARTING,
+        KernelState.BUILDING_ENV,
+        KernelState.RESTARTING,
+        KernelState.DEAD,
+        KernelState.SHUTDOWN,
+    }
+)
+_INTERNAL_ERROR = "the daemon failed running this cell; see its log"
+
+# Effects performed without awaiting: document writes, events, dropping a request.
+_Immediate = RecordQueued | RecordRunning | RecordNotRun | ForgetRecords | Broadcast | AbandonSent
 
 
 @dataclass(eq=False)
@@ -78,20 +107,11 @@ class _Acquisition:
     error: RuntimedError | None = None
 
 
-@dataclass(eq=False)
-class _Job:
-    execution_id: str
-    cell_id: str
-    source: str
-    tags: frozenset[str]
-    allow_stdin: bool = False
-    timeout: float | None = None
-    input_waiter: tuple[anyio.Event, list[str]] | None = None
-
-
 def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
     """Where the kernel runs: ``metadata.runtimed.cwd`` (relative to the notebook's folder)
     when it names a directory, else the notebook's folder (home for untitled notebooks).
+
+    Touches the filesystem (``resolve``, ``is_dir``): call it in a worker thread.
 
     Raises:
         InvalidRequest: ``runtimed.cwd`` is set but is not an existing directory.
@@ -111,7 +131,8 @@ def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
 
 
 class NotebookExecutor:
-    """Owns one notebook's kernel and execution queue. Run :meth:`run` in a task group."""
+    """Owns one notebook's kernel and performs its execution queue. Run :meth:`run` in a
+    task group."""
 
     def __init__(
         self,
@@ -127,26 +148,30 @@ class NotebookExecutor:
         self._blobs = blobs
         self._manifests = ManifestWriter(blobs)
         self._pins: PinSet | None = None
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._jobs: dict[str, _Job] = {}
+        self._queue = ExecutionQueue(
+            room.notebook_id,
+            new_execution_id=lambda: uuid.uuid4().hex,
+            keep_executions=config.keep_executions,
+            finished=room.runtime.finished_by_age(),
+            next_seq=room.runtime.max_seq() + 1,
+        )
+        self._runtime_dirty = False  # written since the last runtime_changed()
+        self._inputs: dict[str, tuple[anyio.Event, list[str]]] = {}  # execution id -> waiter
         self._wake = anyio.Event()
-        self._seq = itertools.count(room.runtime.max_seq() + 1)
         self._kernel: KernelSession | None = None
         self._lease: KernelLease | None = None
         self._kernel_used = False  # an execution ran on the leased kernel
         self._acquiring: _Acquisition | None = None
         self._prewarm = False
         self._tg: anyio.abc.TaskGroup | None = None
-        self._running: _Job | None = None
         # The head of the queue, already sent to the kernel while the cell before it is
-        # recorded (see _send_next): the job, the session it went through, the request.
-        self._sent: tuple[_Job, KernelSession, Submitted] | None = None
+        # recorded (the queue's SendAhead): its execution id, the session, the request.
+        self._sent: tuple[str, KernelSession, Submitted] | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._flush_wake = anyio.Event()
         self._pending_change: OutputChange | None = None
         self._idle_changed = anyio.Event()
-        self._finished: collections.deque[str] = collections.deque(room.runtime.finished_by_age())
         self._kernel_written: tuple[str, str | None, int | None, str, bool] | None = None
         self._display_updates: list[DisplayUpdate] = []
         self._displays: dict[str, dict[str, tuple[int, ...]]] = {}
@@ -161,66 +186,40 @@ class NotebookExecutor:
         Raises:
             CellNotFound, CellNotCode, CellEmpty.
         """
-        return self._queue_cell(
-            self.room.notebook.cell(cell_id), allow_stdin=allow_stdin, timeout=timeout
+        cell = self.room.notebook.cell(cell_id)
+        queued = self._queued(
+            self._queue.handle(QueueCell(cell, allow_stdin=allow_stdin, timeout=timeout))
         )
-
-    def _queue_cell(self, cell: Cell, *, allow_stdin: bool, timeout: float | None) -> str:
-        cell_id = cell.id
-        if cell.cell_type != "code":
-            raise CellNotCode(
-                f"cell {cell_id!r} is a {cell.cell_type} cell; only code cells can be executed"
-            )
-        if not cell.source.strip():
-            raise CellEmpty(f"cell {cell_id!r} is empty; there is nothing to execute")
-        tags = cell.metadata.get("tags", [])
-        job = _Job(
-            execution_id=uuid.uuid4().hex,
-            cell_id=cell_id,
-            source=cell.source,
-            tags=frozenset(t for t in tags if isinstance(t, str))
-            if isinstance(tags, list)
-            else frozenset(),
-            allow_stdin=allow_stdin,
-            timeout=timeout,
-        )
-        self._jobs[job.execution_id] = job
-        self._queue.append(job)
-        self.room.runtime.add_execution(job.execution_id, cell_id, next(self._seq))
-        self.room.runtime_changed()
-        self._wake.set()
-        return job.execution_id
+        return queued[0][1]
 
     def queue_all(
         self, *, allow_stdin: bool = False, timeout: float | None = None
     ) -> list[tuple[str, str]]:
-        """Queue every non-empty code cell in document order (``skip-execution`` excluded)."""
-        queued = []
-        for cell in self.room.notebook.cells():
-            if cell.cell_type != "code" or not cell.source.strip():
-                continue
-            tags = cell.metadata.get("tags", [])
-            if isinstance(tags, list) and "skip-execution" in tags:
-                continue
-            queued.append(
-                (cell.id, self._queue_cell(cell, allow_stdin=allow_stdin, timeout=timeout))
-            )
-        return queued
+        """Queue every non-empty code cell in document order (``skip-execution`` excluded);
+        returns ``(cell_id, execution_id)`` pairs."""
+        cells = list(self.room.notebook.cells())
+        return self._queued(
+            self._queue.handle(QueueAll(cells, allow_stdin=allow_stdin, timeout=timeout))
+        )
+
+    def _queued(self, effects: list[Effect]) -> list[tuple[str, str]]:
+        self._perform_now(effects)
+        if effects:
+            self._wake.set()
+        return [(e.cell_id, e.execution_id) for e in effects if isinstance(e, RecordQueued)]
 
     async def interrupt(self) -> None:
-        if self._kernel is None or (self._running is None and self._sent is None):
+        if self._kernel is None:
             return
-        try:
-            await self._kernel.interrupt()
-        except KernelError as exc:
-            log.info("interrupt of %s ignored: %s", self.room.notebook_id, exc)
+        await self._perform(self._queue.handle(Interrupt()))
 
     async def restart(self) -> None:
         """Restart the kernel: queued executions are cancelled, the running one ends."""
-        self._cancel_queue("cancelled", "the kernel was restarted")
+        self._perform_now(self._queue.handle(Restart()))
+        self._note_progress()
         if self._kernel is None:
             return
-        self._set_kernel("restarting")
+        self._set_kernel(KernelState.RESTARTING)
         try:
             request: RuntimeRequest | None = self._runtime_request()
         except RuntimedError:
@@ -233,28 +232,29 @@ class NotebookExecutor:
             else:
                 await self._kernel.restart()
         except RuntimedError as exc:
-            self._set_kernel("dead", message=f"restart failed: {exc}")
+            self._set_kernel(KernelState.DEAD, message=f"restart failed: {exc}")
             raise
-        self._set_kernel("idle")
+        self._set_kernel(KernelState.IDLE)
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
         targets = cell_ids if cell_ids is not None else self.room.notebook.cell_ids()
         if cell_ids is not None:
             for cell_id in cell_ids:
                 self.room.notebook.cell(cell_id)  # CellNotFound before anything is cleared
+        running = self._queue.running
         for cell_id in targets:
-            if self._running is not None and self._running.cell_id == cell_id:
+            if running is not None and running.cell_id == cell_id:
                 continue
             self.room.runtime.clear_cell(cell_id)
         self.room.runtime_changed()
 
     def answer_input(self, execution_id: str, value: str) -> None:
-        job = self._jobs.get(execution_id)
-        if job is None:
+        if self._queue.get(execution_id) is None:
             raise ExecutionNotFound(f"no execution {execution_id!r} in this notebook")
-        if job.input_waiter is None:
+        waiter = self._inputs.get(execution_id)
+        if waiter is None:
             raise InvalidRequest(f"execution {execution_id!r} is not waiting for input")
-        event, box = job.input_waiter
+        event, box = waiter
         box.append(value)
         event.set()
 
@@ -273,35 +273,38 @@ class NotebookExecutor:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._flusher)
                         while True:
-                            while not self._queue:
-                                if self._kernel_written and self._kernel_written[0] == "busy":
-                                    self._set_kernel("idle")
+                            while not self._queue.can_start:
+                                written = self._kernel_written
+                                if written and written[0] == KernelState.BUSY:
+                                    self._set_kernel(KernelState.IDLE)
                                 await self._wake.wait()
                                 self._wake = anyio.Event()
-                            job = self._queue.popleft()
-                            try:
-                                await self._run_job(job)
-                            except Exception:
-                                # A bug must cost one execution, never the notebook or daemon.
-                                log.exception("internal error running %s", job.execution_id)
-                                self._running = None
-                                await self._finish(
-                                    job,
-                                    _failed(
-                                        "InternalError",
-                                        "the daemon failed running this cell; see its log",
-                                    ),
-                                )
-                            self._forget_old_executions()
+                            await self._run_next()
             finally:
                 with anyio.CancelScope(shield=True):
-                    self._cancel_queue("cancelled", "the notebook was closed")
+                    self._perform_now(self._queue.handle(Close()))
+                    self._note_progress()
                     await self._close_kernel()
                     self._stopped.set()
 
+    async def _run_next(self) -> None:
+        effects = self._queue.handle(StartNext())
+        started = self._queue.running
+        assert started is not None
+        try:
+            await self._perform(effects)
+        except Exception:
+            # A bug must cost one execution, never the notebook or daemon.
+            log.exception("internal error running %s", started.execution_id)
+            self._pending_change = None
+            running = self._queue.running
+            if running is not None:
+                await self._perform(self._queue.handle(_failed(running, "InternalError")))
+        self._note_progress()
+
     @property
     def idle(self) -> bool:
-        return self._running is None and not self._queue
+        return self._queue.idle
 
     async def wait_idle(self) -> None:
         """Return once nothing runs or waits in the queue."""
@@ -355,16 +358,16 @@ class NotebookExecutor:
         self._kernel_used = False
         if lease is not None:
             await lease.release()
-            self._set_kernel("shutdown")
+            self._set_kernel(KernelState.SHUTDOWN)
 
     async def _ensure_kernel(self) -> KernelSession:
         kernel = self._kernel
-        if kernel is not None and kernel.state != "dead" and self._kernel_used:
+        if kernel is not None and kernel.state != KernelState.DEAD and self._kernel_used:
             return kernel
         request = self._runtime_request()
         if (
             kernel is not None
-            and kernel.state != "dead"
+            and kernel.state != KernelState.DEAD
             and self._lease is not None
             and self._lease.request == request
         ):
@@ -397,9 +400,12 @@ class NotebookExecutor:
         room = self.room
         try:
             with acquisition.scope:
-                self._set_kernel("starting", name=self._runtimes.describe(acquisition.request))
+                self._set_kernel(
+                    KernelState.STARTING, name=self._runtimes.describe(acquisition.request)
+                )
                 metadata = room.notebook.metadata()
-                cwd = kernel_cwd_for(metadata, room.path)
+                # resolve() and is_dir() touch the filesystem: not on the event loop.
+                cwd = await anyio.to_thread.run_sync(kernel_cwd_for, metadata, room.path)
                 env = {"RUNTIMED_NOTEBOOK_ID": room.notebook_id}
                 if room.path is not None:
                     env["RUNTIMED_NOTEBOOK_PATH"] = str(room.path)
@@ -411,39 +417,39 @@ class NotebookExecutor:
                     progress=self._on_runtime_progress,
                 )
                 self._lease, self._kernel = lease, lease.kernel
-                self._set_kernel("idle", name=lease.runtime.name, pid=lease.kernel.pid)
+                self._set_kernel(KernelState.IDLE, name=lease.runtime.name, pid=lease.kernel.pid)
         except RuntimedError as exc:
             acquisition.error = exc
-            self._set_kernel("dead", message=str(exc))
+            self._set_kernel(KernelState.DEAD, message=str(exc))
         except Exception as exc:  # a bug: fail this acquisition, not the executor
             log.exception("could not get a kernel for %s", room.notebook_id)
             acquisition.error = KernelError(f"internal error getting a kernel: {exc!r}")
-            self._set_kernel("dead", message="the kernel failed to start")
+            self._set_kernel(KernelState.DEAD, message="the kernel failed to start")
         finally:
             acquisition.done.set()
 
     def _on_runtime_progress(self, line: str) -> None:
         # Environment build progress: the runtime document and KernelStatusChanged events.
-        self._set_kernel("building_env", message=line)
-
-    def _forget_old_executions(self) -> None:
-        """Keep ``keep_executions`` finished records: dropped in batches, oldest first, from
-        an in-memory list (no scan of the document per execution)."""
-        keep = self.config.keep_executions
-        if len(self._finished) > keep + _FORGET_SLACK:
-            drop = [self._finished.popleft() for _ in range(len(self._finished) - keep)]
-            self.room.runtime.forget(drop)
-            self.room.runtime_changed()
+        self._set_kernel(KernelState.BUILDING_ENV, message=line)
 
     def _set_kernel(
-        self, state: str, *, name: str | None = None, pid: int | None = None, message: str = ""
+        self,
+        state: KernelState,
+        *,
+        name: str | None = None,
+        pid: int | None = None,
+        message: str = "",
     ) -> None:
-        if pid is None and self._kernel is not None and state not in ("dead", "shutdown"):
+        if (
+            pid is None
+            and self._kernel is not None
+            and state not in (KernelState.DEAD, KernelState.SHUTDOWN)
+        ):
             pid = self._kernel.pid
         used = self._kernel_written[4] if self._kernel_written else False
         if state in _NEW_PROCESS_STATES:
             used = False  # a new process (or none yet): nothing of a notebook has run in it
-        elif state == "busy":
+        elif state == KernelState.BUSY:
             used = True
         if (state, name, pid, message, used) == self._kernel_written and name is None:
             return  # unchanged (back-to-back cells): no document write, no event
@@ -456,33 +462,109 @@ class NotebookExecutor:
             )
         )
 
+    # ------------------------------------------------------------ performing effects
+
+    def _perform_now(self, effects: Sequence[Effect]) -> None:
+        """Perform effects that need no await (every effect of queueing, restart, close)."""
+        for effect in effects:
+            assert isinstance(effect, _Immediate), f"{effect!r} must be awaited"
+            self._apply(effect)
+        self._sync_runtime()
+
+    async def _perform(
+        self, effects: Sequence[Effect], *, kernel: KernelSession | None = None
+    ) -> None:
+        """Perform the queue's effects in order; ``kernel``: the one the execution that just
+        finished ran on (for :class:`SendAhead`)."""
+        for effect in effects:
+            match effect:
+                case (
+                    RecordQueued()
+                    | RecordRunning()
+                    | RecordNotRun()
+                    | ForgetRecords()
+                    | Broadcast()
+                    | AbandonSent()
+                ):
+                    self._apply(effect)
+                case Execute():
+                    await self._run_job(effect.entry, sent_ahead=effect.sent_ahead)
+                case SendAhead():
+                    await self._send_ahead(effect.entry, kernel)
+                case RecordOutcome():
+                    await self._record_outcome(effect)
+                case InterruptKernel():
+                    await self._interrupt_kernel()
+                case _:
+                    assert_never(effect)
+        self._sync_runtime()
+
+    def _apply(self, effect: _Immediate) -> None:
+        runtime = self.room.runtime
+        match effect:
+            case RecordQueued():
+                runtime.add_execution(effect.execution_id, effect.cell_id, effect.seq)
+                self._runtime_dirty = True
+            case RecordRunning():
+                runtime.update_execution(effect.execution_id, status=ExecutionStatus.RUNNING)
+                runtime.start_cell_run(effect.cell_id, effect.execution_id)
+                self._runtime_dirty = True
+            case RecordNotRun():
+                runtime.update_execution(
+                    effect.execution_id, status=effect.status, evalue=effect.reason
+                )
+                self._runtime_dirty = True
+            case ForgetRecords():
+                runtime.forget(list(effect.execution_ids))
+                self._runtime_dirty = True
+            case Broadcast():
+                # Clients get the document changes before the event that announces them.
+                self._sync_runtime()
+                self.room.broadcast(encode(effect.event))
+            case AbandonSent():
+                # Restart or close (the process it runs in is being replaced or stopped), or
+                # the send landed after the execution was cancelled: it must not run.
+                sent = self._sent
+                if sent is not None and sent[0] == effect.execution_id:
+                    sent[2].abandon()
+                    self._sent = None
+            case _:
+                assert_never(effect)
+
+    def _sync_runtime(self) -> None:
+        if self._runtime_dirty:
+            self._runtime_dirty = False
+            self.room.runtime_changed()
+
+    async def _interrupt_kernel(self) -> None:
+        kernel = self._kernel
+        if kernel is None:
+            return
+        try:
+            await kernel.interrupt()
+        except KernelError as exc:
+            log.info("interrupt of %s ignored: %s", self.room.notebook_id, exc)
+
     # ------------------------------------------------------------ one execution
 
-    async def _run_job(self, job: _Job) -> None:
+    async def _run_job(self, entry: Entry, *, sent_ahead: bool) -> None:
         # Blobs written for this run are pinned until the runtime document references them.
         async with self._blobs.pin() as pins:
             self._pins = pins
             try:
-                await self._run_pinned(job)
+                finished, kernel = await self._execute(entry, sent_ahead=sent_ahead)
+                await self._perform(self._queue.handle(finished), kernel=kernel)
             finally:
                 self._pins = None
                 self._manifests.forget()
 
-    async def _run_pinned(self, job: _Job) -> None:
-        room, runtime = self.room, self.room.runtime
-        self._running = job
-        runtime.update_execution(job.execution_id, status="running")
-        runtime.start_cell_run(job.cell_id, job.execution_id)
-        room.runtime_changed()
-        room.broadcast(
-            encode(
-                ExecutionStarted(
-                    notebook_id=room.notebook_id, cell_id=job.cell_id, execution_id=job.execution_id
-                )
-            )
-        )
+    async def _execute(
+        self, entry: Entry, *, sent_ahead: bool
+    ) -> tuple[Finished, KernelSession | None]:
+        """Run ``entry`` on the kernel (getting one first if needed) until it ends."""
         sent, self._sent = self._sent, None
-        assert sent is None or sent[0] is job, "the job sent ahead is the queue's head"
+        assert (sent is not None) == sent_ahead, "the executor and the queue agree on it"
+        assert sent is None or sent[0] == entry.execution_id, "sent ahead: the queue's head"
         if self._pending_change is not None:
             self._flush_wake.set()  # outputs it sent before it became the running job
         kernel: KernelSession | None = None
@@ -490,67 +572,61 @@ class NotebookExecutor:
             try:
                 kernel = sent[1] if sent is not None else await self._ensure_kernel()
             except RuntimedError as exc:  # kernel start failures, a bad runtimed.cwd, ...
-                outcome = _failed(type(exc).__name__, str(exc))
+                return _failed(entry, type(exc).__name__, str(exc)), None
+            self._set_kernel(KernelState.BUSY)
+            try:
+                if sent is not None:
+                    submitted = sent[2]
+                else:
+                    submitted = await kernel.submit(
+                        entry.source,
+                        on_change=self._on_change,
+                        stdin=self._stdin_for(entry) if entry.allow_stdin else None,
+                    )
+                outcome = await kernel.wait(submitted, timeout=entry.timeout)
+            except KernelError as exc:
+                finished = _failed(entry, type(exc).__name__, str(exc))
             else:
-                self._set_kernel("busy")
-                try:
-                    if sent is not None:
-                        submitted = sent[2]
-                    else:
-                        submitted = await kernel.submit(
-                            job.source,
-                            on_change=self._on_change,
-                            stdin=self._stdin_for(job) if job.allow_stdin else None,
-                        )
-                    outcome = await kernel.wait(submitted, timeout=job.timeout)
-                except KernelError as exc:
-                    outcome = _failed(type(exc).__name__, str(exc))
-                if kernel.state == "dead":
-                    self._set_kernel("dead", message="the kernel died")
-                elif not self._queue:
-                    self._set_kernel("idle")
-                # else it stays "busy" for the next cell: back-to-back cells cost no
-                # kernel-state writes or events (run() sets "idle" if the queue is dropped).
+                error = outcome.error
+                finished = Finished(
+                    entry.execution_id,
+                    outcome.status,
+                    execution_count=outcome.execution_count,
+                    outputs=outcome.outputs,
+                    ename=error.ename if error else None,
+                    evalue=error.evalue if error else None,
+                    traceback=error.traceback if error else (),
+                    display_ids=outcome.display_ids,
+                )
+            if kernel.state == KernelState.DEAD:
+                self._set_kernel(KernelState.DEAD, message="the kernel died")
+            elif not self._queue.has_waiting:
+                self._set_kernel(KernelState.IDLE)
+            # else it stays "busy" for the next cell: back-to-back cells cost no
+            # kernel-state writes or events (run() sets "idle" if the queue is dropped).
+            return finished, kernel
         finally:
             self._pending_change = None
-            self._running = None
-        if outcome.status == "ok" and kernel is not None:
-            await self._send_next(kernel)
-        await self._finish(job, outcome)
-        self._note_progress()
 
-    async def _send_next(self, kernel: KernelSession) -> None:
-        """Send the next queued cell now, so the kernel runs it while this one is recorded.
-
-        Only after this cell finished without error: the next one must never run after a
-        failure, and ipykernel aborts only requests queued when a cell fails.  Not for a
-        cell that may ask for input (its prompt must not come before it is running).
-        """
-        if not self._queue or self._queue[0].allow_stdin or kernel.state == "dead":
+    async def _send_ahead(self, entry: Entry, kernel: KernelSession | None) -> None:
+        """Send the next queued cell now, so the kernel runs it while this one is recorded
+        (the queue asks only after a cell finished ``ok``, and not for one that may ask for
+        input)."""
+        if kernel is None or kernel.state == KernelState.DEAD:
             return
-        job = self._queue[0]
         try:
-            submitted = await kernel.submit(job.source, on_change=self._on_change)
+            submitted = await kernel.submit(entry.source, on_change=self._on_change)
         except KernelError:
             return  # the normal path tries again and records the error
-        self._sent = (job, kernel, submitted)
+        self._sent = (entry.execution_id, kernel, submitted)
+        self._perform_now(self._queue.handle(SentAhead(entry.execution_id)))
 
-    async def _finish(self, job: _Job, outcome: ExecutionOutcome) -> None:
+    async def _record_outcome(self, effect: RecordOutcome) -> None:
         room, runtime = self.room, self.room.runtime
-        outputs = list(outcome.outputs)
-        error = outcome.error
-        if outcome.status in ("died", "timeout") and error is not None:
-            # Make the failure visible in the notebook, as an error output.
-            outputs.append(
-                {
-                    "output_type": "error",
-                    "ename": error.ename,
-                    "evalue": error.evalue,
-                    "traceback": list(error.traceback),
-                }
-            )
         try:
-            manifests = await self._manifests.build_all(outputs, final=True, pins=self._pins)
+            manifests = await self._manifests.build_all(
+                list(effect.outputs), final=True, pins=self._pins
+            )
         except BlobError as exc:
             # e.g. a full disk: the output is lost, not the execution record; say so.
             manifests = [
@@ -564,73 +640,31 @@ class NotebookExecutor:
                 )
             ]
         if room.runtime is runtime:
-            runtime.set_outputs(job.cell_id, manifests)
-            runtime.set_execution_count(job.cell_id, outcome.execution_count)
+            runtime.set_outputs(effect.cell_id, manifests)
+            runtime.set_execution_count(effect.cell_id, effect.execution_count)
             runtime.update_execution(
-                job.execution_id,
-                status=outcome.status,
-                execution_count=outcome.execution_count,
-                ename=error.ename if error else None,
-                evalue=error.evalue if error else None,
+                effect.execution_id,
+                status=effect.status,
+                execution_count=effect.execution_count,
+                ename=effect.ename,
+                evalue=effect.evalue,
             )
             room.runtime_changed()
         # After this cell's outputs are in place: a display update the next cell (already
-        # sent, see _send_next) made to one of them must not be overwritten by them.
-        self._record_displays(job.cell_id, outcome.display_ids)
+        # sent ahead) made to one of them must not be overwritten by them.
+        self._record_displays(effect.cell_id, dict(effect.display_ids))
         if self._display_updates:
             await self._apply_display_updates()
-        room.broadcast(
-            encode(
-                ExecutionDone(
-                    notebook_id=room.notebook_id,
-                    cell_id=job.cell_id,
-                    execution_id=job.execution_id,
-                    status=outcome.status,
-                    execution_count=outcome.execution_count,
-                    ename=error.ename if error else None,
-                    evalue=error.evalue if error else None,
-                    traceback=list(error.traceback) if error else [],
-                )
-            )
-        )
-        self._jobs.pop(job.execution_id, None)
-        self._finished.append(job.execution_id)
-        if outcome.status in _FAILED and "raises-exception" not in job.tags:
-            self._cancel_queue("skipped", f"skipped: cell {job.cell_id!r} failed before it")
 
-    def _cancel_queue(self, status: str, reason: str) -> None:
-        if self._sent is not None:
-            # Only on restart or close: the process it runs in is being replaced or stopped.
-            self._sent[2].abandon()
-            self._sent = None
-        while self._queue:
-            job = self._queue.popleft()
-            self._jobs.pop(job.execution_id, None)
-            self._finished.append(job.execution_id)
-            self.room.runtime.update_execution(job.execution_id, status=status, evalue=reason)
-            self.room.broadcast(
-                encode(
-                    ExecutionDone(
-                        notebook_id=self.room.notebook_id,
-                        cell_id=job.cell_id,
-                        execution_id=job.execution_id,
-                        status=status,  # type: ignore[arg-type]
-                        evalue=reason,
-                    )
-                )
-            )
-        self.room.runtime_changed()
-        self._note_progress()
-
-    def _stdin_for(self, job: _Job) -> Any:
+    def _stdin_for(self, entry: Entry) -> Any:
         async def answer(prompt: str, password: bool) -> str:
             event, box = anyio.Event(), list[str]()
-            job.input_waiter = (event, box)
+            self._inputs[entry.execution_id] = (event, box)
             self.room.broadcast(
                 encode(
                     InputRequested(
                         notebook_id=self.room.notebook_id,
-                        execution_id=job.execution_id,
+                        execution_id=entry.execution_id,
                         prompt=prompt,
                         password=password,
                     )
@@ -639,7 +673,7 @@ class NotebookExecutor:
             try:
                 await event.wait()
             finally:
-                job.input_waiter = None
+                self._inputs.pop(entry.execution_id, None)
             return str(box[0])
 
         return answer
@@ -657,7 +691,7 @@ class NotebookExecutor:
         """``update_display_data`` for a display id shown by other cells: rewrite those
         outputs' data and metadata (the Jupyter messaging spec's display_id semantics)."""
         updates, self._display_updates = self._display_updates, []
-        running = self._running.cell_id if self._running else None
+        running = self._queue.running.cell_id if self._queue.running else None
         changed = False
         for update in updates:
             for cell_id, indices in self._displays.get(update.display_id, {}).items():
@@ -696,7 +730,7 @@ class NotebookExecutor:
                     await self._apply_display_updates()
                 except BlobError as exc:
                     log.warning("could not store a display update: %s", exc)
-            change, job = self._pending_change, self._running
+            change, job = self._pending_change, self._queue.running
             if change is None or job is None:
                 continue
             outputs = change.outputs
@@ -705,7 +739,7 @@ class NotebookExecutor:
             except BlobError as exc:
                 log.warning("could not store outputs of %s: %s", job.cell_id, exc)
                 continue
-            if self._running is job and self.room.runtime.ready:
+            if self._queue.running is job and self.room.runtime.ready:
                 self.room.runtime.set_outputs(job.cell_id, manifests)
                 count = change.accumulator.execution_count
                 if count is not None:
@@ -715,12 +749,6 @@ class NotebookExecutor:
             await anyio.sleep(max(_MIN_FLUSH_INTERVAL, size / _FLUSH_BYTES_PER_SECOND))
 
 
-def _failed(ename: str, evalue: str) -> ExecutionOutcome:
-    from runtimed.kernels.session import ErrorInfo
-
-    return ExecutionOutcome(
-        status="error",
-        execution_count=None,
-        outputs=[],
-        error=ErrorInfo(ename=ename, evalue=evalue, traceback=[]),
-    )
+def _failed(entry: Entry, ename: str, evalue: str = _INTERNAL_ERROR) -> Finished:
+    """The execution ends ``error`` without a kernel error of its own (no traceback)."""
+    return Finished(entry.execution_id, ExecutionStatus.ERROR, ename=ename, evalue=evalue)

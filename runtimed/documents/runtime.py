@@ -33,13 +33,13 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
+from protocol.states import FINISHED, ExecutionStatus, KernelState
 from runtimed.documents.amjson import JsonValue, get, put_json, read_json, scalar
 from runtimed.documents.boundary import automerge_errors
 
-__all__ = ["ExecutionRecord", "RuntimeDoc"]
+__all__ = ["FINISHED", "ExecutionRecord", "RuntimeDoc"]
 
 SCHEMA_VERSION = 1
-FINISHED = frozenset({"ok", "error", "aborted", "skipped", "died", "timeout", "cancelled"})
 
 ExecutionRecord = dict[str, JsonValue]
 
@@ -60,7 +60,7 @@ class RuntimeDoc:
         with doc.transaction() as tx:
             tx.put(ROOT, "schema_version", ScalarType.Int, SCHEMA_VERSION)
             kernel = tx.put_object(ROOT, "kernel", ObjType.Map)
-            tx.put(kernel, "state", ScalarType.Str, "not_started")
+            tx.put(kernel, "state", ScalarType.Str, KernelState.NOT_STARTED)
             tx.put(kernel, "name", ScalarType.Str, "")
             tx.put(kernel, "pid", ScalarType.Null, None)
             tx.put(kernel, "message", ScalarType.Str, "")
@@ -225,7 +225,7 @@ class RuntimeDoc:
                 execution_id,
                 {
                     "cell_id": cell_id,
-                    "status": "queued",
+                    "status": ExecutionStatus.QUEUED,
                     "seq": seq,
                     "execution_count": None,
                     "ename": None,
@@ -243,7 +243,7 @@ class RuntimeDoc:
             for key, value in fields.items():
                 put_json(tx, obj, key, value)
             status = fields.get("status")
-            if status is not None and status != "queued":
+            if status is not None and status != ExecutionStatus.QUEUED:
                 queue = self._obj("queue")
                 # FIFO: the execution that starts is nearly always at the head; look there
                 # before reading the whole queue (hundreds of entries for a RunAll).
@@ -254,7 +254,7 @@ class RuntimeDoc:
                         if scalar(value_) == execution_id:
                             tx.delete(queue, index)
                             break
-            if status == "running":
+            if status == ExecutionStatus.RUNNING:
                 tx.put(ROOT, "running", ScalarType.Str, execution_id)
             elif status in FINISHED and self.running() == execution_id:
                 tx.put(ROOT, "running", ScalarType.Null, None)

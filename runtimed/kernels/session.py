@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import anyio
 from anyio.abc import TaskGroup
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
+from protocol.states import ExecutionStatus, KernelState
 from runtimed.errors import KernelNotRunning, KernelStartFailed
 from runtimed.kernels.launch import LaunchSpec, resolve_spec, spawn_kernel, write_connection
 from runtimed.kernels.outputs import Output, OutputChange
@@ -49,8 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KernelState = Literal["starting", "idle", "busy", "dead"]
-ExecutionStatus = Literal["ok", "error", "aborted", "died", "timeout"]
 
 _SHUTDOWN_GRACE = 5.0  # default wait for the kernel to exit after shutdown_request
 _CLOSE_DEADLINE = _SHUTDOWN_GRACE + 2.0 + 3.0  # + SIGTERM grace + SIGKILL wait
@@ -182,12 +181,12 @@ class KernelSession:
         """``starting`` until ready, ``busy`` while executions are outstanding, or ``dead``."""
         kernel = self._kernel
         if kernel is None and self._starting:
-            return "starting"
+            return KernelState.STARTING
         if kernel is None or kernel.exited.is_set():
-            return "dead"
+            return KernelState.DEAD
         if not kernel.ready:
-            return "starting"
-        return "busy" if kernel.executions else "idle"
+            return KernelState.STARTING
+        return KernelState.BUSY if kernel.executions else KernelState.IDLE
 
     @property
     def pid(self) -> int | None:
@@ -218,7 +217,7 @@ class KernelSession:
         kernel = self._kernel
         if kernel is None or kernel.exited.is_set() or not kernel.ready:
             state = self.state
-            hint = "; restart it" if state == "dead" and not self._closed else ""
+            hint = "; restart it" if state == KernelState.DEAD and not self._closed else ""
             raise KernelNotRunning(f"the kernel is {state}{hint}")
         return kernel
 
@@ -412,15 +411,15 @@ def _outcome(ex: Execution, *, timed_out: bool, timeout: float | None) -> Execut
     error: ErrorInfo | None = None
     status: ExecutionStatus
     if ex.died is not None and reply is None:
-        status, error = "died", ErrorInfo("KernelDied", ex.died, [])
+        status, error = ExecutionStatus.DIED, ErrorInfo("KernelDied", ex.died, [])
     elif timed_out:
         why = f"the cell did not finish within {timeout} s and was interrupted"
-        status, error = "timeout", ErrorInfo("ExecutionTimeout", why, [])
-    elif reply is not None and reply.get("status") in ("ok", "aborted"):
-        status = reply["status"]
+        status, error = ExecutionStatus.TIMEOUT, ErrorInfo("ExecutionTimeout", why, [])
+    elif reply is not None and reply.get("status") in (ExecutionStatus.OK, ExecutionStatus.ABORTED):
+        status = ExecutionStatus(reply["status"])
     else:
         reply = reply or {}
-        status = "error"
+        status = ExecutionStatus.ERROR
         error = ErrorInfo(
             str(reply.get("ename", "UnknownError")),
             str(reply.get("evalue", f"execute_reply status {reply.get('status')!r}")),
