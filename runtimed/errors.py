@@ -35,6 +35,7 @@ The tree (module in brackets when it is not this one)::
     ├── ExecutionNotFound
     ├── ShuttingDown
     ├── InternalError
+    │   └── InvalidTransition [runtimed.daemon.queue]
     ├── DocumentError
     │   └── SyncRejected [runtimed.daemon.room]
     ├── ConfigError [runtimed.config]
