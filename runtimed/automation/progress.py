@@ -229,7 +229,14 @@ def _text(value: object) -> str:
 # ------------------------------------------------------------------------------ following
 
 
-async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNotebook:
+async def open_fresh(
+    client: AsyncClient,
+    path: Path,
+    expected: Any,
+    *,
+    kernel_env: dict[str, str] | None = None,
+    kernel_cwd: Path | None = None,
+) -> AsyncNotebook:
     """Open the notebook file just written at ``path`` in the daemon, as that file says.
 
     The daemon does not re-read a notebook some client still has open (or one left open
@@ -239,7 +246,7 @@ async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNot
     Raises:
         InvalidRequest: another client is executing that notebook.
     """
-    nb = await client.open(path)
+    nb = await client.open(path, kernel_env=kernel_env, kernel_cwd=kernel_cwd)
     try:
         runtime = nb.runtime
         if runtime.running() or runtime.queue():

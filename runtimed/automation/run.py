@@ -12,14 +12,14 @@ the end — on failure too, with papermill's error marker cells. Then the notebo
 (its kernel stopped) unless ``keep_open``. Cancelling a run (Ctrl-C in ``runt run``)
 interrupts the running cell and still saves what ran.
 
-Where the kernel runs: as papermill, in the caller's working directory unless ``cwd`` is
-given. The client records it as ``metadata.runtimed.cwd`` and the daemon starts the
-kernel there.
+Where and how the kernel runs: as papermill, in the caller's working directory unless
+``cwd`` is given, with the caller's environment (``inherit_env``). Both travel with the
+``OpenNotebook`` request (``kernel_cwd``, ``kernel_env``); nothing machine-specific is
+written into the notebook.
 
 Differences from papermill, on purpose: a ``raises-exception`` cell that raises does not
 fail the run (papermill runs on but then reports the error); ``metadata.papermill.version``
-is not written; ``language_info`` is not refreshed from the kernel; papermill's per-cell
-``metadata.execution`` timestamps are not recorded.
+is not written.
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
+import nbformat
+from nbformat import NotebookNode
 
+from runtimed.automation.locations import Staged, stage
 from runtimed.automation.progress import (
     ExecutionWatcher,
     Finished,
@@ -51,17 +55,19 @@ from runtimed.automation.report import (
     cell_tags,
     error_marker_cells,
     error_output,
+    format_path,
     is_clean_exit,
     materialize,
     notebook_link,
     now_iso,
 )
-from runtimed.errors import RuntimedError
+from runtimed.errors import ConnectionClosed, InvalidRequest, RuntimedError
 
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient
 
 __all__ = [
+    "ExecutedNotebook",
     "FailedCell",
     "NotebookExecutionError",
     "RunResult",
@@ -75,6 +81,7 @@ log = logging.getLogger(__name__)
 _FAILED = frozenset({"error", "died", "timeout"})
 _NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
+_from_dict: Callable[[object], Any] = nbformat.from_dict
 
 
 @asynccontextmanager
@@ -114,6 +121,11 @@ async def execute_notebook_async(
     autostart: bool = True,
     client: AsyncClient | None = None,
     raise_on_error: bool = False,
+    inherit_env: bool = True,
+    env: Mapping[str, str] | None = None,
+    language: str | None = None,
+    engine_name: str | None = None,
+    request_save_on_cell_execute: bool = True,
 ) -> RunResult:
     """Execute a notebook through the daemon and write the executed copy to ``output_path``.
 
@@ -142,6 +154,15 @@ async def execute_notebook_async(
         client: an already connected client to share (batches do).
         raise_on_error: raise :class:`NotebookExecutionError` instead of returning a
             ``failed`` result.
+        inherit_env: give the run's kernel this process's environment (``os.environ``), as
+            papermill's kernels inherit it; False: the daemon's environment only.
+        env: more variables for the run's kernel (set over the inherited ones).
+        language: the notebook's language for parameter injection (papermill's
+            ``language``); only Python is supported.
+        engine_name: papermill's engine: None, ``"nbclient"`` or ``"runtimed"`` (all
+            mean the daemon); any other is refused.
+        request_save_on_cell_execute: False: no checkpoints while running, only at the
+            end (papermill's flag; ``autosave_cell_every`` is then ignored).
 
     Returns:
         The :class:`RunResult`.
@@ -157,20 +178,93 @@ async def execute_notebook_async(
     """
     started_at = time.monotonic()
     params = dict(parameters or {})
+    check_run_options(
+        execution_timeout=execution_timeout,
+        start_timeout=start_timeout,
+        autosave_cell_every=autosave_cell_every,
+        language=language,
+        engine_name=engine_name,
+    )
+    if not request_save_on_cell_execute:
+        autosave_cell_every = 0
+    names = (
+        format_path(os.fspath(input_path), params),
+        format_path(os.fspath(output_path), params),
+    )
+    staged = await anyio.to_thread.run_sync(stage, *names)
+    try:
+        return await _execute_staged(
+            staged,
+            params,
+            kernel_name=kernel_name,
+            cwd=cwd,
+            execution_timeout=execution_timeout,
+            start_timeout=start_timeout,
+            prepare_only=prepare_only,
+            report_mode=report_mode,
+            log_output=log_output,
+            log_stream=log_stream,
+            stdout_file=stdout_file,
+            stderr_file=stderr_file,
+            progress_bar=progress_bar,
+            observer=observer,
+            autosave_cell_every=autosave_cell_every,
+            keep_open=keep_open,
+            socket=socket,
+            autostart=autostart,
+            client=client,
+            raise_on_error=raise_on_error,
+            kernel_env=_kernel_env(inherit_env, env),
+            started_at=started_at,
+        )
+    finally:
+        # The output reaches stdout / its URL whatever happened (it is always written).
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(staged.publish)
+
+
+async def _execute_staged(
+    staged: Staged,
+    params: dict[str, object],
+    *,
+    kernel_name: str | None,
+    cwd: str | os.PathLike[str] | None,
+    execution_timeout: float | None,
+    start_timeout: float,
+    prepare_only: bool,
+    report_mode: bool,
+    log_output: bool,
+    log_stream: IO[str] | None,
+    stdout_file: IO[str] | None,
+    stderr_file: IO[str] | None,
+    progress_bar: bool,
+    observer: RunObserver | None,
+    autosave_cell_every: float,
+    keep_open: bool,
+    socket: str | os.PathLike[str] | None,
+    autostart: bool,
+    client: AsyncClient | None,
+    raise_on_error: bool,
+    kernel_env: dict[str, str] | None,
+    started_at: float,
+) -> RunResult:
     prepared = await anyio.to_thread.run_sync(
         functools.partial(
             materialize,
-            input_path,
-            output_path,
+            staged.input_path,
+            staged.output_path,
             params,
             kernel_name=kernel_name,
             report_mode=report_mode,
             prepare_only=prepare_only,
             cwd=cwd,
+            names=(staged.input_name, staged.output_name),
         )
     )
     for name in prepared.unknown_parameters:
         log.warning("Passed unknown parameter: %s", name)
+    for warning in prepared.warnings:
+        log.warning("%s: %s", prepared.input_path, warning)
     if prepare_only:
         return RunResult(
             status="ok",
@@ -196,6 +290,8 @@ async def execute_notebook_async(
         autosave_every=autosave_cell_every,
         keep_open=keep_open,
         started_at=started_at,
+        kernel_env=kernel_env,
+        kernel_name=kernel_name,
     )
     result = await _run_stoppable(run, client, socket, autostart)
     if raise_on_error and result.status == "failed":
@@ -203,23 +299,147 @@ async def execute_notebook_async(
     return result
 
 
+_ENGINES = frozenset({"nbclient", "runtimed"})
+
+
+def check_run_options(
+    *,
+    execution_timeout: float | None,
+    start_timeout: float,
+    autosave_cell_every: float,
+    language: str | None,
+    engine_name: str | None,
+) -> None:
+    """Refuse values a run cannot honour, each with a message naming the option.
+
+    Raises:
+        InvalidRequest: a number out of range, a language other than Python, an engine
+            other than papermill's default.
+    """
+    if execution_timeout is not None and not execution_timeout > 0:
+        raise InvalidRequest(
+            f"execution_timeout must be more than 0 seconds (got {execution_timeout:g}); "
+            "leave it out for no limit"
+        )
+    if not start_timeout > 0:
+        raise InvalidRequest(f"start_timeout must be more than 0 seconds (got {start_timeout:g})")
+    if not autosave_cell_every >= 0:
+        raise InvalidRequest(
+            f"autosave_cell_every must be 0 (off) or more seconds (got {autosave_cell_every:g})"
+        )
+    if language is not None and language.lower() != "python":
+        raise InvalidRequest(
+            f"language {language!r} is not supported: runtimed injects parameters for Python "
+            "notebooks only"
+        )
+    if engine_name is not None and engine_name not in _ENGINES:
+        raise InvalidRequest(
+            f"engine {engine_name!r} is not available: runtimed runs notebooks through its "
+            f"daemon; accepted engine names: {', '.join(sorted(_ENGINES))}"
+        )
+
+
+def _kernel_env(inherit: bool, extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    env = dict(os.environ) if inherit else {}
+    for name, value in (extra or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidRequest(f"env must map strings to strings (got {name!r}: {value!r})")
+        env[name] = value
+    return env or None
+
+
+class ExecutedNotebook(NotebookNode):
+    """The executed notebook :func:`execute_notebook` returns (an ``nbformat``
+    ``NotebookNode``, as papermill's), with the run's :class:`RunResult` as ``.result``."""
+
+    result: RunResult
+
+    def __init__(self, nb: Mapping[str, Any], result: RunResult) -> None:
+        super().__init__(nb)  # type: ignore[no-untyped-call]
+        # An attribute, not a key: NotebookNode turns attribute writes into items.
+        object.__setattr__(self, "result", result)
+
+
 def execute_notebook(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     parameters: Mapping[str, object] | None = None,
-    **options: Any,
-) -> RunResult:
-    """Blocking :func:`execute_notebook_async` (same arguments), like
-    ``papermill.execute_notebook``. Safe to call while an event loop runs in this thread
+    engine_name: str | None = None,
+    request_save_on_cell_execute: bool = True,
+    prepare_only: bool = False,
+    kernel_name: str | None = None,
+    language: str | None = None,
+    progress_bar: bool = True,
+    log_output: bool = False,
+    stdout_file: IO[str] | None = None,
+    stderr_file: IO[str] | None = None,
+    start_timeout: float = 60,
+    report_mode: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    execution_timeout: float | None = None,
+    autosave_cell_every: float = 30,
+    raise_on_error: bool = True,
+    inherit_env: bool = True,
+    env: Mapping[str, str] | None = None,
+    keep_open: bool = False,
+    observer: RunObserver | None = None,
+    socket: str | os.PathLike[str] | None = None,
+    autostart: bool = True,
+) -> ExecutedNotebook:
+    """Run a notebook through the daemon, as ``papermill.execute_notebook`` (same
+    arguments, same order; ``execution_timeout`` and ``autosave_cell_every`` are
+    papermill's engine keywords). Safe to call while an event loop runs in this thread
     (e.g. inside Jupyter): the run happens on a private event loop thread.
 
-    ``execute_notebook("in.ipynb", "out.ipynb", {"alpha": 0.5}).scraps``
+    Returns:
+        The executed notebook as written to ``output_path`` (``.result``: the
+        :class:`RunResult`: status, failed cell, scraps, duration, ...).
+
+    Raises:
+        NotebookExecutionError: a cell failed (``raise_on_error=False``: return the
+            notebook instead; ``.result.failed_cell`` says which). Like papermill's
+            ``PapermillExecutionError`` it has ``cell_index``, ``exec_count``, ``source``,
+            ``ename``, ``evalue``, ``traceback``; the output notebook is written first.
+        InvalidRequest, ParameterError, NotebookNotFound, ...: as
+            :func:`execute_notebook_async`.
     """
     from anyio.from_thread import start_blocking_portal
 
-    call = functools.partial(execute_notebook_async, input_path, output_path, parameters, **options)
+    call = functools.partial(
+        execute_notebook_async,
+        input_path,
+        output_path,
+        parameters,
+        engine_name=engine_name,
+        request_save_on_cell_execute=request_save_on_cell_execute,
+        prepare_only=prepare_only,
+        kernel_name=kernel_name,
+        language=language,
+        progress_bar=progress_bar,
+        log_output=log_output,
+        stdout_file=stdout_file,
+        stderr_file=stderr_file,
+        start_timeout=start_timeout,
+        report_mode=report_mode,
+        cwd=cwd,
+        execution_timeout=execution_timeout,
+        autosave_cell_every=autosave_cell_every,
+        inherit_env=inherit_env,
+        env=env,
+        keep_open=keep_open,
+        observer=observer,
+        socket=socket,
+        autostart=autostart,
+    )
     with start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
-        return portal.call(call)
+        result = portal.call(call)
+    from runtimed.storage.ipynb import read_notebook
+
+    executed = ExecutedNotebook(_from_dict(read_notebook(Path(result.output_path))), result)
+    if raise_on_error and result.status == "failed":
+        raise NotebookExecutionError(result)
+    return executed
 
 
 async def _run_stoppable(
@@ -282,8 +502,11 @@ class _LiveRun:
         autosave_every: float,
         keep_open: bool,
         started_at: float,
+        kernel_env: dict[str, str] | None = None,
+        kernel_name: str | None = None,
     ) -> None:
         self.prepared, self.expected = prepared, prepared.nb
+        self.kernel_env, self.kernel_name = kernel_env, kernel_name
         self.cells = [(str(c.id), str(c.source), cell_tags(c)) for c in prepared.nb.cells]
         self.index_of = {cell_id: i for i, (cell_id, _, _) in enumerate(self.cells)}
         self.parameters = parameters
@@ -301,12 +524,21 @@ class _LiveRun:
         self.stop = anyio.Event()  # set: interrupt the running cell, drop the rest, save
         self._records_written = anyio.Event()  # papermill records not yet synced
         self._current: tuple[int, str] | None = None
+        self._ran: set[int] = set()  # cells the kernel ran (they get metadata.execution)
 
     # -------------------------------------------------------------- lifecycle
 
     async def run(self, client: AsyncClient) -> RunResult:
         self.client = client
-        self.nb = nb = await open_fresh(client, self.prepared.output, self.expected)
+        if self.kernel_name:
+            await self._use_installed_kernelspec()
+        self.nb = nb = await open_fresh(
+            client,
+            self.prepared.output,
+            self.expected,
+            kernel_env=self.kernel_env,
+            kernel_cwd=self.prepared.kernel_cwd,
+        )
         self.watcher = ExecutionWatcher(client, nb)
         try:
             queued = await nb.queue_all(cell_timeout=self.execution_timeout)
@@ -350,9 +582,24 @@ class _LiveRun:
         self.observer.run_finished(result)
         return result
 
+    async def _use_installed_kernelspec(self) -> None:
+        """``-k NAME``: the kernelspec's ``display_name`` and ``language`` as installed
+        (papermill reads them from the kernelspec too)."""
+        runtimes = await self.client.list_runtimes()
+        found = next((r for r in runtimes if r.name == self.kernel_name), None)
+        if found is None:
+            return  # the daemon says why when it starts the kernel
+        spec = {"display_name": found.display_name, "language": found.language}
+        self.expected.metadata["kernelspec"] = _from_dict({**spec, "name": self.kernel_name})
+
     async def _salvage(self) -> None:
         """After an error or cancellation: stop the running cell and write what there is."""
         nb = self.nb
+        if self.client.connection.closed and self.failed is None and self._current is not None:
+            # The daemon went away mid-run: the running cell is where the run stopped.
+            self._fail(
+                self._current[0], "DaemonDied", "the daemon exited during the run", "died", [], None
+            )
         if not self.client.connection.closed:
             try:
                 if nb.runtime.running() is not None:
@@ -364,9 +611,13 @@ class _LiveRun:
                 log.warning(
                     "could not checkpoint %s through the daemon: %s", self.prepared.output, exc
                 )
-        # The daemon is gone: write what the local replica holds.
+        # The daemon is gone: write what the local replica holds, with papermill's marks.
         from runtimed.storage.ipynb import write_notebook_atomic
 
+        try:
+            self._finish_metadata()
+        except RuntimedError as exc:
+            log.info("could not mark %s as failed: %s", self.prepared.output, exc)
         try:
             data = nb.doc.to_nbformat(lambda cid: (nb.execution_count(cid), nb.outputs(cid)))
             await anyio.to_thread.run_sync(write_notebook_atomic, self.prepared.output, data)
@@ -386,6 +637,8 @@ class _LiveRun:
 
             tg.start_soon(on_stop)
             tg.start_soon(self._sync_records)
+            if self.autosave_every > 0:
+                tg.start_soon(self._autosave_while_running)
             try:
                 await self._follow(queued)
                 followed = True
@@ -396,6 +649,22 @@ class _LiveRun:
             raise errors[0]
         if not followed and self._current is not None:
             await self._interrupted(*self._current)
+
+    async def _autosave_while_running(self) -> None:
+        """Checkpoint every ``autosave_every`` s while a cell runs, as papermill's
+        ``autosave_cell_every`` (after each cell :meth:`_follow` saves when it is due)."""
+        while True:
+            due = self._last_save + self.autosave_every
+            await anyio.sleep(max(due - time.monotonic(), 0.0))
+            if time.monotonic() < self._last_save + self.autosave_every:
+                continue  # a save after a cell came in between
+            self._last_save = time.monotonic()
+            try:
+                await self.nb.save()
+            except ConnectionClosed:
+                raise
+            except RuntimedError as exc:
+                log.warning("autosave of %s failed: %s", self.prepared.output, exc)
 
     async def _interrupted(self, index: int, execution_id: str) -> None:
         """Stopped while following cell ``index``: interrupt it, drop the queue."""
@@ -443,6 +712,10 @@ class _LiveRun:
                 await self._start_timed_out(index)
                 return
             if not self._finished(index, done):
+                if self.failed is not None and (self.nb.runtime.queue() or done.status != "error"):
+                    # e.g. a timeout in a raises-exception cell: the daemon's queue goes on;
+                    # the run stops here, so drop it (a fresh kernel, nothing more runs).
+                    await self.nb.restart()
                 return
             if 0 < self.autosave_every <= time.monotonic() - self._last_save:
                 self._last_save = time.monotonic()
@@ -454,7 +727,19 @@ class _LiveRun:
     def _apply(self, edits: list[tuple[int, dict[str, Any]]]) -> None:
         # Edit the local replica; _sync_records sends them (save() pushes what is left).
         for index, record in edits:
-            self.nb.doc.set_cell_metadata(self.cells[index][0], "papermill", record)
+            cell_id = self.cells[index][0]
+            self.nb.doc.set_cell_metadata(cell_id, "papermill", record)
+            if record["status"] != "running" and index in self._ran:
+                # nbclient's record_timing keys; the times are those the run saw the cell
+                # start (the daemon reported it running) and its result arrive.
+                start, end = record["start_time"], record["end_time"]
+                timing = {
+                    "iopub.status.busy": start,
+                    "iopub.execute_input": start,
+                    "shell.execute_reply": end,
+                    "iopub.status.idle": end,
+                }
+                self.nb.doc.set_cell_metadata(cell_id, "execution", timing)
         if edits:
             self._records_written.set()
         if self.bar is not None:
@@ -487,12 +772,16 @@ class _LiveRun:
             self._cell_started(index)
         ran = done.status not in _NOT_RUN
         if ran:
+            self._ran.add(index)
             self.executed += 1
             self.outputs_of[index] = done.outputs
             if self.outputs.enabled:
                 self.outputs.outputs(cell_id, done.outputs, final=True)
                 self.outputs.cell_finished(index)
-        stops = (done.status in _FAILED and "raises-exception" not in tags) or not ran
+        # raises-exception lets a cell's own error pass (nbclient); a timeout or a dead
+        # kernel still fails the run (papermill exits 1 there too).
+        allowed = done.status == "error" and "raises-exception" in tags
+        stops = (done.status in _FAILED and not allowed) or not ran
         if not stops:
             self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=False))
         elif is_clean_exit(done.ename, done.evalue):

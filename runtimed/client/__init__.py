@@ -305,10 +305,25 @@ class AsyncClient:
         reply: ConfigReply = await self.request(lambda i: GetConfig(id=i))
         return reply
 
-    async def open(self, path: str | Path, *, timeout: float = 60) -> AsyncNotebook:
-        """Open an ``.ipynb`` (joining the document if another client has it open)."""
+    async def open(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = 60,
+        kernel_env: dict[str, str] | None = None,
+        kernel_cwd: str | Path | None = None,
+    ) -> AsyncNotebook:
+        """Open an ``.ipynb`` (joining the document if another client has it open).
+
+        ``kernel_env``, ``kernel_cwd``: kernels started for it from now on get these
+        variables (over the daemon's environment) and this working directory."""
         reply: NotebookOpened = await self.request(
-            lambda i: OpenNotebook(id=i, path=str(Path(path).expanduser().resolve()))
+            lambda i: OpenNotebook(
+                id=i,
+                path=str(Path(path).expanduser().resolve()),
+                kernel_env=kernel_env,
+                kernel_cwd=str(Path(kernel_cwd).resolve()) if kernel_cwd is not None else None,
+            )
         )
         return await self._attach(reply, timeout)
 

@@ -470,6 +470,7 @@ class Daemon:
                 return Pong(id=request.id)
             case OpenNotebook(path=path):
                 entry = await self.open_path(Path(path))
+                entry.room.set_run_context(env=request.kernel_env, cwd=request.kernel_cwd)
                 self._prewarm(entry)
                 return self._join(session, entry, request.id)
             case CreateNotebook(path=path, kernel_name=kernel_name):

@@ -399,8 +399,8 @@ class NotebookExecutor:
             with acquisition.scope:
                 self._set_kernel("starting", name=self._runtimes.describe(acquisition.request))
                 metadata = room.notebook.metadata()
-                cwd = kernel_cwd_for(metadata, room.path)
-                env = {"RUNTIMED_NOTEBOOK_ID": room.notebook_id}
+                cwd = room.kernel_cwd or kernel_cwd_for(metadata, room.path)
+                env = {**room.kernel_env, "RUNTIMED_NOTEBOOK_ID": room.notebook_id}
                 if room.path is not None:
                     env["RUNTIMED_NOTEBOOK_PATH"] = str(room.path)
                 lease = await self._runtimes.acquire(
@@ -411,6 +411,7 @@ class NotebookExecutor:
                     progress=self._on_runtime_progress,
                 )
                 self._lease, self._kernel = lease, lease.kernel
+                room.adopt_kernel_info(lease.kernel.kernel_info)
                 self._set_kernel("idle", name=lease.runtime.name, pid=lease.kernel.pid)
         except RuntimedError as exc:
             acquisition.error = exc
@@ -539,8 +540,9 @@ class NotebookExecutor:
         room, runtime = self.room, self.room.runtime
         outputs = list(outcome.outputs)
         error = outcome.error
-        if outcome.status in ("died", "timeout") and error is not None:
-            # Make the failure visible in the notebook, as an error output.
+        if outcome.status == "died" and error is not None:
+            # Make the death visible in the notebook, as an error output.  A timeout is not
+            # added: the kernel's own KeyboardInterrupt output shows it (as nbclient).
             outputs.append(
                 {
                     "output_type": "error",

@@ -8,6 +8,7 @@ until the document contains given heads.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,37 @@ class NotebookRoom:
         self._runtime_refused: set[Peer] = set()
         self._on_runtime_change: Callable[[NotebookRoom], None] | None = None
         self.dirty_since_save = False
+        # A run's context (OpenNotebook.kernel_env / kernel_cwd): for kernels started later.
+        self.kernel_env: dict[str, str] = {}
+        self.kernel_cwd: Path | None = None
+
+    # ------------------------------------------------------------ run context
+
+    def set_run_context(self, *, env: dict[str, str] | None, cwd: str | None) -> None:
+        """Kernels started for this notebook from now on get ``env`` (set over the daemon's
+        environment) and run in ``cwd``; None leaves that part as it is."""
+        if env is not None:
+            self.kernel_env = dict(env)
+        if cwd is not None:
+            folder = Path(cwd)
+            if not folder.is_absolute() or not folder.is_dir():
+                raise InvalidRequest(f"kernel_cwd {cwd!r} is not an absolute path to a folder")
+            self.kernel_cwd = folder
+
+    def adopt_kernel_info(self, kernel_info: dict[str, object] | None) -> None:
+        """Refresh ``metadata.language_info`` from a new kernel's ``kernel_info_reply``, as
+        nbclient does, so a saved notebook says what language it holds (nbconvert's
+        ``--to script`` picks the file extension from it)."""
+        info = (kernel_info or {}).get("language_info")
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+            return
+        try:  # only plain JSON reaches the live document (a bad write could poison it)
+            clean = json.loads(json.dumps(info))
+        except (TypeError, ValueError):
+            return
+        if self.notebook.metadata().get("language_info") != clean:
+            self.notebook.set_metadata("language_info", clean)
+            self.notebook_changed()
 
     # ------------------------------------------------------------ peers
 
