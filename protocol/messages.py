@@ -357,6 +357,8 @@ class GarbageCollected(Reply, frozen=True, kw_only=True):
     blobs_removed: int
     bytes_freed: int
     blobs_kept: int
+    stale_documents_removed: int = 0
+    """Set-aside documents (``*.stale.automerge``) older than a week that were deleted."""
 
 
 class RuntimeList(Reply, frozen=True, kw_only=True):

@@ -69,6 +69,9 @@ class RunObserver:
     def cell_started(self, index: int, cell_id: str) -> None:
         """The daemon started running the cell."""
 
+    def environment_progress(self, line: str) -> None:
+        """A line of the environment build for the run's kernel (declared dependencies)."""
+
     def cell_output(
         self, index: int, cell_id: str, outputs: Sequence[dict[str, Any]], *, final: bool
     ) -> None:
@@ -302,6 +305,8 @@ class ExecutionWatcher:
         self.client, self.nb = client, nb
         self.kernel_up = False
         self._synced = False
+        self.on_building: Callable[[str], None] | None = None  # environment build lines
+        self._building = ""
 
     def status(self, execution_id: str) -> str | None:
         """The execution's status; None before the record reached this replica."""
@@ -352,7 +357,13 @@ class ExecutionWatcher:
             if running and on_outputs is not None:
                 on_outputs(self.nb.outputs(cell_id))
             if not self.kernel_up and self.nb.runtime.ready:
-                self.kernel_up = self.nb.runtime.kernel().get("state") in ("idle", "busy")
+                kernel = self.nb.runtime.kernel()
+                self.kernel_up = kernel.get("state") in ("idle", "busy")
+                if kernel.get("state") == "building_env" and self.on_building is not None:
+                    line = str(kernel.get("message") or "")
+                    if line and line != self._building:
+                        self._building = line
+                        self.on_building(line)
             timeout = math.inf if self.kernel_up else start_deadline - time.monotonic()
             if timeout <= 0:
                 return None

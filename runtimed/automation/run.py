@@ -540,6 +540,7 @@ class _LiveRun:
             kernel_cwd=self.prepared.kernel_cwd,
         )
         self.watcher = ExecutionWatcher(client, nb)
+        self.watcher.on_building = self.observer.environment_progress
         try:
             queued = await nb.queue_all(cell_timeout=self.execution_timeout)
             self.observer.run_started(
@@ -585,6 +586,12 @@ class _LiveRun:
     async def _use_installed_kernelspec(self) -> None:
         """``-k NAME``: the kernelspec's ``display_name`` and ``language`` as installed
         (papermill reads them from the kernelspec too)."""
+        current = self.expected.metadata.get("kernelspec") or {}
+        if current.get("name") == self.kernel_name and current.get("display_name") not in (
+            None,
+            self.kernel_name,  # start_notebook's placeholder
+        ):
+            return  # the notebook's own kernelspec already names it: kept as it is
         runtimes = await self.client.list_runtimes()
         found = next((r for r in runtimes if r.name == self.kernel_name), None)
         if found is None:
@@ -712,11 +719,7 @@ class _LiveRun:
                 await self._start_timed_out(index)
                 return
             if not self._finished(index, done):
-                if self.failed is not None and (self.nb.runtime.queue() or done.status != "error"):
-                    # e.g. a timeout in a raises-exception cell: the daemon's queue goes on;
-                    # the run stops here, so drop it (a fresh kernel, nothing more runs).
-                    await self.nb.restart()
-                return
+                return  # the daemon dropped the rest of the queue (a failure stops it)
             if 0 < self.autosave_every <= time.monotonic() - self._last_save:
                 self._last_save = time.monotonic()
                 await self.nb.save()

@@ -341,13 +341,15 @@ async def _gc(args: argparse.Namespace) -> int:
                         "blobs_removed": report.blobs_removed,
                         "bytes_freed": report.bytes_freed,
                         "blobs_kept": report.blobs_kept,
+                        "stale_documents_removed": report.stale_documents_removed,
                     }
                 )
             )
         else:
             _out(
                 f"removed {report.blobs_removed} blobs, freed {report.bytes_freed} bytes; "
-                f"kept {report.blobs_kept}"
+                f"kept {report.blobs_kept}; removed {report.stale_documents_removed} "
+                "set-aside documents older than a week"
             )
         return 0
 

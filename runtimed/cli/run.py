@@ -379,6 +379,9 @@ def _announcer() -> Any:
         ) -> None:
             _err(f"runt run: {input_path} -> {output_path}  (notebook {notebook_id}, {link})")
 
+        def environment_progress(self, line: str) -> None:
+            _err(f"runt run: building the environment: {line}")
+
     return Announcer()
 
 

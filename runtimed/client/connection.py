@@ -158,7 +158,10 @@ class Connection:
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
-        return await self._tg.__aexit__(et, e, tb)
+        # The body's own exception is not handed to the task group: it would come out
+        # wrapped in an ExceptionGroup; the caller gets the error itself.
+        await self._tg.__aexit__(None, None, None)
+        return None
 
     @property
     def closed(self) -> bool:

@@ -560,11 +560,13 @@ class Daemon:
                 report = await self.collect_garbage(
                     grace_seconds=self.config.gc_grace_seconds if grace is None else grace
                 )
+                stale = await anyio.to_thread.run_sync(lambda: self._store.remove_stale())
                 return GarbageCollected(
                     id=request.id,
                     blobs_removed=report.blobs_removed,
                     bytes_freed=report.bytes_freed,
                     blobs_kept=report.blobs_kept,
+                    stale_documents_removed=stale,
                 )
             case ListRuntimes() | ListEnvs() | CleanEnvs() | GetConfig():
                 return await runtime_service.answer(self.runtimes, self.config, request)

@@ -597,7 +597,10 @@ class NotebookExecutor:
         )
         self._jobs.pop(job.execution_id, None)
         self._finished.append(job.execution_id)
-        if outcome.status in _FAILED and "raises-exception" not in job.tags:
+        # raises-exception lets the cell's own error pass; a timeout or death stops the queue.
+        if outcome.status in _FAILED and (
+            outcome.status != "error" or "raises-exception" not in job.tags
+        ):
             self._cancel_queue("skipped", f"skipped: cell {job.cell_id!r} failed before it")
 
     def _cancel_queue(self, status: str, reason: str) -> None:

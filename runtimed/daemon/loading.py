@@ -72,6 +72,12 @@ def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRo
                 )
         except Exception:  # the binding raises bare Exceptions for corrupt documents
             log.exception("persisted document for %s is unreadable; loading the file", path)
+    if persisted.saved and persisted.file_sha256 is not None:
+        # The daemon had written (or read) everything its document held to that file, which
+        # was since replaced (runt run rewriting its earlier output): nothing to keep.
+        store.discard(key)
+        log.info("%s was rewritten since the daemon saved it; loading the new file", path)
+        return None
     aside = store.set_aside(key)
     log.warning("%s changed outside the daemon; its previous document is kept at %s", path, aside)
     return None

@@ -8,8 +8,12 @@ For every notebook the daemon keeps, in ``<home>/documents/``:
 
 ``key`` is a hash of the absolute ``.ipynb`` path (or the doc id for untitled notebooks).
 On open, the persisted document is used when the file on disk is unchanged since the
-daemon last read or wrote it; if the file was changed by someone else, the file wins and the
-old document is kept aside as ``<key>.<time>.stale.automerge``. Blocking: run in a thread.
+daemon last read or wrote it. If the file was changed by someone else, the file wins; the
+old document is dropped when it held nothing the daemon had not written to the file (it was
+last persisted no later than the file's recorded save: e.g. ``runt run`` rewriting its own
+earlier output), else kept aside as ``<key>.<time>.stale.automerge``; those are removed by
+:meth:`DocumentStore.remove_stale` (``runt gc``) once older than :data:`STALE_MAX_AGE`.
+Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DocumentStore", "NotebookMeta", "PersistedNotebook", "file_digest"]
+__all__ = ["STALE_MAX_AGE", "DocumentStore", "NotebookMeta", "PersistedNotebook", "file_digest"]
+
+#: Documents set aside (``*.stale.automerge``) older than this (seconds) are removed by gc.
+STALE_MAX_AGE = 7 * 86400.0
 
 NotebookMeta = tuple[str | None, str, str | None]
 """What ``<key>.json`` records: (file path, doc id, file sha256)."""
@@ -39,6 +46,9 @@ class PersistedNotebook:
     notebook: bytes
     runtime: dict[str, Any]
     file_sha256: str | None
+    saved: bool = False
+    """The document was last written no later than the record of the file's sha256: it
+    holds no edit the daemon had not checkpointed to (or loaded from) that file."""
 
 
 class DocumentStore:
@@ -68,15 +78,16 @@ class DocumentStore:
             return None
         try:
             meta = json.loads(meta_path.read_text())
+            saved = doc_path.stat().st_mtime_ns <= meta_path.stat().st_mtime_ns
         except (OSError, ValueError):
             # A crash between the two writes: keep the document; with no recorded file hash
             # the caller treats the file as changed and sets this document aside.
-            meta = {}
+            meta, saved = {}, False
         try:
             runtime = json.loads(runtime_path.read_text())
         except (OSError, ValueError):
             runtime = {}
-        return PersistedNotebook(notebook, runtime, meta.get("file_sha256"))
+        return PersistedNotebook(notebook, runtime, meta.get("file_sha256"), saved)
 
     def save(
         self,
@@ -120,6 +131,22 @@ class DocumentStore:
                     if isinstance(manifest, dict):
                         hashes |= manifest_hashes(manifest)
         return hashes
+
+    def discard(self, key: str) -> None:
+        """Forget a superseded document that holds nothing the file lacks."""
+        with contextlib.suppress(FileNotFoundError):
+            self._paths(key)[0].unlink()
+
+    def remove_stale(self, *, max_age: float = STALE_MAX_AGE, now: float | None = None) -> int:
+        """Delete set-aside documents older than ``max_age`` seconds; returns how many."""
+        limit = (time.time() if now is None else now) - max_age
+        removed = 0
+        for path in self.root.glob("*.stale.automerge"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def set_aside(self, key: str) -> Path | None:
         """Keep a superseded document (the file changed underneath it) instead of deleting it."""
