@@ -38,9 +38,7 @@ def test_every_message_tag_is_documented_in_protocol_md(cls: type[msgspec.Struct
     assert f"`{_tag(cls)}`" in text, f"{cls.__name__} ({_tag(cls)!r}) is not in docs/protocol.md"
 
 
-_PATH = re.compile(
-    r"`((?:runtimed|protocol|blobstore|tests|bench|docs)/[\w/.\-]*\.(?:py|md|toml|ts|json))`"
-)
+_PATH = re.compile(r"`((?:runtimed|protocol|blobstore|tests|bench|docs)/[\w/.\-]*\.(?:py|md|toml|ts|json))`")
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
