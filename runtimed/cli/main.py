@@ -488,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         handler = handlers[command]
     try:
-        return anyio.run(handler, args, backend="asyncio", backend_options={"use_uvloop": True})
+        status = anyio.run(handler, args, backend="asyncio", backend_options={"use_uvloop": True})
+        sys.stdout.flush()  # here, not at exit: a closed pipe must not print a traceback
+        return status
     except BaseException as exc:
         return _exit_status(exc)
 

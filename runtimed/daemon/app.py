@@ -369,7 +369,7 @@ class Daemon:
             entry.runtime_dirty = False
             entry.persisted_at = anyio.current_time()
         path = str(room.path) if room.path else None
-        meta = (path, room.notebook_id, entry.file_sha256)
+        meta = (path, room.notebook_id, entry.file_sha256, not room.dirty_since_save)
         changed_meta = meta if meta != entry.saved_meta else None
         if notebook is None and snapshot is None and changed_meta is None:
             return

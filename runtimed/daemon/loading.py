@@ -64,12 +64,14 @@ def _from_persisted(path: Path, digest: str, store: DocumentStore) -> NotebookRo
             notebook = NotebookDoc.load(persisted.notebook)
             if notebook.ready and notebook.doc_id:
                 log.info("opened %s from its persisted document", path)
-                return NotebookRoom(
+                room = NotebookRoom(
                     notebook_id=notebook.doc_id,
                     path=path,
                     notebook=notebook,
                     runtime=RuntimeDoc.from_snapshot(persisted.runtime),
                 )
+                room.dirty_since_save = not persisted.saved  # edits recovered after a crash
+                return room
         except Exception:  # the binding raises bare Exceptions for corrupt documents
             log.exception("persisted document for %s is unreadable; loading the file", path)
     if persisted.saved and persisted.file_sha256 is not None:

@@ -9,8 +9,8 @@ For every notebook the daemon keeps, in ``<home>/documents/``:
 ``key`` is a hash of the absolute ``.ipynb`` path (or the doc id for untitled notebooks).
 On open, the persisted document is used when the file on disk is unchanged since the
 daemon last read or wrote it. If the file was changed by someone else, the file wins; the
-old document is dropped when it held nothing the daemon had not written to the file (it was
-last persisted no later than the file's recorded save: e.g. ``runt run`` rewriting its own
+old document is dropped when it held nothing the daemon had not written to (or read from)
+the file it last saw (``saved`` in ``<key>.json``: e.g. ``runt run`` rewriting its own
 earlier output), else kept aside as ``<key>.<time>.stale.automerge``; those are removed by
 :meth:`DocumentStore.remove_stale` (``runt gc``) once older than :data:`STALE_MAX_AGE`.
 Blocking: run in a thread.
@@ -33,8 +33,9 @@ __all__ = ["STALE_MAX_AGE", "DocumentStore", "NotebookMeta", "PersistedNotebook"
 #: Documents set aside (``*.stale.automerge``) older than this (seconds) are removed by gc.
 STALE_MAX_AGE = 7 * 86400.0
 
-NotebookMeta = tuple[str | None, str, str | None]
-"""What ``<key>.json`` records: (file path, doc id, file sha256)."""
+NotebookMeta = tuple[str | None, str, str | None, bool]
+"""What ``<key>.json`` records: (file path, doc id, file sha256, saved: the document holds
+no edit that file lacks)."""
 
 
 def file_digest(path: Path) -> str:
@@ -47,8 +48,8 @@ class PersistedNotebook:
     runtime: dict[str, Any]
     file_sha256: str | None
     saved: bool = False
-    """The document was last written no later than the record of the file's sha256: it
-    holds no edit the daemon had not checkpointed to (or loaded from) that file."""
+    """When last persisted, the document held no edit the daemon had not checkpointed to
+    (or loaded from) the file whose sha256 is recorded."""
 
 
 class DocumentStore:
@@ -78,16 +79,17 @@ class DocumentStore:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            saved = doc_path.stat().st_mtime_ns <= meta_path.stat().st_mtime_ns
         except (OSError, ValueError):
             # A crash between the two writes: keep the document; with no recorded file hash
             # the caller treats the file as changed and sets this document aside.
-            meta, saved = {}, False
+            meta = {}
         try:
             runtime = json.loads(runtime_path.read_text())
         except (OSError, ValueError):
             runtime = {}
-        return PersistedNotebook(notebook, runtime, meta.get("file_sha256"), saved)
+        return PersistedNotebook(
+            notebook, runtime, meta.get("file_sha256"), meta.get("saved") is True
+        )
 
     def save(
         self,
@@ -105,8 +107,8 @@ class DocumentStore:
         if runtime is not None:
             _atomic_write(runtime_path, json.dumps(runtime).encode())
         if meta is not None:
-            path, doc_id, file_sha256 = meta
-            record = {"path": path, "doc_id": doc_id, "file_sha256": file_sha256}
+            path, doc_id, file_sha256, saved = meta
+            record = {"path": path, "doc_id": doc_id, "file_sha256": file_sha256, "saved": saved}
             _atomic_write(meta_path, json.dumps(record).encode())
 
     def referenced_blobs(self, *, skip_keys: frozenset[str] = frozenset()) -> set[str]:

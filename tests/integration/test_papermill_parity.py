@@ -813,3 +813,19 @@ async def test_reruns_onto_their_own_output_leave_no_stale_documents(
     documents = daemon.paths.home / "documents"
     assert list(documents.glob("*.stale.automerge")) == []
     assert text_of(load(out), 0) == "again\n"
+
+
+async def test_config_show_says_when_the_daemon_differs_from_the_file(
+    daemon: Daemon, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = short_tmp / "config.toml"
+    config.write_text("[kernels]\nmax_kernels = 7\n")
+    monkeypatch.setenv("RUNTIMED_CONFIG", str(config))  # read by the daemon and by runt
+    status, out, err = await runt(daemon.paths.socket, "config", "show")
+    assert status == 0, err
+    assert "differs from the file" in out
+    assert "kernels.max_kernels: daemon 16, file 7" in out
+    status, out, _ = await runt(daemon.paths.socket, "config", "show", "--json")
+    assert {"key": "kernels.max_kernels", "daemon": 16, "file": 7} in json.loads(out)[
+        "differs_from_file"
+    ]

@@ -10,21 +10,19 @@ from pathlib import Path
 from runtimed.storage.documents import STALE_MAX_AGE, DocumentStore
 
 
-def test_saved_flag_follows_what_was_written_last(tmp_path: Path) -> None:
+def test_saved_flag_round_trips(tmp_path: Path) -> None:
     store = DocumentStore(tmp_path)
     key = DocumentStore.key_for(tmp_path / "nb.ipynb", "")
-    store.save(key, notebook=b"doc", runtime={}, meta=("p", "d", "sha"))
+    store.save(key, notebook=b"doc", runtime={}, meta=("p", "d", "sha", True))
     loaded = store.load(key)
     assert loaded is not None
-    assert loaded.saved  # document and file record written together
-    # An edit persisted after the file's record: the document holds something new.
-    meta = tmp_path / f"{key}.json"
-    past = time.time() - 60
-    os.utime(meta, (past, past))
-    store.save(key, notebook=b"doc2", runtime=None, meta=None)
+    assert loaded.saved
+    store.save(key, notebook=b"doc2", runtime=None, meta=("p", "d", "sha", False))
     loaded = store.load(key)
     assert loaded is not None
     assert not loaded.saved
+    store.discard(key)
+    assert store.load(key) is None
 
 
 def test_remove_stale_by_age(tmp_path: Path) -> None:
