@@ -741,6 +741,18 @@ async def test_daemon_start_failure_says_why(short_tmp: Path) -> None:
     assert status == 2
     assert "max_kernels" in err
     assert "did not start" in err
+    # Started on demand (runt run, exec, ...): the same reason, one line.
+    src = write_notebook(short_tmp / "in.ipynb", [code("1")])
+    status, _, err = await runt(
+        short_tmp / "s" / "rt.sock",
+        "run",
+        src,
+        short_tmp / "out.ipynb",
+        env={"RUNTIMED_CONFIG": str(bad), "RUNTIMED_HOME": str(short_tmp / "h")},
+    )
+    assert status == 2, err
+    assert "max_kernels" in err
+    assert "Traceback" not in err
 
 
 # ---------------------------------------------------------------- 20. client errors
