@@ -525,6 +525,7 @@ class _LiveRun:
         self._records_written = anyio.Event()  # papermill records not yet synced
         self._current: tuple[int, str] | None = None
         self._ran: set[int] = set()  # cells the kernel ran (they get metadata.execution)
+        self._queued: list[tuple[str, str]] = []  # (cell id, execution id) in run order
 
     # -------------------------------------------------------------- lifecycle
 
@@ -674,18 +675,29 @@ class _LiveRun:
                 log.warning("autosave of %s failed: %s", self.prepared.output, exc)
 
     async def _interrupted(self, index: int, execution_id: str) -> None:
-        """Stopped while following cell ``index``: interrupt it, drop the queue."""
-        nb, cell_id = self.nb, self.cells[index][0]
+        """Stopped while following cell ``index``: interrupt what runs, drop the queue.
+
+        This client may lag the daemon: cells that finished before the interrupt reached
+        the kernel are recorded as they ended, and the cell the interrupt stopped (or the
+        next one, when it came between two) is the failed one."""
+        nb = self.nb
         await nb.interrupt()
+        position = next(i for i, (_, e) in enumerate(self._queued) if e == execution_id)
         done = None
-        with anyio.move_on_after(5):
-            done = await self.watcher.wait(
-                execution_id,
-                cell_id,
-                start_deadline=time.monotonic() + 5,
-                on_start=lambda: None,
-                on_outputs=None,
-            )
+        for cell_id, queued_id in self._queued[position:]:
+            index = self.index_of[cell_id]
+            done = None
+            with anyio.move_on_after(5):
+                done = await self.watcher.wait(
+                    queued_id,
+                    cell_id,
+                    start_deadline=time.monotonic() + 5,
+                    on_start=lambda: None,
+                    on_outputs=None,
+                )
+            if done is None or done.status != "ok":
+                break
+            self._finished(index, done)  # it completed before the interrupt arrived
         if nb.runtime.running() is not None or nb.runtime.queue():
             await nb.restart()  # the interrupt came between two cells: stop the next one
         if done is not None and done.status not in _NOT_RUN:
@@ -701,6 +713,7 @@ class _LiveRun:
         )
 
     async def _follow(self, queued: list[tuple[str, str]]) -> None:
+        self._queued = queued
         start_deadline = time.monotonic() + self.start_timeout
         for cell_id, execution_id in queued:
             index = self.index_of[cell_id]
