@@ -392,7 +392,14 @@ def print_result(result: ExecutionResult, *, cell: str = "the cell") -> None:
 async def _exec(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient) -> int:
         nb = await client.open(args.path)
-        result = await nb.execute(args.cell, timeout=args.timeout)
+        try:
+            result = await nb.execute(args.cell, timeout=args.timeout)
+        except TimeoutError:
+            _err(
+                f"runt: cell {args.cell!r} did not finish within {args.timeout:g} s; it goes on "
+                f"running in the daemon ('runt interrupt {args.path}' stops it)"
+            )
+            return 2
         print_result(result, cell=f"cell {args.cell!r}")
         return 0 if result.ok else _failure_status(result)
 

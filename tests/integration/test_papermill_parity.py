@@ -855,3 +855,16 @@ async def test_config_show_says_when_the_daemon_differs_from_the_file(
     assert {"key": "kernels.max_kernels", "daemon": 16, "file": 7} in json.loads(out)[
         "differs_from_file"
     ]
+
+
+async def test_exec_timeout_is_a_message(daemon: Daemon, short_tmp: Path) -> None:
+    path = write_notebook(short_tmp / "slow.ipynb", [code("import time\ntime.sleep(20)")])
+    status, _, err = await runt(
+        daemon.paths.socket, "exec", path, "--cell", "cell0", "--timeout", "0.5"
+    )
+    assert status == 2, err
+    assert "did not finish within 0.5 s" in err
+    assert "Traceback" not in err
+    async with await AsyncClient.connect(daemon.paths.socket) as client:
+        nb = await client.open(path)
+        await nb.interrupt()
