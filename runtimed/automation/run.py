@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
+from contextvars import ContextVar
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
@@ -82,6 +82,9 @@ _FAILED = frozenset({"error", "died", "timeout"})
 _NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
 _from_dict: Callable[[object], Any] = nbformat.from_dict
+# execute_notebook's: the executed notebook as written, read before a staged copy ('-', a
+# URL) is published and removed.
+_OUTPUT_SINK: ContextVar[list[Any] | None] = ContextVar("runtimed_output_sink", default=None)
 
 
 @asynccontextmanager
@@ -220,6 +223,11 @@ async def execute_notebook_async(
     finally:
         # The output reaches stdout / its URL whatever happened (it is always written).
         with anyio.CancelScope(shield=True):
+            sink = _OUTPUT_SINK.get()
+            if sink is not None and staged.output_path.exists():
+                from runtimed.storage.ipynb import read_notebook
+
+                sink.append(await anyio.to_thread.run_sync(read_notebook, staged.output_path))
             await anyio.to_thread.run_sync(staged.publish)
 
 
@@ -432,11 +440,19 @@ def execute_notebook(
         socket=socket,
         autostart=autostart,
     )
-    with start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
-        result = portal.call(call)
-    from runtimed.storage.ipynb import read_notebook
 
-    executed = ExecutedNotebook(_from_dict(read_notebook(Path(result.output_path))), result)
+    async def run_and_read() -> tuple[RunResult, Any]:
+        sink: list[Any] = []
+        token = _OUTPUT_SINK.set(sink)
+        try:
+            result = await call()
+        finally:
+            _OUTPUT_SINK.reset(token)
+        return result, sink[0] if sink else None
+
+    with start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
+        result, written = portal.call(run_and_read)
+    executed = ExecutedNotebook(_from_dict(written or {}), result)
     if raise_on_error and result.status == "failed":
         raise NotebookExecutionError(result)
     return executed

@@ -868,3 +868,20 @@ async def test_exec_timeout_is_a_message(daemon: Daemon, short_tmp: Path) -> Non
     async with await AsyncClient.connect(daemon.paths.socket) as client:
         nb = await client.open(path)
         await nb.interrupt()
+
+
+async def test_execute_notebook_returns_a_remote_output(daemon: Daemon, short_tmp: Path) -> None:
+    src = write_notebook(short_tmp / "in.ipynb", [code("print('there')")])
+
+    def blocking() -> Any:
+        return execute_notebook(
+            src,
+            "memory://returned/out.ipynb",
+            progress_bar=False,
+            socket=daemon.paths.socket,
+            autostart=False,
+        )
+
+    nb = await anyio.to_thread.run_sync(blocking)
+    assert nb.result.ok
+    assert nb.cells[0].outputs[0]["text"] == "there\n"
