@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -322,7 +323,7 @@ async def _run(args: argparse.Namespace) -> int:
     from runtimed.automation.progress import is_tty
     from runtimed.automation.run import execute_notebook_async
 
-    tty = is_tty(sys.stderr)
+    tty = is_tty(sys.stderr) and not os.environ.get("NO_COLOR")  # no-color.org
     sinks = [_open_sink(path) for path in (args.stdout_file, args.stderr_file)]
     try:
         result = await execute_notebook_async(
