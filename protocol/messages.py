@@ -110,9 +110,16 @@ class Ping(Request, frozen=True, kw_only=True):
 
 
 class OpenNotebook(Request, frozen=True, kw_only=True):
-    """Open an ``.ipynb`` by path; two opens of one path join the same document."""
+    """Open an ``.ipynb`` by path; two opens of one path join the same document.
+
+    ``kernel_env`` / ``kernel_cwd`` (a run's context, e.g. ``runt run``): kernels started
+    for this notebook from now on get these variables set over the daemon's environment
+    and run in this folder (instead of ``metadata.runtimed.cwd`` / the notebook's folder).
+    None: unchanged."""
 
     path: str
+    kernel_env: dict[str, str] | None = None
+    kernel_cwd: str | None = None
 
 
 class CreateNotebook(Request, frozen=True, kw_only=True):
@@ -354,6 +361,8 @@ class GarbageCollected(Reply, frozen=True, kw_only=True):
     blobs_removed: int
     bytes_freed: int
     blobs_kept: int
+    stale_documents_removed: int = 0
+    """Set-aside documents (``*.stale.automerge``) older than a week that were deleted."""
 
 
 class RuntimeList(Reply, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -200,11 +201,14 @@ def _decode_dataframe(data: object) -> object:
     return pandas.DataFrame(data.get("data"), index=data.get("index"), columns=data.get("columns"))
 
 
-def read_scraps(nb: Mapping[str, Any], *, decode: bool = False) -> dict[str, object]:
+def read_scraps(
+    nb: Mapping[str, Any] | str | os.PathLike[str], *, decode: bool = False
+) -> dict[str, object]:
     """Read scraps back from a notebook: ``{name: value}``, the last value for a name winning.
 
     Args:
-        nb: an nbformat notebook (``NotebookNode`` or plain dict).
+        nb: an nbformat notebook (``NotebookNode`` or plain dict), or the path of an
+            ``.ipynb`` file (scrapbook's ``read_notebook(path).scraps`` habit).
         decode: rebuild ``pandas`` scraps as DataFrames (imports pandas). By default they
             are returned as their ``orient="split"`` dicts, so no pandas is needed.
 
@@ -214,6 +218,12 @@ def read_scraps(nb: Mapping[str, Any], *, decode: bool = False) -> dict[str, obj
     Raises:
         ImportError: ``decode=True``, a pandas scrap is present and pandas is not installed.
     """
+    if isinstance(nb, str | os.PathLike):
+        with open(nb, encoding="utf-8") as f:
+            loaded = json.load(f)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{os.fspath(nb)}: not a notebook (no JSON object)")
+        nb = loaded
     scraps: dict[str, object] = {}
     for scrap in iter_scraps(nb):
         if decode and scrap.encoder == "pandas":

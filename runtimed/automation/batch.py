@@ -348,7 +348,7 @@ class BatchProgress:
         detail = ""
         if result.failed_cell is not None:
             f = result.failed_cell
-            detail = f"  cell {f.index}: {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0]
+            detail = f"  {f.name}: {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0]
         elif result.error:
             detail = f"  {result.error}".splitlines()[0]
         self.write(
@@ -364,7 +364,7 @@ def format_summary(results: Sequence[RunResult]) -> str:
         failed = ""
         if r.failed_cell is not None:
             f = r.failed_cell
-            failed = f"[{f.index}] {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0][:60]
+            failed = f"{f.name} {f.ename}: {strip_ansi(f.evalue)}".splitlines()[0][:80]
         elif r.error:
             failed = r.error.splitlines()[0][:60]
         rows.append([r.input_path, r.output_path, r.status, f"{r.duration:.1f}s", failed])

@@ -70,6 +70,9 @@ class RunObserver:
     def cell_started(self, index: int, cell_id: str) -> None:
         """The daemon started running the cell."""
 
+    def environment_progress(self, line: str) -> None:
+        """A line of the environment build for the run's kernel (declared dependencies)."""
+
     def cell_output(
         self, index: int, cell_id: str, outputs: Sequence[dict[str, Any]], *, final: bool
     ) -> None:
@@ -230,7 +233,14 @@ def _text(value: object) -> str:
 # ------------------------------------------------------------------------------ following
 
 
-async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNotebook:
+async def open_fresh(
+    client: AsyncClient,
+    path: Path,
+    expected: Any,
+    *,
+    kernel_env: dict[str, str] | None = None,
+    kernel_cwd: Path | None = None,
+) -> AsyncNotebook:
     """Open the notebook file just written at ``path`` in the daemon, as that file says.
 
     The daemon does not re-read a notebook some client still has open (or one left open
@@ -240,7 +250,7 @@ async def open_fresh(client: AsyncClient, path: Path, expected: Any) -> AsyncNot
     Raises:
         InvalidRequest: another client is executing that notebook.
     """
-    nb = await client.open(path)
+    nb = await client.open(path, kernel_env=kernel_env, kernel_cwd=kernel_cwd)
     try:
         runtime = nb.runtime
         if runtime.running() or runtime.queue():
@@ -295,6 +305,8 @@ class ExecutionWatcher:
         self.client, self.nb = client, nb
         self.kernel_up = False
         self._synced = False
+        self.on_building: Callable[[str], None] | None = None  # environment build lines
+        self._building = ""
 
     def status(self, execution_id: str) -> str | None:
         """The execution's status; None before the record reached this replica."""
@@ -345,8 +357,13 @@ class ExecutionWatcher:
             if running and on_outputs is not None:
                 on_outputs(self.nb.outputs(cell_id))
             if not self.kernel_up and self.nb.runtime.ready:
-                state = self.nb.runtime.kernel().get("state")
-                self.kernel_up = state in (KernelState.IDLE, KernelState.BUSY)
+                kernel = self.nb.runtime.kernel()
+                self.kernel_up = kernel.get("state") in (KernelState.IDLE, KernelState.BUSY)
+                if kernel.get("state") == KernelState.BUILDING_ENV and self.on_building is not None:
+                    line = str(kernel.get("message") or "")
+                    if line and line != self._building:
+                        self._building = line
+                        self.on_building(line)
             timeout = math.inf if self.kernel_up else start_deadline - time.monotonic()
             if timeout <= 0:
                 return None

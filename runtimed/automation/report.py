@@ -40,6 +40,7 @@ __all__ = [
     "RunResult",
     "cell_record",
     "cell_tags",
+    "describe_cell",
     "error_marker_cells",
     "error_output",
     "format_path",
@@ -48,6 +49,7 @@ __all__ = [
     "notebook_link",
     "now_iso",
     "prepare_notebook",
+    "read_input_notebook",
     "start_notebook",
 ]
 
@@ -178,6 +180,9 @@ class Prepared:
     output_path: str
     output: Path
     unknown_parameters: list[str]
+    kernel_cwd: Path | None = None
+    """Where the kernel runs (sent with OpenNotebook, never recorded in the notebook)."""
+    warnings: list[str] = field(default_factory=list)
 
 
 def materialize(
@@ -189,39 +194,102 @@ def materialize(
     report_mode: bool,
     prepare_only: bool,
     cwd: str | os.PathLike[str] | None,
+    names: tuple[str, str] | None = None,
 ) -> Prepared:
     """Read the input, prepare it as papermill does and write it to the output path (its
     folder is created). Unless ``prepare_only``, also reset it for a run
-    (:func:`start_notebook`) with the kernel's working directory: ``cwd``, else the
-    current directory (papermill runs kernels where it is started). Blocking.
+    (:func:`start_notebook`); the kernel's working directory (``cwd``, else the current
+    directory: papermill runs kernels where it is started) is returned, not recorded in the
+    notebook (a path is machine-specific). Blocking.
+
+    ``names``: the input and output as the caller named them (``-``, a URL), recorded
+    instead of the (staged, already formatted) local paths.
 
     Raises:
         ParameterError, NotebookNotFound, NotebookInvalid, NotebookIOError, InvalidRequest.
     """
-    from runtimed.storage.ipynb import read_notebook, write_notebook_atomic
+    from runtimed.storage.ipynb import write_notebook_atomic
 
-    input_str = format_path(os.fspath(input_path), parameters)
-    output_str = format_path(os.fspath(output_path), parameters)
-    output = Path(output_str).expanduser().resolve()
+    if names is None:
+        input_str = format_path(os.fspath(input_path), parameters)
+        output_str = format_path(os.fspath(output_path), parameters)
+        local_input, local_output = input_str, output_str
+    else:
+        input_str, output_str = names
+        local_input, local_output = os.fspath(input_path), os.fspath(output_path)
+    output = Path(local_output).expanduser().resolve()
+    source, read_warnings = read_input_notebook(Path(local_input).expanduser())
     nb, unknown = prepare_notebook(
-        read_notebook(Path(input_str).expanduser()),
+        source,
         parameters=parameters,
         input_path=input_str,
         output_path=output_str,
         kernel_name=kernel_name,
         report_mode=report_mode,
     )
+    warnings = [*read_warnings, *_drop_stale_cwd(nb, output.parent)]
+    kernel_cwd: Path | None = None
     if not prepare_only:
-        where = Path(cwd).expanduser().resolve() if cwd is not None else Path.cwd()
-        if not where.is_dir():
-            raise InvalidRequest(f"the working directory {os.fspath(where)!r} is not a folder")
-        nb = start_notebook(nb, start_time=now_iso(), kernel_name=kernel_name, cwd=str(where))
+        kernel_cwd = Path(cwd).expanduser().resolve() if cwd is not None else Path.cwd()
+        if not kernel_cwd.is_dir():
+            raise InvalidRequest(f"the working directory {os.fspath(kernel_cwd)!r} is not a folder")
+        nb = start_notebook(nb, start_time=now_iso(), kernel_name=kernel_name, cwd=None)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidRequest(f"cannot create the output folder {output.parent}: {exc}") from exc
     write_notebook_atomic(output, nb)
-    return Prepared(nb, input_str, output_str, output, unknown)
+    return Prepared(nb, input_str, output_str, output, unknown, kernel_cwd, warnings)
+
+
+def read_input_notebook(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Read a run's input. A notebook that fails nbformat validation only in its metadata
+    (nbclient's ``Output.ipynb``: a kernelspec without ``name``) is run as papermill runs
+    it, with a warning: the invalid metadata is dropped (nbformat's ``normalize``).
+
+    Returns:
+        The notebook and the warnings to show.
+
+    Raises:
+        NotebookNotFound, NotebookIOError, NotebookInvalid (not a notebook at all, or
+        invalid beyond its metadata).
+    """
+    import json
+
+    from nbformat.validator import ValidationError, normalize
+
+    from runtimed.errors import NotebookInvalid
+    from runtimed.storage.ipynb import read_notebook
+
+    try:
+        return read_notebook(path), []
+    except NotebookInvalid as exc:
+        if not isinstance(exc.__cause__, ValidationError):
+            raise
+        refused = exc
+    data = json.loads(path.read_text(encoding="utf-8"))  # read_notebook parsed it already
+    _changes, fixed = normalize(data, strip_invalid_metadata=True)
+    try:
+        nbformat.validate(_from_dict(fixed))
+    except ValidationError:
+        raise refused from None
+    why = str(refused).split(": invalid notebook: ", 1)[-1]
+    return fixed, [f"invalid notebook ({why}); its invalid metadata was dropped to run it"]
+
+
+def _drop_stale_cwd(nb: Any, folder: Path) -> list[str]:
+    """A ``metadata.runtimed.cwd`` that names no folder here (a notebook from another
+    machine) is dropped with a warning; the run's own working directory is used."""
+    meta = nb.metadata.get("runtimed")
+    if not isinstance(meta, dict) or "cwd" not in meta:
+        return []
+    value = meta.get("cwd")
+    if isinstance(value, str) and value and (folder / value).expanduser().is_dir():
+        return []
+    del meta["cwd"]
+    if not meta:
+        del nb.metadata["runtimed"]
+    return [f"metadata.runtimed.cwd {value!r} names no folder on this machine; it was removed"]
 
 
 def cell_record(
@@ -309,6 +377,18 @@ class FailedCell:
     traceback: list[str] = field(default_factory=list)
     execution_count: int | None = None
     status: str = "error"
+
+    @property
+    def name(self) -> str:
+        """How every message and summary names the cell: ``cell 3 (id 'abc', In [2])``
+        (``index`` is 0-based, as papermill's ``cell_index``)."""
+        return describe_cell(self.index, self.cell_id, self.execution_count)
+
+
+def describe_cell(index: int, cell_id: str, execution_count: int | None = None) -> str:
+    """``cell 3 (id 'abc', In [2])``: the one way runtimed names a cell in its messages."""
+    count = "" if execution_count is None else f", In [{execution_count}]"
+    return f"cell {index} (id {cell_id!r}{count})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,14 +494,25 @@ def notebook_link(notebook_id: str) -> str:
 
 
 class NotebookExecutionError(RuntimedError):
-    """Raised by ``execute_notebook(..., raise_on_error=True)`` when a cell failed (the
-    counterpart of papermill's ``PapermillExecutionError``); ``result`` has the details."""
+    """Raised by ``execute_notebook`` (``raise_on_error``) when a cell failed: the
+    counterpart of papermill's ``PapermillExecutionError``, with the same attributes
+    (``cell_index``, ``exec_count``, ``source``, ``ename``, ``evalue``, ``traceback``) and
+    ``result``, the whole :class:`RunResult`."""
 
     def __init__(self, result: RunResult) -> None:
         failed = result.failed_cell
-        where = f"cell {failed.index} ({failed.ename}: {failed.evalue})" if failed else "a cell"
-        super().__init__(f"{result.input_path}: {where} failed; see {result.output_path}")
+        where = "a cell failed"
+        if failed is not None:
+            where = f"{failed.name} failed: {failed.ename}: {failed.evalue}"
+        super().__init__(f"{result.input_path}: {where}; see {result.output_path}")
         self.result = result
+        self.failed_cell = failed
+        self.cell_index = failed.index if failed else None
+        self.exec_count = failed.execution_count if failed else None
+        self.source = failed.source if failed else ""
+        self.ename = failed.ename if failed else ""
+        self.evalue = failed.evalue if failed else ""
+        self.traceback = list(failed.traceback) if failed else []
 
 
 def cell_tags(cell: Any) -> frozenset[str]:

@@ -12,14 +12,14 @@ the end — on failure too, with papermill's error marker cells. Then the notebo
 (its kernel stopped) unless ``keep_open``. Cancelling a run (Ctrl-C in ``runt run``)
 interrupts the running cell and still saves what ran.
 
-Where the kernel runs: as papermill, in the caller's working directory unless ``cwd`` is
-given. The client records it as ``metadata.runtimed.cwd`` and the daemon starts the
-kernel there.
+Where and how the kernel runs: as papermill, in the caller's working directory unless
+``cwd`` is given, with the caller's environment (``inherit_env``). Both travel with the
+``OpenNotebook`` request (``kernel_cwd``, ``kernel_env``); nothing machine-specific is
+written into the notebook.
 
 Differences from papermill, on purpose: a ``raises-exception`` cell that raises does not
 fail the run (papermill runs on but then reports the error); ``metadata.papermill.version``
-is not written; ``language_info`` is not refreshed from the kernel; papermill's per-cell
-``metadata.execution`` timestamps are not recorded.
+is not written.
 """
 
 from __future__ import annotations
@@ -28,41 +28,33 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
+import nbformat
+from nbformat import NotebookNode
 
-from protocol.states import FAILED, NOT_RUN, ExecutionStatus
-from runtimed.automation.progress import (
-    ExecutionWatcher,
-    Finished,
-    OutputLog,
-    ProgressBar,
-    RunObserver,
-    open_fresh,
-)
+from runtimed.automation.live import LiveRun
+from runtimed.automation.locations import Staged, stage
+from runtimed.automation.progress import OutputLog, ProgressBar, RunObserver
 from runtimed.automation.report import (
-    CellTimeline,
     FailedCell,
     NotebookExecutionError,
-    Prepared,
     RunResult,
-    cell_tags,
-    error_marker_cells,
-    error_output,
-    is_clean_exit,
+    format_path,
     materialize,
     notebook_link,
-    now_iso,
 )
-from runtimed.errors import RuntimedError
+from runtimed.errors import InvalidRequest, RuntimedError
 
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient
 
 __all__ = [
+    "ExecutedNotebook",
     "FailedCell",
     "NotebookExecutionError",
     "RunResult",
@@ -73,7 +65,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
+_from_dict: Callable[[object], Any] = nbformat.from_dict
+# execute_notebook's: the executed notebook as written, read before a staged copy ('-', a
+# URL) is published and removed.
+_OUTPUT_SINK: ContextVar[list[Any] | None] = ContextVar("runtimed_output_sink", default=None)
 
 
 @asynccontextmanager
@@ -113,6 +108,11 @@ async def execute_notebook_async(
     autostart: bool = True,
     client: AsyncClient | None = None,
     raise_on_error: bool = False,
+    inherit_env: bool = True,
+    env: Mapping[str, str] | None = None,
+    language: str | None = None,
+    engine_name: str | None = None,
+    request_save_on_cell_execute: bool = True,
 ) -> RunResult:
     """Execute a notebook through the daemon and write the executed copy to ``output_path``.
 
@@ -141,6 +141,15 @@ async def execute_notebook_async(
         client: an already connected client to share (batches do).
         raise_on_error: raise :class:`NotebookExecutionError` instead of returning a
             ``failed`` result.
+        inherit_env: give the run's kernel this process's environment (``os.environ``), as
+            papermill's kernels inherit it; False: the daemon's environment only.
+        env: more variables for the run's kernel (set over the inherited ones).
+        language: the notebook's language for parameter injection (papermill's
+            ``language``); only Python is supported.
+        engine_name: papermill's engine: None, ``"nbclient"`` or ``"runtimed"`` (all
+            mean the daemon); any other is refused.
+        request_save_on_cell_execute: False: no checkpoints while running, only at the
+            end (papermill's flag; ``autosave_cell_every`` is then ignored).
 
     Returns:
         The :class:`RunResult`.
@@ -156,20 +165,98 @@ async def execute_notebook_async(
     """
     started_at = time.monotonic()
     params = dict(parameters or {})
+    check_run_options(
+        execution_timeout=execution_timeout,
+        start_timeout=start_timeout,
+        autosave_cell_every=autosave_cell_every,
+        language=language,
+        engine_name=engine_name,
+    )
+    if not request_save_on_cell_execute:
+        autosave_cell_every = 0
+    names = (
+        format_path(os.fspath(input_path), params),
+        format_path(os.fspath(output_path), params),
+    )
+    staged = await anyio.to_thread.run_sync(stage, *names)
+    try:
+        return await _execute_staged(
+            staged,
+            params,
+            kernel_name=kernel_name,
+            cwd=cwd,
+            execution_timeout=execution_timeout,
+            start_timeout=start_timeout,
+            prepare_only=prepare_only,
+            report_mode=report_mode,
+            log_output=log_output,
+            log_stream=log_stream,
+            stdout_file=stdout_file,
+            stderr_file=stderr_file,
+            progress_bar=progress_bar,
+            observer=observer,
+            autosave_cell_every=autosave_cell_every,
+            keep_open=keep_open,
+            socket=socket,
+            autostart=autostart,
+            client=client,
+            raise_on_error=raise_on_error,
+            kernel_env=_kernel_env(inherit_env, env),
+            started_at=started_at,
+        )
+    finally:
+        # The output reaches stdout / its URL whatever happened (it is always written).
+        with anyio.CancelScope(shield=True):
+            sink = _OUTPUT_SINK.get()
+            if sink is not None and staged.output_path.exists():
+                from runtimed.storage.ipynb import read_notebook
+
+                sink.append(await anyio.to_thread.run_sync(read_notebook, staged.output_path))
+            await anyio.to_thread.run_sync(staged.publish)
+
+
+async def _execute_staged(
+    staged: Staged,
+    params: dict[str, object],
+    *,
+    kernel_name: str | None,
+    cwd: str | os.PathLike[str] | None,
+    execution_timeout: float | None,
+    start_timeout: float,
+    prepare_only: bool,
+    report_mode: bool,
+    log_output: bool,
+    log_stream: IO[str] | None,
+    stdout_file: IO[str] | None,
+    stderr_file: IO[str] | None,
+    progress_bar: bool,
+    observer: RunObserver | None,
+    autosave_cell_every: float,
+    keep_open: bool,
+    socket: str | os.PathLike[str] | None,
+    autostart: bool,
+    client: AsyncClient | None,
+    raise_on_error: bool,
+    kernel_env: dict[str, str] | None,
+    started_at: float,
+) -> RunResult:
     prepared = await anyio.to_thread.run_sync(
         functools.partial(
             materialize,
-            input_path,
-            output_path,
+            staged.input_path,
+            staged.output_path,
             params,
             kernel_name=kernel_name,
             report_mode=report_mode,
             prepare_only=prepare_only,
             cwd=cwd,
+            names=(staged.input_name, staged.output_name),
         )
     )
     for name in prepared.unknown_parameters:
         log.warning("Passed unknown parameter: %s", name)
+    for warning in prepared.warnings:
+        log.warning("%s: %s", prepared.input_path, warning)
     if prepare_only:
         return RunResult(
             status="ok",
@@ -182,7 +269,7 @@ async def execute_notebook_async(
         import sys
 
         log_stream = sys.stderr
-    run = _LiveRun(
+    run = LiveRun(
         prepared,
         parameters=params,
         execution_timeout=execution_timeout,
@@ -195,6 +282,8 @@ async def execute_notebook_async(
         autosave_every=autosave_cell_every,
         keep_open=keep_open,
         started_at=started_at,
+        kernel_env=kernel_env,
+        kernel_name=kernel_name,
     )
     result = await _run_stoppable(run, client, socket, autostart)
     if raise_on_error and result.status == "failed":
@@ -202,27 +291,159 @@ async def execute_notebook_async(
     return result
 
 
+_ENGINES = frozenset({"nbclient", "runtimed"})
+
+
+def check_run_options(
+    *,
+    execution_timeout: float | None,
+    start_timeout: float,
+    autosave_cell_every: float,
+    language: str | None,
+    engine_name: str | None,
+) -> None:
+    """Refuse values a run cannot honour, each with a message naming the option.
+
+    Raises:
+        InvalidRequest: a number out of range, a language other than Python, an engine
+            other than papermill's default.
+    """
+    if execution_timeout is not None and not execution_timeout > 0:
+        raise InvalidRequest(
+            f"execution_timeout must be more than 0 seconds (got {execution_timeout:g}); "
+            "leave it out for no limit"
+        )
+    if not start_timeout > 0:
+        raise InvalidRequest(f"start_timeout must be more than 0 seconds (got {start_timeout:g})")
+    if not autosave_cell_every >= 0:
+        raise InvalidRequest(
+            f"autosave_cell_every must be 0 (off) or more seconds (got {autosave_cell_every:g})"
+        )
+    if language is not None and language.lower() != "python":
+        raise InvalidRequest(
+            f"language {language!r} is not supported: runtimed injects parameters for Python "
+            "notebooks only"
+        )
+    if engine_name is not None and engine_name not in _ENGINES:
+        raise InvalidRequest(
+            f"engine {engine_name!r} is not available: runtimed runs notebooks through its "
+            f"daemon; accepted engine names: {', '.join(sorted(_ENGINES))}"
+        )
+
+
+def _kernel_env(inherit: bool, extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    env = dict(os.environ) if inherit else {}
+    for name, value in (extra or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidRequest(f"env must map strings to strings (got {name!r}: {value!r})")
+        env[name] = value
+    return env or None
+
+
+class ExecutedNotebook(NotebookNode):
+    """The executed notebook :func:`execute_notebook` returns (an ``nbformat``
+    ``NotebookNode``, as papermill's), with the run's :class:`RunResult` as ``.result``."""
+
+    result: RunResult
+
+    def __init__(self, nb: Mapping[str, Any], result: RunResult) -> None:
+        super().__init__(nb)  # type: ignore[no-untyped-call]
+        # An attribute, not a key: NotebookNode turns attribute writes into items.
+        object.__setattr__(self, "result", result)
+
+
 def execute_notebook(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     parameters: Mapping[str, object] | None = None,
-    **options: Any,
-) -> RunResult:
-    """Blocking :func:`execute_notebook_async` (same arguments), like
-    ``papermill.execute_notebook``. Safe to call while an event loop runs in this thread
+    engine_name: str | None = None,
+    request_save_on_cell_execute: bool = True,
+    prepare_only: bool = False,
+    kernel_name: str | None = None,
+    language: str | None = None,
+    progress_bar: bool = True,
+    log_output: bool = False,
+    stdout_file: IO[str] | None = None,
+    stderr_file: IO[str] | None = None,
+    start_timeout: float = 60,
+    report_mode: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    execution_timeout: float | None = None,
+    autosave_cell_every: float = 30,
+    raise_on_error: bool = True,
+    inherit_env: bool = True,
+    env: Mapping[str, str] | None = None,
+    keep_open: bool = False,
+    observer: RunObserver | None = None,
+    socket: str | os.PathLike[str] | None = None,
+    autostart: bool = True,
+) -> ExecutedNotebook:
+    """Run a notebook through the daemon, as ``papermill.execute_notebook`` (same
+    arguments, same order; ``execution_timeout`` and ``autosave_cell_every`` are
+    papermill's engine keywords). Safe to call while an event loop runs in this thread
     (e.g. inside Jupyter): the run happens on a private event loop thread.
 
-    ``execute_notebook("in.ipynb", "out.ipynb", {"alpha": 0.5}).scraps``
+    Returns:
+        The executed notebook as written to ``output_path`` (``.result``: the
+        :class:`RunResult`: status, failed cell, scraps, duration, ...).
+
+    Raises:
+        NotebookExecutionError: a cell failed (``raise_on_error=False``: return the
+            notebook instead; ``.result.failed_cell`` says which). Like papermill's
+            ``PapermillExecutionError`` it has ``cell_index``, ``exec_count``, ``source``,
+            ``ename``, ``evalue``, ``traceback``; the output notebook is written first.
+        InvalidRequest, ParameterError, NotebookNotFound, ...: as
+            :func:`execute_notebook_async`.
     """
     from anyio.from_thread import start_blocking_portal
 
-    call = functools.partial(execute_notebook_async, input_path, output_path, parameters, **options)
+    call = functools.partial(
+        execute_notebook_async,
+        input_path,
+        output_path,
+        parameters,
+        engine_name=engine_name,
+        request_save_on_cell_execute=request_save_on_cell_execute,
+        prepare_only=prepare_only,
+        kernel_name=kernel_name,
+        language=language,
+        progress_bar=progress_bar,
+        log_output=log_output,
+        stdout_file=stdout_file,
+        stderr_file=stderr_file,
+        start_timeout=start_timeout,
+        report_mode=report_mode,
+        cwd=cwd,
+        execution_timeout=execution_timeout,
+        autosave_cell_every=autosave_cell_every,
+        inherit_env=inherit_env,
+        env=env,
+        keep_open=keep_open,
+        observer=observer,
+        socket=socket,
+        autostart=autostart,
+    )
+
+    async def run_and_read() -> tuple[RunResult, Any]:
+        sink: list[Any] = []
+        token = _OUTPUT_SINK.set(sink)
+        try:
+            result = await call()
+        finally:
+            _OUTPUT_SINK.reset(token)
+        return result, sink[0] if sink else None
+
     with start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
-        return portal.call(call)
+        result, written = portal.call(run_and_read)
+    executed = ExecutedNotebook(_from_dict(written or {}), result)
+    if raise_on_error and result.status == "failed":
+        raise NotebookExecutionError(result)
+    return executed
 
 
 async def _run_stoppable(
-    run: _LiveRun,
+    run: LiveRun,
     client: AsyncClient | None,
     socket: str | os.PathLike[str] | None,
     autostart: bool,
@@ -262,307 +483,3 @@ async def _run_stoppable(
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
-
-
-class _LiveRun:
-    """One output notebook's RunAll in the daemon, followed cell by cell while papermill's
-    records are kept on the notebook (the file :func:`materialize` wrote)."""
-
-    def __init__(
-        self,
-        prepared: Prepared,
-        *,
-        parameters: dict[str, object],
-        execution_timeout: float | None,
-        start_timeout: float,
-        observer: RunObserver,
-        outputs: OutputLog,
-        bar: ProgressBar | None,
-        autosave_every: float,
-        keep_open: bool,
-        started_at: float,
-    ) -> None:
-        self.prepared, self.expected = prepared, prepared.nb
-        self.cells = [(str(c.id), str(c.source), cell_tags(c)) for c in prepared.nb.cells]
-        self.index_of = {cell_id: i for i, (cell_id, _, _) in enumerate(self.cells)}
-        self.parameters = parameters
-        self.execution_timeout, self.start_timeout = execution_timeout, start_timeout
-        self.observer, self.outputs, self.bar = observer, outputs, bar
-        self.autosave_every, self.keep_open = autosave_every, keep_open
-        self.started_at = started_at
-        self.timeline = CellTimeline(len(self.cells))
-        self.outputs_of: dict[int, list[dict[str, Any]]] = {}
-        self.executed = 0
-        self.failed: FailedCell | None = None
-        self.exception: bool | None = None  # metadata.papermill.exception
-        self._clock0 = self._last_save = time.monotonic()
-        self._metadata_done = False
-        self.stop = anyio.Event()  # set: interrupt the running cell, drop the rest, save
-        self._records_written = anyio.Event()  # papermill records not yet synced
-        self._current: tuple[int, str] | None = None
-
-    # -------------------------------------------------------------- lifecycle
-
-    async def run(self, client: AsyncClient) -> RunResult:
-        self.client = client
-        self.nb = nb = await open_fresh(client, self.prepared.output, self.expected)
-        self.watcher = ExecutionWatcher(client, nb)
-        try:
-            queued = await nb.queue_all(cell_timeout=self.execution_timeout)
-            self.observer.run_started(
-                input_path=self.prepared.input_path,
-                output_path=self.prepared.output_path,
-                notebook_id=nb.id,
-                link=notebook_link(nb.id),
-                total=len(self.cells),
-            )
-            await self._follow_until_stopped([(q.cell_id, q.execution_id) for q in queued])
-            self._finish_metadata()
-            await nb.save()
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(15):
-                await self._salvage()
-            raise
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(15):
-                try:
-                    await nb.close(unload=not self.keep_open)
-                except RuntimedError as exc:
-                    log.info("could not close %s: %s", self.prepared.output, exc)
-        from runtimed.glue import read_scraps
-
-        cells = [{"outputs": self.outputs_of[i]} for i in sorted(self.outputs_of)]
-        result = RunResult(
-            status="failed" if self.failed else "ok",
-            input_path=self.prepared.input_path,
-            output_path=self.prepared.output_path,
-            duration=time.monotonic() - self.started_at,
-            cells_executed=self.executed,
-            failed_cell=self.failed,
-            notebook_id=nb.id,
-            notebook_link=notebook_link(nb.id),
-            scraps=read_scraps({"cells": cells}),
-            parameters=self.parameters,
-        )
-        self.observer.run_finished(result)
-        return result
-
-    async def _salvage(self) -> None:
-        """After an error or cancellation: stop the running cell and write what there is."""
-        nb = self.nb
-        if not self.client.connection.closed:
-            try:
-                if nb.runtime.running() is not None:
-                    await nb.interrupt()
-                self._finish_metadata()
-                await nb.save()
-                return
-            except RuntimedError as exc:
-                log.warning(
-                    "could not checkpoint %s through the daemon: %s", self.prepared.output, exc
-                )
-        # The daemon is gone: write what the local replica holds.
-        from runtimed.storage.ipynb import write_notebook_atomic
-
-        try:
-            data = nb.doc.to_nbformat(lambda cid: (nb.execution_count(cid), nb.outputs(cid)))
-            await anyio.to_thread.run_sync(write_notebook_atomic, self.prepared.output, data)
-        except (RuntimedError, OSError, ValueError) as exc:
-            log.warning("could not write %s from the local replica: %s", self.prepared.output, exc)
-
-    # -------------------------------------------------------------- following
-
-    async def _follow_until_stopped(self, queued: list[tuple[str, str]]) -> None:
-        errors: list[Exception] = []
-        followed = False
-        async with anyio.create_task_group() as tg:
-
-            async def on_stop() -> None:
-                await self.stop.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(on_stop)
-            tg.start_soon(self._sync_records)
-            try:
-                await self._follow(queued)
-                followed = True
-            except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
-                errors.append(exc)
-            tg.cancel_scope.cancel()
-        if errors:
-            raise errors[0]
-        if not followed and self._current is not None:
-            await self._interrupted(*self._current)
-
-    async def _interrupted(self, index: int, execution_id: str) -> None:
-        """Stopped while following cell ``index``: interrupt it, drop the queue."""
-        nb, cell_id = self.nb, self.cells[index][0]
-        await nb.interrupt()
-        done = None
-        with anyio.move_on_after(5):
-            done = await self.watcher.wait(
-                execution_id,
-                cell_id,
-                start_deadline=time.monotonic() + 5,
-                on_start=lambda: None,
-                on_outputs=None,
-            )
-        if nb.runtime.running() is not None or nb.runtime.queue():
-            await nb.restart()  # the interrupt came between two cells: stop the next one
-        if done is not None and done.status not in NOT_RUN:
-            self.executed += 1
-            self.outputs_of[index] = done.outputs
-        self._fail(
-            index,
-            "KeyboardInterrupt",
-            "the run was interrupted",
-            ExecutionStatus.CANCELLED,
-            done.outputs if done is not None else [],
-            done.execution_count if done else None,
-        )
-
-    async def _follow(self, queued: list[tuple[str, str]]) -> None:
-        start_deadline = time.monotonic() + self.start_timeout
-        for cell_id, execution_id in queued:
-            index = self.index_of[cell_id]
-            self._current = (index, execution_id)
-            on_outputs = None
-            if self.outputs.enabled:
-                on_outputs = functools.partial(self.outputs.outputs, cell_id, final=False)
-            done = await self.watcher.wait(
-                execution_id,
-                cell_id,
-                start_deadline=start_deadline,
-                on_start=functools.partial(self._cell_started, index),
-                on_outputs=on_outputs,
-            )
-            if done is None:
-                await self._start_timed_out(index)
-                return
-            if not self._finished(index, done):
-                return
-            if 0 < self.autosave_every <= time.monotonic() - self._last_save:
-                self._last_save = time.monotonic()
-                await self.nb.save()
-        self._apply(self.timeline.passed_over(len(self.cells), now_iso()))
-
-    # -------------------------------------------------------------- papermill records
-
-    def _apply(self, edits: list[tuple[int, dict[str, Any]]]) -> None:
-        # Edit the local replica; _sync_records sends them (save() pushes what is left).
-        for index, record in edits:
-            self.nb.doc.set_cell_metadata(self.cells[index][0], "papermill", record)
-        if edits:
-            self._records_written.set()
-        if self.bar is not None:
-            self.bar.update(self.timeline.reached)
-
-    async def _sync_records(self) -> None:
-        """Sync the papermill records at most every ``_RECORD_SYNC_DELAY``: one message
-        then carries the records of many fast cells (one per cell cost the daemon a receive,
-        an acknowledgement and the client a send, for every cell)."""
-        while True:
-            await self._records_written.wait()
-            await anyio.sleep(_RECORD_SYNC_DELAY)
-            self._records_written = anyio.Event()
-            self.client.mark_dirty(self.nb.id, "notebook")
-
-    def _cell_started(self, index: int) -> None:
-        # Cells passed over get their records now; the started cell's "running" record is
-        # not written: its "completed"/"failed" record follows (the runtime document shows
-        # it running meanwhile), and one metadata write per cell halves the sync traffic.
-        *passed_over, _running = self.timeline.started(index, now_iso(), time.monotonic())
-        self._apply(passed_over)
-        self.observer.cell_started(index, self.cells[index][0])
-        if self.outputs.enabled:
-            self.outputs.cell_started(index, self.cells[index][0])
-
-    def _finished(self, index: int, done: Finished) -> bool:
-        """Record a finished cell; False when the run stops here."""
-        cell_id, _, tags = self.cells[index]
-        if not self.timeline.is_started(index):
-            self._cell_started(index)
-        ran = done.status not in NOT_RUN
-        if ran:
-            self.executed += 1
-            self.outputs_of[index] = done.outputs
-            if self.outputs.enabled:
-                self.outputs.outputs(cell_id, done.outputs, final=True)
-                self.outputs.cell_finished(index)
-        stops = (done.status in FAILED and "raises-exception" not in tags) or not ran
-        if not stops:
-            self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=False))
-        elif is_clean_exit(done.ename, done.evalue):
-            # sys.exit()/sys.exit(0) ends the run early without failing it (papermill).
-            self.exception = True
-            self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=True))
-        else:
-            ename = done.ename or ("ExecutionCancelled" if not ran else "Error")
-            status = done.status if ran else ExecutionStatus.CANCELLED
-            self._fail(index, ename, done.evalue or "", status, done.outputs, done.execution_count)
-        self.observer.cell_finished(index, cell_id, done.status, done=self.timeline.reached)
-        return not stops
-
-    async def _start_timed_out(self, index: int) -> None:
-        evalue = f"the kernel did not start within {self.start_timeout:g} s"
-        self._fail(
-            index, "KernelStartTimeout", evalue, ExecutionStatus.TIMEOUT, [], None, timed=False
-        )
-        await self.nb.restart()  # drops the queued cells
-
-    def _fail(
-        self,
-        index: int,
-        ename: str,
-        evalue: str,
-        status: str,
-        outputs: list[dict[str, Any]],
-        count: int | None,
-        *,
-        timed: bool = True,
-    ) -> None:
-        """Cell ``index`` stopped the run: remember it (papermill's record: failed)."""
-        error = error_output(outputs, ename) or {}
-        # A timeout's own error has no traceback; the interrupt's shows where it was.
-        traceback = error.get("traceback") or [
-            line
-            for o in outputs
-            if o.get("output_type") == "error"
-            for line in o.get("traceback") or []
-        ]
-        cell_id, source, _ = self.cells[index]
-        self.exception = True
-        self.failed = FailedCell(
-            index=index,
-            cell_id=cell_id,
-            source=source,
-            ename=ename,
-            evalue=evalue,
-            traceback=list(traceback),
-            execution_count=count,
-            status=status,
-        )
-        self._apply(
-            self.timeline.finished(index, now_iso(), time.monotonic(), failed=True, timed=timed)
-        )
-
-    def _finish_metadata(self) -> None:
-        if self._metadata_done:
-            return
-        self._metadata_done = True
-        meta = dict(self.expected.metadata.get("papermill") or {})
-        meta.update(
-            end_time=now_iso(),
-            duration=round(time.monotonic() - self._clock0, 6),
-            exception=self.exception,
-        )
-        self.nb.doc.set_metadata("papermill", meta)
-        if self.failed is not None:
-            top, anchor = error_marker_cells(self.failed.execution_count)
-            for cell, index in ((anchor, self.failed.index), (top, 0)):
-                self.nb.doc.add_cell(
-                    "markdown", cell["source"], index=index, metadata=cell["metadata"]
-                )
-        self.client.mark_dirty(self.nb.id, "notebook")

@@ -15,7 +15,6 @@ import anyio
 
 from runtimed.cli import runtimes as cli_runtimes
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
-from runtimed.client.connection import spawn_daemon
 from runtimed.errors import DaemonNotRunning, RuntimedError
 from runtimed.paths import default_home, default_socket_path
 from runtimed.version import __version__
@@ -31,47 +30,118 @@ def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+def use_color(stream: Any) -> bool:
+    """ANSI colours only on a terminal, and never with ``NO_COLOR`` set (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _plain(text: str) -> str:
+    from runtimed.automation.progress import strip_ansi
+
+    return text if use_color(sys.stderr) else strip_ansi(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds more than 0 (got {text})")
+    return value
+
+
+def _sub(sub: Any, name: str, text: str, description: str | None = None) -> Any:
+    return sub.add_parser(name, help=text, description=description or text[:1].upper() + text[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runt", description="Command line client for runtimed.")
     parser.add_argument("--socket", help="daemon socket (default: $RUNTIMED_SOCKET or the user's)")
     parser.add_argument("--version", action="version", version=f"runt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    daemon = sub.add_parser("daemon", help="manage the background daemon")
+    daemon = _sub(sub, "daemon", "manage the background daemon")
     dsub = daemon.add_subparsers(dest="action", required=True)
-    start = dsub.add_parser("start", help="start the daemon in the background")
+    start = _sub(
+        dsub,
+        "start",
+        "start the daemon in the background",
+        "Start runtimed in the background and wait until it answers; if it cannot start, say why.",
+    )
     start.add_argument("--home", help="state directory (default: $RUNTIMED_HOME)")
-    dsub.add_parser("stop", help="stop the daemon (checkpoints notebooks, stops kernels)")
-    status = dsub.add_parser("status", help="show the daemon's status")
+    start.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the daemon's log level (default INFO)",
+    )
+    start.add_argument(
+        "--config", help="configuration file (default: $RUNTIMED_CONFIG or the user's)"
+    )
+    _sub(dsub, "stop", "stop the daemon (checkpoints notebooks, stops kernels)")
+    status = _sub(dsub, "status", "show the daemon's status")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ps = sub.add_parser("ps", help="open notebooks, their kernels and queues")
-    ps.add_argument("--json", action="store_true")
+    ps = _sub(sub, "ps", "open notebooks, their kernels and queues")
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ex = sub.add_parser("exec", help="execute one cell of a notebook")
-    ex.add_argument("path")
-    ex.add_argument("--cell", required=True, help="cell id")
-    ex.add_argument("--timeout", type=float, default=None)
+    cells = _sub(
+        sub,
+        "cells",
+        "list a notebook's cells: index, id, type, first line",
+        "List the cells of a notebook as the daemon sees them (the ids 'runt exec --cell' "
+        "takes), opening it if needed.",
+    )
+    cells.add_argument("path", help="the notebook (.ipynb)")
+    cells.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ra = sub.add_parser("run-all", help="execute every code cell of an open or saved notebook")
-    ra.add_argument("path")
+    ex = _sub(
+        sub,
+        "exec",
+        "execute one cell of a notebook",
+        "Execute one code cell (by id: see 'runt cells') in the notebook's kernel and print "
+        "its outputs. Exit status: 0 ok, 1 the cell raised, 2 the cell could not run.",
+    )
+    ex.add_argument("path", help="the notebook (.ipynb)")
+    ex.add_argument("--cell", required=True, help="cell id (see 'runt cells PATH')")
+    ex.add_argument(
+        "--timeout",
+        type=_positive,
+        default=None,
+        help="seconds the cell may run (default: no limit)",
+    )
+
+    ra = _sub(
+        sub,
+        "run-all",
+        "execute every code cell of an open or saved notebook",
+        "Execute every code cell in order in the notebook's kernel and print the outputs. "
+        "Exit status: 0 ok, 1 a cell raised, 2 the cells could not run.",
+    )
+    ra.add_argument("path", help="the notebook (.ipynb)")
 
     for name, help_text in (
         ("interrupt", "interrupt the running cell"),
         ("restart", "restart the notebook's kernel"),
         ("save", "checkpoint the notebook to its .ipynb"),
     ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("path")
+        p = _sub(sub, name, help_text)
+        p.add_argument("path", help="the notebook (.ipynb)")
 
-    gc = sub.add_parser("gc", help="delete blobs no notebook references")
+    gc = _sub(sub, "gc", "delete blobs no notebook references")
     gc.add_argument(
         "--grace",
-        type=float,
+        type=_positive,
         default=None,
         help="only blobs older than this many seconds (default: the daemon's, 3600)",
     )
-    gc.add_argument("--json", action="store_true")
+    gc.add_argument("--json", action="store_true", help="machine-readable output")
 
     from runtimed.cli.run import add_run_parser
 
@@ -107,20 +177,52 @@ async def _daemon_start(args: argparse.Namespace) -> int:
     except DaemonNotRunning:
         pass
     home = Path(args.home) if args.home else default_home()
-    process = spawn_daemon(socket, home=home)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            async with await AsyncClient.connect(socket) as client:
-                status = await client.status()
-            _out(f"runtimed {status.version} started (pid {status.pid}) on {status.socket}")
-            return 0
-        except DaemonNotRunning:
-            if process.poll() is not None:
-                break
-            await anyio.sleep(0.02)
-    _err(f"runtimed did not start; see {home / 'logs' / 'runtimed.log'}")
-    return 1
+    import tempfile
+
+    with tempfile.TemporaryFile() as stderr:
+        process = _spawn(socket, home, args, stderr)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                async with await AsyncClient.connect(socket) as client:
+                    status = await client.status()
+                _out(f"runtimed {status.version} started (pid {status.pid}) on {status.socket}")
+                return 0
+            except DaemonNotRunning:
+                if process.poll() is not None:
+                    break
+                await anyio.sleep(0.02)
+        stderr.seek(0)
+        said = stderr.read().decode(errors="replace").strip().splitlines()
+    why = [line for line in said if line.strip()][-5:]
+    if process.poll() is None:
+        why.append("(it is still starting after 30 s)")
+    else:
+        why.append(f"(it exited with status {process.returncode})")
+    _err("runt: runtimed did not start:\n  " + "\n  ".join(why))
+    _err(f"runt: log: {home / 'logs' / 'runtimed.log'}")
+    return 2
+
+
+def _spawn(socket: Path, home: Path, args: argparse.Namespace, stderr: Any) -> Any:
+    """``runtimed`` in the background (its own session); its stderr goes to ``stderr``
+    so a start failure can be shown (the daemon may fail before it has a log)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(socket)]
+    cmd += ["--home", str(home)]
+    if args.log_level:
+        cmd += ["--log-level", args.log_level]
+    if args.config:
+        cmd += ["--config", str(Path(args.config).expanduser().resolve())]
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 async def _daemon_stop(args: argparse.Namespace) -> int:
@@ -239,13 +341,15 @@ async def _gc(args: argparse.Namespace) -> int:
                         "blobs_removed": report.blobs_removed,
                         "bytes_freed": report.bytes_freed,
                         "blobs_kept": report.blobs_kept,
+                        "stale_documents_removed": report.stale_documents_removed,
                     }
                 )
             )
         else:
             _out(
                 f"removed {report.blobs_removed} blobs, freed {report.bytes_freed} bytes; "
-                f"kept {report.blobs_kept}"
+                f"kept {report.blobs_kept}; removed {report.stale_documents_removed} "
+                "set-aside documents older than a week"
             )
         return 0
 
@@ -255,8 +359,9 @@ async def _gc(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- notebooks
 
 
-def print_result(result: ExecutionResult) -> None:
-    """Outputs of an execution as a terminal shows them."""
+def print_result(result: ExecutionResult, *, cell: str = "the cell") -> None:
+    """Outputs of an execution as a terminal shows them (colours only on a terminal)."""
+    shown_error = False
     for output in result.outputs:
         kind = output.get("output_type")
         if kind == "stream":
@@ -270,20 +375,33 @@ def print_result(result: ExecutionResult) -> None:
             else:
                 _out(f"[{', '.join(sorted(data))}]")
         elif kind == "error":
+            shown_error = True
             _err(
-                "\n".join(output.get("traceback", []))
+                _plain("\n".join(output.get("traceback", [])))
                 or f"{output.get('ename')}: {output.get('evalue')}"
             )
-    if result.status not in ("ok", "error"):
+    if result.status != "ok" and not shown_error:
+        # It never ran (no kernel: unknown kernelspec, bad metadata.runtimed.cwd, ...):
+        # the reason is only in the execution record.
+        why = f"{result.ename or result.status}: {result.evalue or ''}".rstrip(": ")
+        _err(f"runt: {cell} did not run ({result.status}): {why}")
+    elif result.status not in ("ok", "error"):
         _err(f"[{result.status}] {result.ename or ''}: {result.evalue or ''}")
 
 
 async def _exec(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient) -> int:
         nb = await client.open(args.path)
-        result = await nb.execute(args.cell, timeout=args.timeout)
-        print_result(result)
-        return 0 if result.ok else 1
+        try:
+            result = await nb.execute(args.cell, timeout=args.timeout)
+        except TimeoutError:
+            _err(
+                f"runt: cell {args.cell!r} did not finish within {args.timeout:g} s; it goes on "
+                f"running in the daemon ('runt interrupt {args.path}' stops it)"
+            )
+            return 2
+        print_result(result, cell=f"cell {args.cell!r}")
+        return 0 if result.ok else _failure_status(result)
 
     return await _with_client(args, body, autostart=True)
 
@@ -292,11 +410,44 @@ async def _run_all(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient) -> int:
         nb = await client.open(args.path)
         results = await nb.run_all()
-        failed = 0
+        status = 0
         for result in results:
-            print_result(result)
-            failed += not result.ok
-        return 1 if failed else 0
+            print_result(result, cell=f"cell {result.cell_id!r}")
+            if not result.ok:
+                status = max(status, _failure_status(result))
+        return status
+
+    return await _with_client(args, body, autostart=True)
+
+
+def _failure_status(result: ExecutionResult) -> int:
+    """1: the cell ran and raised; 2: it could not run (no kernel, ...)."""
+    ran = result.status == "error" and any(o.get("output_type") == "error" for o in result.outputs)
+    return 1 if ran or result.status in ("timeout", "died") else 2
+
+
+async def _cells(args: argparse.Namespace) -> int:
+    async def body(client: AsyncClient) -> int:
+        nb = await client.open(args.path)
+        rows = []
+        for index, cell in enumerate(nb.cells()):
+            lines = cell.source.strip().splitlines()
+            first = lines[0] if lines else ""
+            count = nb.execution_count(cell.id) if cell.cell_type == "code" else None
+            rows.append((index, cell.id, cell.cell_type, count, first))
+        await nb.close()
+        if args.json:
+            keys = ("index", "id", "cell_type", "execution_count", "first_line")
+            _out(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+            return 0
+        from runtimed.automation.progress import format_table
+
+        table = [
+            [str(i), cid, kind, "" if n is None else f"[{n}]", first[:60]]
+            for i, cid, kind, n, first in rows
+        ]
+        sys.stdout.write(format_table(["#", "ID", "TYPE", "IN", "FIRST LINE"], table))
+        return 0
 
     return await _with_client(args, body, autostart=True)
 
@@ -323,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "gc": _gc,
         "exec": _exec,
         "run-all": _run_all,
+        "cells": _cells,
         "interrupt": lambda a: _notebook_action(a, lambda nb: nb.interrupt(), "interrupted {path}"),
         "restart": lambda a: _notebook_action(
             a, lambda nb: nb.restart(), "restarted the kernel of {path}"
@@ -343,12 +495,47 @@ def main(argv: list[str] | None = None) -> int:
     else:
         handler = handlers[command]
     try:
-        return anyio.run(handler, args, backend="asyncio", backend_options={"use_uvloop": True})
-    except RuntimedError as exc:
-        _err(f"runt: {exc}")
+        status = anyio.run(handler, args, backend="asyncio", backend_options={"use_uvloop": True})
+        sys.stdout.flush()  # here, not at exit: a closed pipe must not print a traceback
+        return status
+    except BaseException as exc:
+        return _exit_status(exc)
+
+
+def _exit_status(exc: BaseException) -> int:
+    """What an exception out of a command means for the user: one line, an exit status.
+
+    Errors raised inside a client's task group arrive wrapped in ExceptionGroups; the
+    error itself is what the user needs to see.
+    """
+    leaf = _leaf(exc)
+    if isinstance(leaf, RuntimedError):
+        _err(f"runt: {leaf}")
         return 2
-    except TimeoutError:
+    if isinstance(leaf, TimeoutError):
         _err("runt: timed out waiting for the daemon")
         return 2
-    except KeyboardInterrupt:
+    if isinstance(leaf, KeyboardInterrupt):
         return 130
+    if isinstance(leaf, BrokenPipeError):
+        # stdout went away (runt ... | head -1): stop quietly, like other Unix tools.
+        _silence_stdout()
+        return 141
+    if isinstance(leaf, OSError):
+        _err(f"runt: {leaf}")
+        return 2
+    raise exc
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

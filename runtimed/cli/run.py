@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -58,15 +59,61 @@ _SWITCHES = (  # --name / --no-name
     ("--log-output", False, "write cell outputs to stderr as they arrive"),
     ("--progress-bar", None, "progress bar on stderr (default: on when it is a terminal)"),
     ("--report-mode", False, "hide code cell inputs in the output"),
-    ("--request-save-on-cell-execute", True, argparse.SUPPRESS),
+    (
+        "--request-save-on-cell-execute",
+        True,
+        "checkpoint the output while running (default; --no-...: only at the end)",
+    ),
+    (
+        "--inherit-env",
+        True,
+        "the kernel gets this command's environment variables, as papermill's "
+        "(default; --no-inherit-env: the daemon's environment only)",
+    ),
 )
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _number(kind: str) -> Callable[[str], float]:
+    """An argparse type: a float that is ``> 0`` (``positive``) or ``>= 0``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if kind == "positive" and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0 (got {text})")
+        if kind == "non-negative" and value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
+        return value
+
+    return parse
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text})")
+    return value
 
 
 def add_run_parser(sub: Any) -> None:
     """Register ``run``, ``inspect`` and ``scraps`` on ``runt``'s subparsers."""
     run = sub.add_parser("run", help="execute notebooks papermill-style", description=_RUN_HELP)
     add = run.add_argument
-    add("notebooks", nargs="*", metavar="NOTEBOOK", help="INPUT OUTPUT (or inputs, --output-dir)")
+    add(
+        "notebooks",
+        nargs="*",
+        metavar="NOTEBOOK",
+        help="INPUT OUTPUT (or inputs, --output-dir); '-' is stdin/stdout, and fsspec URLs "
+        "(s3://, gs://, https://, ...) work with their backend installed",
+    )
     for flags, metavar, text in _REPEATABLE:
         nargs = 2 if isinstance(metavar, tuple) else None
         add(*flags, nargs=nargs, action="append", default=[], metavar=metavar, help=text)
@@ -77,41 +124,70 @@ def add_run_parser(sub: Any) -> None:
     add("--prepare-only", action="store_true", help="write the parameterized notebook only")
     add("--prepare-execute", action="store_false", dest="prepare_only", help=argparse.SUPPRESS)
     add("-k", "--kernel", help="kernelspec to run instead of the notebook's")
+    add("-l", "--language", help="language of the notebook for parameters (python only)")
+    add(
+        "--engine",
+        metavar="NAME",
+        help="papermill's execution engine: nbclient (its default) or runtimed, both the daemon",
+    )
+    add(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="WARNING",
+        help="what runt's own log shows on stderr (default WARNING)",
+    )
     add("--cwd", help="working directory of the kernel (default: the current one)")
-    add("--execution-timeout", type=float, metavar="S", help="seconds a cell may run")
+    add(
+        "--execution-timeout",
+        type=_number("positive"),
+        metavar="S",
+        help="seconds a cell may run (default: no limit)",
+    )
     add(
         "--start-timeout",
         "--start_timeout",
-        type=float,
+        type=_number("positive"),
         default=60.0,
         metavar="S",
         help="seconds to wait for the kernel to start (default 60)",
     )
     add(
         "--autosave-cell-every",
-        type=float,
+        type=_number("non-negative"),
         default=30.0,
         metavar="S",
-        help="checkpoint the output every S seconds while running (0: only at the end)",
+        help="checkpoint the output every S seconds while running, also during a long "
+        "cell (default 30; 0: only at the end)",
     )
     add("--stdout-file", metavar="FILE", help="also write the cells' stdout to FILE")
     add("--stderr-file", metavar="FILE", help="also write the cells' stderr to FILE")
     add("--batch", metavar="SPEC", help="YAML file describing many runs")
     add("--output-dir", metavar="DIR", help="run every NOTEBOOK, writing DIR/<its name>")
-    add("-j", "--jobs", type=int, metavar="N", help="runs at once (default: number of CPUs)")
+    add("-j", "--jobs", type=_count, metavar="N", help="runs at once (default: number of CPUs)")
 
-    inspect = sub.add_parser("inspect", help="show a notebook's parameters (--help-notebook)")
-    inspect.add_argument("notebook")
-    inspect.add_argument("--json", action="store_true")
-    scraps = sub.add_parser("scraps", help="show values notebooks recorded with glue()")
-    scraps.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
-    scraps.add_argument("--json", action="store_true")
+    inspect = sub.add_parser(
+        "inspect",
+        help="show a notebook's parameters (--help-notebook)",
+        description="Print the parameters the notebook's 'parameters' cell declares: name, "
+        "inferred type, default and comment (papermill --help-notebook).",
+    )
+    inspect.add_argument("notebook", help="the notebook (.ipynb)")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    scraps = sub.add_parser(
+        "scraps",
+        help="show values notebooks recorded with glue()",
+        description="Print the values executed notebooks recorded with runtimed.glue.glue().",
+    )
+    scraps.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="executed notebooks")
+    scraps.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``runt run`` / ``inspect`` / ``scraps``; returns the exit status."""
     from runtimed.automation.parameters import ParameterError
 
+    _configure_logging(getattr(args, "log_level", "WARNING"))
     try:
         if args.command == "inspect":
             return await _inspect(args)
@@ -135,24 +211,46 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
+def _configure_logging(level: str) -> None:
+    """runt's own log (warnings such as unknown parameters) on stderr, papermill-style."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("runt: %(levelname)s: %(message)s"))
+    root = logging.getLogger("runtimed")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
 async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
     """Run ``body``; SIGINT/SIGTERM cancel it (a run then interrupts its cell, saves the
-    output and stops) and the exit status is 130."""
+    output and stops) and the exit status is 130.
+
+    The signal receiver stays open until ``body`` has finished: a second Ctrl-C while the
+    run is stopping is absorbed (said on stderr), so it cannot kill the save of what ran.
+    """
     outcome: list[int | BaseException] = []
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                stopping = False
                 async for _ in signals:
+                    if stopping:
+                        _err("runt run: already stopping; saving what ran")
+                        continue
+                    stopping = True
                     _err("runt run: interrupted; stopping the kernel and saving the output")
-                    tg.cancel_scope.cancel()
-                    return
+                    body_scope.cancel()
 
+        body_scope = anyio.CancelScope()
         tg.start_soon(watch)
-        try:
-            outcome.append(await body())
-        except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
-            outcome.append(exc)
+        with body_scope:
+            try:
+                outcome.append(await body())
+            except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                outcome.append(exc)
         tg.cancel_scope.cancel()
     if not outcome:
         return 130
@@ -190,16 +288,19 @@ def _parameters(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    autosave = args.autosave_cell_every if args.request_save_on_cell_execute else 0
     return {
         "kernel_name": args.kernel,
         "cwd": args.cwd,
         "execution_timeout": args.execution_timeout,
         "start_timeout": args.start_timeout,
         "report_mode": args.report_mode,
-        "autosave_cell_every": autosave,
+        "autosave_cell_every": args.autosave_cell_every,
+        "request_save_on_cell_execute": args.request_save_on_cell_execute,
         "prepare_only": args.prepare_only,
         "keep_open": args.keep_open,
+        "inherit_env": args.inherit_env,
+        "language": args.language,
+        "engine_name": args.engine,
     }
 
 
@@ -214,14 +315,15 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_many(args, parameters)
     if len(notebooks) != 2:
         raise _UsageError(
-            "give INPUT and OUTPUT notebook paths (or several inputs with --output-dir DIR, "
-            "or --batch SPEC.yaml); reading or writing notebooks on stdin/stdout is not "
-            "supported"
+            "give INPUT and OUTPUT notebook paths ('-' for stdin/stdout), or several inputs "
+            "with --output-dir DIR, or --batch SPEC.yaml"
         )
+    if notebooks[1] == "-" and args.json:
+        raise _UsageError("--json and the output notebook cannot both go to stdout ('-')")
     from runtimed.automation.progress import is_tty
     from runtimed.automation.run import execute_notebook_async
 
-    tty = is_tty(sys.stderr)
+    tty = is_tty(sys.stderr) and not os.environ.get("NO_COLOR")  # no-color.org
     sinks = [_open_sink(path) for path in (args.stdout_file, args.stderr_file)]
     try:
         result = await execute_notebook_async(
@@ -277,6 +379,9 @@ def _announcer() -> Any:
             self, *, input_path: str, output_path: str, notebook_id: str, link: str, total: int
         ) -> None:
             _err(f"runt run: {input_path} -> {output_path}  (notebook {notebook_id}, {link})")
+
+        def environment_progress(self, line: str) -> None:
+            _err(f"runt run: building the environment: {line}")
 
     return Announcer()
 
@@ -393,9 +498,10 @@ def format_failure(
     """
     from runtimed.automation.progress import strip_ansi
 
-    count = "" if failed.execution_count is None else f", In [{failed.execution_count}]"
     what = {"timeout": "timed out", "died": "killed the kernel"}.get(failed.status, "failed")
-    lines = [f"cell {failed.index} (id {failed.cell_id!r}{count}) {what}:"]
+    if failed.ename == "DaemonDied":
+        what = "was running when the daemon exited"
+    lines = [f"{failed.name} {what}:"]
     source = failed.source.splitlines() or [""]
     width = len(str(min(len(source), max_source_lines)))
     lines += [

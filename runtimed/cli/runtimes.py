@@ -65,15 +65,20 @@ def _json(value: Any) -> None:
 
 def add_parsers(sub: Any) -> None:
     """Add the runtime commands to ``runt``'s subparsers."""
-    runtimes = sub.add_parser("runtimes", help="runtimes the daemon can start")
-    runtimes.add_argument("--json", action="store_true")
-    pool = sub.add_parser("pool", help="the pre-warmed kernel pool and every kernel")
-    pool.add_argument("--json", action="store_true")
-    env = sub.add_parser("env", help="environments built from notebooks' dependencies")
+
+    def parser(into: Any, name: str, text: str) -> Any:
+        made = into.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
+        return made
+
+    def json_flag(p: Any) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    json_flag(parser(sub, "runtimes", "runtimes the daemon can start"))
+    json_flag(parser(sub, "pool", "the pre-warmed kernel pool and every kernel"))
+    env = parser(sub, "env", "environments built from notebooks' dependencies")
     esub = env.add_subparsers(dest="action", required=True)
-    env_list = esub.add_parser("list", help="cached environments, sizes, last use")
-    env_list.add_argument("--json", action="store_true")
-    clean = esub.add_parser("clean", help="remove cached environments no kernel uses")
+    json_flag(parser(esub, "list", "cached environments, sizes, last use"))
+    clean = parser(esub, "clean", "remove cached environments no kernel uses")
     clean.add_argument(
         "--all",
         action="store_true",
@@ -83,11 +88,10 @@ def add_parsers(sub: Any) -> None:
     clean.add_argument(
         "--older-than", type=float, default=None, metavar="DAYS", help="those unused for DAYS days"
     )
-    clean.add_argument("--json", action="store_true")
-    config = sub.add_parser("config", help="the daemon's configuration")
+    json_flag(clean)
+    config = parser(sub, "config", "the daemon's configuration")
     csub = config.add_subparsers(dest="action", required=True)
-    show = csub.add_parser("show", help="effective values and where each came from")
-    show.add_argument("--json", action="store_true")
+    json_flag(parser(csub, "show", "effective values and where each came from"))
 
 
 async def _runtimes(args: argparse.Namespace) -> int:
@@ -170,9 +174,11 @@ async def _config_show(args: argparse.Namespace) -> int:
     from runtimed.daemon.handlers.runtimes import config_reply
 
     note = ""
+    differs: list[tuple[str, object, object]] = []
     try:
         async with await AsyncClient.connect() as client:
             reply: ConfigReply = await client.get_config()
+        differs = _differences(reply)
     except DaemonNotRunning:
         try:
             loaded = load_config()
@@ -185,9 +191,19 @@ async def _config_show(args: argparse.Namespace) -> int:
         data = msgspec.to_builtins(reply)
         data.pop("id", None)
         data["daemon_running"] = not note
+        data["differs_from_file"] = [
+            {"key": key, "daemon": running, "file": wanted} for key, running, wanted in differs
+        ]
         _out(json.dumps(data, indent=2))
         return 0
     _out(f"# {reply.path}{'' if reply.exists else ' (absent)'}{note}")
+    if differs:
+        _out(
+            "# the running daemon's configuration differs from the file now (it is read at "
+            "start; restart the daemon to apply it):"
+        )
+        for key, running, wanted in differs:
+            _out(f"#   {key}: daemon {json.dumps(running)}, file {json.dumps(wanted)}")
     section = ""
     for entry in reply.entries:
         head, name = entry.key.split(".", 1)
@@ -198,6 +214,23 @@ async def _config_show(args: argparse.Namespace) -> int:
         origin = "" if entry.origin == "default" else f"  # from {entry.origin}"
         _out(f"{name} = {value}{origin}")
     return 0
+
+
+def _differences(reply: ConfigReply) -> list[tuple[str, object, object]]:
+    """Keys whose running value is not what the configuration file (read now) gives."""
+    from pathlib import Path
+
+    from runtimed.config import ConfigError, DaemonConfig, load_config
+    from runtimed.daemon.handlers.runtimes import config_reply
+
+    try:
+        fresh = config_reply(DaemonConfig(**load_config(Path(reply.path)).daemon_kwargs()))
+    except ConfigError as exc:
+        return [("(file)", "valid", f"invalid: {exc}")]
+    now = {entry.key: entry.value for entry in fresh.entries}
+    return [
+        (e.key, e.value, now[e.key]) for e in reply.entries if now.get(e.key, e.value) != e.value
+    ]
 
 
 COMMANDS: dict[tuple[str, str | None], Handler] = {

@@ -321,10 +321,24 @@ class AsyncClient:
         """The daemon's effective configuration and where each value came from."""
         return await self.request(lambda i: GetConfig(id=i), ConfigReply)
 
-    async def open(self, path: str | Path, *, timeout: float = 60) -> AsyncNotebook:
-        """Open an ``.ipynb`` (joining the document if another client has it open)."""
+    async def open(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = 60,
+        kernel_env: dict[str, str] | None = None,
+        kernel_cwd: str | Path | None = None,
+    ) -> AsyncNotebook:
+        """Open an ``.ipynb`` (joining the document if another client has it open).
+
+        ``kernel_env``, ``kernel_cwd``: kernels started for it from now on get these
+        variables (over the daemon's environment) and this working directory."""
         resolved = str(await (await anyio.Path(path).expanduser()).resolve())
-        reply = await self.request(lambda i: OpenNotebook(id=i, path=resolved), NotebookOpened)
+        cwd = str(await anyio.Path(kernel_cwd).resolve()) if kernel_cwd is not None else None
+        reply = await self.request(
+            lambda i: OpenNotebook(id=i, path=resolved, kernel_env=kernel_env, kernel_cwd=cwd),
+            NotebookOpened,
+        )
         return await self._attach(reply, timeout)
 
     async def create(

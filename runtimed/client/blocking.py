@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -166,8 +167,36 @@ class Notebook:
     def save(self, path: str | Path | None = None) -> Path:
         return self._portal.call(self._nb.save, path)
 
-    def execute(self, cell_id: str, *, timeout: float | None = None) -> ExecutionResult:
-        return self._portal.call(lambda: self._nb.execute(cell_id, timeout=timeout))
+    def execute(
+        self,
+        cell_id: str,
+        *,
+        timeout: float | None = None,
+        allow_stdin: bool = False,
+        on_input: Callable[[str, bool], str] | None = None,
+    ) -> ExecutionResult:
+        """Run one cell and wait for it. With ``allow_stdin``, an ``input()`` in the cell is
+        answered by ``on_input(prompt, password)`` (called in a worker thread; default:
+        this terminal's ``input``/``getpass``); without it ``input()`` fails in the cell."""
+        if not allow_stdin:
+            return self._portal.call(lambda: self._nb.execute(cell_id, timeout=timeout))
+        answer = on_input or _ask_terminal
+        return self._portal.call(lambda: _execute_answering(self._nb, cell_id, timeout, answer))
+
+    def queue(
+        self, cell_id: str, *, allow_stdin: bool = False, cell_timeout: float | None = None
+    ) -> str:
+        """Queue the cell; returns the execution id (see :meth:`wait_execution`)."""
+        return self._portal.call(
+            lambda: self._nb.queue(cell_id, allow_stdin=allow_stdin, cell_timeout=cell_timeout)
+        )
+
+    def wait_execution(self, execution_id: str, *, timeout: float | None = None) -> ExecutionResult:
+        return self._portal.call(lambda: self._nb.wait_execution(execution_id, timeout=timeout))
+
+    def answer_input(self, execution_id: str, value: str) -> None:
+        """Answer the ``input()`` the execution is waiting in (an ``InputRequested`` event)."""
+        self._portal.call(self._nb.answer_input, execution_id, value)
 
     def run_all(self, *, timeout: float | None = None) -> list[ExecutionResult]:
         return self._portal.call(lambda: self._nb.run_all(timeout=timeout))
@@ -187,3 +216,46 @@ class Notebook:
 
 async def _sync_call(fn: Any, *args: Any) -> Any:
     return fn(*args)
+
+
+def _ask_terminal(prompt: str, password: bool) -> str:
+    if password:
+        import getpass
+
+        return getpass.getpass(prompt)
+    return input(prompt)
+
+
+async def _execute_answering(
+    nb: AsyncNotebook, cell_id: str, timeout: float | None, answer: Callable[[str, bool], str]
+) -> ExecutionResult:
+    """Queue with stdin allowed; answer its InputRequested events until it finishes."""
+    import anyio
+
+    from protocol.messages import InputRequested
+
+    client = nb._client
+    result: list[ExecutionResult] = []
+    async with anyio.create_task_group() as tg:
+        started = anyio.Event()
+        ids: list[str] = []
+
+        async def answering() -> None:
+            events = client.events()
+            started.set()
+            async for event in events:
+                if (
+                    isinstance(event, InputRequested)
+                    and event.notebook_id == nb.id
+                    and ids
+                    and event.execution_id == ids[0]
+                ):
+                    value = await anyio.to_thread.run_sync(answer, event.prompt, event.password)
+                    await nb.answer_input(event.execution_id, value)
+
+        tg.start_soon(answering)
+        await started.wait()
+        ids.append(await nb.queue(cell_id, allow_stdin=True))
+        result.append(await nb.wait_execution(ids[0], timeout=timeout))
+        tg.cancel_scope.cancel()
+    return result[0]

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 from anyio.abc import SocketStream
@@ -61,8 +61,12 @@ class _Waiter:
         self.error: RuntimedError | None = None
 
 
-def spawn_daemon(socket: Path, *, home: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a daemon in the background (its own session, so it outlives this process)."""
+def spawn_daemon(
+    socket: Path, *, home: Path | None = None, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """Start a daemon in the background (its own session, so it outlives this process).
+
+    ``stderr``: where its standard error goes (a file, to show why a start failed)."""
     cmd = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(socket)]
     if home is not None:
         cmd += ["--home", str(home)]
@@ -70,7 +74,7 @@ def spawn_daemon(socket: Path, *, home: Path | None = None) -> subprocess.Popen[
         cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         start_new_session=True,
         close_fds=True,
     )
@@ -287,19 +291,25 @@ class Connection:
 
 
 async def _autostart(path: Path, *, home: Path | None, timeout: float) -> SocketStream:
+    import tempfile
+
     log.info("starting a daemon on %s", path)
-    process = spawn_daemon(path, home=home)
-    delay = 0.005
-    # Readiness is a successful connect within the deadline.
-    with anyio.fail_after(timeout):
-        while True:
-            try:
-                return await anyio.connect_unix(path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                if process.poll() is not None and not await anyio.Path(path).exists():
-                    raise DaemonNotRunning(
-                        f"the daemon exited with code {process.returncode} while starting; "
-                        "see its log (runt daemon status shows where)"
-                    ) from None
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+    with tempfile.TemporaryFile() as said:  # its stderr: why it could not start
+        process = spawn_daemon(path, home=home, stderr=said)
+        delay = 0.005
+        # Readiness is a successful connect within the deadline.
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    return await anyio.connect_unix(path)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if process.poll() is not None and not await anyio.Path(path).exists():
+                        said.seek(0)
+                        lines = said.read().decode(errors="replace").strip().splitlines()
+                        why = "; ".join(line for line in lines[-3:] if line.strip())
+                        raise DaemonNotRunning(
+                            f"the daemon exited with code {process.returncode} while "
+                            f"starting: {why or 'see its log (runt daemon status shows where)'}"
+                        ) from None
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -16,6 +16,7 @@ from protocol.messages import (
     ClearOutputs,
     ClientRequest,
     CloseNotebook,
+    DaemonEvent,
     DocKind,
     ExecuteCell,
     InputReply,
@@ -66,6 +67,8 @@ class NotebookHost(Protocol):
     def closing(self, notebook_id: str) -> None: ...
 
     def forget(self, notebook_id: str) -> None: ...
+
+    def events(self, *, buffer: int = ...) -> AsyncIterator[DaemonEvent]: ...
 
 
 class Replica:

@@ -405,8 +405,10 @@ class NotebookExecutor:
                 )
                 metadata = room.notebook.metadata()
                 # resolve() and is_dir() touch the filesystem: not on the event loop.
-                cwd = await anyio.to_thread.run_sync(kernel_cwd_for, metadata, room.path)
-                env = {"RUNTIMED_NOTEBOOK_ID": room.notebook_id}
+                cwd = room.kernel_cwd
+                if cwd is None:
+                    cwd = await anyio.to_thread.run_sync(kernel_cwd_for, metadata, room.path)
+                env = {**room.kernel_env, "RUNTIMED_NOTEBOOK_ID": room.notebook_id}
                 if room.path is not None:
                     env["RUNTIMED_NOTEBOOK_PATH"] = str(room.path)
                 lease = await self._runtimes.acquire(
@@ -417,6 +419,7 @@ class NotebookExecutor:
                     progress=self._on_runtime_progress,
                 )
                 self._lease, self._kernel = lease, lease.kernel
+                room.adopt_kernel_info(lease.kernel.kernel_info)
                 self._set_kernel(KernelState.IDLE, name=lease.runtime.name, pid=lease.kernel.pid)
         except RuntimedError as exc:
             acquisition.error = exc

@@ -70,15 +70,23 @@ def _from_persisted(
             notebook = NotebookDoc.load(persisted.notebook)
             if notebook.ready and notebook.doc_id:
                 log.info("opened %s from its persisted document", path)
-                return NotebookRoom(
+                room = NotebookRoom(
                     notebook_id=notebook.doc_id,
                     path=path,
                     notebook=notebook,
                     runtime=RuntimeDoc.from_snapshot(persisted.runtime),
                     callbacks=callbacks,
                 )
+                room.dirty_since_save = not persisted.saved  # edits recovered after a crash
+                return room
         except Exception:  # the binding raises bare Exceptions for corrupt documents
             log.exception("persisted document for %s is unreadable; loading the file", path)
+    if persisted.saved and persisted.file_sha256 is not None:
+        # The daemon had written (or read) everything its document held to that file, which
+        # was since replaced (runt run rewriting its earlier output): nothing to keep.
+        store.discard(key)
+        log.info("%s was rewritten since the daemon saved it; loading the new file", path)
+        return None
     aside = store.set_aside(key)
     log.warning("%s changed outside the daemon; its previous document is kept at %s", path, aside)
     return None

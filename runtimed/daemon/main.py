@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = load_config(Path(args.config) if args.config else None)
     except ConfigError as exc:
+        # Logged (to the log file too: the reason must be there) and said on stderr.
+        logging.getLogger("runtimed").error("invalid configuration: %s", exc)
         print(f"runtimed: {exc}", file=sys.stderr)
         return 1
     logging.getLogger("runtimed").info(

@@ -109,7 +109,7 @@ class RoomPersister:
             self._runtime_dirty = False
             self._persisted_at = anyio.current_time()
         path = str(room.path) if room.path else None
-        meta = (path, room.notebook_id, self.file_sha256)
+        meta = (path, room.notebook_id, self.file_sha256, not room.dirty_since_save)
         changed_meta = meta if meta != self._saved_meta else None
         if notebook is None and snapshot is None and changed_meta is None:
             return

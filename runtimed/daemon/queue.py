@@ -26,7 +26,8 @@ The rules (``docs/schema.md`` "The execution queue"):
    asked for by name).
 3. **Stop after a failure.** When an execution ends with a status in
    :data:`~protocol.states.FAILED` (error, died, timeout), everything still queued ends
-   ``skipped`` — unless the failing cell is tagged ``raises-exception`` (nbclient semantics).
+   ``skipped`` — unless the cell is tagged ``raises-exception`` and its own code raised
+   (status ``error``): a timeout or a death stops the run even then (papermill semantics).
 4. **Restart and close cancel what waits.** Everything queued ends ``cancelled``, with the
    reason; the running execution ends by its own outcome (a restart kills the process it
    runs in: ``died``).
@@ -37,8 +38,9 @@ The rules (``docs/schema.md`` "The execution queue"):
    may ask for input: its prompt must not come before it runs) is sent to the kernel before
    the finished one is recorded, so the kernel does not wait on the daemon. Never after a
    failure: ipykernel aborts only the requests queued when a cell fails.
-7. **Died and timed out show in the notebook.** Their error is appended to the cell's
-   outputs as an ``error`` output.
+7. **A death shows in the notebook.** Its error is appended to the cell's outputs as an
+   ``error`` output. A timeout adds nothing: the kernel's own ``KeyboardInterrupt`` output
+   (from the interrupt) shows it, exactly as nbclient/papermill record it.
 8. **Forget old records.** Finished executions are remembered in the order they finished
    (seeded, oldest first, from the document); once there are more than
    ``keep_executions + FORGET_SLACK`` the oldest are dropped down to ``keep_executions``, in
@@ -541,7 +543,7 @@ class ExecutionQueue:
         if status is _S.OK and head is not None and not head.allow_stdin:
             effects.append(SendAhead(head))  # rule 6
         outputs = tuple(command.outputs)
-        if status in (_S.DIED, _S.TIMEOUT) and command.ename is not None:
+        if status is _S.DIED and command.ename is not None:
             outputs += (
                 {
                     "output_type": "error",
@@ -576,7 +578,7 @@ class ExecutionQueue:
                 )
             )
         )
-        if status in FAILED and not entry.raises_exception:  # rules 3 and 4
+        if status in FAILED and not (status is _S.ERROR and entry.raises_exception):  # rule 3
             reason = f"skipped: cell {entry.cell_id!r} failed before it"
             effects += self._end_waiting(Trigger.SKIP, _S.SKIPPED, reason)
         effects += self._forget()

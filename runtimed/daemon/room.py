@@ -14,6 +14,7 @@ as it was.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,34 @@ class NotebookRoom:
         self._changed = anyio.Event()
         self._runtime_refused: set[Peer] = set()
         self.dirty_since_save = False
+        # A run's context (OpenNotebook.kernel_env / kernel_cwd): for kernels started later.
+        self.kernel_env: dict[str, str] = {}
+        self.kernel_cwd: Path | None = None
+
+    # ------------------------------------------------------------ run context
+
+    def set_run_context(self, *, env: dict[str, str] | None, cwd: str | None) -> None:
+        """Kernels started for this notebook from now on get ``env`` (set over the daemon's
+        environment) and run in ``cwd``; None leaves that part as it is."""
+        if env is not None:
+            self.kernel_env = dict(env)
+        if cwd is not None:  # checked to be an absolute folder by the OpenNotebook handler
+            self.kernel_cwd = Path(cwd)
+
+    def adopt_kernel_info(self, kernel_info: dict[str, object] | None) -> None:
+        """Refresh ``metadata.language_info`` from a new kernel's ``kernel_info_reply``, as
+        nbclient does, so a saved notebook says what language it holds (nbconvert's
+        ``--to script`` picks the file extension from it)."""
+        info = (kernel_info or {}).get("language_info")
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+            return
+        try:  # only plain JSON reaches the live document (a bad write could poison it)
+            clean = json.loads(json.dumps(info))
+        except (TypeError, ValueError):
+            return
+        if self.notebook.metadata().get("language_info") != clean:
+            self.notebook.set_metadata("language_info", clean)
+            self.notebook_changed()
 
     # ------------------------------------------------------------ peers
 

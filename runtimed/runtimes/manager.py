@@ -21,6 +21,8 @@ cell still gets execution count 1). Anything else is launched for the notebook, 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -158,7 +160,7 @@ class RuntimeManager:
         runtime = await self._runtime_for(request, tg, progress)
         self._demand += 1
         try:
-            if self.pool.serves(runtime):
+            if self.pool.serves(runtime) and not needs_fresh_process(env):
                 while (pooled := await self.pool.take_or_wait()) is not None:
                     if await self._hand_over(pooled, notebook_id, cwd=cwd, env=env):
                         return KernelLease(pooled, request)
@@ -323,4 +325,19 @@ def _env_info(env: BuiltEnv, *, in_use: bool) -> EnvInfo:
         created_at=env.created_at,
         last_used=env.last_used,
         in_use=in_use,
+    )
+
+
+# Variables an interpreter reads only when it starts (sys.path, hash seed, the dynamic
+# loader): a pooled kernel, already running, cannot take a new value of these.
+_STARTUP_PREFIXES = ("PYTHON", "LD_")
+
+
+def needs_fresh_process(env: Mapping[str, str]) -> bool:
+    """True when ``env`` sets a startup variable (``PYTHON*``, ``LD_*``) to another value
+    than the daemon's own (which pooled kernels were started with): then only a kernel
+    launched with ``env`` behaves as asked, and the pool is not used."""
+    return any(
+        name.startswith(_STARTUP_PREFIXES) and os.environ.get(name) != value
+        for name, value in env.items()
     )

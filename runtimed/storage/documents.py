@@ -8,8 +8,12 @@ For every notebook the daemon keeps, in ``<home>/documents/``:
 
 ``key`` is a hash of the absolute ``.ipynb`` path (or the doc id for untitled notebooks).
 On open, the persisted document is used when the file on disk is unchanged since the
-daemon last read or wrote it; if the file was changed by someone else, the file wins and the
-old document is kept aside as ``<key>.<time>.stale.automerge``. Blocking: run in a thread.
+daemon last read or wrote it. If the file was changed by someone else, the file wins; the
+old document is dropped when it held nothing the daemon had not written to (or read from)
+the file it last saw (``saved`` in ``<key>.json``: e.g. ``runt run`` rewriting its own
+earlier output), else kept aside as ``<key>.<time>.stale.automerge``; those are removed by
+:meth:`DocumentStore.remove_stale` (``runt gc``) once older than :data:`STALE_MAX_AGE`.
+Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DocumentStore", "NotebookMeta", "PersistedNotebook", "file_digest"]
+__all__ = ["STALE_MAX_AGE", "DocumentStore", "NotebookMeta", "PersistedNotebook", "file_digest"]
 
-NotebookMeta = tuple[str | None, str, str | None]
-"""What ``<key>.json`` records: (file path, doc id, file sha256)."""
+#: Documents set aside (``*.stale.automerge``) older than this (seconds) are removed by gc.
+STALE_MAX_AGE = 7 * 86400.0
+
+NotebookMeta = tuple[str | None, str, str | None, bool]
+"""What ``<key>.json`` records: (file path, doc id, file sha256, saved: the document holds
+no edit that file lacks)."""
 
 
 def file_digest(path: Path) -> str:
@@ -39,6 +47,9 @@ class PersistedNotebook:
     notebook: bytes
     runtime: dict[str, Any]
     file_sha256: str | None
+    saved: bool = False
+    """When last persisted, the document held no edit the daemon had not checkpointed to
+    (or loaded from) the file whose sha256 is recorded."""
 
 
 class DocumentStore:
@@ -76,7 +87,9 @@ class DocumentStore:
             runtime = json.loads(runtime_path.read_text())
         except (OSError, ValueError):
             runtime = {}
-        return PersistedNotebook(notebook, runtime, meta.get("file_sha256"))
+        return PersistedNotebook(
+            notebook, runtime, meta.get("file_sha256"), meta.get("saved") is True
+        )
 
     def save(
         self,
@@ -94,8 +107,8 @@ class DocumentStore:
         if runtime is not None:
             _atomic_write(runtime_path, json.dumps(runtime).encode())
         if meta is not None:
-            path, doc_id, file_sha256 = meta
-            record = {"path": path, "doc_id": doc_id, "file_sha256": file_sha256}
+            path, doc_id, file_sha256, saved = meta
+            record = {"path": path, "doc_id": doc_id, "file_sha256": file_sha256, "saved": saved}
             _atomic_write(meta_path, json.dumps(record).encode())
 
     def referenced_blobs(self, *, skip_keys: frozenset[str] = frozenset()) -> set[str]:
@@ -120,6 +133,22 @@ class DocumentStore:
                     if isinstance(manifest, dict):
                         hashes |= manifest_hashes(manifest)
         return hashes
+
+    def discard(self, key: str) -> None:
+        """Forget a superseded document that holds nothing the file lacks."""
+        with contextlib.suppress(FileNotFoundError):
+            self._paths(key)[0].unlink()
+
+    def remove_stale(self, *, max_age: float = STALE_MAX_AGE, now: float | None = None) -> int:
+        """Delete set-aside documents older than ``max_age`` seconds; returns how many."""
+        limit = (time.time() if now is None else now) - max_age
+        removed = 0
+        for path in self.root.glob("*.stale.automerge"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def set_aside(self, key: str) -> Path | None:
         """Keep a superseded document (the file changed underneath it) instead of deleting it."""

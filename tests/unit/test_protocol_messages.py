@@ -57,6 +57,8 @@ def sample(t: msgspec.inspect.Type, depth: int = 0) -> Any:
             return list(cls)[-1]
         case msgspec.inspect.ListType(item_type=item):
             return [sample(item, depth + 1), sample(item, depth + 2)]
+        case msgspec.inspect.DictType(key_type=key, value_type=value):
+            return {sample(key, depth + 1): sample(value, depth + 2)}
         case msgspec.inspect.UnionType(types=types):
             # Prefer a non-None member so optional fields carry a value.
             concrete = [m for m in types if not isinstance(m, msgspec.inspect.NoneType)]

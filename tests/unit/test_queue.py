@@ -439,26 +439,61 @@ def test_restart_abandons_the_request_sent_ahead() -> None:
 # ------------------------------------------------------------------ rule 7: died, timeout
 
 
-@pytest.mark.parametrize(
-    ("status", "ename"), [(S.DIED, "KernelDied"), (S.TIMEOUT, "ExecutionTimeout")]
-)
-def test_died_and_timeout_add_their_error_to_the_outputs(
-    status: ExecutionStatus, ename: str
-) -> None:
+def test_a_death_adds_its_error_to_the_outputs() -> None:
     queue = make_queue()
     queue.handle(QueueCell(code("a")))
     stream = {"output_type": "stream", "name": "stdout", "text": "so far"}
     effects = queue.handle(
         Finished(
-            start(queue).entry.execution_id, status, outputs=[stream], ename=ename, evalue="why"
+            start(queue).entry.execution_id,
+            S.DIED,
+            outputs=[stream],
+            ename="KernelDied",
+            evalue="why",
         )
     )
     outcome = effects[0]
     assert isinstance(outcome, RecordOutcome)
     assert outcome.outputs == (
         stream,
-        {"output_type": "error", "ename": ename, "evalue": "why", "traceback": []},
+        {"output_type": "error", "ename": "KernelDied", "evalue": "why", "traceback": []},
     )
+
+
+def test_a_timeout_keeps_exactly_the_kernels_outputs() -> None:
+    # The interrupt's KeyboardInterrupt output shows the timeout, as nbclient records it.
+    queue = make_queue()
+    queue.handle(QueueCell(code("a")))
+    interrupted = {
+        "output_type": "error",
+        "ename": "KeyboardInterrupt",
+        "evalue": "",
+        "traceback": [],
+    }
+    effects = queue.handle(
+        Finished(
+            start(queue).entry.execution_id,
+            S.TIMEOUT,
+            outputs=[interrupted],
+            ename="ExecutionTimeout",
+            evalue="the cell ran over its 1 s",
+        )
+    )
+    outcome = effects[0]
+    assert isinstance(outcome, RecordOutcome)
+    assert outcome.outputs == (interrupted,)
+
+
+@pytest.mark.parametrize("status", [S.DIED, S.TIMEOUT])
+def test_a_death_or_timeout_stops_the_queue_even_on_a_raises_exception_cell(
+    status: ExecutionStatus,
+) -> None:
+    queue = make_queue()
+    queue.handle(QueueCell(code("a", "1/0", "raises-exception")))
+    queue.handle(QueueCell(code("b", "2")))
+    effects = queue.handle(Finished(start(queue).entry.execution_id, status, ename="E"))
+    skipped = [e for e in effects if isinstance(e, RecordNotRun)]
+    assert [e.status for e in skipped] == [S.SKIPPED]
 
 
 def test_an_error_from_the_kernel_is_not_duplicated_into_the_outputs() -> None:
@@ -627,7 +662,7 @@ class QueueMachine(RuleBasedStateMachine):
         running = self.queue.running
         assert running is not None
         waiting_before = list(self.model_waiting)
-        stops = status in FAILED and "raises-exception" not in running.tags
+        stops = status in FAILED and not (status is S.ERROR and "raises-exception" in running.tags)
         self.finishing = status
         self.apply(self.queue.handle(Finished(running.execution_id, status, ename="E")))
         self.finishing = None

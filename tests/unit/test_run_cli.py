@@ -122,7 +122,7 @@ def test_summary_table() -> None:
     lines = text.splitlines()
     assert lines[0].split() == ["INPUT", "OUTPUT", "STATUS", "TIME", "FAILED", "CELL"]
     assert lines[1].split() == ["a.ipynb", "o/a.ipynb", "ok", "1.2s"]
-    assert lines[2].endswith("[2] ValueError: bad")
+    assert lines[2].endswith("cell 2 (id 'c') ValueError: bad")
     assert lines[4] == "1 ok, 1 failed, 1 could not run, 3 notebooks"
 
 

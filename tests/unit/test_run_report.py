@@ -213,7 +213,9 @@ def test_materialize_writes_the_prepared_output(tmp_path: Path) -> None:
     assert prepared.output == tmp_path / "deep" / "out-3.ipynb"
     written = nbformat.read(prepared.output, as_version=4)
     assert written.cells[1].source == "# Parameters\na = 3\n"
-    assert written.metadata.runtimed["cwd"] == str(tmp_path)
+    # The kernel's folder travels with OpenNotebook; nothing machine-specific is recorded.
+    assert "cwd" not in written.metadata.runtimed
+    assert prepared.kernel_cwd == tmp_path
     with pytest.raises(Exception, match="not a folder"):
         materialize(
             src,

@@ -32,11 +32,13 @@ class BlobHandlers:
         report = await self.collect(
             grace_seconds=self._config.gc_grace_seconds if grace is None else grace
         )
+        stale = await anyio.to_thread.run_sync(self._rooms.store.remove_stale)
         return GarbageCollected(
             id=request.id,
             blobs_removed=report.blobs_removed,
             bytes_freed=report.bytes_freed,
             blobs_kept=report.blobs_kept,
+            stale_documents_removed=stale,
         )
 
     async def collect(self, *, grace_seconds: float) -> GcReport:

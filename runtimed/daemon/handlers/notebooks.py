@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import assert_never
 
+import anyio
+
 from protocol.messages import (
     CloseNotebook,
     CreateNotebook,
@@ -23,6 +25,7 @@ from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.handlers import runtimes as runtime_service
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import OpenRoom
+from runtimed.errors import InvalidRequest
 from runtimed.runtimes.manager import RuntimeManager
 
 __all__ = ["NotebookHandlers", "NotebookReply", "NotebookRequest", "notebook_info"]
@@ -58,7 +61,12 @@ class NotebookHandlers:
                 assert_never(request)
 
     async def open(self, session: ClientSession, request: OpenNotebook) -> NotebookOpened:
+        cwd = request.kernel_cwd
+        if cwd is not None and not (Path(cwd).is_absolute() and await anyio.Path(cwd).is_dir()):
+            raise InvalidRequest(f"kernel_cwd {cwd!r} is not an absolute path to a folder")
         entry = await self._rooms.open_path(Path(request.path))
+        # Before the prewarm in _join: the kernel it takes gets the run's environment.
+        entry.room.set_run_context(env=request.kernel_env, cwd=cwd)
         return self._join(session, entry, request.id)
 
     async def create(self, session: ClientSession, request: CreateNotebook) -> NotebookOpened:
