@@ -31,6 +31,7 @@ from runtimed.errors import ConnectionClosed
 
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient
+    from runtimed.documents.history import NotebookDiff
 
 __all__ = ["AsyncNotebook", "ExecutionResult", "Replica"]
 
@@ -129,6 +130,19 @@ class AsyncNotebook:
 
     def heads(self) -> list[str]:
         return self.doc.heads_hex()
+
+    @property
+    def version(self) -> str:
+        """The current version, an opaque string for :meth:`changes_since`."""
+        from runtimed.client.history import notebook_version
+
+        return notebook_version(self)
+
+    def changes_since(self, version: str, to: str | None = None) -> NotebookDiff:
+        """What changed between ``version`` and ``to`` (default: now); see docs/agents.md."""
+        from runtimed.client.history import changes_since
+
+        return changes_since(self, version, to)
 
     # ------------------------------------------------------------ edits
 
