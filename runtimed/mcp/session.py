@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from protocol.messages import InputRequested, StatusReply
 from runtimed.client import AsyncClient, AsyncNotebook
@@ -32,6 +32,14 @@ from runtimed.mcp.outputs import OutputLimits
 __all__ = ["AgentSession", "SessionError"]
 
 log = logging.getLogger(__name__)
+
+
+class _Held:
+    """A connection held open by :meth:`AgentSession._hold` until ``scope`` is cancelled."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
 
 
 class SessionError(RuntimedError):
@@ -64,8 +72,7 @@ class AgentSession:
         self.limits = limits or OutputLimits()
         self.home = home
         self._client: AsyncClient | None = None
-        self._client_stack: AsyncExitStack | None = None
-        self._events_scope: anyio.CancelScope | None = None
+        self._held: _Held | None = None
         self._lock = anyio.Lock()
         self._tg: TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -116,32 +123,41 @@ class AgentSession:
         return self._client
 
     async def _connect(self) -> None:
-        stack = AsyncExitStack()
-        try:
-            client = await AsyncClient.connect(
-                self.socket, autostart=self.autostart, home=self.home or _env_home()
-            )
-            await stack.enter_async_context(client)
-            self.status = await client.status()
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._client, self._client_stack = client, stack
+        client = await AsyncClient.connect(
+            self.socket, autostart=self.autostart, home=self.home or _env_home()
+        )
+        assert self._tg is not None
+        # The client owns a task group: it is entered and left in one long-lived task (not
+        # in the tool call that happened to connect it).
+        self._held = _Held()
+        await self._tg.start(self._hold, client, self._held)
+        self._client = client
         self.generation += 1
         self._connected.set()
         self._connected = anyio.Event()
-        assert self._tg is not None
-        scope = self._events_scope = anyio.CancelScope()
-        self._tg.start_soon(self._follow_events, client, scope)
+
+    async def _hold(
+        self, client: AsyncClient, held: _Held, *, task_status: TaskStatus[None]
+    ) -> None:
+        try:
+            with held.scope:
+                async with client, anyio.create_task_group() as tg:
+                    self.status = await client.status()
+                    tg.start_soon(self._follow_events, client)
+                    task_status.started()
+                    await anyio.sleep_forever()
+        except Exception:
+            # The connection died under us: the next call reconnects; closing it must not
+            # take the session down.
+            log.debug("closing a dead daemon connection failed", exc_info=True)
+        finally:
+            held.done.set()
 
     async def _drop_client(self) -> None:
-        if self._events_scope is not None:
-            self._events_scope.cancel()
-        stack, self._client_stack = self._client_stack, None
-        if stack is not None:
-            # The connection may be dead already: closing it must not fail the next call.
-            with contextlib.suppress(Exception):
-                await stack.aclose()
+        held, self._held = self._held, None
+        if held is not None:
+            held.scope.cancel()
+            await held.done.wait()
 
     async def _reopen(self, had: dict[str, AsyncNotebook]) -> None:
         self.notebooks.clear()
@@ -169,13 +185,12 @@ class AgentSession:
             notice += " Could not reopen: " + "; ".join(lost) + " (untitled notebooks are lost)."
         self.notices.append(notice)
 
-    async def _follow_events(self, client: AsyncClient, scope: anyio.CancelScope) -> None:
-        with scope:
-            async for event in client.events():
-                if isinstance(event, InputRequested):
-                    self.pending_inputs[event.execution_id] = event
-                    self._input_arrived.set()
-                    self._input_arrived = anyio.Event()
+    async def _follow_events(self, client: AsyncClient) -> None:
+        async for event in client.events():
+            if isinstance(event, InputRequested):
+                self.pending_inputs[event.execution_id] = event
+                self._input_arrived.set()
+                self._input_arrived = anyio.Event()
 
     async def wait_connected(self, generation: int) -> None:
         """Wait until a connection newer than ``generation`` exists."""

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from runtimed.client import AsyncNotebook
+from runtimed.documents.history import max_seq, parse_version
 from runtimed.documents.runtime import FINISHED
 from runtimed.errors import ConnectionClosed, DaemonNotRunning, RuntimedError
 from runtimed.mcp.outputs import Image, render_outputs
@@ -30,6 +31,8 @@ from runtimed.mcp.session import AgentSession, SessionError
 __all__ = ["TOOLS", "Tool", "ToolError", "ToolResult", "call_tool", "tool_names"]
 
 log = logging.getLogger(__name__)
+
+VERSION_WAIT = 10.0  # s: changes_since(to=...) waits this long for a version to arrive
 
 
 class ToolError(Exception):
@@ -663,7 +666,21 @@ async def read_scraps(session: AgentSession, args: dict[str, Any]) -> ToolResult
 
 async def changes_since(session: AgentSession, args: dict[str, Any]) -> ToolResult:
     nb = await session.notebook(args["notebook"])
-    diff = nb.changes_since(args["version"], args.get("to"))
+    to = args.get("to")
+    if to is not None:
+        # A version another client reported may not have reached this replica yet: wait for
+        # it (bounded) rather than diff against less than was asked for.
+        heads, seq = parse_version(to)
+
+        def arrived() -> bool:
+            return nb.doc.has_heads(heads) and max_seq(nb.runtime) >= seq
+
+        if not await session.wait(arrived, VERSION_WAIT):
+            raise ToolError(
+                f"version {to!r} has not reached this session within {VERSION_WAIT:g} s; it may "
+                f"belong to another notebook than {_label(nb)}"
+            )
+    diff = nb.changes_since(args["version"], to)
     data = diff.to_json()
     data.pop("jep8")  # agents get the readable form; `runt diff --json` has JEP 8 too
     data["version"] = diff.to
