@@ -7,6 +7,7 @@ runtime document's execution records, so this needs no daemon request: see
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from runtimed.documents.history import (
@@ -16,6 +17,7 @@ from runtimed.documents.history import (
     max_seq,
     versions,
 )
+from runtimed.documents.runtime import RuntimeDoc
 
 if TYPE_CHECKING:
     from runtimed.client.notebook import AsyncNotebook
@@ -23,9 +25,26 @@ if TYPE_CHECKING:
 __all__ = ["changes_since", "notebook_version", "notebook_versions"]
 
 
+_seq_cache: weakref.WeakKeyDictionary[RuntimeDoc, tuple[list[bytes], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _seq(runtime: RuntimeDoc) -> int:
+    # Reads a version on every tool call: the sequence only changes with the runtime
+    # document's heads, so it is computed again only then.
+    heads = list(runtime.doc.get_heads())
+    cached = _seq_cache.get(runtime)
+    if cached is not None and cached[0] == heads:
+        return cached[1]
+    seq = max_seq(runtime)
+    _seq_cache[runtime] = (heads, seq)
+    return seq
+
+
 def notebook_version(notebook: AsyncNotebook) -> str:
     """The notebook's current version (document heads and execution sequence), opaque."""
-    return format_version(notebook.doc.heads_hex(), max_seq(notebook.runtime))
+    return format_version(notebook.doc.heads_hex(), _seq(notebook.runtime))
 
 
 def changes_since(notebook: AsyncNotebook, version: str, to: str | None = None) -> NotebookDiff:

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from automerge.core import ObjType
+
 from runtimed.documents.notebook import NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import InvalidRequest
@@ -459,9 +461,22 @@ def diff_documents(
 
 
 def max_seq(runtime: RuntimeDoc | None) -> int:
+    """The highest execution sequence number in ``runtime`` (0: none), reading only each
+    record's ``seq`` (a version is made on every notebook read)."""
     if runtime is None or not runtime.ready:
         return 0
-    return runtime.max_seq()
+    doc = runtime.doc
+    executions = runtime._obj("executions")
+    highest = 0
+    for key in doc.keys(executions):
+        record = doc.get(executions, key)
+        if record is None or not isinstance(record[0], ObjType):
+            continue
+        seq = doc.get(record[1], "seq")
+        value = None if seq is None or isinstance(seq[0], ObjType) else seq[0][1]
+        if isinstance(value, int) and value > highest:
+            highest = value
+    return highest
 
 
 def executions_between(runtime: RuntimeDoc, since_seq: int, to_seq: int) -> list[dict[str, Any]]:
