@@ -105,7 +105,7 @@ class ResourceWatcher:
 
     async def run(self) -> None:
         while True:
-            client = self.session._client
+            client = self.session.connected_client
             generation = self.session.generation
             if client is None or not self._uris():
                 await self._wake.wait()
@@ -198,7 +198,7 @@ def build_server(session: AgentSession, watcher: ResourceWatcher) -> Server[Any]
                     types.Resource(
                         uri=f"{SCHEME}{nb.id}/cells/{cell.id}",
                         name=f"{label} cell {cell.id}",
-                        description=tools._first_line(cell.source),
+                        description=tools.first_line(cell.source),
                         mime_type="application/json",
                     )
                 )

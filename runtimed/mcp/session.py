@@ -117,6 +117,11 @@ class AgentSession:
             return self._client
 
     @property
+    def connected_client(self) -> AsyncClient | None:
+        """The client of the current connection, if any (it may have died)."""
+        return self._client
+
+    @property
     def current_client(self) -> AsyncClient:
         """The client of the current connection (after :meth:`client`)."""
         assert self._client is not None, "call client() first"

@@ -173,7 +173,7 @@ def _index_for(nb: AsyncNotebook, args: dict[str, Any], *, moving: str | None = 
     return 0 if args.get("position") == "start" else len(ids)
 
 
-def _first_line(source: str, limit: int = 80) -> str:
+def first_line(source: str, limit: int = 80) -> str:
     line = source.split("\n", 1)[0]
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -215,7 +215,7 @@ def _outline(nb: AsyncNotebook) -> dict[str, Any]:
             "cell_id": cell.id,
             "index": index,
             "cell_type": cell.cell_type,
-            "first_line": _first_line(cell.source),
+            "first_line": first_line(cell.source),
             "lines": cell.source.count("\n") + 1 if cell.source else 0,
         }
         if cell.cell_type == "code":
@@ -303,17 +303,18 @@ async def list_notebooks(session: AgentSession, args: dict[str, Any]) -> ToolRes
         }
         for i in infos
     ]
-    return ToolResult(data={"open": open_, "recent": _recent_files(session, infos)})
+    home = session.status.home if session.status is not None else None
+    open_paths = {i.path for i in infos if i.path}
+    recent = await anyio.to_thread.run_sync(_recent_files, home, open_paths) if home else []
+    return ToolResult(data={"open": open_, "recent": recent})
 
 
-def _recent_files(session: AgentSession, infos: list[Any]) -> list[str]:
-    """Files the daemon has kept documents for, most recent first (its DocumentStore)."""
+def _recent_files(home: str, open_paths: set[str]) -> list[str]:
+    """Files the daemon has kept documents for, most recent first (its DocumentStore's
+    ``<key>.json`` records). Blocking: run in a worker thread."""
     import json
 
-    if session.status is None:
-        return []
-    root = Path(session.status.home) / "documents"
-    open_paths = {i.path for i in infos}
+    root = Path(home) / "documents"
     found: list[tuple[float, str]] = []
     try:
         records = list(root.glob("*.json"))
@@ -587,20 +588,20 @@ async def answer_input(session: AgentSession, args: dict[str, Any]) -> ToolResul
 # ---------------------------------------------------------------- automation
 
 
-def _file_of(session: AgentSession, ref: str) -> Path:
+async def _file_of(session: AgentSession, ref: str) -> Path:
     for nb in session.notebooks.values():
         if nb.id == ref and nb.path is not None:
             return nb.path
-    path = Path(ref).expanduser()
-    if not path.exists():
+    path = await anyio.Path(ref).expanduser()
+    if not await path.exists():
         raise ToolError(f"notebook file {ref!r} does not exist")
-    return path
+    return Path(path)
 
 
 async def run_notebook(session: AgentSession, args: dict[str, Any]) -> ToolResult:
     from runtimed.automation.run import execute_notebook_async
 
-    source = _file_of(session, args["notebook"])
+    source = await _file_of(session, args["notebook"])
     output = args.get("output_path") or str(source.with_name(source.stem + ".output.ipynb"))
     client = await session.client()
     result = await execute_notebook_async(
@@ -646,7 +647,7 @@ async def _read_file(path: Path) -> dict[str, Any]:
 async def inspect_parameters(session: AgentSession, args: dict[str, Any]) -> ToolResult:
     from runtimed.automation.inspect import inspect_parameters as infer
 
-    nb = await _read_file(_file_of(session, args["notebook"]))
+    nb = await _read_file(await _file_of(session, args["notebook"]))
     params = [
         {"name": p.name, "type": p.inferred_type_name, "default": p.default, "help": p.help}
         for p in infer(nb)
@@ -657,7 +658,7 @@ async def inspect_parameters(session: AgentSession, args: dict[str, Any]) -> Too
 async def read_scraps(session: AgentSession, args: dict[str, Any]) -> ToolResult:
     from runtimed.glue import read_scraps as scraps_of
 
-    nb = await _read_file(_file_of(session, args["notebook"]))
+    nb = await _read_file(await _file_of(session, args["notebook"]))
     return ToolResult(data={"scraps": scraps_of(nb)})
 
 

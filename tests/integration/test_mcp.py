@@ -287,3 +287,52 @@ async def test_a_subscribed_cell_notifies_when_a_person_edits_it(
     content = read.contents[0]
     assert isinstance(content, types.TextResourceContents)
     assert json.loads(content.text)["source"] == "a2"
+
+
+async def test_input_run_all_interrupt_and_restart(agent: Agent, short_tmp: Path) -> None:
+    path = write_notebook(
+        short_tmp / "kernel.ipynb",
+        [
+            code("name = input('who? ')\nprint('hi', name)", "ask"),
+            code("import time\nfor _ in range(600):\n    time.sleep(0.1)", "loop"),
+            code("v = 5", "set"),
+            code("v * 2", "use"),
+        ],
+    )
+    nb = str(path)
+    await agent.call("open_notebook", notebook=nb)
+    asked = await agent.call("execute_cell", notebook=nb, cell_id="ask", timeout=60)
+    assert asked["finished"] is False
+    assert asked["input_requested"]["prompt"] == "who? "
+    answered = await agent.call(
+        "answer_input", notebook=nb, execution_id=asked["execution_id"], value="bob", timeout=60
+    )
+    assert answered["status"] == "ok"
+    assert answered["outputs"][-1]["text"] == "hi bob\n"
+
+    looping = await agent.call("execute_cell", notebook=nb, cell_id="loop", timeout=1)
+    assert looping["finished"] is False
+    await agent.call("interrupt_kernel", notebook=nb)
+    stopped = await agent.call(
+        "get_execution", notebook=nb, execution_id=looping["execution_id"], timeout=60
+    )
+    assert stopped["status"] == "error"
+    assert stopped["ename"] == "KeyboardInterrupt"
+
+    await agent.call("execute_cell", notebook=nb, cell_id="set", timeout=60)
+    await agent.call("restart_kernel", notebook=nb)
+    lost = await agent.call("execute_cell", notebook=nb, cell_id="use", timeout=60)
+    assert lost["ename"] == "NameError"
+
+    await agent.call("delete_cell", notebook=nb, cell_id="ask")
+    await agent.call("delete_cell", notebook=nb, cell_id="loop")
+    ran = await agent.call("run_all", notebook=nb, timeout=60)
+    assert ran["finished"] is True
+    assert [(e["cell_id"], e["status"]) for e in ran["executions"]] == [
+        ("set", "ok"),
+        ("use", "ok"),
+    ]
+    outline = await agent.call("get_notebook", notebook=nb)
+    use = next(c for c in outline["cells"] if c["cell_id"] == "use")
+    assert use["outputs"] == "1 execute_result"
+    assert use["state"] == "ok"
