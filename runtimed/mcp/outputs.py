@@ -172,7 +172,8 @@ def _view(
         if mime in data and isinstance(data[mime], str | list):
             encoded = _join(data[mime]).replace("\n", "")
             rendered.images.append(Image(mime_type=mime, data=encoded))
-            images.append({"mime_type": mime, "inline": True, "size": len(encoded) * 3 // 4})
+            size = len(encoded) * 3 // 4 - encoded[-2:].count("=")
+            images.append({"mime_type": mime, "inline": True, "size": size})
         elif mime in large:
             images.append(large[mime])
     if images:

@@ -710,8 +710,8 @@ TOOLS: dict[str, Tool] = {
         _tool("save_notebook", "Write the notebook to its .ipynb (or to path) so people and "
               "tools see your changes.", {"notebook": NOTEBOOK, "path": {"type": "string"}},
               ["notebook"], save_notebook),
-        _tool("close_notebook", "Close a notebook you no longer need in this session.",
-              {"notebook": NOTEBOOK}, ["notebook"], close_notebook),
+        _tool("close_notebook", "Close a notebook you are done with (the daemon keeps it "
+              "for others until idle).", {"notebook": NOTEBOOK}, ["notebook"], close_notebook),
         _tool("get_notebook", "Read the notebook as an outline: cell ids, types, first lines, "
               "execution state and output summary.", {"notebook": NOTEBOOK}, ["notebook"],
               get_notebook),
@@ -721,7 +721,8 @@ TOOLS: dict[str, Tool] = {
               "returns its id.",
               {"notebook": NOTEBOOK, "source": SOURCE, "cell_type": CELL_TYPE, **WHERE},
               ["notebook"], insert_cell),
-        _tool("replace_source", "Replace a cell's whole source.",
+        _tool("replace_source", "Replace a cell's whole source; for a small change prefer "
+              "edit_cell.",
               {"notebook": NOTEBOOK, "cell_id": CELL_ID, "source": SOURCE},
               ["notebook", "cell_id", "source"], replace_source),
         _tool("edit_cell", "Edit a cell by search-and-replace: 'find' must occur exactly once "
@@ -729,12 +730,13 @@ TOOLS: dict[str, Tool] = {
               {"notebook": NOTEBOOK, "cell_id": CELL_ID, "find": {"type": "string"},
                "replace": {"type": "string"}}, ["notebook", "cell_id", "find", "replace"],
               edit_cell),
-        _tool("delete_cell", "Delete a cell.", {"notebook": NOTEBOOK, "cell_id": CELL_ID},
-              ["notebook", "cell_id"], delete_cell),
+        _tool("delete_cell", "Delete a cell by id (get_notebook lists the ids).",
+              {"notebook": NOTEBOOK, "cell_id": CELL_ID}, ["notebook", "cell_id"], delete_cell),
         _tool("move_cell", "Move a cell after another cell id, or to the start/end.",
               {"notebook": NOTEBOOK, "cell_id": CELL_ID, **WHERE}, ["notebook", "cell_id"],
               move_cell),
-        _tool("set_cell_type", "Change a cell's type (code, markdown, raw).",
+        _tool("set_cell_type", "Change a cell's type (code, markdown, raw), e.g. to make a note "
+              "runnable.",
               {"notebook": NOTEBOOK, "cell_id": CELL_ID, "cell_type": CELL_TYPE},
               ["notebook", "cell_id", "cell_type"], set_cell_type),
         _tool("execute_cell", "Run a code cell and wait up to timeout seconds; if it is still "
@@ -750,7 +752,8 @@ TOOLS: dict[str, Tool] = {
               ["notebook"], run_all),
         _tool("interrupt_kernel", "Interrupt the running cell (KeyboardInterrupt in the "
               "kernel).", {"notebook": NOTEBOOK}, ["notebook"], interrupt_kernel),
-        _tool("restart_kernel", "Restart the kernel: all variables are lost.",
+        _tool("restart_kernel", "Restart the kernel when it is stuck or state is stale: all "
+              "variables are lost.",
               {"notebook": NOTEBOOK}, ["notebook"], restart_kernel),
         _tool("answer_input", "Answer a cell's input() prompt (get_execution shows "
               "input_requested), then wait for it.",
