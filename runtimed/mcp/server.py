@@ -114,14 +114,11 @@ class ResourceWatcher:
             changed = functools.partial(self._changed_from, before)
 
             wake = self._wake
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_then_cancel, tg, client.wait_until(changed))
-                    tg.start_soon(_then_cancel, tg, wake.wait())
-            except ConnectionClosed:
-                await self.session.wait_connected(generation)
-                continue
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_then_cancel, tg, client.wait_until(changed))
+                tg.start_soon(_then_cancel, tg, wake.wait())
             if client.connection.closed:
+                # The daemon went away: the next tool call reconnects and reopens.
                 await self.session.wait_connected(generation)
             await self._notify_changed()
 
@@ -142,7 +139,8 @@ class ResourceWatcher:
 
 
 async def _then_cancel(tg: anyio.abc.TaskGroup, waiting: Any) -> None:
-    await waiting
+    with contextlib.suppress(ConnectionClosed):  # seen as connection.closed by the caller
+        await waiting
     tg.cancel_scope.cancel()
 
 

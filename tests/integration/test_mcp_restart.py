@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp import MCPDeprecationWarning
 
 from runtimed.client import AsyncClient
 from runtimed.config import DaemonConfig
@@ -62,6 +63,9 @@ async def test_a_daemon_restart_in_the_middle_of_a_session(
             await tg.start(serve_first)
             async with mcp_agent(paths, short_tmp, autostart=True) as agent:
                 opened = await agent.call("open_notebook", notebook=str(path))
+                uri = f"notebook://{opened['notebook_id']}/cells/use"
+                with pytest.warns(MCPDeprecationWarning):
+                    await agent.session.subscribe_resource(uri)
                 await agent.call("execute_cell", notebook=str(path), cell_id="set", timeout=60)
                 used = await agent.call("execute_cell", notebook=str(path), cell_id="use",
                                         timeout=60)  # fmt: skip
@@ -89,6 +93,11 @@ async def test_a_daemon_restart_in_the_middle_of_a_session(
                 assert saved["path"] == str(path.resolve())
                 async with await AsyncClient.connect(paths.socket) as probe:
                     status = await probe.status()
+                    # The subscription survived the restart too.
+                    person = await probe.open(path)
+                    await person.set_source("use", "x + 2")
+                    await agent.wait_updated(uri)
+                    await person.close()
                 assert status.pid != os.getpid()  # a daemon in its own process now
     finally:
         with anyio.CancelScope(shield=True):
