@@ -24,13 +24,13 @@ import anyio
 import mcp.types as types
 from mcp.server.lowlevel import Server
 from mcp.server.session import ServerSession
+from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from runtimed.errors import ConnectionClosed
 from runtimed.mcp import tools
 from runtimed.mcp.outputs import OutputLimits
 from runtimed.mcp.session import AgentSession
-from runtimed.mcp.stdio import fast_stdio_server
 from runtimed.version import __version__
 
 __all__ = ["ResourceWatcher", "build_server", "serve_stdio"]
@@ -258,7 +258,7 @@ async def serve_stdio(
     async with AgentSession(socket, autostart=autostart, limits=limits) as session:
         watcher = ResourceWatcher(session)
         server = build_server(session, watcher)
-        async with fast_stdio_server() as (read, write), anyio.create_task_group() as tg:
+        async with stdio_server() as (read, write), anyio.create_task_group() as tg:
             tg.start_soon(watcher.run)
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await server.run(read, write, server.create_initialization_options())

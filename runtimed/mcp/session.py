@@ -249,6 +249,9 @@ class AgentSession:
         await self.client()
         if ref in self.notebooks:
             return self.notebooks[ref]
+        for nb in self.notebooks.values():
+            if nb.path is not None and str(nb.path) == ref:
+                return nb  # the common case: the path as open_notebook returned it, no I/O
         resolved = await _resolve(ref)
         for nb in self.notebooks.values():
             if nb.path is not None and nb.path == resolved:

@@ -814,7 +814,12 @@ async def _run(session: AgentSession, tool: Tool, args: dict[str, Any]) -> ToolR
         raise
     except SessionError as exc:
         raise ToolError(f"{name}: {exc}") from exc
-    except (ConnectionClosed, DaemonNotRunning) as exc:
+    except DaemonNotRunning as exc:
+        raise ToolError(
+            f"{name}: no daemon answers ({exc}); start one with 'runt daemon start', or run "
+            "'runt mcp' without --no-autostart"
+        ) from exc
+    except ConnectionClosed as exc:
         raise ToolError(
             f"{name}: the connection to the daemon was lost during the call ({exc}); the next "
             "call reconnects — check with get_notebook whether this change landed"
