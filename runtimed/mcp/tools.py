@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from blobstore import BlobError
 from runtimed.client import AsyncNotebook
 from runtimed.documents.history import max_seq, parse_version
 from runtimed.documents.runtime import FINISHED
@@ -178,21 +179,29 @@ def first_line(source: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _cell_state(nb: AsyncNotebook, cell_id: str) -> str:
+def _busy_cells(nb: AsyncNotebook) -> tuple[set[str], str | None]:
+    """(cells with a queued execution, the cell running now), read once per reply."""
     runtime = nb.runtime
     if not runtime.ready:
-        return "idle"
-    execution_id = runtime.cell_execution_id(cell_id)
+        return set(), None
+    queued = {str((runtime.execution(e) or {}).get("cell_id")) for e in runtime.queue()}
     running = runtime.running()
-    for queued in runtime.queue():
-        record = runtime.execution(queued) or {}
-        if record.get("cell_id") == cell_id:
-            return "queued"
-    if running is not None and (runtime.execution(running) or {}).get("cell_id") == cell_id:
+    running_cell = (runtime.execution(running) or {}).get("cell_id") if running else None
+    return queued, str(running_cell) if running_cell else None
+
+
+def _cell_state(
+    nb: AsyncNotebook, cell_id: str, busy: tuple[set[str], str | None] | None = None
+) -> str:
+    """idle, queued, running, or the status of the execution whose outputs it shows."""
+    queued, running = busy if busy is not None else _busy_cells(nb)
+    if cell_id == running:
         return "running"
+    if cell_id in queued:
+        return "queued"
+    execution_id = nb.runtime.cell_execution_id(cell_id) if nb.runtime.ready else None
     if execution_id is not None:
-        status = runtime.execution_status(execution_id)
-        return status or "idle"
+        return nb.runtime.execution_status(execution_id) or "idle"
     return "idle"
 
 
@@ -210,6 +219,7 @@ def _output_summary(manifests: list[dict[str, Any]]) -> str:
 
 def _outline(nb: AsyncNotebook) -> dict[str, Any]:
     cells = []
+    busy = _busy_cells(nb)
     for index, cell in enumerate(nb.cells()):
         entry: dict[str, Any] = {
             "cell_id": cell.id,
@@ -221,7 +231,7 @@ def _outline(nb: AsyncNotebook) -> dict[str, Any]:
         if cell.cell_type == "code":
             count, manifests = nb.runtime.cell_state(cell.id) if nb.runtime.ready else (None, [])
             entry["execution_count"] = count
-            entry["state"] = _cell_state(nb, cell.id)
+            entry["state"] = _cell_state(nb, cell.id, busy)
             entry["outputs"] = _output_summary(manifests)
         cells.append(entry)
     kernel = nb.runtime.kernel() if nb.runtime.ready else {}
@@ -241,7 +251,7 @@ def _rendered(session: AgentSession, nb: AsyncNotebook, cell_id: str) -> ToolRes
         rendered = render_outputs(
             manifests, client.resolve_output, limits=session.limits, blob_url=session.blob_url
         )
-    except Exception as exc:  # blobstore.BlobError and friends: say which cell
+    except (BlobError, OSError, ValueError) as exc:  # a missing/corrupt blob: say which cell
         raise ToolError(f"cell {cell_id!r}: its outputs could not be read: {exc}") from exc
     return ToolResult(data={"outputs": rendered.outputs}, images=rendered.images)
 
