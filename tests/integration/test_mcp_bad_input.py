@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ async def test_bad_calls_fail_clearly_and_change_nothing(agent: Agent, short_tmp
     nb = str(path)
     before = await agent.call("open_notebook", notebook=nb)
     huge = "a" * 300_000
-    cases = [
+    cases: list[tuple[tuple[str, dict[str, Any]], str]] = [
         # unknown tool arguments
         (
             ("insert_cell", {"notebook": nb, "source": "1", "index": 3}),
