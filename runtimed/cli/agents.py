@@ -155,9 +155,11 @@ async def _log(args: argparse.Namespace) -> int:
         _out(json.dumps(entries, indent=1))
         return 0
     for number, entry in enumerate(entries, 1):
-        _out(
-            f"{number:>4}  {entry['actor'][:8]}  {entry['changes']:>5} changes  {entry['version']}"
-        )
+        cells = ", ".join(c or "(metadata)" for c in entry["cells"][:6])
+        if len(entry["cells"]) > 6:
+            cells += f", ... ({len(entry['cells'])} cells)"
+        _out(f"{number:>4}  {entry['actor'][:8]}  {entry['changes']:>5} changes  {cells}")
+        _out(f"      {entry['version']}")
     return 0
 
 

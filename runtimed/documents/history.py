@@ -505,7 +505,8 @@ def executions_between(runtime: RuntimeDoc, since_seq: int, to_seq: int) -> list
 
 def versions(notebook: NotebookDoc, seq: int = 0) -> list[dict[str, Any]]:
     """The document's history as versions, oldest first: one per run of consecutive changes
-    by one actor (``version`` reads the document as it was after that run)."""
+    by one actor (``version`` reads the document as it was after that run), with the cells
+    the run touched (``""`` stands for the notebook's metadata)."""
     runs: list[dict[str, Any]] = []
     for change in changes_between(notebook, []):
         if runs and runs[-1]["actor"] == change.actor:
@@ -514,16 +515,20 @@ def versions(notebook: NotebookDoc, seq: int = 0) -> list[dict[str, Any]]:
         else:
             runs.append({"actor": change.actor, "changes": 1, "head": change.hash})
     out = []
+    previous = NotebookState(metadata={}, cells=())
     for index, run in enumerate(runs):
         latest = index == len(runs) - 1
         heads = notebook.heads_hex() if latest else [run["head"]]
+        state = state_of(notebook, _heads_bytes(heads))
         out.append(
             {
                 "version": format_version(heads, seq if latest else 0),
                 "actor": run["actor"],
                 "changes": run["changes"],
+                "cells": sorted(_touched(previous, state)),
             }
         )
+        previous = state
     return out
 
 

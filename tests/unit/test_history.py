@@ -141,6 +141,9 @@ def test_versions_log_reads_back() -> None:
         other.doc.get_actor().hex(),
         doc.doc.get_actor().hex(),
     ]
+    assert log[-2]["cells"] == [a]
+    assert log[-1]["cells"] == [a]
+    assert a in log[0]["cells"]
     first_edit = log[-2]["version"]
     assert (
         diff_documents(doc, None, log[0]["version"], first_edit)
