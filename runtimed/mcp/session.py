@@ -109,10 +109,12 @@ class AgentSession:
                 return self._client
             reconnecting = self._client is not None
             had = {nb.id: nb for nb in self.notebooks.values()}
+            old_pid = self.status.pid if self.status is not None else None
             await self._drop_client()
             await self._connect()
             if reconnecting:
-                await self._reopen(had)
+                assert self.status is not None
+                await self._reopen(had, restarted=self.status.pid != old_pid)
             assert self._client is not None
             return self._client
 
@@ -144,14 +146,18 @@ class AgentSession:
     async def _hold(
         self, client: AsyncClient, held: _Held, *, task_status: TaskStatus[None]
     ) -> None:
+        started = False
         try:
             with held.scope:
                 async with client, anyio.create_task_group() as tg:
                     self.status = await client.status()
                     tg.start_soon(self._follow_events, client)
                     task_status.started()
+                    started = True
                     await anyio.sleep_forever()
         except Exception:
+            if not started:
+                raise  # the connect fails: the tool call says so
             # The connection died under us: the next call reconnects; closing it must not
             # take the session down.
             log.debug("closing a dead daemon connection failed", exc_info=True)
@@ -164,10 +170,11 @@ class AgentSession:
             held.scope.cancel()
             await held.done.wait()
 
-    async def _reopen(self, had: dict[str, AsyncNotebook]) -> None:
+    async def _reopen(self, had: dict[str, AsyncNotebook], *, restarted: bool) -> None:
         self.notebooks.clear()
-        self.executions.clear()
-        self.pending_inputs.clear()
+        if restarted:  # the same daemon still knows its executions and input prompts
+            self.executions.clear()
+            self.pending_inputs.clear()
         reopened, lost = [], []
         for old_id, nb in had.items():
             if nb.path is None:
@@ -179,13 +186,19 @@ class AgentSession:
                 lost.append(f"{nb.path} ({exc})")
                 continue
             reopened.append(f"{fresh.path} (id {fresh.id})")
-        notice = "The daemon restarted, so this session reconnected."
-        if reopened:
-            notice += (
-                " Reopened: " + "; ".join(reopened) + ". Their kernels were restarted: "
-                "variables, imports and running cells are gone; execution ids from before "
-                "are no longer known. Re-run the cells you need."
-            )
+        if not restarted:
+            # The same daemon (it dropped this connection): its kernels kept running.
+            notice = "The connection to the daemon was lost and re-established."
+            if reopened:
+                notice += " Reopened: " + "; ".join(reopened) + "; their kernels kept running."
+        else:
+            notice = "The daemon restarted, so this session reconnected."
+            if reopened:
+                notice += (
+                    " Reopened: " + "; ".join(reopened) + ". Their kernels were restarted: "
+                    "variables, imports and running cells are gone; execution ids from before "
+                    "are no longer known. Re-run the cells you need."
+                )
         if lost:
             notice += " Could not reopen: " + "; ".join(lost) + " (untitled notebooks are lost)."
         self.notices.append(notice)
