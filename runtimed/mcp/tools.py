@@ -613,17 +613,22 @@ async def run_notebook(session: AgentSession, args: dict[str, Any]) -> ToolResul
 
     source = await _file_of(session, args["notebook"])
     output = args.get("output_path") or str(source.with_name(source.stem + ".output.ipynb"))
+    from runtimed.automation.parameters import ParameterError
+
     client = await session.client()
-    result = await execute_notebook_async(
-        source,
-        output,
-        args.get("parameters") or {},
-        kernel_name=args.get("kernel"),
-        cwd=str(source.parent),
-        execution_timeout=args.get("timeout"),
-        progress_bar=False,
-        client=client,
-    )
+    try:
+        result = await execute_notebook_async(
+            source,
+            output,
+            args.get("parameters") or {},
+            kernel_name=args.get("kernel"),
+            cwd=str(source.parent),
+            execution_timeout=args.get("timeout"),
+            progress_bar=False,
+            client=client,
+        )
+    except ParameterError as exc:
+        raise ToolError(f"run_notebook ({source}): {exc}") from exc
     failed = result.failed_cell
     data: dict[str, Any] = {
         "status": result.status,

@@ -99,6 +99,10 @@ async def test_bad_calls_fail_clearly_and_change_nothing(agent: Agent, short_tmp
         (("open_notebook", {"notebook": str(short_tmp / "missing.ipynb")}), "does not exist"),
         (("create_notebook", {"path": nb}), "already exists; open it with open_notebook"),
         (("inspect_parameters", {"notebook": str(short_tmp / "missing.ipynb")}), "does not exist"),
+        (
+            ("run_notebook", {"notebook": nb, "output_path": str(short_tmp / "{nope}.ipynb")}),
+            "run_notebook (",
+        ),
     ]
     for (tool, args), expected in cases:
         message = await agent.fails(tool, **args)
