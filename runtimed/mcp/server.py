@@ -31,6 +31,7 @@ from runtimed.errors import ConnectionClosed
 from runtimed.mcp import tools
 from runtimed.mcp.outputs import OutputLimits
 from runtimed.mcp.session import AgentSession
+from runtimed.mcp.views import first_line
 from runtimed.version import __version__
 
 __all__ = ["ResourceWatcher", "build_server", "serve_stdio"]
@@ -196,7 +197,7 @@ def build_server(session: AgentSession, watcher: ResourceWatcher) -> Server[Any]
                     types.Resource(
                         uri=f"{SCHEME}{nb.id}/cells/{cell.id}",
                         name=f"{label} cell {cell.id}",
-                        description=tools.first_line(cell.source),
+                        description=first_line(cell.source),
                         mime_type="application/json",
                     )
                 )
