@@ -39,6 +39,8 @@ The tree (module in brackets when it is not this one)::
     ├── DocumentError
     │   └── SyncRejected [runtimed.daemon.room]
     ├── ConfigError [runtimed.config]
+    ├── ToolError [runtimed.mcp.results]
+    ├── SessionError [runtimed.mcp.session]
     ├── UnsafeDirectory [runtimed.paths] (also a PermissionError)
     ├── DaemonAlreadyRunning
     ├── DaemonNotRunning

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from runtimed.cli import agents as cli_agents
 from runtimed.cli import runtimes as cli_runtimes
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.errors import DaemonNotRunning, RuntimedError
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(sub)
     cli_runtimes.add_parsers(sub)
+    cli_agents.add_parsers(sub)
     return parser
 
 
@@ -488,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     elif (command, getattr(args, "action", None)) in cli_runtimes.COMMANDS:
         handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
+    elif (command, getattr(args, "action", None)) in cli_agents.COMMANDS:
+        handler = cli_agents.COMMANDS[(command, getattr(args, "action", None))]
     elif command in ("run", "inspect", "scraps"):
         from runtimed.cli.run import run_command
 

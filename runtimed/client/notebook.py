@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 from automerge.core import Message, SyncState
@@ -34,6 +34,9 @@ from runtimed.documents.amjson import JsonValue
 from runtimed.documents.notebook import Cell, NotebookDoc
 from runtimed.documents.runtime import FINISHED, RuntimeDoc
 from runtimed.errors import ConnectionClosed
+
+if TYPE_CHECKING:
+    from runtimed.documents.history import NotebookDiff
 
 __all__ = ["AsyncNotebook", "ExecutionResult", "NotebookHost", "Replica"]
 
@@ -174,6 +177,19 @@ class AsyncNotebook:
 
     def heads(self) -> list[str]:
         return self.doc.heads_hex()
+
+    @property
+    def version(self) -> str:
+        """The current version, an opaque string for :meth:`changes_since`."""
+        from runtimed.client.history import notebook_version
+
+        return notebook_version(self)
+
+    def changes_since(self, version: str, to: str | None = None) -> NotebookDiff:
+        """What changed between ``version`` and ``to`` (default: now); see docs/agents.md."""
+        from runtimed.client.history import changes_since
+
+        return changes_since(self, version, to)
 
     # ------------------------------------------------------------ edits
 
