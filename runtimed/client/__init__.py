@@ -307,19 +307,19 @@ class AsyncClient:
 
     async def open(self, path: str | Path, *, timeout: float = 60) -> AsyncNotebook:
         """Open an ``.ipynb`` (joining the document if another client has it open)."""
-        reply: NotebookOpened = await self.request(
-            lambda i: OpenNotebook(id=i, path=str(Path(path).expanduser().resolve()))
-        )
+        where = str(await anyio.to_thread.run_sync(_absolute, path))  # resolve() stats
+        reply: NotebookOpened = await self.request(lambda i: OpenNotebook(id=i, path=where))
         return await self._attach(reply, timeout)
 
     async def create(
         self, path: str | Path | None = None, *, kernel_name: str | None = None, timeout: float = 60
     ) -> AsyncNotebook:
         """Create a new, empty notebook (written to ``path`` at once when given)."""
+        where = str(await anyio.to_thread.run_sync(_absolute, path)) if path else None
         reply: NotebookOpened = await self.request(
             lambda i: CreateNotebook(
                 id=i,
-                path=str(Path(path).expanduser().resolve()) if path else None,
+                path=where,
                 kernel_name=kernel_name,
             )
         )
@@ -342,3 +342,8 @@ class AsyncClient:
         async with receive:
             async for event in receive:
                 yield event
+
+
+def _absolute(path: str | Path) -> Path:
+    """``path`` expanded and resolved (blocking: it reads symlinks)."""
+    return Path(path).expanduser().resolve()

@@ -128,12 +128,10 @@ class Daemon:
         Raises:
             DaemonAlreadyRunning: another daemon holds this socket.
         """
-        self.paths.ensure()
         lock = InstanceLock(self.paths.lock, socket=self.paths.socket)
-        lock.acquire()
+        # mkdirs, the lock file and the stale socket are file system calls: a worker thread.
+        await anyio.to_thread.run_sync(self._claim, lock)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
             old_umask = os.umask(0o177)
             try:
                 listener = await anyio.create_unix_listener(self.paths.socket)
@@ -156,10 +154,20 @@ class Daemon:
                 await self._shutdown(listener)
                 tg.cancel_scope.cancel()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.socket.unlink()
-            lock.release()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._release, lock)
             log.info("runtimed stopped")
+
+    def _claim(self, lock: InstanceLock) -> None:
+        self.paths.ensure()
+        lock.acquire()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
+
+    def _release(self, lock: InstanceLock) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()
+        lock.release()
 
     async def _serve(self, listener: anyio.abc.Listener[SocketStream]) -> None:
         async with listener:
