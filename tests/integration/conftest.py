@@ -49,7 +49,7 @@ _ALLOWED: list[tuple[str, tuple[str, set[str]]]] = [
 
 
 @pytest.fixture(autouse=True)
-def no_blocking_calls() -> Iterator[BlockBuster]:
+def no_blocking_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockBuster]:
     """Every integration test runs under ``blockbuster``: file I/O, ``time.sleep``, blocking
     socket calls or a contended lock on the event loop thread, from our packages, raise
     ``BlockingError`` there — and fail the test at teardown even if the daemon caught it
@@ -70,15 +70,11 @@ def no_blocking_calls() -> Iterator[BlockBuster]:
             seen.append(f"{func} at {where}\n{''.join(traceback.format_list(stack[-12:]))}")
 
     # The wrapper looks the exception class up in its module when it raises: record each.
-    original = blockbuster_module.BlockingError
-    blockbuster_module.BlockingError = RecordedBlockingError  # type: ignore[misc]
-    try:
-        with blockbuster_ctx(_SCANNED) as detector:
-            for function, (filename, names) in _ALLOWED:
-                detector.functions[function].can_block_in(filename, names)
-            yield detector
-    finally:
-        blockbuster_module.BlockingError = original  # type: ignore[misc]
+    monkeypatch.setattr(blockbuster_module, "BlockingError", RecordedBlockingError)
+    with blockbuster_ctx(_SCANNED) as detector:
+        for function, (filename, names) in _ALLOWED:
+            detector.functions[function].can_block_in(filename, names)
+        yield detector
     assert not seen, "blocking calls on the event loop:\n" + "\n".join(seen)
 
 
