@@ -53,7 +53,7 @@ def rss_kib(pid: int) -> int:
 
 
 def write_notebook(path: Path, sources: list[str], *, markdown_every: int = 0) -> Path:
-    cells = []
+    cells: list[dict[str, object]] = []
     for index, source in enumerate(sources):
         if markdown_every and index % markdown_every == markdown_every - 1:
             cells.append(

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import anyio
 
@@ -66,12 +67,30 @@ def nbclient_once(cell: str) -> dict[str, float]:
     done = subprocess.run(
         [sys.executable, "-c", NBCLIENT_SCRIPT, cell], capture_output=True, text=True, check=True
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
-async def measure(
-    sock: Path, proc: subprocess.Popen[bytes], work: Path, lines: int
-) -> dict[str, object]:
+class Measured(TypedDict):
+    """What :func:`measure` found (times in seconds, sizes in KiB unless named bytes)."""
+
+    quiet_exec: list[float]
+    quiet_ping: list[float]
+    flood_exec: list[float]
+    flood_ping: list[float]
+    flood_seconds: float
+    alone: list[float]
+    peer: list[dict[str, float]]
+    status: str
+    resolve_seconds: float
+    runtime_doc_bytes: int
+    rss_before_kib: int
+    rss_peak_sampled_kib: int
+    vmhwm_kib: int
+    rss_after_kib: int
+
+
+async def measure(sock: Path, proc: subprocess.Popen[bytes], work: Path, lines: int) -> Measured:
     flood_path = write_notebook(work / "flood.ipynb", ["1+1", flood_source(lines)])
     other_path = write_notebook(work / "other.ipynb", ["1+1"])
     async with (
@@ -132,7 +151,9 @@ async def measure(
             await client_a.wait_until(finished)
             flood_seconds = time.perf_counter() - start
             stop.set()
-        status = nb_a.runtime.execution(execution_id)["status"]  # type: ignore[index]
+        record = nb_a.runtime.execution(execution_id)
+        assert record is not None
+        status = str(record["status"])
         start = time.perf_counter()
         [output] = nb_a.outputs("c1")
         resolve_seconds = time.perf_counter() - start
@@ -143,7 +164,8 @@ async def measure(
 
         # The same flood with nothing else going on, alternating with nbclient's runs so both
         # see the same machine load: the like-for-like comparison.
-        alone, peer = [], []
+        alone: list[float] = []
+        peer: list[dict[str, float]] = []
         for _ in range(PAIRS):
             start = time.perf_counter()
             execution_id = await nb_a.queue("c1")  # finished() reads this name
@@ -174,21 +196,23 @@ def main() -> None:
     load = os.getloadavg()[0]
     with daemon_process() as (sock, proc, work):
         got = anyio.run(measure, sock, proc, work, lines, backend_options={"use_uvloop": True})
-    peer: list[dict[str, float]] = got["peer"]  # type: ignore[assignment]
+    peer = got["peer"]
 
     print(
         f"flood: {lines} lines of 80 bytes = {megabytes:.0f} MB; {os.cpu_count()} CPUs, "
         f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
     )
-    print(summary("B 1+1 round trip, no flood", got["quiet_exec"]))  # type: ignore[arg-type]
-    print(summary("B 1+1 round trip, during the flood", got["flood_exec"]))  # type: ignore[arg-type]
-    print(summary("ping, no flood", got["quiet_ping"]))  # type: ignore[arg-type]
-    print(summary("ping, during the flood", got["flood_ping"]))  # type: ignore[arg-type]
-    for what in ("exec", "ping"):
-        quiet = statistics.median(got[f"quiet_{what}"])  # type: ignore[arg-type]
-        flood = statistics.median(got[f"flood_{what}"])  # type: ignore[arg-type]
+    print(summary("B 1+1 round trip, no flood", got["quiet_exec"]))
+    print(summary("B 1+1 round trip, during the flood", got["flood_exec"]))
+    print(summary("ping, no flood", got["quiet_ping"]))
+    print(summary("ping, during the flood", got["flood_ping"]))
+    for what, quiet_times, flood_times in (
+        ("exec", got["quiet_exec"], got["flood_exec"]),
+        ("ping", got["quiet_ping"], got["flood_ping"]),
+    ):
+        quiet, flood = statistics.median(quiet_times), statistics.median(flood_times)
         print(f"  {what} median slowdown during the flood: {flood / quiet:.1f}x")
-    ours = statistics.median(got["alone"])  # type: ignore[arg-type]
+    ours = statistics.median(got["alone"])
     theirs = statistics.median([p["seconds"] for p in peer])
     print(
         f"flood cell through runtimed while B and the pings ran (queue -> finished in the "
@@ -198,7 +222,7 @@ def main() -> None:
         f"  + client reading the {megabytes:.0f} MB output from the blob store: "
         f"{got['resolve_seconds']:.2f} s"
     )
-    runs = ", ".join(f"{t:.2f}" for t in got["alone"])  # type: ignore[attr-defined]
+    runs = ", ".join(f"{t:.2f}" for t in got["alone"])
     print(f"flood cell through runtimed, alone: median {ours:.2f} s ({runs})")
     runs = ", ".join(f"{p['seconds']:.2f}" for p in peer)
     print(

@@ -15,6 +15,7 @@ with 20 receiving clients).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import statistics
@@ -22,12 +23,16 @@ import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import daemon_process, summary, write_notebook
+
+if TYPE_CHECKING:
+    from runtimed.client import AsyncNotebook
 
 WARMUP = 20
 CELL = "c0"
@@ -48,6 +53,10 @@ def receiver(sock: str, path: str, edits: int, conn: Connection) -> None:
     )
 
 
+def _reached(nb: AsyncNotebook, length: int) -> bool:
+    return len(nb.doc.source(CELL)) >= length
+
+
 async def _receive(sock: Path, path: Path, edits: int, conn: Connection) -> None:
     from runtimed.client import AsyncClient
 
@@ -56,7 +65,7 @@ async def _receive(sock: Path, path: Path, edits: int, conn: Connection) -> None
         base = len(nb.doc.source(CELL))
         conn.send(base)
         for k in range(1, edits + 1):
-            await client.wait_until(lambda k=k: len(nb.doc.source(CELL)) >= base + k, timeout=60)
+            await client.wait_until(functools.partial(_reached, nb, base + k), timeout=60)
             conn.send(time.perf_counter())
         conn.recv()  # the writer says when to leave
 

@@ -31,6 +31,7 @@ from protocol.messages import (
     SaveNotebook,
 )
 from runtimed.documents.amjson import JsonValue
+from runtimed.documents.manifests import manifest_hashes
 from runtimed.documents.notebook import Cell, NotebookDoc
 from runtimed.documents.runtime import FINISHED, RuntimeDoc
 from runtimed.errors import ConnectionClosed
@@ -334,6 +335,12 @@ class AsyncNotebook:
             evalue=record.get("evalue") if isinstance(record.get("evalue"), str) else None,
             traceback=list(errors[-1].get("traceback", [])) if errors else [],
         )
+
+    async def _resolved(self, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        resolve = self._client.resolve_output
+        if any(manifest_hashes(m) for m in manifests):  # blob files to read: a worker thread
+            return await anyio.to_thread.run_sync(lambda: [resolve(m) for m in manifests])
+        return [resolve(m) for m in manifests]
 
     def _current_execution(self, cell_id: str) -> str | None:
         return self.runtime.cell_execution_id(cell_id)

@@ -113,12 +113,10 @@ class Daemon:
         Raises:
             DaemonAlreadyRunning: another daemon holds this socket.
         """
-        self.paths.ensure()
         lock = InstanceLock(self.paths.lock, socket=self.paths.socket)
-        lock.acquire()
+        # mkdirs, the lock file and the stale socket are file system calls: a worker thread.
+        await anyio.to_thread.run_sync(self._claim, lock)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
             listener = UnixListener(
                 self.paths.socket, self._on_connect, max_connections=self.config.max_connections
             )
@@ -138,10 +136,20 @@ class Daemon:
                 await self._shutdown(listener)
                 tg.cancel_scope.cancel()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.socket.unlink()
-            lock.release()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._release, lock)
             log.info("runtimed stopped")
+
+    def _claim(self, lock: InstanceLock) -> None:
+        self.paths.ensure()
+        lock.acquire()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
+
+    def _release(self, lock: InstanceLock) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()
+        lock.release()
 
     async def _on_connect(self, stream: SocketStream) -> None:
         session = ClientSession(

@@ -1,5 +1,9 @@
 """Launching a kernel process: kernelspec lookup, connection file, spawn, console capture.
 
+Kernels listen on ``ipc`` sockets inside their own 0700 directory wherever the kernel is
+known to support it (ipykernel), so no other local user can connect to IOPub or shell; other
+kernels get 127.0.0.1 TCP ports (see :func:`choose_transport`).
+
 The low-level half of :mod:`runtimed.kernels.session`.  We launch kernels ourselves (rather than via
 ``jupyter_client.AsyncKernelManager``) so that we own the process object (event-driven exit
 detection), its console pipe (stderr tail on failure) and its process group (signals).
@@ -13,8 +17,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,8 +35,13 @@ from runtimed.errors import KernelNotFound, KernelStartFailed
 __all__ = [
     "ConsoleTail",
     "LaunchSpec",
+    "Transport",
+    "address_in_use",
+    "choose_transport",
     "describe_exit",
+    "make_kernel_dir",
     "resolve_spec",
+    "runs_ipykernel",
     "signal_group",
     "spawn_kernel",
     "write_connection",
@@ -39,6 +50,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TEMPLATE = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+Transport = Literal["ipc", "tcp"]
+# sun_path is 108 bytes on Linux, 104 on macOS (the NUL included): stay below both.
+_AF_UNIX_PATH_MAX = 100
+_SHORT_BASE_MAX = 60  # a temp dir longer than this is replaced by /tmp for kernel dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +101,81 @@ async def resolve_spec(kernel_name: str | None) -> LaunchSpec:
     return await anyio.to_thread.run_sync(_resolve_sync, kernel_name)
 
 
-def write_connection(directory: Path, spec: LaunchSpec) -> tuple[Path, KernelConnectionInfo]:
-    """Write a connection file (tcp on 127.0.0.1, fresh ports and HMAC key) into directory."""
+def runs_ipykernel(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` starts ipykernel (``-m ipykernel_launcher``, ``-m ipykernel``)."""
+    return any(
+        arg in ("ipykernel_launcher", "ipykernel") or arg.endswith("/ipykernel_launcher.py")
+        for arg in argv
+    )
+
+
+def choose_transport(spec: LaunchSpec, directory: Path) -> Transport:
+    """``ipc`` when the kernel is known to honour the connection file's ``transport``
+    (ipykernel does) and its socket paths fit in an AF_UNIX address; ``tcp`` otherwise.
+
+    A kernelspec does not declare which transports its kernel supports, and a kernel that
+    ignores the field would bind TCP ports nobody connects to: only ipykernel is trusted.
+    """
+    if not runs_ipykernel(spec.argv):
+        return "tcp"
+    if len(os.fsencode(_ipc_prefix(directory))) + len("-99999") > _AF_UNIX_PATH_MAX:
+        return "tcp"
+    return "ipc"
+
+
+def _ipc_prefix(directory: Path) -> str:
+    # jupyter_client names ipc sockets "<ip>-<port>": here <dir>/k-1 ... <dir>/k-5.
+    return str(directory / "k")
+
+
+def make_kernel_dir() -> Path:
+    """A new directory (mode 0700, ours) for one kernel's connection file and ipc sockets.
+
+    Under the system temp dir, or ``/tmp`` when that is too long for short socket paths.
+    Blocking (a mkdir): call it in a worker thread.
+    """
+    base = tempfile.gettempdir()
+    if len(os.fsencode(base)) > _SHORT_BASE_MAX and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="runtimed-kernel-", dir=base))
+
+
+def write_connection(
+    directory: Path,
+    spec: LaunchSpec,
+    *,
+    transport: Transport | None = None,
+    ports: Mapping[str, int] | None = None,
+) -> tuple[Path, KernelConnectionInfo]:
+    """Write a connection file with a fresh HMAC key into ``directory`` (blocking).
+
+    ``transport`` (default: :func:`choose_transport`): ``ipc`` puts the five sockets in
+    ``directory`` itself, so only we can reach them; ``tcp`` binds 127.0.0.1 ports picked
+    free just now (another process may take one before the kernel binds it: the session
+    retries such a collision).  ``ports`` (e.g. ``{"shell_port": 5555}``) fixes some.
+    """
+    transport = transport or choose_transport(spec, directory)
+    ip = _ipc_prefix(directory) if transport == "ipc" else "127.0.0.1"
+    fixed = ports or {}
     fname, info = write_connection_file(
         fname=str(directory / "kernel.json"),
-        ip="127.0.0.1",
+        ip=ip,
         key=uuid.uuid4().hex.encode(),
-        transport="tcp",
+        transport=transport,
         kernel_name=spec.name,
+        shell_port=fixed.get("shell_port", 0),
+        iopub_port=fixed.get("iopub_port", 0),
+        stdin_port=fixed.get("stdin_port", 0),
+        control_port=fixed.get("control_port", 0),
+        hb_port=fixed.get("hb_port", 0),
     )
     return Path(fname), info
+
+
+def address_in_use(console: str) -> bool:
+    """Whether a kernel's console output says a port it was given was taken (zmq's EADDRINUSE
+    message, as ipykernel prints it when it cannot bind)."""
+    return "Address already in use" in console
 
 
 def _format(template: str, ns: dict[str, str]) -> str:
@@ -128,7 +209,8 @@ async def spawn_kernel(
     stdin is /dev/null; stdout and stderr share one pipe, drained by :class:`ConsoleTail`.
     Environment: the daemon's, then the kernelspec's ``env``, then ``env``.
     """
-    argv, full_env = _command(spec, connection_file, env)
+    # realpath and expanduser touch the filesystem: off the event loop.
+    argv, full_env = await anyio.to_thread.run_sync(_command, spec, connection_file, env)
     try:
         return await anyio.open_process(
             argv,

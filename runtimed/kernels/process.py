@@ -9,6 +9,7 @@ dispatching messages by their parent ``msg_id`` (Jupyter messaging protocol, "th
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import signal
@@ -123,6 +124,11 @@ class KernelProcess:
         self._run_scope = anyio.CancelScope(shield=True)
 
     @property
+    def transport(self) -> str:
+        """The connection file's transport: ``ipc`` (sockets in :attr:`conn_dir`) or ``tcp``."""
+        return str(self.client.transport)
+
+    @property
     def pid(self) -> int:
         """The kernel's pid; with start_new_session also its process group id."""
         return self.process.pid
@@ -232,7 +238,11 @@ class KernelProcess:
                 with anyio.move_on_after(_KILL_WAIT):
                     await self.process.aclose()
                 self.client.stop_channels()
-                shutil.rmtree(self.conn_dir, ignore_errors=True)
+                # The connection file and any ipc sockets the kernel left (a worker thread:
+                # deleting files blocks).
+                await anyio.to_thread.run_sync(
+                    functools.partial(shutil.rmtree, self.conn_dir, ignore_errors=True)
+                )
 
     def abort(self) -> None:
         """Last resort when :meth:`stop` could not run: SIGKILL the group, end the tasks."""

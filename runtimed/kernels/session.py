@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -31,10 +31,18 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskGroup
 from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.connect import KernelConnectionInfo
 
 from protocol.states import ExecutionStatus, KernelState
 from runtimed.errors import KernelNotRunning, KernelStartFailed
-from runtimed.kernels.launch import LaunchSpec, resolve_spec, spawn_kernel, write_connection
+from runtimed.kernels.launch import (
+    LaunchSpec,
+    address_in_use,
+    make_kernel_dir,
+    resolve_spec,
+    spawn_kernel,
+    write_connection,
+)
 from runtimed.kernels.outputs import Output, OutputChange
 from runtimed.kernels.process import Execution, KernelProcess, StdinHandler
 
@@ -55,6 +63,7 @@ _SHUTDOWN_GRACE = 5.0  # default wait for the kernel to exit after shutdown_requ
 _CLOSE_DEADLINE = _SHUTDOWN_GRACE + 2.0 + 3.0  # + SIGTERM grace + SIGKILL wait
 _IDLE_GRACE = 5.0  # after execute_reply, wait this long for IOPub idle (nbclient: 4 s)
 _INTERRUPT_GRACE = 3.0  # after a timeout's interrupt, wait this long for the reply
+_PORT_ATTEMPTS = 3  # launches tried when a TCP kernel finds a port it was given taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,7 @@ class KernelSession:
         self.last_activity: float | None = None
         """Unix time an execution last started or finished (None: none yet)."""
         self._tg: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None  # set while entered
         self._kernel: KernelProcess | None = None
         self._processes: set[KernelProcess] = set()  # started and not yet fully stopped
         self._lifecycle = anyio.Lock()
@@ -132,19 +142,27 @@ class KernelSession:
     # -- context manager ---------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._tg is not None or self._closed:
+        if self._stack is not None or self._closed:
             raise RuntimeError("a KernelSession can be entered only once")
         if self._spec is None:
             self._spec = await resolve_spec(self._kernel_name)
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        try:
-            async with self._lifecycle:
-                self._kernel = await self._launch()
-        except BaseException as exc:
-            await self._close(exc)
-            raise
+        failure: BaseException | None = None
+        async with AsyncExitStack() as stack:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            # Runs before the task group exits (last in, first out): stop the kernel (whose
+            # tasks live in the group), then end whatever else runs there.
+            stack.push_async_callback(self._close)
+            try:
+                async with self._lifecycle:
+                    self._kernel = await self._launch()
+            except BaseException as exc:
+                # Close the stack without handing ``exc`` to the task group, which would
+                # wrap it in an ExceptionGroup: it is the caller's error, raised as is below.
+                failure = exc
+            else:
+                self._stack = stack.pop_all()
+        if failure is not None:
+            raise failure
         return self
 
     async def __aexit__(
@@ -153,9 +171,12 @@ class KernelSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close(exc)
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            # Not ``exc``: the caller's exception is theirs, never the task group's.
+            await stack.aclose()
 
-    async def _close(self, exc: BaseException | None) -> None:
+    async def _close(self) -> None:
         assert self._tg is not None
         try:
             with anyio.CancelScope(shield=True) as scope:
@@ -167,12 +188,6 @@ class KernelSession:
                 logger.error("kernel %d still running at close; killing it", kernel.pid)
                 kernel.abort()
             self._tg.cancel_scope.cancel()
-            # Only a cancellation concerns the task group's scope; any other exception is the
-            # caller's and must not be wrapped into an ExceptionGroup.  Never suppress it.
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
-            else:
-                await self._tg.__aexit__(None, None, None)
 
     # -- state -------------------------------------------------------------------------
 
@@ -192,6 +207,17 @@ class KernelSession:
     def pid(self) -> int | None:
         """The kernel's process id (also its process group id); None once shut down."""
         return None if self._kernel is None else self._kernel.pid
+
+    @property
+    def connection_dir(self) -> Path | None:
+        """The current kernel's private directory (mode 0700): its connection file
+        ``kernel.json`` and, for the ``ipc`` transport, its sockets.  None once shut down."""
+        return None if self._kernel is None else self._kernel.conn_dir
+
+    @property
+    def transport(self) -> str | None:
+        """``ipc`` or ``tcp`` (see :func:`runtimed.kernels.launch.choose_transport`)."""
+        return None if self._kernel is None else self._kernel.transport
 
     @property
     def kernel_info(self) -> dict[str, Any] | None:
@@ -273,12 +299,35 @@ class KernelSession:
             self._starting = False
 
     async def _launch_process(self, spec: LaunchSpec, tg: TaskGroup) -> KernelProcess:
-        conn_dir = Path(tempfile.mkdtemp(prefix="runtimed-kernel-"))
+        attempt = 1
+        while True:
+            kernel, failure = await self._try_launch(spec, tg)
+            if failure is None:
+                logger.info("kernel %r ready (pid %d, %s)", spec.name, kernel.pid, kernel.transport)
+                return kernel
+            console = kernel.tail.text()
+            if kernel.transport == "tcp" and attempt < _PORT_ATTEMPTS and address_in_use(console):
+                # Ports are picked free and released before the kernel binds them: another
+                # process can take one meanwhile (papermill#511). Fresh ports, again.
+                logger.warning(
+                    "kernel %r: a port was taken before it bound it; retrying", spec.name
+                )
+                attempt += 1
+                continue
+            raise KernelStartFailed(
+                f"kernel {spec.name!r} (pid {kernel.pid}) {failure}", stderr_tail=console
+            )
+
+    async def _try_launch(
+        self, spec: LaunchSpec, tg: TaskGroup
+    ) -> tuple[KernelProcess, str | None]:
+        """Start one kernel process; (kernel, None) once ready, else (stopped kernel, why)."""
+        conn_dir, conn_file, info = await anyio.to_thread.run_sync(_prepare_kernel_dir, spec)
         try:
-            conn_file, info = write_connection(conn_dir, spec)
             process = await spawn_kernel(spec, conn_file, cwd=self._cwd, env=self._env)
         except BaseException:
-            shutil.rmtree(conn_dir, ignore_errors=True)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove_dir, conn_dir)
             raise
         client = AsyncKernelClient()
         client.load_connection_info(info)
@@ -295,12 +344,7 @@ class KernelSession:
             raise
         if failure is not None:
             await self._stop(kernel, grace=0, reason="failed to start")
-            raise KernelStartFailed(
-                f"kernel {spec.name!r} (pid {kernel.pid}) {failure}",
-                stderr_tail=kernel.tail.text(),
-            )
-        logger.info("kernel %r ready (pid %d)", spec.name, kernel.pid)
-        return kernel
+        return kernel, failure
 
     # -- execution ---------------------------------------------------------------------
 
@@ -400,6 +444,21 @@ class KernelSession:
         if scope.cancelled_caught:
             logger.warning("no IOPub idle for %s within %s s of its reply", msg_id, _IDLE_GRACE)
             kernel.forget(msg_id)
+
+
+def _prepare_kernel_dir(spec: LaunchSpec) -> tuple[Path, Path, KernelConnectionInfo]:
+    """The kernel's 0700 directory and its connection file (blocking: a worker thread)."""
+    conn_dir = make_kernel_dir()
+    try:
+        conn_file, info = write_connection(conn_dir, spec)
+    except BaseException:
+        _remove_dir(conn_dir)
+        raise
+    return conn_dir, conn_file, info
+
+
+def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _outcome(ex: Execution, *, timed_out: bool, timeout: float | None) -> ExecutionOutcome:

@@ -181,7 +181,7 @@ class EnvStore:
             log.warning("environment %s failed: %s", build.key, build.error)
 
     async def _build(self, build: _Build, deps: Dependencies) -> BuiltEnv:
-        uv = self.uv_path()
+        uv = await anyio.to_thread.run_sync(self.uv_path)  # looks for the file: a thread
         python_arg, python_tag = target_python(deps)
         path = self.root / build.key
         started = time.monotonic()

@@ -60,9 +60,12 @@ class DocumentStore:
 
     @staticmethod
     def key_for(path: Path | None, doc_id: str) -> str:
+        """The store key of a notebook: its path (absolute and resolved, as the daemon keeps
+        every room's path; not resolved again here, which would touch the file system on the
+        event loop) or, for an untitled notebook, its document id."""
         if path is None:
             return f"untitled-{doc_id}"
-        return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+        return hashlib.sha256(str(path).encode()).hexdigest()[:32]
 
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return (

@@ -130,9 +130,7 @@ def parse_notebook(raw: bytes, path: Path) -> dict[str, Any]:
     # notebook) and hands the error back through capture_validation_error.
     invalid: dict[str, ValidationError] = {}
     try:
-        node = nbformat.reads(  # type: ignore[no-untyped-call]
-            text, as_version=4, capture_validation_error=invalid
-        )
+        node = nbformat.reads(text, as_version=4, capture_validation_error=invalid)
     except Exception as exc:  # nbformat raises assorted types for malformed input
         raise NotebookInvalid(f"{path}: invalid notebook: {exc}") from exc
     if invalid:
@@ -150,9 +148,9 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         NotebookIOError: the write failed (full disk, permissions); the old file is intact
             and no temp file is left behind.
     """
-    node = nbformat.from_dict(nb)  # type: ignore[no-untyped-call]
+    node = nbformat.from_dict(nb)
     invalid: dict[str, ValidationError] = {}  # writes() validates once, as reads() does
-    text = nbformat.writes(node, capture_validation_error=invalid)  # type: ignore[no-untyped-call]
+    text = nbformat.writes(node, capture_validation_error=invalid)
     if invalid:
         error = invalid["ValidationError"]
         raise NotebookInvalid(

@@ -7,16 +7,75 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+import blockbuster.blockbuster as blockbuster_module
 import pytest
+from blockbuster import BlockBuster, BlockingError, blockbuster_ctx
 
 from runtimed.client import AsyncClient
 from runtimed.config import DaemonConfig, RuntimesConfig
 from runtimed.daemon.app import Daemon
 from runtimed.paths import RuntimedPaths
+
+_REPO = Path(__file__).resolve().parents[2]
+
+# Our code: a blocking call on the event loop thread with one of these on the stack fails the
+# test (a call made by the test itself, e.g. reading the output file, is the test's business).
+_SCANNED = ["runtimed", "protocol", "blobstore"]
+_SCANNED_ROOTS = tuple(str(_REPO / name) for name in _SCANNED)
+
+
+# Narrow allowances, each with its reason (the detector stays on for everything else).
+_ALLOWED: list[tuple[str, tuple[str, set[str]]]] = [
+    # logging writes records synchronously from the calling thread: pytest's file handler
+    # (to /dev/null unless --log-file) and the daemon's own --log-file handler.  A short
+    # write to a local file; a QueueHandler would move it off the loop if it ever matters.
+    ("io.TextIOWrapper.write", ("logging/__init__.py", {"emit"})),
+    ("io.BufferedWriter.write", ("logging/__init__.py", {"emit"})),
+    # anyio's create_unix_listener stats the socket path once when it binds (start-up only).
+    ("os.stat", ("anyio/_core/_sockets.py", {"setup_unix_local_socket"})),
+    # TODO(executor owner): kernel_cwd_for resolves and checks metadata.runtimed.cwd on the
+    # event loop (Path.resolve, is_dir); remove this once it does so in a worker thread.
+    ("os.path.abspath", ("runtimed/daemon/executor.py", {"kernel_cwd_for"})),
+    ("os.stat", ("runtimed/daemon/executor.py", {"kernel_cwd_for"})),
+    # TODO(client owner): AsyncNotebook.outputs() is synchronous API that resolves blob
+    # references by reading the blob files (wait_execution does that in a worker thread).
+    ("io.BufferedReader.read", ("runtimed/client/notebook.py", {"outputs"})),
+]
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockBuster]:
+    """Every integration test runs under ``blockbuster``: file I/O, ``time.sleep``, blocking
+    socket calls or a contended lock on the event loop thread, from our packages, raise
+    ``BlockingError`` there — and fail the test at teardown even if the daemon caught it
+    (a daemon turns an unexpected exception into an error reply and keeps serving).
+
+    Active from before the daemon fixture starts until after it stopped (autouse fixtures
+    are set up first and torn down last). Subprocesses (``runt`` runs, daemon processes,
+    kernels) are not covered: they are not our event loop.
+    """
+    seen: list[str] = []
+
+    class RecordedBlockingError(BlockingError):
+        def __init__(self, func: str) -> None:
+            super().__init__(func)
+            stack = traceback.extract_stack()[:-1]
+            ours = [f for f in stack if f.filename.startswith(_SCANNED_ROOTS)]
+            where = f"{ours[-1].filename}:{ours[-1].lineno} in {ours[-1].name}" if ours else "?"
+            seen.append(f"{func} at {where}\n{''.join(traceback.format_list(stack[-12:]))}")
+
+    # The wrapper looks the exception class up in its module when it raises: record each.
+    monkeypatch.setattr(blockbuster_module, "BlockingError", RecordedBlockingError)
+    with blockbuster_ctx(_SCANNED) as detector:
+        for function, (filename, names) in _ALLOWED:
+            detector.functions[function].can_block_in(filename, names)
+        yield detector
+    assert not seen, "blocking calls on the event loop:\n" + "\n".join(seen)
 
 
 @pytest.fixture

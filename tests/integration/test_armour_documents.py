@@ -38,7 +38,7 @@ def _persist_as(daemon: Daemon, path: Path, document: bytes) -> None:
         DocumentStore.key_for(path, ""),
         notebook=document,
         runtime={},
-        meta=(str(path), doc_id, file_digest(path)),
+        meta=(str(path), doc_id, file_digest(path), True),
     )
 
 

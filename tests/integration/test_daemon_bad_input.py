@@ -131,7 +131,7 @@ class RawPeer:
                 self.skipped_sync.append(decode_sync(frame.payload))
                 continue
             message = decode_daemon_message(frame.payload)
-            if not isinstance(message, DaemonEvent):  # type: ignore[arg-type]
+            if not isinstance(message, DaemonEvent):
                 return message
 
     async def next_sync(self) -> SyncEnvelope:
@@ -472,7 +472,7 @@ async def test_garbage_automerge_bytes_get_an_error_and_the_connection_stays(
     for doc in ("notebook", "runtime"):
         envelope = SyncEnvelope(
             notebook_id=notebook_id,
-            doc=doc,  # type: ignore[arg-type]
+            doc=doc,
             data=b"\x42\x00garbage automerge \xff" * 3,
         )
         await raw.send_frame(FrameKind.SYNC, encode(envelope))
@@ -557,7 +557,7 @@ async def test_a_library_client_writing_the_runtime_document_does_not_loop(
             frames += 1
             original(notebook_id, doc, data)
 
-        rogue.connection._on_sync = counting  # type: ignore[method-assign]
+        rogue.connection._on_sync = counting
         # Nothing changes any more: a settled exchange sends the rogue a few frames at most.
         with anyio.move_on_after(1.0):
             await rogue.wait_until(lambda: frames > 50)

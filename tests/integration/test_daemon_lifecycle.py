@@ -117,7 +117,7 @@ def test_a_stale_socket_file_from_a_dead_daemon_does_not_block_a_start(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_socket(paths.socket, proc)  # type: ignore[arg-type]
+        wait_for_socket(paths.socket, proc)
         ping(paths)
     finally:
         assert stop(proc) == 0
@@ -163,7 +163,7 @@ def test_sigterm_while_the_pool_kernel_starts_exits_promptly(short_tmp: Path) ->
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_for_socket(paths.socket, proc)  # type: ignore[arg-type]
+            wait_for_socket(paths.socket, proc)
             proc.send_signal(signal.SIGTERM)
             try:
                 code = proc.wait(timeout=15)

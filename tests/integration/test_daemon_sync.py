@@ -226,7 +226,7 @@ async def test_edits_by_one_reach_all_others(
                 tg.start_soon(functools.partial(nb.add_cell, "code", f"by {i}", cell_id=f"by{i}"))
         expected = {f"by{i}" for i in range(n_clients)}
         for c, nb in zip(clients, notebooks, strict=True):
-            await c.wait_until(lambda nb=nb: expected <= set(nb.cell_ids()), timeout=TIMEOUT)
+            await c.wait_until(functools.partial(_has_cells, nb, expected), timeout=TIMEOUT)
         order = notebooks[0].cell_ids()
         assert all(nb.cell_ids() == order for nb in notebooks)
 
@@ -234,3 +234,7 @@ async def test_edits_by_one_reach_all_others(
         await notebooks[-1].splice_source("cell2", 0, 0, "# from the last ")
         for c, nb in zip(clients, notebooks, strict=True):
             await sees(c, nb, "cell2", "# from the last print(x)")
+
+
+def _has_cells(nb: AsyncNotebook, expected: set[str]) -> bool:
+    return expected <= set(nb.cell_ids())

@@ -89,7 +89,7 @@ def _fuzz(daemon: Daemon, short_tmp: Path, mutations: tuple[Mutation, ...], exam
         witness.close()
     assert sum(sent) > examples  # the sessions really sent frames
     saved = json.loads(notebook.read_text())
-    nbformat.validate(nbformat.from_dict(saved))  # type: ignore[no-untyped-call]
+    nbformat.validate(nbformat.from_dict(saved))
     assert "witness" in [c["id"] for c in saved["cells"]]
 
 

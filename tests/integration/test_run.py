@@ -314,7 +314,13 @@ async def test_rerun_same_output_and_log_output(daemon: Daemon, short_tmp: Path)
         short_tmp / "in.ipynb",
         [
             code("v = 'one'", "parameters"),
-            code("print('value', v)\nimport sys\nprint('to stderr', file=sys.stderr)\nv * 2"),
+            # flush=True: ipykernel buffers stdout and stderr separately and flushes each on
+            # its own 0.2 s timer (a timer armed by an earlier cell can fire mid-cell), so
+            # without it stderr can reach IOPub first, or split around the stdout line.
+            code(
+                "print('value', v, flush=True)\n"
+                "import sys\nprint('to stderr', file=sys.stderr)\nv * 2"
+            ),
         ],
     )
     out = short_tmp / "out.ipynb"

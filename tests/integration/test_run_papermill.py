@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from runtimed.automation.report import ERROR_MARKER_TAG
 from runtimed.automation.run import execute_notebook_async
 from runtimed.daemon.app import Daemon
+from runtimed.kernels.outputs import coalesce_streams
 
 from .conftest import write_notebook
 
@@ -37,7 +38,9 @@ FAILING_CELLS: list[dict[str, Any]] = [
     },
     {
         "cell_type": "code",
-        "source": "print('alpha is', alpha)\nimport sys; print('err', file=sys.stderr)",
+        # flush=True: ipykernel flushes stdout and stderr on separate timers, so their
+        # relative order is not otherwise guaranteed (for papermill's kernel either).
+        "source": "print('alpha is', alpha, flush=True)\nimport sys; print('err', file=sys.stderr)",
     },
     {
         "cell_type": "code",
@@ -63,7 +66,9 @@ def _papermill_run(src: Path, out: Path, parameters: dict[str, Any], **kw: Any) 
 
 
 def _strip(nb: dict[str, Any]) -> dict[str, Any]:
-    """Drop what legitimately differs: ids, timestamps, durations, papermill's version."""
+    """Drop what legitimately differs: ids, timestamps, durations, papermill's version; and
+    coalesce stream chunks (nbclient keeps one output per IOPub message, and how ipykernel
+    chunks a print depends on its flush timer)."""
     nb = copy.deepcopy(nb)
     meta = nb["metadata"]
     meta.pop("runtimed", None)
@@ -77,6 +82,8 @@ def _strip(nb: dict[str, Any]) -> dict[str, Any]:
         if isinstance(record, dict):
             for key in ("start_time", "end_time", "duration"):
                 record.pop(key, None)
+        if "outputs" in cell:
+            cell["outputs"] = coalesce_streams(cell["outputs"])
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 assert output["traceback"], "an error output must carry a traceback"

@@ -139,7 +139,8 @@ def rich_notebook() -> dict[str, Any]:
 
 def normalized(path: Path) -> dict[str, Any]:
     """A notebook file as nbformat reads it (multiline lists joined), as plain JSON."""
-    return json.loads(json.dumps(nbformat.reads(path.read_text(), as_version=4)))
+    plain: dict[str, Any] = json.loads(json.dumps(nbformat.reads(path.read_text(), as_version=4)))
+    return plain
 
 
 def write_json(path: Path, nb: dict[str, Any]) -> Path:
@@ -339,7 +340,7 @@ class Daemons:
             stderr=subprocess.DEVNULL,
         )
         self.started.append(proc)
-        wait_for_socket(self.paths.socket, proc)  # type: ignore[arg-type]
+        wait_for_socket(self.paths.socket, proc)
         return proc
 
     def close(self) -> None:

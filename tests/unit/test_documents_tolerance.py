@@ -49,7 +49,7 @@ def test_counters_are_left_out_and_reported_by_cell() -> None:
 def test_a_document_with_counters_still_converts_to_a_valid_notebook() -> None:
     nb = _load("counters")
     data = nb.to_nbformat()
-    nbformat.validate(nbformat.from_dict(data))  # type: ignore[no-untyped-call]
+    nbformat.validate(nbformat.from_dict(data))
     assert [c["id"] for c in data["cells"]] == ["good", "good-md", "js-counter", "js-counter-id"]
 
 

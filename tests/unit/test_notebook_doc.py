@@ -99,7 +99,8 @@ def validate(nb: dict[str, Any]) -> None:
 def through_file(nb: dict[str, Any]) -> dict[str, Any]:
     """``nb`` written as .ipynb text and read back (as a checkpoint would be)."""
     text = nbformat.writes(nbformat.from_dict(copy.deepcopy(nb)))
-    return json.loads(json.dumps(nbformat.reads(text, as_version=4)))
+    plain: dict[str, Any] = json.loads(json.dumps(nbformat.reads(text, as_version=4)))
+    return plain
 
 
 # ---------------------------------------------------------------- text: code points

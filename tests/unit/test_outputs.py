@@ -63,7 +63,7 @@ def test_each_output_type_has_nbformat_keys() -> None:
 
 
 def _cell(outputs: list[dict[str, Any]]) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell("")
+    cell: nbformat.NotebookNode = nbformat.v4.new_code_cell("")
     cell.outputs = [nbformat.from_dict(o) for o in outputs]
     return cell
 

@@ -4,8 +4,11 @@ kept out of the daemon's dispatcher."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import anyio
 
 from protocol.messages import (
     CleanEnvs,
@@ -62,7 +65,10 @@ async def answer(
                 bytes_freed=sum(e.size_bytes for e in removed),
             )
         case GetConfig():
-            return config_reply(config, request_id=request.id)
+            # It looks at the configuration file: a worker thread.
+            return await anyio.to_thread.run_sync(
+                functools.partial(config_reply, config, request_id=request.id)
+            )
 
 
 def config_reply(config: DaemonConfig, *, request_id: int = 0) -> ConfigReply:
