@@ -208,7 +208,7 @@ async def execute_notebook_async(
         # The output reaches stdout / its URL whatever happened (it is always written).
         with anyio.CancelScope(shield=True):
             sink = _OUTPUT_SINK.get()
-            if sink is not None and staged.output_path.exists():
+            if sink is not None and await anyio.Path(staged.output_path).exists():
                 from runtimed.storage.ipynb import read_notebook
 
                 sink.append(await anyio.to_thread.run_sync(read_notebook, staged.output_path))

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 import anyio
 
-from blobstore import BlobError, BlobStore, PinSet
+from blobstore import BlobStore
 from protocol.messages import InputRequested, KernelStatusChanged, encode
 from protocol.states import ExecutionStatus, KernelState
-from runtimed.daemon.manifests import ManifestWriter
+from runtimed.daemon.outputs import OutputRecorder
 from runtimed.daemon.queue import (
     AbandonSent,
     Broadcast,
@@ -67,7 +67,6 @@ from runtimed.errors import (
     KernelNotRunning,
     RuntimedError,
 )
-from runtimed.kernels.outputs import DisplayUpdate, OutputChange
 from runtimed.kernels.session import KernelSession, Submitted
 from runtimed.runtimes.selection import RuntimeRequest, runtime_request_for
 
@@ -79,8 +78,6 @@ __all__ = ["NotebookExecutor", "kernel_cwd_for"]
 
 log = logging.getLogger(__name__)
 
-_MIN_FLUSH_INTERVAL = 0.02
-_FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
 # Kernel states after which no process holds anything a notebook ran (kernel.used = False).
 _NEW_PROCESS_STATES = frozenset(
     {
@@ -146,8 +143,6 @@ class NotebookExecutor:
         self.config = config
         self._runtimes = runtimes
         self._blobs = blobs
-        self._manifests = ManifestWriter(blobs)
-        self._pins: PinSet | None = None
         self._queue = ExecutionQueue(
             room.notebook_id,
             new_execution_id=lambda: uuid.uuid4().hex,
@@ -169,12 +164,9 @@ class NotebookExecutor:
         self._sent: tuple[str, KernelSession, Submitted] | None = None
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
-        self._flush_wake = anyio.Event()
-        self._pending_change: OutputChange | None = None
         self._idle_changed = anyio.Event()
         self._kernel_written: tuple[str, str | None, int | None, str, bool] | None = None
-        self._display_updates: list[DisplayUpdate] = []
-        self._displays: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._outputs = OutputRecorder(room, blobs, running=lambda: self._queue.running)
 
     # ------------------------------------------------------------ requests
 
@@ -271,7 +263,7 @@ class NotebookExecutor:
             try:
                 with self._scope:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._flusher)
+                        tg.start_soon(self._outputs.run)
                         while True:
                             while not self._queue.can_start:
                                 written = self._kernel_written
@@ -296,7 +288,7 @@ class NotebookExecutor:
         except Exception:
             # A bug must cost one execution, never the notebook or daemon.
             log.exception("internal error running %s", started.execution_id)
-            self._pending_change = None
+            self._outputs.pending = None
             running = self._queue.running
             if running is not None:
                 await self._perform(self._queue.handle(_failed(running, "InternalError")))
@@ -495,7 +487,7 @@ class NotebookExecutor:
                 case SendAhead():
                     await self._send_ahead(effect.entry, kernel)
                 case RecordOutcome():
-                    await self._record_outcome(effect)
+                    await self._outputs.record_outcome(effect)
                 case InterruptKernel():
                     await self._interrupt_kernel()
                 case _:
@@ -553,13 +545,12 @@ class NotebookExecutor:
     async def _run_job(self, entry: Entry, *, sent_ahead: bool) -> None:
         # Blobs written for this run are pinned until the runtime document references them.
         async with self._blobs.pin() as pins:
-            self._pins = pins
+            self._outputs.pins = pins
             try:
                 finished, kernel = await self._execute(entry, sent_ahead=sent_ahead)
                 await self._perform(self._queue.handle(finished), kernel=kernel)
             finally:
-                self._pins = None
-                self._manifests.forget()
+                self._outputs.end_execution()
 
     async def _execute(
         self, entry: Entry, *, sent_ahead: bool
@@ -568,8 +559,8 @@ class NotebookExecutor:
         sent, self._sent = self._sent, None
         assert (sent is not None) == sent_ahead, "the executor and the queue agree on it"
         assert sent is None or sent[0] == entry.execution_id, "sent ahead: the queue's head"
-        if self._pending_change is not None:
-            self._flush_wake.set()  # outputs it sent before it became the running job
+        if self._outputs.pending is not None:
+            self._outputs.wake()  # outputs it sent before it became the running job
         kernel: KernelSession | None = None
         try:
             try:
@@ -583,7 +574,7 @@ class NotebookExecutor:
                 else:
                     submitted = await kernel.submit(
                         entry.source,
-                        on_change=self._on_change,
+                        on_change=self._outputs.on_change,
                         stdin=self._stdin_for(entry) if entry.allow_stdin else None,
                     )
                 outcome = await kernel.wait(submitted, timeout=entry.timeout)
@@ -609,7 +600,7 @@ class NotebookExecutor:
             # kernel-state writes or events (run() sets "idle" if the queue is dropped).
             return finished, kernel
         finally:
-            self._pending_change = None
+            self._outputs.pending = None
 
     async def _send_ahead(self, entry: Entry, kernel: KernelSession | None) -> None:
         """Send the next queued cell now, so the kernel runs it while this one is recorded
@@ -618,46 +609,11 @@ class NotebookExecutor:
         if kernel is None or kernel.state == KernelState.DEAD:
             return
         try:
-            submitted = await kernel.submit(entry.source, on_change=self._on_change)
+            submitted = await kernel.submit(entry.source, on_change=self._outputs.on_change)
         except KernelError:
             return  # the normal path tries again and records the error
         self._sent = (entry.execution_id, kernel, submitted)
         self._perform_now(self._queue.handle(SentAhead(entry.execution_id)))
-
-    async def _record_outcome(self, effect: RecordOutcome) -> None:
-        room, runtime = self.room, self.room.runtime
-        try:
-            manifests = await self._manifests.build_all(
-                list(effect.outputs), final=True, pins=self._pins
-            )
-        except BlobError as exc:
-            # e.g. a full disk: the output is lost, not the execution record; say so.
-            manifests = [
-                await self._manifests.build(
-                    {
-                        "output_type": "error",
-                        "ename": "OutputNotStored",
-                        "evalue": f"the cell's outputs could not be stored: {exc}",
-                        "traceback": [],
-                    }
-                )
-            ]
-        if room.runtime is runtime:
-            runtime.set_outputs(effect.cell_id, manifests)
-            runtime.set_execution_count(effect.cell_id, effect.execution_count)
-            runtime.update_execution(
-                effect.execution_id,
-                status=effect.status,
-                execution_count=effect.execution_count,
-                ename=effect.ename,
-                evalue=effect.evalue,
-            )
-            room.runtime_changed()
-        # After this cell's outputs are in place: a display update the next cell (already
-        # sent ahead) made to one of them must not be overwritten by them.
-        self._record_displays(effect.cell_id, dict(effect.display_ids))
-        if self._display_updates:
-            await self._apply_display_updates()
 
     def _stdin_for(self, entry: Entry) -> Any:
         async def answer(prompt: str, password: bool) -> str:
@@ -680,76 +636,6 @@ class NotebookExecutor:
             return str(box[0])
 
         return answer
-
-    # ------------------------------------------------------------ outputs
-
-    def _on_change(self, change: OutputChange) -> None:
-        # Called from the kernel's IOPub reader: never block, just note and wake the flusher.
-        self._pending_change = change
-        if change.display_update is not None:
-            self._display_updates.append(change.display_update)
-        self._flush_wake.set()
-
-    async def _apply_display_updates(self) -> None:
-        """``update_display_data`` for a display id shown by other cells: rewrite those
-        outputs' data and metadata (the Jupyter messaging spec's display_id semantics)."""
-        updates, self._display_updates = self._display_updates, []
-        running = self._queue.running.cell_id if self._queue.running else None
-        changed = False
-        for update in updates:
-            for cell_id, indices in self._displays.get(update.display_id, {}).items():
-                if cell_id == running:
-                    continue
-                _, manifests = self.room.runtime.cell_state(cell_id)
-                for index in indices:
-                    if index < len(manifests):
-                        old = manifests[index]
-                        output: dict[str, Any] = {
-                            "output_type": old.get("output_type", "display_data"),
-                            "data": update.data,
-                            "metadata": update.metadata,
-                        }
-                        if "execution_count" in old:
-                            output["execution_count"] = old["execution_count"]
-                        manifests[index] = await self._manifests.build(output, pins=self._pins)
-                        changed = True
-                self.room.runtime.set_outputs(cell_id, manifests)
-        if changed:
-            self.room.runtime_changed()
-
-    def _record_displays(self, cell_id: str, display_ids: dict[str, tuple[int, ...]]) -> None:
-        for cells in self._displays.values():
-            cells.pop(cell_id, None)
-        for display_id, indices in display_ids.items():
-            self._displays.setdefault(display_id, {})[cell_id] = indices
-
-    async def _flusher(self) -> None:
-        """Write the running cell's outputs to the runtime document, at a bounded rate."""
-        while True:
-            await self._flush_wake.wait()
-            self._flush_wake = anyio.Event()
-            if self._display_updates:
-                try:
-                    await self._apply_display_updates()
-                except BlobError as exc:
-                    log.warning("could not store a display update: %s", exc)
-            change, job = self._pending_change, self._queue.running
-            if change is None or job is None:
-                continue
-            outputs = change.outputs
-            try:
-                manifests = await self._manifests.build_all(outputs, final=False, pins=self._pins)
-            except BlobError as exc:
-                log.warning("could not store outputs of %s: %s", job.cell_id, exc)
-                continue
-            if self._queue.running is job and self.room.runtime.ready:
-                self.room.runtime.set_outputs(job.cell_id, manifests)
-                count = change.accumulator.execution_count
-                if count is not None:
-                    self.room.runtime.set_execution_count(job.cell_id, count)
-                self.room.runtime_changed()
-            size = sum(len(str(o.get("text", ""))) for o in outputs)
-            await anyio.sleep(max(_MIN_FLUSH_INTERVAL, size / _FLUSH_BYTES_PER_SECOND))
 
 
 def _failed(entry: Entry, ename: str, evalue: str = _INTERNAL_ERROR) -> Finished:

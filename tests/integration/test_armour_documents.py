@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+import anyio
 import pytest
 from automerge.core import Document
 
@@ -24,11 +25,16 @@ pytestmark = pytest.mark.anyio
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "automerge_js"
 
 
+async def _persist_as(daemon: Daemon, path: Path, document: bytes) -> None:
+    # File work, in a worker thread: the test runs on the event loop it shares with the daemon.
+    await anyio.to_thread.run_sync(_persist_as_sync, daemon, path, document)
+
+
 def _fixture(name: str) -> bytes:
     return (FIXTURES / f"{name}.automerge").read_bytes()
 
 
-def _persist_as(daemon: Daemon, path: Path, document: bytes) -> None:
+def _persist_as_sync(daemon: Daemon, path: Path, document: bytes) -> None:
     """Make ``document`` the persisted state of ``path``, as if the daemon had crashed with
     it open (the file on disk is unchanged since, so the document is what opens)."""
     write_notebook(path, [{"cell_type": "code", "source": "placeholder"}])
@@ -46,7 +52,7 @@ async def test_text_fields_from_js_are_read_as_strings(
     daemon: Daemon, client: AsyncClient, short_tmp: Path
 ) -> None:
     path = short_tmp / "text.ipynb"
-    _persist_as(daemon, path, _fixture("text_fields"))
+    await _persist_as(daemon, path, _fixture("text_fields"))
     nb = await client.open(path)
     cell = nb.cell("js-text")
     assert (cell.cell_type, cell.source, cell.problems) == (
@@ -67,7 +73,7 @@ async def test_persisted_counters_are_reported_and_the_rest_saves(
     daemon: Daemon, client: AsyncClient, short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = short_tmp / "counters.ipynb"
-    _persist_as(daemon, path, _fixture("counters"))
+    await _persist_as(daemon, path, _fixture("counters"))
     nb = await client.open(path)
     assert nb.cell_ids() == ["good", "good-md", "js-counter", "js-counter-id"]
     counted = nb.cell("js-counter")
@@ -95,7 +101,7 @@ async def test_counters_arriving_by_sync_do_not_stop_the_daemon(
     """A replica merges the JS changes (Counters, made on the same history) and syncs them
     to the daemon; a second client then reads, edits, runs and saves that notebook."""
     path = short_tmp / "live.ipynb"
-    _persist_as(daemon, path, _fixture("base"))
+    await _persist_as(daemon, path, _fixture("base"))
     writer = await client.open(path)
     writer.doc.doc.merge(Document.load(_fixture("counters")))
     await writer.save()  # pushes the merged changes; answered once the daemon has them
