@@ -46,6 +46,7 @@ __all__ = [
     "InputReply",
     "InputRequested",
     "InterruptKernel",
+    "JoinNotebook",
     "KernelInfo",
     "KernelStatusChanged",
     "ListEnvs",
@@ -113,6 +114,13 @@ class OpenNotebook(Request, frozen=True, kw_only=True):
     """Open an ``.ipynb`` by path; two opens of one path join the same document."""
 
     path: str
+
+
+class JoinNotebook(Request, frozen=True, kw_only=True):
+    """Join a notebook already loaded in the daemon, by its id (an untitled notebook has no
+    path to open it by; the web notebook's pages join by id). Reply: ``notebook_opened``."""
+
+    notebook_id: str
 
 
 class CreateNotebook(Request, frozen=True, kw_only=True):
@@ -232,6 +240,7 @@ ClientRequest = (
     Ping
     | OpenNotebook
     | CreateNotebook
+    | JoinNotebook
     | CloseNotebook
     | SaveNotebook
     | ListNotebooks

@@ -30,6 +30,7 @@ from protocol.messages import (
     GetConfig,
     InputReply,
     InterruptKernel,
+    JoinNotebook,
     ListEnvs,
     ListNotebooks,
     ListRuntimes,
@@ -54,10 +55,10 @@ from runtimed.config import DaemonConfig
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.executor import NotebookExecutor
 from runtimed.daemon.handlers import runtimes as runtime_service
-from runtimed.daemon.http import HttpServer
 from runtimed.daemon.instance import InstanceLock
 from runtimed.daemon.loading import load_room, new_room, notebook_for_save
 from runtimed.daemon.room import NotebookRoom
+from runtimed.daemon.web import WebServer
 from runtimed.documents.manifests import manifest_hashes
 from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
 from runtimed.paths import RuntimedPaths
@@ -111,6 +112,7 @@ class Daemon:
         self.blobs = BlobStore(paths.blobs)
         self._tg: anyio.abc.TaskGroup | None = None
         self.http_port: int | None = None
+        self.web: WebServer | None = None  # the web notebook (runtimed.daemon.web)
         self.runtimes = RuntimeManager(
             self.config.runtimes,
             home=paths.home,
@@ -149,8 +151,13 @@ class Daemon:
                 tg.start_soon(self._serve, listener)
                 tg.start_soon(self._persister)
                 if self.config.http_port is not None:
-                    server = HttpServer(self.blobs, port=self.config.http_port)
-                    self.http_port = await tg.start(server.run)
+                    self.web = WebServer(
+                        socket=self.paths.socket,
+                        home=self.paths.home,
+                        blobs=self.blobs,
+                        port=self.config.http_port,
+                    )
+                    self.http_port = await tg.start(self.web.run)
                 task_status.started()
                 await self._stop.wait()
                 await self._shutdown(listener)
@@ -472,6 +479,8 @@ class Daemon:
                 entry = await self.open_path(Path(path))
                 self._prewarm(entry)
                 return self._join(session, entry, request.id)
+            case JoinNotebook(notebook_id=notebook_id):
+                return self._join(session, self._entry(notebook_id), request.id)
             case CreateNotebook(path=path, kernel_name=kernel_name):
                 entry = await self._create(Path(path) if path else None, kernel_name)
                 self._prewarm(entry)

@@ -1,0 +1,417 @@
+"""The web notebook's server: a Starlette app on uvicorn, inside the daemon's event loop.
+
+Routes (docs/web.md): ``/`` home, ``/notebooks/{id}`` a notebook, ``/notebooks/{id}/ws`` its
+WebSocket (sync.py), ``POST /open`` open a file by path, ``/blob/{sha256}`` an output blob,
+``/frame`` the sandboxed host for HTML/SVG outputs, ``/static/*`` the built bundle,
+``/healthz``. Every one of them goes through :class:`Guard` first (auth.py).
+
+uvicorn is started with its signal handling disabled: the daemon owns SIGTERM/SIGINT and
+stops the server as part of its own shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from blobstore import BlobCorrupt, BlobError, BlobNotFound, BlobStore, InvalidBlobHash
+from protocol.messages import ListNotebooks, NotebookList, NotebookOpened, OpenNotebook
+from runtimed.daemon.web import pages
+from runtimed.daemon.web.auth import TokenStore, cookie_name, host_allowed, origin_allowed
+from runtimed.daemon.web.link import one_request
+from runtimed.daemon.web.presence import PresenceRegistry
+from runtimed.daemon.web.recent import read_records
+from runtimed.daemon.web.sync import NotebookSocket
+from runtimed.errors import RuntimedError
+
+__all__ = ["STATIC_DIR", "WebServer"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+FRAME_HTML = STATIC_DIR / "frame.html"
+
+# The notebook page: its own scripts only (plus wasm compilation for Automerge), styles from
+# /static plus CodeMirror's generated <style> elements (nonce), images from us and blob: URLs,
+# connections to us only, frames only our /frame.
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; "
+    "style-src 'self' 'nonce-{nonce}'; img-src 'self' data: blob:; connect-src 'self'; "
+    "frame-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# The output host: notebook HTML may run its scripts, in a sandboxed frame (opaque origin: no
+# cookie, no access to the page) that may fetch nothing.
+_FRAME_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; media-src data: blob:; "
+    "frame-ancestors 'self'"
+)
+_REFUSAL_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+# A blob is data, never a page: no scripts, sandboxed, downloaded unless it is an image.
+_BLOB_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
+_INLINE_BLOB_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+_COMMON_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+def _asset_version() -> str:
+    digest = hashlib.sha256()
+    for name in ("app.js", "app.css"):
+        with contextlib.suppress(OSError):
+            digest.update((STATIC_DIR / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+class Guard:
+    """ASGI middleware in front of every route: Host check, token, Origin (auth.py)."""
+
+    def __init__(self, app: ASGIApp, *, tokens: TokenStore, port: Any) -> None:
+        self.app = app
+        self.tokens = tokens
+        self._port = port  # callable: the port is known only once bound
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        is_ws = scope["type"] == "websocket"
+        if not host_allowed(headers):
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                403,
+                "bad host",
+                "This server answers only to localhost names (Host header).",
+            )
+            return
+        if (is_ws or scope.get("method") == "POST") and not origin_allowed(headers):
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                403,
+                "bad origin",
+                "Requests that change things must come from this server's pages.",
+            )
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        params = parse_qsl(query, keep_blank_values=True)
+        url_token = next((v for k, v in params if k == "token"), None)
+        name = cookie_name(self._port())
+        cookie_token = _cookie(headers.get("cookie", ""), name)
+        header_token = _authorization(headers.get("authorization", ""))
+        if url_token is not None and self.tokens.matches(url_token):
+            if not is_ws and scope.get("method") in ("GET", "HEAD"):
+                # Trade the URL token for a cookie, and drop it from the address bar.
+                rest = urlencode([(k, v) for k, v in params if k != "token"])
+                location = scope["path"] + (f"?{rest}" if rest else "")
+                response = RedirectResponse(location, status_code=303)
+                response.set_cookie(
+                    name, self.tokens.token, httponly=True, samesite="strict", path="/"
+                )
+                await response(scope, receive, send)
+                return
+        elif not (self.tokens.matches(cookie_token) or self.tokens.matches(header_token)):
+            stale = url_token is not None or cookie_token is not None
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                401,
+                "Stale link" if stale else "Token needed",
+                pages.STALE_TOKEN_MESSAGE if stale else pages.NO_TOKEN_MESSAGE,
+            )
+            return
+        await self.app(scope, receive, send)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, title: str, message: str
+    ) -> None:
+        if scope["type"] == "websocket":
+            # Before accept: uvicorn answers the handshake with 403.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008, "reason": title})
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if "text/html" in headers.get("accept", ""):
+            response: Response = HTMLResponse(
+                pages.refusal_page(title, message),
+                status_code=status,
+                headers={**_COMMON_HEADERS, "content-security-policy": _REFUSAL_CSP},
+            )
+        else:
+            text = message.replace("<code>", "`").replace("</code>", "`")
+            response = PlainTextResponse(f"{title}: {text}\n", status_code=status)
+        await response(scope, receive, send)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _authorization(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() in ("token", "bearer") and value else None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class WebServer:
+    """The web notebook on ``host:port`` for the daemon whose socket is ``socket``.
+
+    Args:
+        socket: the daemon's Unix socket (each page is bridged to a connection on it).
+        home: the daemon's state directory (token file, persisted-notebook records).
+        blobs: the blob store ``/blob/{sha256}`` serves.
+    """
+
+    def __init__(
+        self,
+        *,
+        socket: Path,
+        home: Path,
+        blobs: BlobStore,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.socket = socket
+        self.home = home
+        self.blobs = blobs
+        self.host = host
+        self.port = port
+        self.tokens = TokenStore(home)
+        self.presence = PresenceRegistry()
+        self.asset_version = _asset_version()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind, serve until cancelled, then close every connection (bounded)."""
+        token = await anyio.to_thread.run_sync(self.tokens.load_or_create)
+        self.tokens._token = token
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="websockets-sansio",
+            ws_max_size=64 * 1024 * 1024,
+            ws_ping_interval=20.0,
+            ws_ping_timeout=20.0,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=2,
+        )
+        server = _Server(config)
+        done = anyio.Event()
+        log.info("web notebook on http://%s:%d/", self.host, self.port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._serve, server, sock, done)
+            task_status.started(self.port)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(4):
+                        await done.wait()
+                    if not done.is_set():
+                        server.force_exit = True
+                        with anyio.move_on_after(2):
+                            await done.wait()
+                sock.close()
+
+    @staticmethod
+    async def _serve(server: _Server, sock: socket.socket, done: anyio.Event) -> None:
+        # Shielded: it ends when run() sets should_exit, after closing its connections.
+        with anyio.CancelScope(shield=True):
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                done.set()
+
+    def url(self, path: str = "/", *, with_token: bool = True) -> str:
+        base = f"http://{self.host}:{self.port}{path}"
+        return f"{base}?token={self.tokens.token}" if with_token else base
+
+    # ------------------------------------------------------------ app
+
+    def _build_app(self) -> ASGIApp:
+        app = Starlette(
+            routes=[
+                Route("/", self.home_page, methods=["GET", "HEAD"]),
+                Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+                Route("/open", self.open_form, methods=["POST"]),
+                Route("/notebooks/{notebook_id}", self.notebook_page, methods=["GET", "HEAD"]),
+                WebSocketRoute("/notebooks/{notebook_id}/ws", self.notebook_socket),
+                Route("/blob/{blob_hash}", self.blob, methods=["GET", "HEAD"]),
+                Route("/frame", self.frame, methods=["GET", "HEAD"]),
+                Mount("/static", app=_Static(directory=STATIC_DIR), name="static"),
+            ],
+        )
+        return Guard(app, tokens=self.tokens, port=lambda: self.port)
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def home_page(self, request: Request, *, error: str | None = None) -> Response:
+        try:
+            listed = await one_request(self.socket, ListNotebooks(id=1))
+            notebooks = listed.notebooks if isinstance(listed, NotebookList) else []
+        except RuntimedError as exc:
+            notebooks, error = [], error or f"cannot list notebooks: {exc}"
+        recent = await anyio.to_thread.run_sync(read_records, self.home / "documents")
+        viewers = {info.notebook_id: self.presence.viewers(info.notebook_id) for info in notebooks}
+        html = pages.home_page(
+            open_notebooks=notebooks,
+            viewers=viewers,
+            recent=recent,
+            asset_version=self.asset_version,
+            error=error,
+        )
+        return self._page(html, status=400 if error else 200)
+
+    async def open_form(self, request: Request) -> Response:
+        form = await request.form()
+        path = str(form.get("path", "")).strip()
+        if not path:
+            return await self.home_page(request, error="give the path of an .ipynb file")
+        try:
+            opened = await one_request(self.socket, OpenNotebook(id=1, path=path))
+        except RuntimedError as exc:
+            return await self.home_page(request, error=f"cannot open {path}: {exc}")
+        assert isinstance(opened, NotebookOpened)
+        return RedirectResponse(f"/notebooks/{opened.notebook_id}", status_code=303)
+
+    async def notebook_page(self, request: Request) -> Response:
+        notebook_id = request.path_params["notebook_id"]
+        nonce = secrets.token_urlsafe(16)
+        html = pages.notebook_shell(
+            notebook_id=notebook_id,
+            title="notebook",
+            nonce=nonce,
+            asset_version=self.asset_version,
+        )
+        return self._page(html, nonce=nonce)
+
+    async def notebook_socket(self, websocket: WebSocket) -> None:
+        session = NotebookSocket(
+            websocket,
+            notebook_id=websocket.path_params["notebook_id"],
+            socket=self.socket,
+            documents=self.home / "documents",
+            presence=self.presence,
+        )
+        await session.run()
+
+    async def frame(self, request: Request) -> Response:
+        html = await anyio.Path(FRAME_HTML).read_text()
+        return HTMLResponse(
+            html,
+            headers={
+                **_COMMON_HEADERS,
+                "content-security-policy": _FRAME_CSP,
+                "cache-control": "no-cache",
+            },
+        )
+
+    async def blob(self, request: Request) -> Response:
+        blob_hash = request.path_params["blob_hash"]
+        try:
+            data = await self.blobs.get(blob_hash)
+            media_type = await self.blobs.media_type(blob_hash)
+        except InvalidBlobHash as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        except BlobNotFound:
+            return PlainTextResponse(f"no blob {blob_hash}\n", status_code=404)
+        except BlobCorrupt as exc:
+            log.error("refusing to serve corrupt blob: %s", exc)
+            return PlainTextResponse(
+                f"blob {blob_hash} is corrupt on disk and was not served\n", status_code=500
+            )
+        except BlobError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=500)
+        disposition = "inline" if media_type in _INLINE_BLOB_TYPES else "attachment"
+        headers = {
+            "cache-control": "public, max-age=31536000, immutable",
+            "etag": f'"{blob_hash}"',
+            "x-content-type-options": "nosniff",
+            "content-security-policy": _BLOB_CSP,
+            "content-disposition": f'{disposition}; filename="{blob_hash[:16]}"',
+            "cross-origin-resource-policy": "same-origin",
+        }
+        if request.method == "HEAD":
+            headers["content-length"] = str(len(data))
+            return Response(b"", media_type=media_type, headers=headers)
+        return Response(data, media_type=media_type, headers=headers)
+
+    def _page(self, html: str, *, status: int = 200, nonce: str | None = None) -> Response:
+        csp = _PAGE_CSP.format(nonce=nonce or secrets.token_urlsafe(16))
+        return HTMLResponse(
+            html,
+            status_code=status,
+            headers={
+                **_COMMON_HEADERS,
+                "content-security-policy": csp,
+                "cache-control": "no-store",
+            },
+        )
+
+
+class _Static(StaticFiles):
+    """The built bundle: revalidated (ETag) unless asked for by version, then cached."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        versioned = b"v=" in scope.get("query_string", b"")
+        response.headers["cache-control"] = (
+            "public, max-age=31536000, immutable" if versioned else "no-cache"
+        )
+        response.headers["x-content-type-options"] = "nosniff"
+        return response
