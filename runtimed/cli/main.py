@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from runtimed.cli import runtimes as cli_runtimes
+from runtimed.cli import web as cli_web
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.client.connection import spawn_daemon
 from runtimed.errors import DaemonNotRunning, RuntimedError
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(sub)
     cli_runtimes.add_parsers(sub)
+    cli_web.add_parsers(sub)
     return parser
 
 
@@ -336,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     elif (command, getattr(args, "action", None)) in cli_runtimes.COMMANDS:
         handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
+    elif (command, getattr(args, "action", None)) in cli_web.COMMANDS:
+        handler = cli_web.COMMANDS[(command, getattr(args, "action", None))]
     elif command in ("run", "inspect", "scraps"):
         from runtimed.cli.run import run_command
 

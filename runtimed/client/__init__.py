@@ -85,6 +85,7 @@ class AsyncClient:
         self._tg: anyio.abc.TaskGroup | None = None
         self._subscribers: list[MemoryObjectSendStream[DaemonEvent]] = []
         self._blob_root: Path | None = None
+        self.web: tuple[int, Path] | None = None  # (http_port, home): nb.url
         self.socket: Path | None = None
 
     @classmethod
@@ -262,6 +263,7 @@ class AsyncClient:
     async def status(self) -> StatusReply:
         reply: StatusReply = await self.request(lambda i: DaemonStatus(id=i))
         self._blob_root = Path(reply.blob_dir)
+        self.web = (reply.http_port, Path(reply.home)) if reply.http_port else None
         return reply
 
     async def list_notebooks(self) -> list[NotebookInfo]:

@@ -91,6 +91,16 @@ class AsyncNotebook:
         return self._replica.notebook_id
 
     @property
+    def url(self) -> str | None:
+        """This notebook's page in the daemon's web notebook, token included (None when the
+        daemon serves no web UI). Treat it as a password: it grants access to the daemon."""
+        if self._client.web is None:
+            return None
+        port, home = self._client.web
+        token = (home / "web-token").read_text(encoding="ascii").strip()
+        return f"http://127.0.0.1:{port}/notebooks/{self.id}?token={token}"
+
+    @property
     def doc(self) -> NotebookDoc:
         """The local notebook replica (read it freely; edit through this class)."""
         return self._replica.notebook

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,11 +45,26 @@ class TokenStore:
     def __init__(self, home: Path) -> None:
         self.path = home / TOKEN_FILE
         self._token = ""
+        self._stamp: tuple[int, int] | None = None
+        self._checked = float("-inf")
 
     @property
     def token(self) -> str:
-        if not self._token:
+        """The current token; re-read when the file changed (``runt web rotate-token``),
+        which is looked at no more than once a second."""
+        now = time.monotonic()
+        if self._token and now - self._checked < 1.0:
+            return self._token
+        self._checked = now
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if not self._token or stamp != self._stamp:
             self._token = self.load_or_create()
+            st = self.path.stat()
+            self._stamp = (st.st_mtime_ns, st.st_ino)
         return self._token
 
     def load_or_create(self) -> str:
@@ -65,8 +81,10 @@ class TokenStore:
         return self._write(secrets.token_urlsafe(32))
 
     def rotate(self) -> str:
-        """Replace the token: every link and cookie issued so far stops working."""
+        """Replace the token: every link and cookie issued so far stops working (a running
+        server notices within a second)."""
         self._token = self._write(secrets.token_urlsafe(32))
+        self._checked = float("-inf")
         return self._token
 
     def _write(self, token: str) -> str:
@@ -87,10 +105,6 @@ class TokenStore:
         if not candidate:
             return False
         return hmac.compare_digest(candidate.encode(), self.token.encode())
-
-    def reload(self) -> None:
-        """Forget the cached token (the file may have been rotated by ``runt``)."""
-        self._token = ""
 
 
 def _hostname(host: str) -> str:

@@ -223,8 +223,7 @@ class WebServer:
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind, serve until cancelled, then close every connection (bounded)."""
-        token = await anyio.to_thread.run_sync(self.tokens.load_or_create)
-        self.tokens._token = token
+        await anyio.to_thread.run_sync(lambda: self.tokens.token)  # made on first start
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -290,7 +289,7 @@ class WebServer:
                 Route("/open", self.open_form, methods=["POST"]),
                 Route("/notebooks/{notebook_id}", self.notebook_page, methods=["GET", "HEAD"]),
                 WebSocketRoute("/notebooks/{notebook_id}/ws", self.notebook_socket),
-                Route("/blob/{blob_hash}", self.blob, methods=["GET", "HEAD"]),
+                Route("/blob/{blob_hash:path}", self.blob, methods=["GET", "HEAD"]),
                 Route("/frame", self.frame, methods=["GET", "HEAD"]),
                 Mount("/static", app=_Static(directory=STATIC_DIR), name="static"),
             ],
@@ -318,8 +317,14 @@ class WebServer:
         return self._page(html, status=400 if error else 200)
 
     async def open_form(self, request: Request) -> Response:
-        form = await request.form()
-        path = str(form.get("path", "")).strip()
+        # A plain urlencoded form (no multipart parser needed); a path is short.
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > 64 * 1024:
+                return PlainTextResponse("form too large\n", status_code=413)
+        form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        path = form.get("path", "").strip()
         if not path:
             return await self.home_page(request, error="give the path of an .ipynb file")
         try:

@@ -26,7 +26,7 @@ import anyio
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import FrameKind
 from protocol.messages import (
     ClearOutputs,
@@ -36,7 +36,6 @@ from protocol.messages import (
     InputReply,
     InterruptKernel,
     JoinNotebook,
-    NotebookList,
     NotebookOpened,
     OpenNotebook,
     Ping,
@@ -158,18 +157,16 @@ class NotebookSocket:
             self.notebook_id = opened.notebook_id
             viewer = self._presence.join(self.notebook_id)
             self._viewer = viewer
-            try:
-                await self._send_text(
-                    _json.encode(
-                        _Hello(
-                            notebook_id=opened.notebook_id,
-                            path=opened.path,
-                            viewer_id=viewer.viewer_id,
-                        )
-                    )
+            hello = _json.encode(
+                _Hello(
+                    notebook_id=opened.notebook_id,
+                    path=opened.path,
+                    viewer_id=viewer.viewer_id,
                 )
+            )
+            try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._guard, self._from_daemon(link), tg.cancel_scope)
+                    tg.start_soon(self._guard, self._from_daemon(link, hello), tg.cancel_scope)
                     tg.start_soon(self._guard, self._presence_pusher(viewer), tg.cancel_scope)
                     await self._guard(self._from_page(link), tg.cancel_scope)
             finally:
@@ -253,16 +250,23 @@ class NotebookSocket:
             raise ConnectionClosed(str(exc)) from exc
         await self._send_bytes(BYTE_OF[envelope.doc] + envelope.data)
 
-    async def _from_daemon(self, link: DaemonLink) -> None:
+    async def _from_daemon(self, link: DaemonLink, hello: bytes) -> None:
+        await self._send_text(hello)
         while True:
             for frame in await link.receive_frames():
                 if frame.kind is FrameKind.SYNC:
                     await self._forward_sync(frame.payload)
                 else:
                     message = self._decode(frame.payload)
-                    if isinstance(message, NotebookList):
-                        continue
                     await self._send_text(_json.encode(message))
+                    if (
+                        isinstance(message, ErrorReply)
+                        and message.id == 0
+                        and (message.code == ErrorCode.PROTOCOL_ERROR)
+                    ):
+                        # Unsolicited: the daemon could not use what this page sent (an
+                        # invalid sync message). Garbage closes this WebSocket.
+                        raise _BadInput(message.message)
 
     async def _presence_pusher(self, viewer: Viewer) -> None:
         while True:
