@@ -72,7 +72,7 @@ _INLINE_BLOB_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/w
 
 _COMMON_HEADERS = {
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no-referrer would make form POSTs send "Origin: null"
     "cross-origin-opener-policy": "same-origin",
 }
 
