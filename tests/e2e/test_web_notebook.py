@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -76,8 +77,15 @@ def test_a_runt_run_link_opens_the_run_and_cells_complete_live(
         ],
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtimed.cli", "run", str(src), str(short_tmp / "out.ipynb"),
-         "--no-progress-bar"],
+        [
+            sys.executable,
+            "-m",
+            "runtimed.cli",
+            "run",
+            str(src),
+            str(short_tmp / "out.ipynb"),
+            "--no-progress-bar",
+        ],
         env=daemon.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -132,7 +140,7 @@ def test_edits_travel_between_two_browsers_and_a_python_client(
         a.keyboard.type("\n# café 😀 e\u0301!")
         expected = "x = 1\n# café 😀 e\u0301!"
         b.wait_for_function(
-            "([id, s]) => { const el = document.querySelector(`.cell[data-cell-id=\"${id}\"] .cell-input`);"
+            '([id, s]) => { const el = document.querySelector(`.cell[data-cell-id="${id}"] .cell-input`);'
             " return el && el.innerText.includes(s); }",
             arg=["cell0", "😀 e\u0301!"],
         )
@@ -225,7 +233,9 @@ def test_run_interrupt_restart_and_input_from_the_page(
         page.wait_for_selector(".kernel-badge.state-idle", timeout=RUN_DEADLINE)
         page.hover(cell("cell1"))
         page.click(f"{cell('cell1')} .run-cell")
-        page.wait_for_selector(f"{cell('cell1')} .output-error >> text=NameError", timeout=RUN_DEADLINE)
+        page.wait_for_selector(
+            f"{cell('cell1')} .output-error >> text=NameError", timeout=RUN_DEADLINE
+        )
         shot(page, "control")
 
 
@@ -233,27 +243,20 @@ def test_run_interrupt_restart_and_input_from_the_page(
 
 
 def png_bytes(width: int = 120, height: int = 60) -> bytes:
-    raw = b"".join(b"\x00" + bytes((x * 2 % 256, y * 4 % 256, 160) * 1)[:3] * 1 for y in range(height) for x in range(1))
-    rows = []
-    for y in range(height):
-        row = bytearray(b"\x00")
-        for x in range(width):
-            row += bytes((x * 2 % 256, y * 4 % 256, 180))
-        rows.append(bytes(row))
-    raw = b"".join(rows)
+    """A small valid RGB PNG (a gradient)."""
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 2 % 256, y * 4 % 256, 180)) for x in range(width))
+        for y in range(height)
+    )
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        import struct
-
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    import struct
 
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
 
@@ -275,12 +278,13 @@ def test_outputs_images_by_blob_url_html_sandboxed_ansi_and_placeholders(
 ) -> None:
     png = png_bytes()
     b64 = base64.b64encode(png).decode()
+    (short_tmp / "img.png").write_bytes(png)
     path = write_notebook(
         short_tmp / "outputs.ipynb",
         [
             code(
                 "from IPython.display import display, HTML, Image\n"
-                f"display(Image(data={png!r}))"
+                f"display(Image(filename={str(short_tmp / 'img.png')!r}))"
             ),
             code(f"from IPython.display import HTML\nHTML({HOSTILE_HTML!r})"),
             code(
@@ -293,14 +297,22 @@ def test_outputs_images_by_blob_url_html_sandboxed_ansi_and_placeholders(
                 "cell_type": "code",
                 "source": "# stored output of a type nobody renders",
                 "outputs": [
-                    {"output_type": "display_data", "metadata": {},
-                     "data": {"application/x-weird": "???"}},
-                    {"output_type": "display_data", "metadata": {},
-                     "data": {"image/png": b64, "text/plain": "<image>"}},
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {"application/x-weird": "???"},
+                    },
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {"image/png": b64, "text/plain": "<image>"},
+                    },
                 ],
                 "execution_count": 7,
             },
-            markdown("**bold** <script>window.pwned = 1</script> [ok](https://example.org) [bad](javascript:alert(1))"),
+            markdown(
+                "**bold** <script>window.pwned = 1</script> [ok](https://example.org) [bad](javascript:alert(1))"
+            ),
         ],
     )
     with Client.connect(daemon.socket) as client:
@@ -330,7 +342,9 @@ def test_outputs_images_by_blob_url_html_sandboxed_ansi_and_placeholders(
         assert frame_el.get_attribute("sandbox") == "allow-scripts"
         frame = frame_el.content_frame()
         assert frame is not None
-        frame.wait_for_function("() => !document.getElementById('probe').textContent.includes('probing')")
+        frame.wait_for_function(
+            "() => !document.getElementById('probe').textContent.includes('probing')"
+        )
         probe = frame.inner_text("#probe")
         assert "cookie blocked" in probe and "parent blocked" in probe, probe
         # The page's own cookie is HttpOnly: not even the page's scripts can read it.
