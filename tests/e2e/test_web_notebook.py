@@ -346,14 +346,16 @@ def test_outputs_images_by_blob_url_html_sandboxed_ansi_and_placeholders(
             "() => !document.getElementById('probe').textContent.includes('probing')"
         )
         probe = frame.inner_text("#probe")
-        assert "cookie blocked" in probe and "parent blocked" in probe, probe
+        assert "cookie blocked" in probe, probe
+        assert "parent blocked" in probe, probe
         # The page's own cookie is HttpOnly: not even the page's scripts can read it.
         assert page.evaluate("() => document.cookie") == ""
         # ANSI colours, \r progress and a coloured traceback.
         red = page.wait_for_selector(f"{cell('cell2')} .output-stream .ansi-red")
         assert red.inner_text() == "red"
         stream = page.inner_text(f"{cell('cell2')} .output-stream")
-        assert "progress 4/4" in stream and "progress 3/4" not in stream
+        assert "progress 4/4" in stream
+        assert "progress 3/4" not in stream
         page.wait_for_selector(f"{cell('cell2')} .output-error >> text=ZeroDivisionError")
         assert page.locator(f"{cell('cell2')} .output-error [class^=ansi-]").count() > 0
         page.evaluate("() => window.scrollTo(0, 0)")
@@ -368,10 +370,12 @@ def test_pages_refuse_without_the_token_and_say_how_to_get_a_link(
 ) -> None:
     page = new_page()
     response = page.goto(daemon.base("/notebooks/anything"))
-    assert response is not None and response.status == 401
+    assert response is not None
+    assert response.status == 401
     assert "runt open" in page.inner_text("body")
     response = page.goto(daemon.base("/") + "?token=stale-token")
-    assert response is not None and response.status == 401
+    assert response is not None
+    assert response.status == 401
     assert "Stale link" in page.inner_text("h1")
     # With the token once, the cookie carries on; the address bar loses the token.
     page.goto(daemon.url("/"))
