@@ -156,6 +156,7 @@ class Daemon:
                         home=self.paths.home,
                         blobs=self.blobs,
                         port=self.config.http_port,
+                        rooms=self._room_or_none,
                     )
                     self.http_port = await tg.start(self.web.run)
                 task_status.started()

@@ -230,7 +230,10 @@ def test_run_interrupt_restart_and_input_from_the_page(
         page.wait_for_selector(f"{cell('cell2')} .output-stream >> text=hi Ada")
         # Restart: the kernel forgets n.
         page.click("button.restart")
-        page.wait_for_selector(".kernel-badge.state-idle", timeout=RUN_DEADLINE)
+        # The restarted kernel has run nothing yet (runtime document: kernel.used).
+        page.wait_for_function(
+            "() => window.runtimed.replica.runtime.kernel?.used === false", timeout=RUN_DEADLINE
+        )
         page.hover(cell("cell1"))
         page.click(f"{cell('cell1')} .run-cell")
         page.wait_for_selector(

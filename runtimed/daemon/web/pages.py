@@ -28,15 +28,41 @@ def _head(title: str, asset_version: str) -> str:
     )
 
 
-def notebook_shell(*, notebook_id: str, title: str, nonce: str, asset_version: str) -> str:
-    """The notebook page: the bundle renders everything from its replica."""
+def _preview_cell(cell_id: str, cell_type: str, source: str) -> str:
+    body = (
+        f'<div class="markdown ssr-md">{escape(source)}</div>'
+        if cell_type == "markdown"
+        else f'<pre class="static-source">{escape(source) or " "}</pre>'
+    )
+    prompt = "[ ]:" if cell_type == "code" else ""
+    return (
+        f'<div class="cell ssr" data-cell-id="{escape(cell_id)}" data-cell-type="'
+        f'{escape(cell_type)}"><div class=cell-gutter><div class=prompt>{prompt}</div></div>'
+        f"<div class=cell-body><div class=cell-input>{body}</div></div></div>"
+    )
+
+
+def notebook_shell(
+    *,
+    notebook_id: str,
+    title: str,
+    nonce: str,
+    asset_version: str,
+    preview: list[tuple[str, str, str]] | None = None,
+) -> str:
+    """The notebook page: the bundle renders everything from its replica. ``preview``: the
+    first cells as (id, type, source), painted before the bundle runs and replaced by it."""
+    cells = "".join(_preview_cell(*c) for c in preview or [])
     return (
         _head(f"{title} — runtimed", asset_version)
         + f'<script type=module src="/static/app.js?v={asset_version}"></script>'
         + "</head><body class=notebook-page>"
         + f'<div id=app data-notebook-id="{escape(notebook_id)}" data-nonce="{escape(nonce)}"'
         + f' data-asset-version="{asset_version}">'
-        + '<p class="boot">Loading notebook…</p></div></body></html>'
+        + '<header class=topbar><a class=logo href="/">runtimed</a>'
+        + f"<span class=nb-title>{escape(title)}</span></header>"
+        + '<nav class="toolbar ssr-toolbar"><span class=boot>Loading notebook…</span></nav>'
+        + f'<main class="cells ssr-cells">{cells}</main></div></body></html>'
     )
 
 

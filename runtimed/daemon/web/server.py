@@ -16,9 +16,9 @@ import hashlib
 import logging
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
@@ -42,7 +42,12 @@ from runtimed.daemon.web.recent import read_records
 from runtimed.daemon.web.sync import NotebookSocket
 from runtimed.errors import RuntimedError
 
+if TYPE_CHECKING:
+    from runtimed.daemon.room import NotebookRoom
+
 __all__ = ["STATIC_DIR", "WebServer"]
+
+PREVIEW_CELLS = 40  # cells of a notebook's page rendered by the server (first paint)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +203,11 @@ class WebServer:
         socket: the daemon's Unix socket (each page is bridged to a connection on it).
         home: the daemon's state directory (token file, persisted-notebook records).
         blobs: the blob store ``/blob/{sha256}`` serves.
+        rooms: the loaded notebook with an id, if any. Read only, for two shortcuts: the
+            first screen of a notebook's page is rendered here (painted before the
+            bundle has loaded the document), and a page with an empty replica gets the
+            saved document to load (much faster than syncing a long history change by
+            change). Edits and execution always go through the page's own connection.
     """
 
     def __init__(
@@ -208,8 +218,10 @@ class WebServer:
         blobs: BlobStore,
         host: str = "127.0.0.1",
         port: int = 0,
+        rooms: Callable[[str], NotebookRoom | None] | None = None,
     ) -> None:
         self.socket = socket
+        self.rooms = rooms
         self.home = home
         self.blobs = blobs
         self.host = host
@@ -337,11 +349,20 @@ class WebServer:
     async def notebook_page(self, request: Request) -> Response:
         notebook_id = request.path_params["notebook_id"]
         nonce = secrets.token_urlsafe(16)
+        room = self.rooms(notebook_id) if self.rooms else None
+        title, preview = "notebook", []
+        if room is not None:
+            title = Path(room.path).name if room.path else f"untitled {notebook_id[:8]}"
+            try:
+                preview = [(c.id, c.cell_type, c.source) for c in room.notebook.cells()]
+            except Exception:  # a first paint is a nicety: the page renders from its replica
+                log.exception("could not pre-render notebook %s", notebook_id)
         html = pages.notebook_shell(
             notebook_id=notebook_id,
-            title="notebook",
+            title=title,
             nonce=nonce,
             asset_version=self.asset_version,
+            preview=preview[:PREVIEW_CELLS],
         )
         return self._page(html, nonce=nonce)
 
@@ -352,8 +373,19 @@ class WebServer:
             socket=self.socket,
             documents=self.home / "documents",
             presence=self.presence,
+            snapshot=self._snapshot if websocket.query_params.get("fresh") == "1" else None,
         )
         await session.run()
+
+    def _snapshot(self, notebook_id: str) -> bytes | None:
+        room = self.rooms(notebook_id) if self.rooms else None
+        if room is None:
+            return None
+        try:
+            return bytes(room.notebook.save())
+        except Exception:  # the page then syncs the document the usual way
+            log.exception("could not snapshot notebook %s", notebook_id)
+            return None
 
     async def frame(self, request: Request) -> Response:
         html = await anyio.Path(FRAME_HTML).read_text()

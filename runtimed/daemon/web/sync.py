@@ -18,7 +18,7 @@ that list, an unknown document byte, a flood — closes that WebSocket alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 DOC_BYTES: dict[int, DocKind] = {0: "notebook", 1: "runtime"}
 BYTE_OF: dict[DocKind, bytes] = {"notebook": b"\x00", "runtime": b"\x01"}
+SNAPSHOT = b"\x02"  # server to page only: the notebook document, saved (Document.save)
 
 CLOSE_DAEMON_GONE = 1012  # "service restart": the page reconnects
 CLOSE_POLICY = 1008
@@ -124,8 +125,10 @@ class NotebookSocket:
         socket: Path,
         documents: Path,
         presence: PresenceRegistry,
+        snapshot: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self.ws = websocket
+        self._snapshot = snapshot
         self.notebook_id = notebook_id
         self._socket = socket
         self._documents = documents
@@ -143,6 +146,14 @@ class NotebookSocket:
             await self._bye("daemon_gone", str(exc), CLOSE_DAEMON_GONE)
             return
         async with link:
+            # A page with an empty replica loads the saved document first (docs/web.md).
+            if self._snapshot is not None:
+                saved = self._snapshot(self.notebook_id)
+                if saved is not None:
+                    try:
+                        await self._send_bytes(SNAPSHOT + saved)
+                    except WebSocketDisconnect:
+                        return
             try:
                 opened = await self._join(link)
             except NotebookNotFound as exc:

@@ -40,7 +40,8 @@ export class CellView {
   private input: HTMLElement;
   private outputsEl: HTMLElement;
   private stdinEl: HTMLElement;
-  private typeSelect: HTMLSelectElement;
+  private typeSelect: HTMLSelectElement | null = null;
+  private body: HTMLElement;
   private editor: EditorView | null = null;
   private staticSource: HTMLElement | null = null;
   private editingMarkdown = false;
@@ -66,33 +67,44 @@ export class CellView {
     gutter.append(this.prompt, this.presenceEl);
     const body = document.createElement("div");
     body.className = "cell-body";
-    const toolbar = document.createElement("div");
-    toolbar.className = "cell-toolbar";
-    this.typeSelect = document.createElement("select");
-    this.typeSelect.className = "cell-type-select";
-    this.typeSelect.title = "Cell type";
-    for (const t of ["code", "markdown", "raw"]) this.typeSelect.add(new Option(t, t));
-    this.typeSelect.addEventListener("change", () => host.replica.setCellType(this.id, this.typeSelect.value as any));
-    toolbar.append(
-      button("▶", "Run this cell (Shift+Enter)", () => host.runCell(this.id, false), "run-cell"),
-      this.typeSelect,
-      button("↑", "Move up", () => this.move(-1), "move-up"),
-      button("↓", "Move down", () => this.move(1), "move-down"),
-      button("✕", "Delete cell", () => host.replica.deleteCell(this.id), "delete-cell"),
-    );
     this.input = document.createElement("div");
     this.input.className = "cell-input";
     this.outputsEl = document.createElement("div");
     this.outputsEl.className = "cell-outputs";
     this.stdinEl = document.createElement("div");
     this.stdinEl.className = "cell-stdin";
-    body.append(toolbar, this.input, this.outputsEl, this.stdinEl);
+    body.append(this.input, this.outputsEl, this.stdinEl);
+    this.body = body;
     this.el.append(gutter, body);
     this.el.addEventListener("mousedown", () => host.select(this.id, false));
+    // The toolbar is made on first use: a 1,000-cell notebook would otherwise build 1,000.
+    this.el.addEventListener("mouseenter", () => this.ensureToolbar());
     this.el.addEventListener("dblclick", () => {
       if (this.cellType === "markdown" && !this.editingMarkdown) this.editMarkdown();
     });
     this.update(data, undefined);
+  }
+
+  ensureToolbar(): void {
+    if (this.typeSelect) return;
+    const host = this.host;
+    const toolbar = document.createElement("div");
+    toolbar.className = "cell-toolbar";
+    const select = document.createElement("select");
+    select.className = "cell-type-select";
+    select.title = "Cell type";
+    for (const t of ["code", "markdown", "raw"]) select.add(new Option(t, t));
+    if (["code", "markdown", "raw"].includes(this.cellType)) select.value = this.cellType;
+    select.addEventListener("change", () => host.replica.setCellType(this.id, select.value as any));
+    this.typeSelect = select;
+    toolbar.append(
+      button("▶", "Run this cell (Shift+Enter)", () => host.runCell(this.id, false), "run-cell"),
+      select,
+      button("↑", "Move up", () => this.move(-1), "move-up"),
+      button("↓", "Move down", () => this.move(1), "move-down"),
+      button("✕", "Delete cell", () => host.replica.deleteCell(this.id), "delete-cell"),
+    );
+    this.body.prepend(toolbar);
   }
 
   private move(delta: number): void {
@@ -199,7 +211,7 @@ export class CellView {
     if (typeChanged) {
       this.cellType = data.cellType;
       this.el.dataset.cellType = data.cellType;
-      if (["code", "markdown", "raw"].includes(data.cellType)) this.typeSelect.value = data.cellType;
+      if (this.typeSelect && ["code", "markdown", "raw"].includes(data.cellType)) this.typeSelect.value = data.cellType;
       this.editor?.destroy();
       this.editor = null;
       this.staticSource = null;

@@ -11,7 +11,11 @@ async function boot(): Promise<void> {
   const notebookId = root.dataset.notebookId;
   if (!notebookId) return;
   const version = root.dataset.assetVersion ?? "";
+  (window as any).__syncTimes = [];
+  (window as any).__renderTimes = [];
+  performance.mark("rt:boot");
   await A.initializeWasm(fetch(`/static/automerge.wasm?v=${version}`) as any);
+  performance.mark("rt:wasm-ready");
   const replica = new Replica(notebookId);
   const view = new NotebookView(replica, root.dataset.nonce ?? "", root);
   // For tests and benchmarks: the replica, never the view, holds the document.

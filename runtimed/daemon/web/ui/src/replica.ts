@@ -32,6 +32,7 @@ type Listener<K extends keyof ReplicaEvents> = (value: ReplicaEvents[K]) => void
 
 const DOC_NOTEBOOK = 0;
 const DOC_RUNTIME = 1;
+const DOC_SNAPSHOT = 2; // from the server only: the notebook document, saved
 
 export class Replica {
   notebook: Doc = A.init();
@@ -70,7 +71,10 @@ export class Replica {
   // ------------------------------------------------------------ connection
 
   connect(): void {
-    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/notebooks/${encodeURIComponent(this.notebookId)}/ws`;
+    // An empty replica asks for the saved document first (loading it is much faster than
+    // receiving a long history change by change); sync then only confirms the heads.
+    const fresh = this.notebook.cells ? "" : "?fresh=1";
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/notebooks/${encodeURIComponent(this.notebookId)}/ws${fresh}`;
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
@@ -104,13 +108,22 @@ export class Replica {
       const bytes = new Uint8Array(data);
       const message = bytes.subarray(1);
       if (bytes[0] === DOC_NOTEBOOK) {
+        const t0 = performance.now();
         const [doc, state] = A.receiveSyncMessage(this.notebook, this.nbSync, message);
+        (window as any).__syncTimes?.push([t0, performance.now() - t0, message.length]);
         const changed = doc !== this.notebook;
         this.notebook = doc;
         this.nbSync = state;
         if (!this.synced && this.notebook.cells) this.synced = true;
         this.flush(DOC_NOTEBOOK);
         if (changed) this.emit("change", { notebook: true, runtime: false });
+      } else if (bytes[0] === DOC_SNAPSHOT) {
+        if (this.notebook.cells) return; // we have a replica already: sync does the rest
+        const t0 = performance.now();
+        this.notebook = A.load(message);
+        (window as any).__syncTimes?.push([t0, performance.now() - t0, -message.length]);
+        this.synced = !!this.notebook.cells;
+        this.emit("change", { notebook: true, runtime: false });
       } else if (bytes[0] === DOC_RUNTIME) {
         const [doc, state] = A.receiveSyncMessage(this.runtime, this.rtSync, message);
         const changed = doc !== this.runtime;

@@ -36,6 +36,7 @@ export class NotebookView implements CellHost {
   private lastKey = "";
   private observer: IntersectionObserver;
   private firstPaint = false;
+  private editorQueue = new Set<string>();
 
   constructor(
     readonly replica: Replica,
@@ -61,18 +62,31 @@ export class NotebookView implements CellHost {
       el("span", "sep"),
       tool("Save", "Save to the .ipynb (Ctrl+S)", () => this.save(), "save"),
     );
+    // Keep the server-rendered first screen until the replica has the document.
+    for (const ssr of root.querySelectorAll(".cell.ssr")) this.list.append(ssr);
     root.replaceChildren(header, toolbar, this.list, this.toast);
     this.observer = new IntersectionObserver(
       (entries) => {
         for (const entry of entries) {
           if (!entry.isIntersecting) continue;
           const id = (entry.target as HTMLElement).closest<HTMLElement>(".cell")?.dataset.cellId;
-          if (id) this.cells.get(id)?.ensureEditor();
+          if (id) this.editorQueue.add(id);
           this.observer.unobserve(entry.target);
         }
       },
       { rootMargin: "800px 0px" },
     );
+    const makeEditors = (deadline: IdleDeadline) => {
+      // Editors for cells in view are made when the page is idle: the static source is
+      // already painted, and typing into it makes its editor at once.
+      for (const id of this.editorQueue) {
+        if (deadline.timeRemaining() < 4) break;
+        this.editorQueue.delete(id);
+        this.cells.get(id)?.ensureEditor();
+      }
+      requestIdleCallback(makeEditors, { timeout: 500 });
+    };
+    requestIdleCallback(makeEditors, { timeout: 500 });
     replica.on("change", () => this.schedule());
     replica.on("connection", () => this.renderConnection());
     replica.on("presence", (viewers) => this.renderPresence(viewers));
@@ -93,8 +107,15 @@ export class NotebookView implements CellHost {
   }
 
   render(): void {
+    const t0 = performance.now();
+    this.renderInner();
+    (window as any).__renderTimes?.push([t0, performance.now() - t0]);
+  }
+
+  private renderInner(): void {
     const replica = this.replica;
     const cells = cellsInOrder(replica.notebook);
+    if (cells.length || replica.synced) for (const ssr of this.list.querySelectorAll(".cell.ssr")) ssr.remove();
     const rt = runtimeCells(replica.runtime);
     const seen = new Set<string>();
     let prev: Element | null = null;
@@ -194,7 +215,9 @@ export class NotebookView implements CellHost {
     if (this.active !== cellId) {
       if (this.active) this.cells.get(this.active)?.el.classList.remove("selected");
       this.active = cellId;
-      if (cellId) this.cells.get(cellId)?.el.classList.add("selected");
+      const view = cellId ? this.cells.get(cellId) : undefined;
+      view?.el.classList.add("selected");
+      view?.ensureToolbar();
     }
     this.editing = editing;
     document.body.dataset.mode = editing ? "edit" : "command";
