@@ -36,8 +36,8 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ROOT, percentile, write_notebook  # noqa: E402
-from runtimed.client import Client  # noqa: E402
+from bench._common import ROOT, percentile, write_notebook
+from runtimed.client import Client
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -95,9 +95,20 @@ def start_daemon(work: Path, port: int) -> subprocess.Popen[bytes]:
         RUNTIMED_POOL_SIZE="0",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(work / "rt.sock"),
-         "--home", str(work / "home"), "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "runtimed.daemon.main",
+            "--socket",
+            str(work / "rt.sock"),
+            "--home",
+            str(work / "home"),
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -175,7 +186,9 @@ def main() -> None:
                 }"""
             )
             a.evaluate("() => window.runtimed.view.cells.get('c0').ensureEditor()")
-            base_len = b.evaluate("() => document.querySelector('.cell .cell-input').textContent.length")
+            base_len = b.evaluate(
+                "() => document.querySelector('.cell .cell-input').textContent.length"
+            )
             latencies = []
             for i in range(args.keys):
                 sent = a.evaluate(
@@ -190,9 +203,7 @@ def main() -> None:
                 b.wait_for_function(
                     "(n) => window.__seen.some(([len]) => len >= n)", arg=want, polling=1
                 )
-                seen = b.evaluate(
-                    "(n) => window.__seen.find(([len]) => len >= n)[1]", want
-                )
+                seen = b.evaluate("(n) => window.__seen.find(([len]) => len >= n)[1]", want)
                 b.evaluate("() => { window.__seen = window.__seen.slice(-4); }")
                 latencies.append(seen - sent)
             ctx_a.close()
@@ -212,7 +223,9 @@ def main() -> None:
             page.wait_for_selector('.cell[data-state="ok"]', timeout=300_000)
             page.wait_for_timeout(500)  # frames after the final output landed
             during = page.evaluate("() => window.__frames.max")
-            page.evaluate("() => { window.__frames.max = 0; window.__frames.last = performance.now(); }")
+            page.evaluate(
+                "() => { window.__frames.max = 0; window.__frames.last = performance.now(); }"
+            )
             scroller = page.locator(".long-text-scroller")
             scroller.hover()
             for _ in range(40):
@@ -242,12 +255,20 @@ def main() -> None:
     print(f"  fully synced         {ms(synced)}   (Rust runtimed desktop: 1000-1700 ms)")
     print(f"  peer: Python client open of the same notebook: {python_open:.1f} ms")
     print(f"keystroke A -> visible in B, {len(latencies)} keystrokes")
-    print(f"  p50 {percentile(latencies, 50):6.2f} ms   p99 {percentile(latencies, 99):6.2f} ms   max {max(latencies):6.2f} ms")
+    print(
+        f"  p50 {percentile(latencies, 50):6.2f} ms   p99 {percentile(latencies, 99):6.2f} ms   max {max(latencies):6.2f} ms"
+    )
     print(f"{args.lines:,}-line stream run from the page ({shown})")
     print(f"  longest frame while it ran and landed: {during:7.1f} ms")
     print(f"  longest frame while scrolling it:      {scrolling:7.1f} ms")
-    print("bundle: app.js " + size("app.js") + "; automerge.wasm " + size("automerge.wasm")
-          + "; app.css " + size("app.css"))
+    print(
+        "bundle: app.js "
+        + size("app.js")
+        + "; automerge.wasm "
+        + size("automerge.wasm")
+        + "; app.css "
+        + size("app.css")
+    )
 
 
 if __name__ == "__main__":

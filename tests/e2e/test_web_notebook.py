@@ -232,7 +232,8 @@ def test_run_interrupt_restart_and_input_from_the_page(
         page.click("button.restart")
         # The restarted kernel has run nothing yet (runtime document: kernel.used).
         page.wait_for_function(
-            "() => window.runtimed.replica.runtime.kernel?.used === false", timeout=RUN_DEADLINE
+            "() => { const k = window.runtimed.replica.runtime.kernel; return k?.used === false && String(k.state) === 'idle'; }",
+            timeout=RUN_DEADLINE,
         )
         page.hover(cell("cell1"))
         page.click(f"{cell('cell1')} .run-cell")

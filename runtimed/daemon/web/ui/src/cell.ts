@@ -237,7 +237,12 @@ export class CellView {
       else this.prompt.textContent = `[${count ?? " "}]:`;
       this.prompt.title = status ? `execution ${status}` : "";
     }
-    const outputs = rt?.outputs ?? [];
+    const outputs = [...(rt?.outputs ?? [])];
+    // An execution that failed without an error output (the kernel was starting, died, timed
+    // out): say so from its record.
+    if (rt?.failure && !outputs.some((o) => o.includes('"output_type":"error"'))) {
+      outputs.push(JSON.stringify({ output_type: "error", ename: "", evalue: "", traceback: [`\x1b[31m${rt.failure}\x1b[0m`] }));
+    }
     if (outputs.length === this.outputStrings.length && outputs.every((o, i) => o === this.outputStrings[i])) return;
     // Reuse rendered outputs whose manifest did not change (a stream growing re-renders
     // only its own output).

@@ -67,6 +67,7 @@ export interface CellRuntime {
   status: string | null; // of executionId: queued | running | ok | error | ...
   queued: boolean;
   outputs: string[]; // JSON manifests, as stored
+  failure: string | null; // why the execution failed when it says so only in its record
 }
 
 export function runtimeCells(runtime: Doc): Map<string, CellRuntime> {
@@ -88,16 +89,19 @@ export function runtimeCells(runtime: Doc): Map<string, CellRuntime> {
       const s = str(o);
       if (s !== null) outputs.push(s);
     }
+    const record = eid ? executions[eid] : undefined;
+    const ename = str(record?.ename);
     out.set(id, {
       executionCount: num(c.execution_count),
       executionId: eid,
-      status: eid ? str(executions[eid]?.status) : null,
+      status: eid ? str(record?.status) : null,
       queued: queuedCells.has(id),
       outputs,
+      failure: ename ? `${ename}: ${str(record?.evalue) ?? ""}` : null,
     });
   }
   for (const id of queuedCells) {
-    if (!out.has(id)) out.set(id, { executionCount: null, executionId: null, status: "queued", queued: true, outputs: [] });
+    if (!out.has(id)) out.set(id, { executionCount: null, executionId: null, status: "queued", queued: true, outputs: [], failure: null });
   }
   if (runningCell && out.has(runningCell)) out.get(runningCell)!.status = "running";
   return out;
