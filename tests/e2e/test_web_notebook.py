@@ -317,6 +317,11 @@ def test_outputs_images_by_blob_url_html_sandboxed_ansi_and_placeholders(
             markdown(
                 "**bold** <script>window.pwned = 1</script> [ok](https://example.org) [bad](javascript:alert(1))"
             ),
+            code(
+                "from IPython.display import display\n"
+                "h = display('display before', display_id=True)\n"
+                "h.update('display after')"
+            ),
         ],
     )
     with Client.connect(daemon.socket) as client:
@@ -362,6 +367,14 @@ def test_outputs_images_by_blob_url_html_sandboxed_ansi_and_placeholders(
         assert "progress 3/4" not in stream
         page.wait_for_selector(f"{cell('cell2')} .output-error >> text=ZeroDivisionError")
         assert page.locator(f"{cell('cell2')} .output-error [class^=ansi-]").count() > 0
+        # update_display_data rewrote the displayed output in place (run all stopped at the
+        # error above, so this cell is run on its own).
+        page.hover(cell("cell5"))
+        page.click(f"{cell('cell5')} .run-cell")
+        page.wait_for_selector(
+            f"{cell('cell5')} .output >> text=display after", timeout=RUN_DEADLINE
+        )
+        assert "display before" not in page.inner_text(f"{cell('cell5')} .cell-outputs")
         page.evaluate("() => window.scrollTo(0, 0)")
         shot(page, "outputs")
 
