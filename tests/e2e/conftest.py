@@ -147,8 +147,11 @@ def daemon(short_tmp: Path) -> Iterator[DaemonProc]:
         d.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """One Chromium per test module. Not per session: Playwright's sync API keeps an event
+    loop running in this thread while it is open, and the anyio tests that follow need it
+    gone."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")
     with playwright_sync.sync_playwright() as p:

@@ -18,7 +18,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
@@ -93,7 +93,7 @@ def _asset_version() -> str:
 class Guard:
     """ASGI middleware in front of every route: Host check, token, Origin (auth.py)."""
 
-    def __init__(self, app: ASGIApp, *, tokens: TokenStore, port: Any) -> None:
+    def __init__(self, app: ASGIApp, *, tokens: TokenStore, port: Callable[[], int]) -> None:
         self.app = app
         self.tokens = tokens
         self._port = port  # callable: the port is known only once bound

@@ -48,7 +48,7 @@ from protocol.messages import (
     decode_sync,
 )
 from runtimed.daemon.web.link import DaemonLink
-from runtimed.daemon.web.presence import PresenceRegistry, Viewer
+from runtimed.daemon.web.presence import PresenceRegistry, Viewer, ViewerInfo
 from runtimed.daemon.web.recent import read_records
 from runtimed.errors import ConnectionClosed, NotebookNotFound, RuntimedError, error_from_reply
 
@@ -80,14 +80,19 @@ PageRequest = (
     | InputReply
     | SaveNotebook
 )
-_page_decoder = msgspec.json.Decoder(PageRequest)
 _json = msgspec.json.Encoder()
 
 
 class PresenceUpdate(msgspec.Struct, frozen=True, kw_only=True, tag="presence", tag_field="type"):
+    """From the page: where its viewer is (never persisted; presence.py)."""
+
     cell_id: str | None = None
     editing: bool = False
     name: str | None = None
+
+
+# Everything a page may send as text, one decoder (the tag ``type`` picks the Struct).
+_page_decoder = msgspec.json.Decoder(PageRequest | PresenceUpdate)
 
 
 class _Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello", tag_field="type"):
@@ -97,15 +102,13 @@ class _Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello", tag_field="
 
 
 class _Presence(msgspec.Struct, frozen=True, kw_only=True, tag="presence", tag_field="type"):
-    viewers: list[object]
+    viewers: list[ViewerInfo]
 
 
 class _Bye(msgspec.Struct, frozen=True, kw_only=True, tag="bye", tag_field="type"):
     reason: Literal["not_found", "daemon_gone", "bad_input"]
     message: str
 
-
-_presence_decoder = msgspec.json.Decoder(PresenceUpdate)
 
 _JOIN_ID = (1 << 62) + 1
 
@@ -326,20 +329,19 @@ class NotebookSocket:
     async def _on_text(self, link: DaemonLink, text: str) -> None:
         if len(text) > MAX_TEXT:
             raise _BadInput("text message too large")
-        if text.startswith('{"type":"presence"') or '"presence"' in text[:40]:
-            try:
-                update = _presence_decoder.decode(text)
-            except msgspec.DecodeError as exc:
-                raise _BadInput(f"bad presence message: {exc}") from exc
-            if self._viewer is not None:
-                self._presence.update(
-                    self._viewer, cell_id=update.cell_id, editing=update.editing, name=update.name
-                )
-            return
         try:
             request = _page_decoder.decode(text)
         except msgspec.DecodeError as exc:
-            raise _BadInput(f"not a request a page may send: {exc}") from exc
+            raise _BadInput(f"not a message a page may send: {exc}") from exc
+        if isinstance(request, PresenceUpdate):
+            if self._viewer is not None:
+                self._presence.update(
+                    self._viewer,
+                    cell_id=request.cell_id,
+                    editing=request.editing,
+                    name=request.name,
+                )
+            return
         if not isinstance(request, Ping) and request.notebook_id != self.notebook_id:
             raise _BadInput("a page may only act on its own notebook")
         if isinstance(request, SaveNotebook) and request.path is not None:
