@@ -414,6 +414,7 @@ def test_the_home_page_lists_open_notebooks_and_opens_a_file(
         row = page.wait_for_selector(".nb-row >> text=listed.ipynb")
         assert row is not None
         assert "Viewer" in page.inner_text(".nb-list")  # who is viewing
+        shot(page, "home")
         page.fill("#path", str(other))
         page.click(".open-form button")
         page.wait_for_selector("body[data-synced=true]")
