@@ -450,3 +450,50 @@ def test_the_page_reconnects_after_the_daemon_restarts_keeping_local_edits(
             lambda: nb.cell("cell0").source == "a = 1  # before and offline",
             what="the offline edit to reach the restarted daemon",
         )
+
+
+# ---------------------------------------------------------------------- cell operations
+
+
+def test_add_move_retype_delete_and_clear_from_the_page(
+    daemon: DaemonProc, new_page, short_tmp: Path
+) -> None:
+    path = write_notebook(short_tmp / "ops.ipynb", [code("print('one')"), code("two = 2")])
+    with Client.connect(daemon.socket) as client:
+        nb = client.open(path)
+        nb.execute("cell0")
+        page = open_page(new_page(), daemon, nb.id)
+        page.wait_for_selector(f"{cell('cell0')} .output-stream")
+        # Command mode on cell1: "b" adds a code cell below, typed into at once.
+        page.click(f"{cell('cell1')} .cell-input")
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        page.keyboard.type("# notes")
+        wait_until(lambda: len(nb.cell_ids()) == 3, what="the added cell")
+        added = nb.cell_ids()[2]
+        wait_until(lambda: nb.cell(added).source == "# notes", what="its source")
+        # "m": it becomes markdown (rendered), as Python reads it too.
+        page.keyboard.press("Escape")
+        page.keyboard.press("m")
+        wait_until(lambda: nb.cell(added).cell_type == "markdown", what="the type change")
+        page.wait_for_selector(f"{cell(added)} .markdown h1 >> text=notes")
+        # Move it to the top with the cell toolbar.
+        page.hover(cell(added))
+        page.click(f"{cell(added)} .move-up")
+        page.hover(cell(added))
+        page.click(f"{cell(added)} .move-up")
+        wait_until(lambda: nb.cell_ids() == [added, "cell0", "cell1"], what="the move")
+        order = page.eval_on_selector_all(".cells > .cell", "els => els.map(e => e.dataset.cellId)")
+        assert order == [added, "cell0", "cell1"]
+        # Delete cell1 with "dd".
+        page.click(f"{cell('cell1')} .cell-input")
+        page.keyboard.press("Escape")
+        page.keyboard.press("d")
+        page.keyboard.press("d")
+        wait_until(lambda: nb.cell_ids() == [added, "cell0"], what="the deletion")
+        # Clear outputs.
+        page.click("button.clear")
+        page.wait_for_function(
+            "() => !document.querySelector('.cell[data-cell-id=\"cell0\"] .output-stream')"
+        )
+        wait_until(lambda: nb.outputs("cell0") == [], what="outputs cleared")
