@@ -483,8 +483,10 @@ def test_add_move_retype_delete_and_clear_from_the_page(
         page.hover(cell(added))
         page.click(f"{cell(added)} .move-up")
         wait_until(lambda: nb.cell_ids() == [added, "cell0", "cell1"], what="the move")
-        order = page.eval_on_selector_all(".cells > .cell", "els => els.map(e => e.dataset.cellId)")
-        assert order == [added, "cell0", "cell1"]
+        page.wait_for_function(
+            "(want) => [...document.querySelectorAll('.cells > .cell')].map(e => e.dataset.cellId).join() === want",
+            arg=f"{added},cell0,cell1",
+        )
         # Delete cell1 with "dd".
         page.click(f"{cell('cell1')} .cell-input")
         page.keyboard.press("Escape")

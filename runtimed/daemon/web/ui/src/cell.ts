@@ -6,7 +6,7 @@ import { applyRemoteText, createEditor } from "./editor";
 import { renderMarkdown } from "./markdown";
 import { renderOutput } from "./outputs";
 import type { Replica, Viewer } from "./replica";
-import type { CellData, CellRuntime } from "./schema";
+import { type CellData, type CellRuntime, cellsInOrder } from "./schema";
 
 export interface CellHost {
   replica: Replica;
@@ -108,8 +108,9 @@ export class CellView {
   }
 
   private move(delta: number): void {
-    const cells = [...(this.el.parentElement?.children ?? [])];
-    const index = cells.indexOf(this.el);
+    // From the replica, not the DOM (which may not have caught up with the last move yet).
+    const cells = cellsInOrder(this.host.replica.notebook).map((c) => c.id);
+    const index = cells.indexOf(this.id);
     const target = index + delta;
     if (index < 0 || target < 0 || target >= cells.length) return;
     this.host.replica.moveCell(this.id, target);
