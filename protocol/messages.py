@@ -48,6 +48,7 @@ __all__ = [
     "InputReply",
     "InputRequested",
     "InterruptKernel",
+    "JoinNotebook",
     "KernelInfo",
     "KernelStatusChanged",
     "ListEnvs",
@@ -120,6 +121,13 @@ class OpenNotebook(Request, frozen=True, kw_only=True):
     path: str
     kernel_env: dict[str, str] | None = None
     kernel_cwd: str | None = None
+
+
+class JoinNotebook(Request, frozen=True, kw_only=True):
+    """Join a notebook already loaded in the daemon, by its id (an untitled notebook has no
+    path to open it by; the web notebook's pages join by id). Reply: ``notebook_opened``."""
+
+    notebook_id: str
 
 
 class CreateNotebook(Request, frozen=True, kw_only=True):
@@ -239,6 +247,7 @@ ClientRequest = (
     Ping
     | OpenNotebook
     | CreateNotebook
+    | JoinNotebook
     | CloseNotebook
     | SaveNotebook
     | ListNotebooks

@@ -117,7 +117,7 @@ class LiveRun:
                 input_path=self.prepared.input_path,
                 output_path=self.prepared.output_path,
                 notebook_id=nb.id,
-                link=notebook_link(nb.id),
+                link=nb.url or notebook_link(nb.id),
                 total=len(self.cells),
             )
             await self._follow_until_stopped([(q.cell_id, q.execution_id) for q in queued])

@@ -15,6 +15,7 @@ import anyio
 
 from runtimed.cli import agents as cli_agents
 from runtimed.cli import runtimes as cli_runtimes
+from runtimed.cli import web as cli_web
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.errors import DaemonNotRunning, RuntimedError
 from runtimed.paths import default_home, default_socket_path
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     cli_runtimes.add_parsers(sub)
     cli_agents.add_parsers(sub)
+    cli_web.add_parsers(sub)
     return parser
 
 
@@ -492,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
     elif (command, getattr(args, "action", None)) in cli_agents.COMMANDS:
         handler = cli_agents.COMMANDS[(command, getattr(args, "action", None))]
+    elif (command, getattr(args, "action", None)) in cli_web.COMMANDS:
+        handler = cli_web.COMMANDS[(command, getattr(args, "action", None))]
     elif command in ("run", "inspect", "scraps"):
         from runtimed.cli.run import run_command
 

@@ -76,6 +76,8 @@ class AsyncClient:
         self._subscribers: list[MemoryObjectSendStream[DaemonEvent]] = []
         self._blob_root: Path | None = None
         self.socket: Path | None = None
+        self.web: tuple[int, str] | None = None
+        """(http_port, token) of the daemon's web notebook, read by :meth:`status`."""
 
     @classmethod
     async def connect(
@@ -281,6 +283,14 @@ class AsyncClient:
     async def status(self) -> StatusReply:
         reply = await self.request(lambda i: DaemonStatus(id=i), StatusReply)
         self._blob_root = Path(reply.blob_dir)
+        self.web = None
+        if reply.http_port:
+            try:  # the token file is 0600 in the daemon's home: ours if the daemon is
+                token = await anyio.Path(reply.home, "web-token").read_text(encoding="ascii")
+            except OSError:
+                log.debug("no readable web token in %s: no notebook URLs", reply.home)
+            else:
+                self.web = (reply.http_port, token.strip())
         return reply
 
     async def list_notebooks(self) -> list[NotebookInfo]:

@@ -115,6 +115,11 @@ class Notebook:
         return self._nb.id
 
     @property
+    def url(self) -> str | None:
+        """The notebook's web page, token included (see AsyncNotebook.url)."""
+        return self._nb.url
+
+    @property
     def path(self) -> Path | None:
         return self._nb.path
 

@@ -180,6 +180,16 @@ class AsyncNotebook:
         return self.doc.heads_hex()
 
     @property
+    def url(self) -> str | None:
+        """This notebook's page in the daemon's web notebook, token included (None when the
+        daemon serves no web UI). Treat it as a password: it grants access to the daemon."""
+        web = getattr(self._client, "web", None)
+        if web is None:
+            return None
+        port, token = web
+        return f"http://127.0.0.1:{port}/notebooks/{self.id}?token={token}"
+
+    @property
     def version(self) -> str:
         """The current version, an opaque string for :meth:`changes_since`."""
         from runtimed.client.history import notebook_version

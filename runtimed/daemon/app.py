@@ -31,6 +31,7 @@ from protocol.messages import (
     GetConfig,
     InputReply,
     InterruptKernel,
+    JoinNotebook,
     ListEnvs,
     ListNotebooks,
     ListRuntimes,
@@ -49,11 +50,11 @@ from runtimed.daemon.handlers.blobs import BlobHandlers
 from runtimed.daemon.handlers.daemon import DaemonHandlers
 from runtimed.daemon.handlers.execution import ExecutionHandlers
 from runtimed.daemon.handlers.notebooks import NotebookHandlers
-from runtimed.daemon.http import HttpServer
 from runtimed.daemon.instance import InstanceLock
 from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import is_fault
+from runtimed.daemon.web import WebServer
 from runtimed.errors import ShuttingDown
 from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager
@@ -77,6 +78,7 @@ class Daemon:
         self._stopping = False
         self.blobs = BlobStore(paths.blobs)
         self.http_port: int | None = None
+        self.web: WebServer | None = None  # the web notebook (runtimed.daemon.web)
         self.runtimes = RuntimeManager(
             self.config.runtimes,
             home=paths.home,
@@ -129,8 +131,14 @@ class Daemon:
                 await tg.start(self.rooms.run)
                 tg.start_soon(listener.run)
                 if self.config.http_port is not None:
-                    server = HttpServer(self.blobs, port=self.config.http_port)
-                    self.http_port = await tg.start(server.run)
+                    self.web = WebServer(
+                        socket=self.paths.socket,
+                        home=self.paths.home,
+                        blobs=self.blobs,
+                        port=self.config.http_port,
+                        rooms=self.rooms.room_or_none,
+                    )
+                    self.http_port = await tg.start(self.web.run)
                 task_status.started()
                 await self._stop.wait()
                 await self._shutdown(listener)
@@ -206,6 +214,7 @@ class Daemon:
                 return self._daemon_handlers.answer(request)
             case (
                 OpenNotebook()
+                | JoinNotebook()
                 | CreateNotebook()
                 | CloseNotebook()
                 | SaveNotebook()

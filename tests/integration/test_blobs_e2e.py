@@ -21,6 +21,7 @@ import pytest
 
 from blobstore import BlobCorrupt
 from protocol.errors import ErrorCode
+from protocol.messages import StatusReply
 from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.config import DaemonConfig
 from runtimed.daemon.app import Daemon
@@ -87,11 +88,15 @@ def blob_file(blob_dir: str, blob_hash: str) -> Path:
     return Path(blob_dir) / blob_hash[:2] / blob_hash[2:4] / blob_hash
 
 
-async def http_get(port: int, target: str) -> tuple[int, dict[str, str], bytes]:
+async def http_get(status: StatusReply, target: str) -> tuple[int, dict[str, str], bytes]:
+    """GET from the daemon's web server, with its token (docs/web.md)."""
+    assert status.http_port is not None
+    token = (Path(status.home) / "web-token").read_text().strip()
+
     def get() -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", status.http_port, timeout=30)
         try:
-            conn.request("GET", target)
+            conn.request("GET", target, headers={"Authorization": f"token {token}"})
             response = conn.getresponse()
             headers = {k.lower(): v for k, v in response.getheaders()}
             return response.status, headers, response.read()
@@ -149,18 +154,18 @@ async def test_big_outputs_stay_out_of_the_runtime_document_and_are_served_over_
     assert png_hash in manifest_hashes(image_manifest(nb))
     assert blob_file(status.blob_dir, png_hash).read_bytes() == png
 
-    code, headers, body = await http_get(status.http_port, f"/blob/{png_hash}")
+    code, headers, body = await http_get(status, f"/blob/{png_hash}")
     assert code == 200
     assert body == png
     assert headers["content-type"] == "image/png"
     assert "immutable" in headers["cache-control"]
-    code, headers, body = await http_get(status.http_port, f"/blob/{text_hash}")
+    code, headers, body = await http_get(status, f"/blob/{text_hash}")
     assert (code, body.decode()) == (200, text)
     assert headers["content-type"].startswith("text/plain")
 
-    assert (await http_get(status.http_port, "/blob/" + "0" * 64))[0] == 404
+    assert (await http_get(status, "/blob/" + "0" * 64))[0] == 404
     for malformed in ("nothex", png_hash.upper(), png_hash[:-1], "..%2F..%2Fetc%2Fpasswd"):
-        assert (await http_get(status.http_port, f"/blob/{malformed}"))[0] == 400, malformed
+        assert (await http_get(status, f"/blob/{malformed}"))[0] == 400, malformed
 
 
 async def test_save_reinlines_blobs_exactly(client: AsyncClient, short_tmp: Path) -> None:
@@ -304,7 +309,7 @@ async def test_a_corrupt_blob_is_not_served_and_not_saved(
     png_blob = blob_file(status.blob_dir, png_hash)
 
     corrupt(png_blob, len(png))
-    code, _, body = await http_get(status.http_port, f"/blob/{png_hash}")
+    code, _, body = await http_get(status, f"/blob/{png_hash}")
     assert code == 500
     assert png not in body
     assert len(body) < 1000

@@ -11,6 +11,7 @@ import anyio
 from protocol.messages import (
     CloseNotebook,
     CreateNotebook,
+    JoinNotebook,
     ListNotebooks,
     NotebookClosed,
     NotebookInfo,
@@ -30,7 +31,9 @@ from runtimed.runtimes.manager import RuntimeManager
 
 __all__ = ["NotebookHandlers", "NotebookReply", "NotebookRequest", "notebook_info"]
 
-NotebookRequest = OpenNotebook | CreateNotebook | CloseNotebook | SaveNotebook | ListNotebooks
+NotebookRequest = (
+    OpenNotebook | JoinNotebook | CreateNotebook | CloseNotebook | SaveNotebook | ListNotebooks
+)
 NotebookReply = NotebookOpened | NotebookClosed | NotebookSaved | NotebookList
 
 
@@ -49,6 +52,8 @@ class NotebookHandlers:
         match request:
             case OpenNotebook():
                 return await self.open(session, request)
+            case JoinNotebook():
+                return self._join(session, self._rooms.entry(request.notebook_id), request.id)
             case CreateNotebook():
                 return await self.create(session, request)
             case CloseNotebook():

@@ -1,0 +1,35 @@
+// Entry point of the notebook page: load Automerge's wasm (the slim entry: no bundler
+// plugin, the .wasm file is served from /static), make the replica, connect, show the view.
+
+import * as A from "@automerge/automerge/slim";
+import { Replica } from "./replica";
+import { NotebookView } from "./view";
+
+async function boot(): Promise<void> {
+  const root = document.getElementById("app");
+  if (!root) return;
+  const notebookId = root.dataset.notebookId;
+  if (!notebookId) return;
+  const version = root.dataset.assetVersion ?? "";
+  (window as any).__syncTimes = [];
+  (window as any).__renderTimes = [];
+  performance.mark("rt:boot");
+  await A.initializeWasm(fetch(`/static/automerge.wasm?v=${version}`) as any);
+  performance.mark("rt:wasm-ready");
+  const replica = new Replica(notebookId);
+  const view = new NotebookView(replica, root.dataset.nonce ?? "", root);
+  // For tests and benchmarks: the replica, never the view, holds the document.
+  (window as any).runtimed = { replica, view, A };
+  replica.connect();
+}
+
+boot().catch((err) => {
+  const root = document.getElementById("app");
+  if (root) {
+    root.replaceChildren();
+    const p = document.createElement("p");
+    p.className = "boot-error";
+    p.textContent = `The notebook page could not start: ${err?.message ?? err}`;
+    root.append(p);
+  }
+});
