@@ -124,29 +124,8 @@ def daemon_process(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], R
 
     Readiness is a successful connect within a deadline; the process is stopped afterwards.
     """
-    paths = RuntimedPaths(socket=short_tmp / "p" / "rt.sock", home=short_tmp / "phome")
-    # Hermetic: never the user's config.toml (an absent file means built-in defaults).
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
-        RUNTIMED_CONFIG=str(short_tmp / "no-config.toml"),
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtimed.daemon.main",
-            "--socket",
-            str(paths.socket),
-            "--home",
-            str(paths.home),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, paths = spawn_test_daemon(short_tmp, "p", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for_socket(paths.socket, proc)
         yield proc, paths
     finally:
         if proc.poll() is None:
@@ -177,6 +156,36 @@ def wait_for_socket(socket_path: Path, proc: subprocess.Popen[bytes], timeout: f
             except (FileNotFoundError, ConnectionRefusedError):
                 time.sleep(0.02)
     raise TimeoutError(f"no daemon on {socket_path} after {timeout} s")
+
+
+def spawn_test_daemon(
+    short_tmp: Path,
+    name: str,
+    *,
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.DEVNULL,
+    stderr: int = subprocess.DEVNULL,
+) -> tuple[subprocess.Popen[bytes], RuntimedPaths]:
+    """Start ``python -m runtimed.daemon.main`` on ``<short_tmp>/<name>/rt.sock`` with home
+    ``<short_tmp>/<name>home``, hermetic (never the user's config.toml; ``env`` on top), and
+    return once it accepts connections. The caller stops it."""
+    paths = RuntimedPaths(socket=short_tmp / name / "rt.sock", home=short_tmp / f"{name}home")
+    full_env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        RUNTIMED_CONFIG=str(short_tmp / "no-config.toml"),
+        **(env or {}),
+    )
+    argv = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(paths.socket)]
+    argv += ["--home", str(paths.home)]
+    proc = subprocess.Popen(argv, env=full_env, stdout=stdout, stderr=stderr)
+    try:
+        wait_for_socket(paths.socket, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, paths
 
 
 def wait_for_file_code(gate: Path) -> str:

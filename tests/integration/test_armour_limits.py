@@ -9,7 +9,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from runtimed.daemon.app import Daemon
 from runtimed.errors import ConnectionClosed
 from runtimed.paths import RuntimedPaths
 
-from .conftest import wait_for_socket
+from .conftest import spawn_test_daemon
 from .test_daemon_bad_input import RawPeer
 
 pytestmark = pytest.mark.anyio
@@ -169,30 +168,13 @@ async def test_partial_frames_of_all_connections_share_one_budget(
 @pytest.fixture
 def low_fd_daemon(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], RuntimedPaths]]:
     """A daemon process whose descriptor limit is 64 (set on the running process)."""
-    paths = RuntimedPaths(socket=short_tmp / "f" / "rt.sock", home=short_tmp / "fhome")
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
-        RUNTIMED_CONFIG=str(short_tmp / "no-config.toml"),
-        RUNTIMED_HTTP_PORT="-1",
-        RUNTIMED_POOL_SIZE="0",
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtimed.daemon.main",
-            "--socket",
-            str(paths.socket),
-            "--home",
-            str(paths.home),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
+    proc, paths = spawn_test_daemon(
+        short_tmp,
+        "f",
+        env={"RUNTIMED_HTTP_PORT": "-1", "RUNTIMED_POOL_SIZE": "0"},
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for_socket(paths.socket, proc)
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (64, 64))
         yield proc, paths
     finally:

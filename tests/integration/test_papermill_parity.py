@@ -337,31 +337,10 @@ async def test_two_quick_ctrl_c_still_save_what_ran(
 
 @pytest.fixture
 def daemon_subprocess(short_tmp: Path) -> Any:
-    from .conftest import wait_for_socket
+    from .conftest import spawn_test_daemon
 
-    paths = RuntimedPaths(socket=short_tmp / "k" / "rt.sock", home=short_tmp / "khome")
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        RUNTIMED_CONFIG=str(short_tmp / "no-config.toml"),
-        RUNTIMED_POOL_SIZE="0",
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtimed.daemon.main",
-            "--socket",
-            str(paths.socket),
-            "--home",
-            str(paths.home),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, paths = spawn_test_daemon(short_tmp, "k", env={"RUNTIMED_POOL_SIZE": "0"})
     try:
-        wait_for_socket(paths.socket, proc)
         yield proc, paths
     finally:
         if proc.poll() is None:
