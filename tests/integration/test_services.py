@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol.messages import Complete, Completions
 from runtimed.client import AsyncClient
 from runtimed.client.notebook import AsyncNotebook
 from runtimed.daemon.app import Daemon
@@ -198,3 +199,23 @@ async def test_the_runtime_document_keeps_the_kernel_info_reply(
     assert after is not None
     assert after["implementation"] == "ipython"
     assert "kernel subshells" in after["supported_features"]
+
+
+async def test_the_cursor_counts_in_the_source_at_the_requests_heads(
+    daemon: Daemon, client: AsyncClient, short_tmp: Path
+) -> None:
+    nb = await open_running(client, short_tmp / "h2.ipynb", [code("")], warm="import os")
+    await nb.set_source("cell0", "os.pa")
+    seen = nb.heads()  # what a client saw when it asked, cursor at the end of "os.pa"
+    await nb.splice_source("cell0", 0, 0, "xyz = 1; ")  # an edit that arrives before it asks
+    await nb.save()  # returns once the daemon's document has the edit
+
+    reply = await client.request(
+        lambda i: Complete(id=i, notebook_id=nb.id, cell_id="cell0", cursor=5, heads=seen),
+        Completions,
+    )
+    current = await nb.complete("cell0", 5)  # the same position in today's source: "xyz ="
+
+    assert "path" in reply.matches or "os.path" in reply.matches
+    assert reply.cursor_end == 5
+    assert "path" not in current.matches and "os.path" not in current.matches

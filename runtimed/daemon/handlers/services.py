@@ -2,8 +2,9 @@
 ``History`` — the kernel's ``complete_reply``, ``inspect_reply`` and ``history_reply``
 (Jupyter messaging protocol), as typed replies.
 
-Like ``ExecuteCell`` they never carry code: the source is the cell's as the document holds it
-once it has the client's ``heads``.  They do not queue: they go straight to the notebook's
+Like ``ExecuteCell`` they never carry code: once the document has the client's ``heads`` the
+source is read from it — at those heads when others' edits have arrived since, so the cursor
+counts in the text the client saw.  They do not queue: they go straight to the notebook's
 running kernel (never starting one), to its service subshell when it has subshells — so they
 are answered while a cell runs — else to its main shell (``docs/runtimes.md``).
 """
@@ -26,6 +27,8 @@ from protocol.messages import (
 from runtimed.config import DaemonConfig
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.rooms import RoomRegistry
+from runtimed.documents.boundary import automerge_errors
+from runtimed.documents.notebook import NotebookDoc
 from runtimed.errors import CellNotCode, InvalidRequest
 from runtimed.kernels.cursor import check_cursor
 from runtimed.kernels.session import KernelSession
@@ -93,9 +96,14 @@ class ServiceHandlers:
         self, session: ClientSession, request: Complete | Inspect, what: str
     ) -> tuple[str, int, KernelSession]:
         entry = self._rooms.joined(session, request.notebook_id)
+        notebook = entry.room.notebook
         if request.heads:
             await entry.room.wait_for_heads(request.heads, timeout=self._config.heads_timeout)
-        cell = entry.room.notebook.cell(request.cell_id)  # CellNotFound
+            if set(request.heads) != set(notebook.heads_hex()):
+                # Others' edits arrived since the client's heads: its cursor counts in the
+                # source as it saw it, so read the cell at those heads (a read-only fork).
+                notebook = _at_heads(notebook, request.heads)
+        cell = notebook.cell(request.cell_id)  # CellNotFound
         if cell.cell_type != "code":
             raise CellNotCode(
                 f"cell {request.cell_id!r} is a {cell.cell_type} cell; {what} works only in"
@@ -104,6 +112,11 @@ class ServiceHandlers:
         cursor = check_cursor(cell.source, request.cursor, cell_id=request.cell_id)
         kernel = self._rooms.executor(entry).running_kernel()
         return cell.source, cursor, kernel
+
+
+def _at_heads(notebook: NotebookDoc, heads: list[str]) -> NotebookDoc:
+    with automerge_errors("reading the notebook at the request's heads"):
+        return NotebookDoc(notebook.doc.fork([bytes.fromhex(h) for h in heads]))
 
 
 def _timeout(value: float | None) -> float:
