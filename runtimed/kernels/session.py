@@ -35,7 +35,6 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from protocol.states import ExecutionStatus, KernelState
 from runtimed.errors import (
     KernelDied,
-    KernelError,
     KernelNotRunning,
     KernelRequestTimeout,
     KernelStartFailed,
@@ -420,8 +419,8 @@ class KernelSession:
         runs), else on the main shell, where it waits for a running cell to finish.
 
         Raises:
-            KernelNotRunning, KernelDied, KernelRequestTimeout: no answer within ``timeout`` s;
-            KernelError: the kernel replied with an error.
+            KernelNotRunning, KernelDied, KernelRequestTimeout: no answer within ``timeout`` s.
+            An error reply from the kernel is logged and gives an empty answer.
         """
         version = self._protocol_version()
         content = await self._service(
@@ -494,8 +493,16 @@ class KernelSession:
             raise KernelDied(f"the kernel exited before answering {msg_type}")
         answer: dict[str, Any] = reply.msg["content"]
         if answer.get("status", "ok") != "ok":
-            why = answer.get("evalue") or answer.get("status")
-            raise KernelError(f"the kernel answered {msg_type} with an error: {why}")
+            # Spec: an error reply carries ename/evalue and nothing else; the caller sees
+            # an empty answer (no matches, nothing found), the log says why.
+            logger.warning(
+                "kernel %d answered %s with %s: %s",
+                kernel.pid,
+                msg_type,
+                answer.get("status"),
+                answer.get("evalue"),
+            )
+            return {}
         return answer
 
 

@@ -55,7 +55,7 @@ class ServiceHandlers:
         Raises:
             NotebookNotFound, CellNotFound, CellNotCode, HeadsTimeout, InvalidRequest (a
             cursor outside the source, a bad timeout or ``n``), KernelNotRunning,
-            KernelRequestTimeout, KernelDied, KernelError.
+            KernelRequestTimeout, KernelDied (a kernel error reply gives an empty answer).
         """
         timeout = _timeout(request.timeout)
         match request:
