@@ -65,6 +65,7 @@ class ErrorCode(enum.StrEnum):
     BLOB_WRITE_FAILED = "blob_write_failed"
     BLOB_READ_FAILED = "blob_read_failed"
     INVALID_MANIFEST = "invalid_manifest"
+    KERNEL_REQUEST_TIMEOUT = "kernel_request_timeout"
 
 
 class ErrorDetails(msgspec.Struct, frozen=True, kw_only=True):

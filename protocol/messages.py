@@ -27,6 +27,9 @@ __all__ = [
     "ClientRequest",
     "CloseNotebook",
     "CollectGarbage",
+    "Complete",
+    "CompletionItem",
+    "Completions",
     "ConfigReply",
     "CreateNotebook",
     "DaemonEvent",
@@ -45,10 +48,16 @@ __all__ = [
     "ExecutionStatus",
     "GarbageCollected",
     "GetConfig",
+    "History",
+    "HistoryEntries",
+    "HistoryEntry",
     "InputReply",
     "InputRequested",
+    "Inspect",
+    "Inspection",
     "InterruptKernel",
     "JoinNotebook",
+    "JsonObject",
     "KernelInfo",
     "KernelStatusChanged",
     "ListEnvs",
@@ -243,6 +252,46 @@ class GetConfig(Request, frozen=True, kw_only=True):
     """The daemon's effective configuration and where each value came from."""
 
 
+class Complete(Request, frozen=True, kw_only=True):
+    """The kernel's completions at ``cursor`` in the cell's source as the document holds it.
+
+    ``cursor`` counts Unicode code points from the start of the source (None: its end);
+    ``heads`` as for :class:`ExecuteCell`. ``timeout``: seconds to wait for the kernel
+    (None: the daemon's default, 10 s).
+    """
+
+    notebook_id: str
+    cell_id: str
+    cursor: int | None = None
+    heads: list[str] | None = None
+    timeout: float | None = None
+
+
+class Inspect(Request, frozen=True, kw_only=True):
+    """The kernel's help on the name at ``cursor`` (Jupyter ``inspect_request``); fields as
+    :class:`Complete`. ``detail_level`` 0 is the docstring, 1 adds the source (IPython's
+    ``?`` and ``??``)."""
+
+    notebook_id: str
+    cell_id: str
+    cursor: int | None = None
+    detail_level: int = 0
+    heads: list[str] | None = None
+    timeout: float | None = None
+
+
+class History(Request, frozen=True, kw_only=True):
+    """The kernel's input history (Jupyter ``history_request``): the last ``n`` entries, or
+    with ``pattern`` (a glob, e.g. ``"import*"``) the last ``n`` that match; ``unique``
+    drops repeats."""
+
+    notebook_id: str
+    pattern: str | None = None
+    n: int = 10
+    unique: bool = False
+    timeout: float | None = None
+
+
 ClientRequest = (
     Ping
     | OpenNotebook
@@ -264,6 +313,9 @@ ClientRequest = (
     | ListEnvs
     | CleanEnvs
     | GetConfig
+    | Complete
+    | Inspect
+    | History
 )
 
 # ---------------------------------------------------------------- replies
@@ -401,6 +453,59 @@ class ConfigReply(Reply, frozen=True, kw_only=True):
     entries: list[ConfigEntry] = msgspec.field(default_factory=list)
 
 
+JsonObject = dict[str, object]
+"""A JSON object as the kernel sent it (a mime bundle, its metadata)."""
+
+
+class CompletionItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One completion with its range and, when the kernel says, its kind and signature
+    (IPython's ``_jupyter_types_experimental`` reply metadata)."""
+
+    text: str
+    start: int
+    end: int
+    type: str | None = None
+    signature: str | None = None
+
+
+class Completions(Reply, frozen=True, kw_only=True):
+    """The kernel's ``complete_reply``: replace ``cursor_start:cursor_end`` of the source
+    (code points) with one of ``matches``."""
+
+    notebook_id: str
+    cell_id: str
+    matches: list[str]
+    cursor_start: int
+    cursor_end: int
+    items: list[CompletionItem] = msgspec.field(default_factory=list)
+
+
+class Inspection(Reply, frozen=True, kw_only=True):
+    """The kernel's ``inspect_reply``: ``found`` False when there is nothing to show;
+    ``data`` a mime bundle (``text/plain``, often ``text/html``)."""
+
+    notebook_id: str
+    cell_id: str
+    found: bool
+    data: JsonObject = msgspec.field(default_factory=dict)
+    metadata: JsonObject = msgspec.field(default_factory=dict)
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    session: int
+    """The kernel's history session number."""
+    line: int
+    """The input's number in that session (its execution count)."""
+    source: str
+
+
+class HistoryEntries(Reply, frozen=True, kw_only=True):
+    """The kernel's ``history_reply``, oldest first."""
+
+    notebook_id: str
+    entries: list[HistoryEntry]
+
+
 DaemonReply = (
     Pong
     | Ok
@@ -417,6 +522,9 @@ DaemonReply = (
     | EnvList
     | EnvsCleaned
     | ConfigReply
+    | Completions
+    | Inspection
+    | HistoryEntries
 )
 
 # ---------------------------------------------------------------- events

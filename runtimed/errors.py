@@ -54,6 +54,7 @@ The tree (module in brackets when it is not this one)::
         ├── KernelDied
         ├── KernelNotRunning
         ├── ExecutionTimeout
+        ├── KernelRequestTimeout
         ├── KernelLimitReached
         └── EnvBuildFailed
 
@@ -112,6 +113,7 @@ __all__ = [
     "KernelLimitReached",
     "KernelNotFound",
     "KernelNotRunning",
+    "KernelRequestTimeout",
     "KernelStartFailed",
     "NotebookIOError",
     "NotebookInvalid",
@@ -307,6 +309,12 @@ class ExecutionTimeout(KernelError):
     code = ErrorCode.EXECUTION_TIMEOUT
 
 
+class KernelRequestTimeout(KernelError):
+    """The kernel did not answer a request (completion, inspection, history) in time."""
+
+    code = ErrorCode.KERNEL_REQUEST_TIMEOUT
+
+
 class RuntimeNotFound(KernelNotFound):
     """The notebook selects a runtime the daemon does not have; the message lists them.
 
@@ -395,6 +403,7 @@ WIRE_ERRORS: Final[tuple[type[RuntimedError], ...]] = (
     KernelDied,
     KernelNotRunning,
     ExecutionTimeout,
+    KernelRequestTimeout,
     KernelLimitReached,
     EnvBuildFailed,
 )

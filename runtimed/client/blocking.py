@@ -15,7 +15,16 @@ from runtimed.documents.amjson import JsonValue
 from runtimed.documents.notebook import Cell
 
 if TYPE_CHECKING:
-    from protocol.messages import ConfigReply, EnvList, EnvsCleaned, NotebookInfo, StatusReply
+    from protocol.messages import (
+        Completions,
+        ConfigReply,
+        EnvList,
+        EnvsCleaned,
+        HistoryEntries,
+        Inspection,
+        NotebookInfo,
+        StatusReply,
+    )
     from protocol.runtimes import RuntimeInfo
     from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
@@ -205,6 +214,38 @@ class Notebook:
 
     def run_all(self, *, timeout: float | None = None) -> list[ExecutionResult]:
         return self._portal.call(lambda: self._nb.run_all(timeout=timeout))
+
+    def complete(
+        self, cell_id: str, cursor: int | None = None, *, timeout: float | None = None
+    ) -> Completions:
+        """See :meth:`AsyncNotebook.complete`."""
+        return self._portal.call(lambda: self._nb.complete(cell_id, cursor, timeout=timeout))
+
+    def inspect(
+        self,
+        cell_id: str,
+        cursor: int | None = None,
+        *,
+        detail_level: int = 0,
+        timeout: float | None = None,
+    ) -> Inspection:
+        """See :meth:`AsyncNotebook.inspect`."""
+        return self._portal.call(
+            lambda: self._nb.inspect(cell_id, cursor, detail_level=detail_level, timeout=timeout)
+        )
+
+    def history(
+        self,
+        *,
+        pattern: str | None = None,
+        n: int = 10,
+        unique: bool = False,
+        timeout: float | None = None,
+    ) -> HistoryEntries:
+        """See :meth:`AsyncNotebook.history`."""
+        return self._portal.call(
+            lambda: self._nb.history(pattern=pattern, n=n, unique=unique, timeout=timeout)
+        )
 
     def interrupt(self) -> None:
         self._portal.call(self._nb.interrupt)

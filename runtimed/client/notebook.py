@@ -16,10 +16,16 @@ from protocol.messages import (
     ClearOutputs,
     ClientRequest,
     CloseNotebook,
+    Complete,
+    Completions,
     DaemonEvent,
     DocKind,
     ExecuteCell,
+    History,
+    HistoryEntries,
     InputReply,
+    Inspect,
+    Inspection,
     InterruptKernel,
     NotebookClosed,
     NotebookSaved,
@@ -354,6 +360,79 @@ class AsyncNotebook:
 
     def _current_execution(self, cell_id: str) -> str | None:
         return self.runtime.cell_execution_id(cell_id)
+
+    async def complete(
+        self, cell_id: str, cursor: int | None = None, *, timeout: float | None = None
+    ) -> Completions:
+        """The kernel's completions at ``cursor`` (code points into the cell's source; None:
+        its end) in the cell as this replica holds it (its edits are sent first).
+
+        Answered while a cell runs if the kernel has subshells (ipykernel 7), else after it.
+        ``timeout``: seconds the daemon waits for the kernel (default 10).
+
+        Raises:
+            CellNotFound, CellNotCode, InvalidRequest (cursor outside the source),
+            KernelNotRunning (no kernel yet: run a cell), KernelRequestTimeout.
+        """
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        return await self._client.request(
+            lambda i: Complete(
+                id=i,
+                notebook_id=self.id,
+                cell_id=cell_id,
+                cursor=cursor,
+                heads=heads,
+                timeout=timeout,
+            ),
+            Completions,
+        )
+
+    async def inspect(
+        self,
+        cell_id: str,
+        cursor: int | None = None,
+        *,
+        detail_level: int = 0,
+        timeout: float | None = None,
+    ) -> Inspection:
+        """The kernel's help (a mime bundle in ``data``) on the name at ``cursor``;
+        ``detail_level`` 1 asks for more (IPython: the source).  As :meth:`complete`."""
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        return await self._client.request(
+            lambda i: Inspect(
+                id=i,
+                notebook_id=self.id,
+                cell_id=cell_id,
+                cursor=cursor,
+                detail_level=detail_level,
+                heads=heads,
+                timeout=timeout,
+            ),
+            Inspection,
+        )
+
+    async def history(
+        self,
+        *,
+        pattern: str | None = None,
+        n: int = 10,
+        unique: bool = False,
+        timeout: float | None = None,
+    ) -> HistoryEntries:
+        """The kernel's input history: the last ``n`` inputs, or the last ``n`` matching the
+        glob ``pattern``; ``unique`` drops repeats.
+
+        Raises:
+            KernelNotRunning, KernelRequestTimeout.
+        """
+        return await self._client.request(
+            lambda i: History(
+                id=i, notebook_id=self.id, pattern=pattern, n=n, unique=unique, timeout=timeout
+            ),
+            HistoryEntries,
+        )
 
     async def interrupt(self) -> None:
         await self._client.request(lambda i: InterruptKernel(id=i, notebook_id=self.id), Ok)

@@ -23,13 +23,16 @@ from protocol.messages import (
     ClientRequest,
     CloseNotebook,
     CollectGarbage,
+    Complete,
     CreateNotebook,
     DaemonReply,
     DaemonShuttingDown,
     DaemonStatus,
     ExecuteCell,
     GetConfig,
+    History,
     InputReply,
+    Inspect,
     InterruptKernel,
     JoinNotebook,
     ListEnvs,
@@ -50,6 +53,7 @@ from runtimed.daemon.handlers.blobs import BlobHandlers
 from runtimed.daemon.handlers.daemon import DaemonHandlers
 from runtimed.daemon.handlers.execution import ExecutionHandlers
 from runtimed.daemon.handlers.notebooks import NotebookHandlers
+from runtimed.daemon.handlers.services import ServiceHandlers
 from runtimed.daemon.instance import InstanceLock
 from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
@@ -89,6 +93,7 @@ class Daemon:
         )
         self._notebooks = NotebookHandlers(self.rooms, self.runtimes, config=self.config)
         self._execution = ExecutionHandlers(self.rooms, config=self.config)
+        self._services = ServiceHandlers(self.rooms, config=self.config)
         self._blob_handlers = BlobHandlers(self.rooms, self.blobs, config=self.config)
         self._daemon_handlers = DaemonHandlers(
             paths,
@@ -230,6 +235,8 @@ class Daemon:
                 | InputReply()
             ):
                 return await self._execution.answer(session, request)
+            case Complete() | Inspect() | History():
+                return await self._services.answer(session, request)
             case CollectGarbage():
                 return await self._blob_handlers.collect_garbage(request)
             case ListRuntimes() | ListEnvs() | CleanEnvs() | GetConfig():

@@ -223,10 +223,27 @@ class NotebookExecutor:
                 await self._ensure_kernel()
             else:
                 await self._kernel.restart()
+                self._adopt_kernel_info(self._kernel)
         except RuntimedError as exc:
             self._set_kernel(KernelState.DEAD, message=f"restart failed: {exc}")
             raise
         self._set_kernel(KernelState.IDLE)
+
+    def running_kernel(self) -> KernelSession:
+        """The notebook's kernel, for requests beside the queue (completion, inspection,
+        history); it is not started for them.
+
+        Raises:
+            KernelNotRunning: the notebook has no live kernel.
+        """
+        kernel = self._kernel
+        if kernel is None or kernel.state in (KernelState.DEAD, KernelState.STARTING):
+            state = "not running" if kernel is None else str(kernel.state)
+            raise KernelNotRunning(
+                f"notebook {self.room.notebook_id!r} has no running kernel (it is {state});"
+                " run a cell to start one"
+            )
+        return kernel
 
     def clear_outputs(self, cell_ids: list[str] | None) -> None:
         targets = cell_ids if cell_ids is not None else self.room.notebook.cell_ids()
@@ -411,7 +428,7 @@ class NotebookExecutor:
                     progress=self._on_runtime_progress,
                 )
                 self._lease, self._kernel = lease, lease.kernel
-                room.adopt_kernel_info(lease.kernel.kernel_info)
+                self._adopt_kernel_info(lease.kernel)
                 self._set_kernel(KernelState.IDLE, name=lease.runtime.name, pid=lease.kernel.pid)
         except RuntimedError as exc:
             acquisition.error = exc
@@ -422,6 +439,13 @@ class NotebookExecutor:
             self._set_kernel(KernelState.DEAD, message="the kernel failed to start")
         finally:
             acquisition.done.set()
+
+    def _adopt_kernel_info(self, kernel: KernelSession) -> None:
+        # A new kernel process: its kernel_info_reply goes to the notebook's language_info
+        # (for the saved file) and to the runtime document's kernel_info (for clients).
+        self.room.adopt_kernel_info(kernel.kernel_info)
+        if self.room.runtime.set_kernel_info(kernel.kernel_info or {}):
+            self.room.runtime_changed()
 
     def _on_runtime_progress(self, line: str) -> None:
         # Environment build progress: the runtime document and KernelStatusChanged events.

@@ -16,6 +16,9 @@ Schema (``docs/schema.md``)::
     ROOT
       schema_version: Int (1)
       kernel: Map {state: Str, name: Str, pid: Int|Null, message: Str}
+      kernel_info: Map (absent until a kernel started) — the kernel's kernel_info_reply:
+          {protocol_version: Str, implementation: Str, implementation_version: Str,
+           banner: Str, language_info: Map, help_links: List, supported_features: List}
       queue: List of Str (execution ids waiting, in order)
       running: Str|Null (the execution id running now)
       executions: Map execution_id -> Map
@@ -37,11 +40,22 @@ from protocol.states import FINISHED, ExecutionStatus, KernelState
 from runtimed.documents.amjson import JsonValue, get, put_json, read_json, scalar
 from runtimed.documents.boundary import automerge_errors
 
-__all__ = ["FINISHED", "ExecutionRecord", "RuntimeDoc"]
+__all__ = ["FINISHED", "KERNEL_INFO_KEYS", "ExecutionRecord", "RuntimeDoc"]
 
 SCHEMA_VERSION = 1
 
 ExecutionRecord = dict[str, JsonValue]
+
+KERNEL_INFO_KEYS = (
+    "protocol_version",
+    "implementation",
+    "implementation_version",
+    "banner",
+    "language_info",
+    "help_links",
+    "supported_features",
+)
+"""The fields of a ``kernel_info_reply`` (Jupyter messaging spec) kept in ``kernel_info``."""
 
 
 class RuntimeDoc:
@@ -112,6 +126,12 @@ class RuntimeDoc:
 
     def kernel(self) -> dict[str, JsonValue]:
         return read_json(self.doc, self._obj("kernel"))  # type: ignore[no-any-return]
+
+    def kernel_info(self) -> dict[str, JsonValue] | None:
+        """What the current (or last) kernel said in its ``kernel_info_reply``; None before
+        any kernel started in this document."""
+        obj = self._maybe(ROOT, "kernel_info")
+        return None if obj is None else read_json(self.doc, obj)
 
     def queue(self) -> list[str]:
         return [str(scalar(v)) for v in self.doc.values(self._obj("queue"))]
@@ -216,6 +236,25 @@ class RuntimeDoc:
             else:
                 tx.put(kernel, "pid", ScalarType.Int, pid)
             tx.put(kernel, "message", ScalarType.Str, message)
+
+    def set_kernel_info(self, content: dict[str, object]) -> bool:
+        """Keep a ``kernel_info_reply``'s content (the keys of :data:`KERNEL_INFO_KEYS`);
+        returns whether the document changed.  Only plain JSON reaches the document (a
+        value the binding refused mid-transaction could poison it); anything else is left out.
+        """
+        info: dict[str, JsonValue] = {}
+        for key in KERNEL_INFO_KEYS:
+            if key not in content:
+                continue
+            try:
+                info[key] = json.loads(json.dumps(content[key], allow_nan=False))
+            except (TypeError, ValueError):
+                continue
+        if self.kernel_info() == info:
+            return False
+        with self.doc.transaction() as tx:
+            put_json(tx, ROOT, "kernel_info", info)
+        return True
 
     def add_execution(self, execution_id: str, cell_id: str, seq: int) -> None:
         with self.doc.transaction() as tx:

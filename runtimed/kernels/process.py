@@ -107,6 +107,9 @@ class KernelProcess:
         self.replies: dict[str, Reply] = {}
         self.executions: dict[str, Execution] = {}
         self.iopub_seen = anyio.Event()
+        self._subshell_id: str | None = None
+        self._subshell_refused = False
+        self._subshell_lock = anyio.Lock()
         # The kernel's stdin socket is a ROUTER: an input_request sent before our DEALER has
         # finished its ZMTP handshake is silently dropped and input() waits forever.  Watch
         # the handshake from here, synchronously after start_channels and long before the
@@ -149,12 +152,57 @@ class KernelProcess:
             msg_type = msg["header"]["msg_type"]
             raise KernelNotRunning(f"cannot send {msg_type} to the kernel: {exc}") from exc
 
-    def request(self, channel: str, msg_type: str, content: dict[str, Any]) -> tuple[str, Reply]:
-        """Send a request whose reply the shell/control reader will deliver."""
+    def request(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        subshell_id: str | None = None,
+    ) -> tuple[str, Reply]:
+        """Send a request whose reply the shell/control reader will deliver.
+
+        ``subshell_id``: send it to that kernel subshell (JEP 91: the id goes in the header).
+        """
         reply = Reply()
-        msg_id = self.send(channel, msg_type, content)
+        msg = self.client.session.msg(msg_type, content)
+        if subshell_id is not None:
+            msg["header"]["subshell_id"] = subshell_id
+        self.send_msg(channel, msg)
+        msg_id = str(msg["header"]["msg_id"])
         self.replies[msg_id] = reply  # no await since send: the reply cannot have been read
         return msg_id, reply
+
+    @property
+    def supports_subshells(self) -> bool:
+        """Whether the kernel said (``kernel_info_reply.supported_features``) it has kernel
+        subshells (JEP 91; ipykernel 7): shell requests sent to a subshell run in a thread of
+        their own, so they are answered while a cell runs on the main shell."""
+        features = (self.kernel_info or {}).get("supported_features")
+        return isinstance(features, list) and "kernel subshells" in features
+
+    async def service_subshell(self) -> str | None:
+        """The subshell this process's completion/inspection/history requests go to:
+        created on first use (``create_subshell_request`` on control), then reused; None if
+        the kernel has no subshells or refused to create one (then they go to the main
+        shell, behind any running cell).  The caller bounds the wait."""
+        if not self.supports_subshells or self._subshell_refused:
+            return None
+        async with self._subshell_lock:
+            if self._subshell_id is None and not self._subshell_refused:
+                msg_id, reply = self.request("control", "create_subshell_request", {})
+                try:
+                    await reply.event.wait()
+                finally:
+                    self.forget(msg_id)
+                content = reply.msg["content"] if reply.msg is not None else {}
+                subshell_id = content.get("subshell_id")
+                if isinstance(subshell_id, str) and content.get("status", "ok") == "ok":
+                    self._subshell_id = subshell_id
+                elif reply.msg is not None:  # an answer, but no subshell: do not ask again
+                    logger.warning("kernel %d: no subshell created: %r", self.pid, content)
+                    self._subshell_refused = True
+        return self._subshell_id
 
     def forget(self, msg_id: str) -> None:
         self.replies.pop(msg_id, None)

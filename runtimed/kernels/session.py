@@ -34,7 +34,13 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.connect import KernelConnectionInfo
 
 from protocol.states import ExecutionStatus, KernelState
-from runtimed.errors import KernelNotRunning, KernelStartFailed
+from runtimed.errors import (
+    KernelDied,
+    KernelNotRunning,
+    KernelRequestTimeout,
+    KernelStartFailed,
+)
+from runtimed.kernels.cursor import from_kernel_cursor, protocol_version, to_kernel_cursor
 from runtimed.kernels.launch import (
     LaunchSpec,
     address_in_use,
@@ -444,6 +450,108 @@ class KernelSession:
         if scope.cancelled_caught:
             logger.warning("no IOPub idle for %s within %s s of its reply", msg_id, _IDLE_GRACE)
             kernel.forget(msg_id)
+
+    # -- completion, inspection, history ------------------------------------------------
+
+    async def complete(self, code: str, cursor: int, *, timeout: float) -> dict[str, Any]:
+        """The kernel's ``complete_reply`` content for ``code`` with the cursor at ``cursor``
+        (code points; converted for a kernel older than protocol 5.2, and so are the
+        reply's ``cursor_start``/``cursor_end`` and the ranges of IPython's
+        ``_jupyter_types_experimental`` metadata).
+
+        Sent to the kernel's service subshell when it has subshells (answered while a cell
+        runs), else on the main shell, where it waits for a running cell to finish.
+
+        Raises:
+            KernelNotRunning, KernelDied, KernelRequestTimeout: no answer within ``timeout`` s.
+            An error reply from the kernel is logged and gives an empty answer.
+        """
+        version = self._protocol_version()
+        content = await self._service(
+            "complete_request",
+            {"code": code, "cursor_pos": to_kernel_cursor(code, cursor, version)},
+            timeout=timeout,
+        )
+        for key in ("cursor_start", "cursor_end"):
+            value = content.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                content[key] = from_kernel_cursor(code, value, version)
+            else:
+                content[key] = cursor
+        metadata = content.get("metadata")
+        items = metadata.get("_jupyter_types_experimental") if isinstance(metadata, dict) else None
+        if isinstance(items, list):
+            for item in items:
+                for key in ("start", "end"):
+                    if isinstance(item, dict) and _is_int(item.get(key)):
+                        item[key] = from_kernel_cursor(code, item[key], version)
+        return content
+
+    async def inspect(
+        self, code: str, cursor: int, *, detail_level: int = 0, timeout: float
+    ) -> dict[str, Any]:
+        """The kernel's ``inspect_reply`` content (``found``, ``data``, ``metadata``) for the
+        name at ``cursor`` in ``code``; routed and raising as :meth:`complete`."""
+        version = self._protocol_version()
+        content = {
+            "code": code,
+            "cursor_pos": to_kernel_cursor(code, cursor, version),
+            "detail_level": detail_level,
+        }
+        return await self._service("inspect_request", content, timeout=timeout)
+
+    async def history(
+        self, *, pattern: str | None = None, n: int = 10, unique: bool = False, timeout: float
+    ) -> dict[str, Any]:
+        """The kernel's ``history_reply`` content: the last ``n`` inputs (spec: access type
+        ``tail``), or with ``pattern`` the last ``n`` matching it (``search``; ``unique``
+        drops repeats).  Routed and raising as :meth:`complete`."""
+        content: dict[str, Any] = {"output": False, "raw": True, "n": n}
+        if pattern is None:
+            content["hist_access_type"] = "tail"
+        else:
+            content.update(hist_access_type="search", pattern=pattern, unique=unique)
+        return await self._service("history_request", content, timeout=timeout)
+
+    def _protocol_version(self) -> tuple[int, int]:
+        return protocol_version((self._running().kernel_info or {}).get("protocol_version"))
+
+    async def _service(
+        self, msg_type: str, content: dict[str, Any], *, timeout: float
+    ) -> dict[str, Any]:
+        kernel = self._running()
+        reply = None
+        try:
+            with anyio.fail_after(timeout):
+                subshell = await kernel.service_subshell()
+                msg_id, reply = kernel.request("shell", msg_type, content, subshell_id=subshell)
+                try:
+                    await reply.event.wait()
+                finally:
+                    kernel.forget(msg_id)
+        except TimeoutError as exc:
+            raise KernelRequestTimeout(
+                f"the kernel (pid {kernel.pid}) did not answer {msg_type} within {timeout:g} s"
+            ) from exc
+        if reply.msg is None:  # woken by the kernel's exit
+            raise KernelDied(f"the kernel exited before answering {msg_type}")
+        answer: dict[str, Any] = reply.msg["content"]
+        if answer.get("status", "ok") != "ok":
+            # Spec: an error reply carries ename/evalue and nothing else; the caller sees
+            # an empty answer (no matches, nothing found), the log says why.
+            logger.warning(
+                "kernel %d answered %s with %s: %s",
+                kernel.pid,
+                msg_type,
+                answer.get("status"),
+                answer.get("evalue"),
+            )
+            return {}
+        return answer
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _prepare_kernel_dir(spec: LaunchSpec) -> tuple[Path, Path, KernelConnectionInfo]:

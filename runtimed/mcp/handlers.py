@@ -438,3 +438,36 @@ async def changes_since(session: AgentSession, args: dict[str, Any]) -> ToolResu
     data.pop("jep8")  # agents get the readable form; `runt diff --json` has JEP 8 too
     data["version"] = diff.to
     return ToolResult(data=data)
+
+
+async def complete(session: AgentSession, args: dict[str, Any]) -> ToolResult:
+    nb = await session.notebook(args["notebook"])
+    cell_id = args["cell_id"]
+    require_cell(nb, cell_id)
+    reply = await nb.complete(cell_id, args.get("cursor"), timeout=args.get("timeout"))
+    items = {item.text: item.type for item in reply.items}
+    return ok_result(
+        nb,
+        cell_id=cell_id,
+        cursor_start=reply.cursor_start,
+        cursor_end=reply.cursor_end,
+        matches=[{"text": m, "type": items.get(m)} for m in reply.matches[:100]],
+        more=max(0, len(reply.matches) - 100),
+    )
+
+
+async def inspect(session: AgentSession, args: dict[str, Any]) -> ToolResult:
+    from runtimed.mcp.outputs import strip_ansi, truncate
+
+    nb = await session.notebook(args["notebook"])
+    cell_id = args["cell_id"]
+    require_cell(nb, cell_id)
+    reply = await nb.inspect(
+        cell_id,
+        args.get("cursor"),
+        detail_level=int(args.get("detail_level", 0)),
+        timeout=args.get("timeout"),
+    )
+    text = reply.data.get("text/plain")
+    help_text = truncate(strip_ansi(text), 8000)[0] if isinstance(text, str) else ""
+    return ok_result(nb, cell_id=cell_id, found=reply.found, help=help_text)

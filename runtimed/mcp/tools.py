@@ -48,6 +48,12 @@ TIMEOUT = {
     "exclusiveMinimum": 0,
     "description": "seconds to wait before returning what there is so far",
 }
+CURSOR = {
+    "type": "integer",
+    "minimum": 0,
+    "description": "position in the cell's source, in characters (default: its end)",
+}
+KERNEL_WAIT = {**TIMEOUT, "description": "seconds to wait for the kernel's answer (default 10)"}
 CELL_TYPE = {"type": "string", "enum": ["code", "markdown", "raw"]}
 WHERE = {
     "after_cell_id": {"type": "string", "description": "place it after this cell"},
@@ -201,6 +207,15 @@ TOOLS: dict[str, Tool] = {
               "moved, edited, who did it, what ran); use before reviewing or resuming.",
               {"notebook": NOTEBOOK, "version": {"type": "string"}, "to": {"type": "string"}},
               ["notebook", "version"], h.changes_since),
+        _tool("complete", "Ask the kernel for completions at a cursor in a code cell (code "
+              "points; default: the end); answered even while a cell runs.",
+              {"notebook": NOTEBOOK, "cell_id": CELL_ID, "cursor": CURSOR, "timeout": KERNEL_WAIT},
+              ["notebook", "cell_id"], h.complete),
+        _tool("inspect", "Ask the kernel for help (signature, docstring) on the name at a "
+              "cursor in a code cell; detail_level 1 adds the source.",
+              {"notebook": NOTEBOOK, "cell_id": CELL_ID, "cursor": CURSOR,
+               "detail_level": {"type": "integer", "enum": [0, 1]}, "timeout": KERNEL_WAIT},
+              ["notebook", "cell_id"], h.inspect),
     ]
 }  # fmt: skip
 

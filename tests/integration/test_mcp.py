@@ -32,7 +32,7 @@ ISSUE_NAMES = [
     *("get_notebook", "get_cell", "insert_cell", "replace_source", "edit_cell", "delete_cell"),
     *("move_cell", "set_cell_type", "execute_cell", "get_execution", "run_all"),
     *("interrupt_kernel", "restart_kernel", "answer_input", "run_notebook"),
-    *("inspect_parameters", "read_scraps", "changes_since"),
+    *("inspect_parameters", "read_scraps", "changes_since", "complete", "inspect"),
 ]
 
 

@@ -121,7 +121,7 @@ def test_validate_rejects_bad_arguments(tool: str, args: dict[str, Any], message
 
 
 def test_every_tool_has_a_closed_schema_and_a_description() -> None:
-    assert len(TOOLS) == 23
+    assert len(TOOLS) == 25
     for tool in TOOLS.values():
         assert tool.schema["additionalProperties"] is False
         assert set(tool.schema["required"]) <= set(tool.schema["properties"])

@@ -65,6 +65,8 @@ def sample(t: msgspec.inspect.Type, depth: int = 0) -> Any:
             return sample(concrete[0] if concrete else types[0], depth)
         case msgspec.inspect.StructType(cls=cls):
             return build(cls, depth + 1)
+        case msgspec.inspect.CustomType(cls=c) if c is object:  # JSON (an inspect mime bundle)
+            return {"text/plain": f"doc-{depth}", "nested": [1, 2.5, None, True]}
         case _:
             raise AssertionError(f"no sample for field type {t!r}; extend sample()")
 

@@ -287,3 +287,34 @@ def test_sync_message_peek_tells_acknowledgements_from_changes() -> None:
     # Garbage and truncation answer "maybe" (the safe path), never raise.
     for junk in (b"", b"\x00", b"\x42", b"\x43\x05", b"\x42" + b"\xff" * 12):
         assert may_carry_changes(junk)
+
+
+def test_kernel_info_is_kept_as_plain_json_and_written_only_when_it_changes() -> None:
+    from runtimed.documents.runtime import RuntimeDoc
+
+    rt = RuntimeDoc.new()
+    assert rt.kernel_info() is None
+    reply = {
+        "status": "ok",
+        "protocol_version": "5.3",
+        "implementation": "ipython",
+        "implementation_version": "9.0",
+        "banner": "Python 3",
+        "language_info": {"name": "python", "codemirror_mode": {"name": "ipython", "version": 3}},
+        "help_links": [],
+        "supported_features": ["kernel subshells"],
+        "debugger": True,
+    }
+    assert rt.set_kernel_info(reply) is True
+    heads = rt.doc.get_heads()
+    assert rt.set_kernel_info(reply) is False  # unchanged: no new change in the document
+    assert rt.doc.get_heads() == heads
+    info = rt.kernel_info()
+    assert info is not None
+    assert info["protocol_version"] == "5.3"
+    assert info["language_info"] == reply["language_info"]
+    assert "status" not in info
+    assert "debugger" not in info  # only the documented fields
+
+    assert rt.set_kernel_info({"banner": float("nan"), "implementation": object()}) is True
+    assert rt.kernel_info() == {}  # what is not plain JSON is left out, never written
