@@ -43,6 +43,8 @@ __all__ = [
     "ExecutionDone",
     "ExecutionStarted",
     "ExecutionStatus",
+    "Flush",
+    "Flushed",
     "GarbageCollected",
     "GetConfig",
     "InputReply",
@@ -148,6 +150,15 @@ class SaveNotebook(Request, frozen=True, kw_only=True):
     heads: list[str] | None = None
 
 
+class Flush(Request, frozen=True, kw_only=True):
+    """Make the client's edits durable: answered (:class:`Flushed`) once the daemon's
+    document contains ``heads`` and a persisted state containing them is fsynced, so that
+    they survive a crash of the daemon (docs/protocol.md, "Durability")."""
+
+    notebook_id: str
+    heads: list[str] | None = None
+
+
 class ListNotebooks(Request, frozen=True, kw_only=True):
     pass
 
@@ -241,6 +252,7 @@ ClientRequest = (
     | CreateNotebook
     | CloseNotebook
     | SaveNotebook
+    | Flush
     | ListNotebooks
     | DaemonStatus
     | Shutdown
@@ -294,6 +306,12 @@ class NotebookClosed(Reply, frozen=True, kw_only=True):
 class NotebookSaved(Reply, frozen=True, kw_only=True):
     notebook_id: str
     path: str
+
+
+class Flushed(Reply, frozen=True, kw_only=True):
+    """Every edit up to the :class:`Flush` request's heads is durable."""
+
+    notebook_id: str
 
 
 class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -399,6 +417,7 @@ DaemonReply = (
     | NotebookOpened
     | NotebookClosed
     | NotebookSaved
+    | Flushed
     | NotebookList
     | StatusReply
     | CellQueued
