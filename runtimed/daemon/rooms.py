@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -324,13 +325,13 @@ class RoomRegistry:
         if target != room.path and target in self._by_path:
             raise InvalidRequest(f"{target} is open as another notebook; close it first")
         nb = await notebook_for_save(room, self._blobs)
-        data = await anyio.to_thread.run_sync(notebook_bytes, nb)
+        data, digest = await anyio.to_thread.run_sync(_bytes_and_digest, nb)
         persister = entry.persister
         # Crash-consistent: the record names the file about to be written (and the document
         # it was made from is persisted) before the file replaces the old one, so a crash at
         # any point finds either the old file or the new one recorded as the daemon's own.
         if target == room.path:
-            persister.pending_sha256 = hashlib.sha256(data).hexdigest()
+            persister.pending_sha256 = digest
             try:
                 await persister.persist_now(runtime=False, strict=True)
             except OSError as exc:
@@ -342,7 +343,7 @@ class RoomRegistry:
         finally:
             persister.pending_sha256 = None
         crash_point("save:file")
-        persister.file_sha256 = hashlib.sha256(data).hexdigest()
+        persister.file_sha256 = digest
         if room.path is None or target != room.path:
             if room.path is not None:
                 self._by_path.pop(room.path, None)
@@ -381,6 +382,11 @@ class RoomRegistry:
         entry = self._rooms.get(room.notebook_id)
         if entry is not None and entry.room is room:
             entry.persister.runtime_changed()
+
+
+def _bytes_and_digest(nb: dict[str, Any]) -> tuple[bytes, str]:
+    data = notebook_bytes(nb)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 async def resolved(path: Path) -> Path:
