@@ -276,8 +276,9 @@ class RoomRegistry:
         bound = self._config.shutdown_timeout
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
+                step = self._checkpoint if checkpoint else self._persist
                 for entry in entries:
-                    tg.start_soon(self._bounded, bound, "checkpoint", self._checkpoint, entry)
+                    tg.start_soon(self._bounded, bound, "checkpoint", step, entry)
             async with anyio.create_task_group() as tg:
                 for entry in entries:
                     tg.start_soon(self._bounded, bound, "stop", self._stop, entry)
@@ -299,6 +300,9 @@ class RoomRegistry:
             await self.save(entry, None)
         else:
             await entry.persister.persist_now()
+
+    async def _persist(self, entry: OpenRoom) -> None:
+        await entry.persister.persist_now()
 
     async def _stop(self, entry: OpenRoom) -> None:
         try:
