@@ -133,7 +133,12 @@ class RoomPersister:
         key = DocumentStore.key_for(room.path, room.notebook_id)
         if key != self._saved_key:  # first persist, or saved under a new path: everything
             self._saved_heads = self._saved_meta = None
-            self._runtime_dirty, runtime = True, True
+            self._runtime_dirty = True
+            if strict:  # a durability write needs the document only; the snapshot follows
+                self._wanted = True
+                self._wake.set()
+            else:
+                runtime = True
         # Serialise on the event loop (the documents are not shared with threads), write in one.
         heads = room.notebook.heads()
         notebook = room.notebook.save() if heads != self._saved_heads else None
