@@ -46,6 +46,8 @@ __all__ = [
     "ExecutionDone",
     "ExecutionStarted",
     "ExecutionStatus",
+    "Flush",
+    "Flushed",
     "GarbageCollected",
     "GetConfig",
     "History",
@@ -162,6 +164,15 @@ class SaveNotebook(Request, frozen=True, kw_only=True):
 
     notebook_id: str
     path: str | None = None
+    heads: list[str] | None = None
+
+
+class Flush(Request, frozen=True, kw_only=True):
+    """Make the client's edits durable: answered (:class:`Flushed`) once the daemon's
+    document contains ``heads`` and a persisted state containing them is fsynced, so that
+    they survive a crash of the daemon (docs/protocol.md, "Durability")."""
+
+    notebook_id: str
     heads: list[str] | None = None
 
 
@@ -299,6 +310,7 @@ ClientRequest = (
     | JoinNotebook
     | CloseNotebook
     | SaveNotebook
+    | Flush
     | ListNotebooks
     | DaemonStatus
     | Shutdown
@@ -355,6 +367,12 @@ class NotebookClosed(Reply, frozen=True, kw_only=True):
 class NotebookSaved(Reply, frozen=True, kw_only=True):
     notebook_id: str
     path: str
+
+
+class Flushed(Reply, frozen=True, kw_only=True):
+    """Every edit up to the :class:`Flush` request's heads is durable."""
+
+    notebook_id: str
 
 
 class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -513,6 +531,7 @@ DaemonReply = (
     | NotebookOpened
     | NotebookClosed
     | NotebookSaved
+    | Flushed
     | NotebookList
     | StatusReply
     | CellQueued

@@ -181,6 +181,10 @@ class Notebook:
     def save(self, path: str | Path | None = None) -> Path:
         return self._portal.call(self._nb.save, path)
 
+    def flush(self) -> None:
+        """Return once this replica's edits are durable (see ``AsyncNotebook.flush``)."""
+        self._portal.call(self._nb.flush)
+
     def execute(
         self,
         cell_id: str,

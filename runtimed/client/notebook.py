@@ -21,6 +21,8 @@ from protocol.messages import (
     DaemonEvent,
     DocKind,
     ExecuteCell,
+    Flush,
+    Flushed,
     History,
     HistoryEntries,
     InputReply,
@@ -268,6 +270,14 @@ class AsyncNotebook:
         )
         self.path = Path(reply.path)
         return self.path
+
+    async def flush(self) -> None:
+        """Return once every edit this replica made is durable: the daemon has it and has
+        fsynced a persisted state containing it, so a crash of the daemon cannot lose it.
+        (``save``, ``execute``, ``run_all`` and ``close`` imply it.)"""
+        await self._client.push(self.id, "notebook")
+        heads = self.heads()
+        await self._client.request(lambda i: Flush(id=i, notebook_id=self.id, heads=heads), Flushed)
 
     async def queue(
         self, cell_id: str, *, allow_stdin: bool = False, cell_timeout: float | None = None

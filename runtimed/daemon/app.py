@@ -29,6 +29,7 @@ from protocol.messages import (
     DaemonShuttingDown,
     DaemonStatus,
     ExecuteCell,
+    Flush,
     GetConfig,
     History,
     InputReply,
@@ -196,13 +197,16 @@ class Daemon:
             len(self.rooms.entries()),
             len(self._sessions),
         )
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.shutdown_timeout):
+        with anyio.CancelScope(shield=True):
             payload = encode(DaemonShuttingDown())
             for session in list(self._sessions):
                 session.send_event_bytes(payload)
+            # Checkpoint every room, then stop their kernels, each room with its own bound.
             await self.rooms.close_all(checkpoint=True)
-            await self.runtimes.aclose()  # pooled kernels, environment builds
-            await listener.aclose()
+            with anyio.move_on_after(self.config.shutdown_timeout):
+                await self.runtimes.aclose()  # pooled kernels, environment builds
+            with anyio.move_on_after(self.config.shutdown_timeout):
+                await listener.aclose()
 
     # ------------------------------------------------------------ requests
 
@@ -223,6 +227,7 @@ class Daemon:
                 | CreateNotebook()
                 | CloseNotebook()
                 | SaveNotebook()
+                | Flush()
                 | ListNotebooks()
             ):
                 return await self._notebooks.answer(session, request)

@@ -65,7 +65,7 @@ def _from_persisted(
     persisted = store.load(key)
     if persisted is None:
         return None
-    if persisted.file_sha256 == digest:
+    if persisted.belongs_to(digest):  # the file it recorded, or the checkpoint under way
         try:
             notebook = NotebookDoc.load(persisted.notebook)
             if notebook.ready and notebook.doc_id:

@@ -6,6 +6,13 @@ most every ``runtime_persist_interval`` — a running notebook changes those on 
 persist writes only what changed since the last one: the notebook document if its heads
 moved, the runtime snapshot if it changed, the file record if it changed. A write the disk
 refuses (full disk, ...) is kept in memory and retried every second until it succeeds.
+
+Durability (docs/protocol.md): :meth:`RoomPersister.durable` returns once the persisted
+notebook document contains everything the live one does (fsynced); ``Flush`` and every
+request carrying heads (execute, run all, save, close) call it before they are answered. It
+writes only when the notebook document changed since the last persist, so re-running
+unchanged cells costs nothing. Persists are serialised (one lock), so a slower earlier
+write can never replace a newer one.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import anyio
 
 from runtimed.config import DaemonConfig
 from runtimed.daemon.room import NotebookRoom
+from runtimed.errors import NotebookIOError
 from runtimed.storage.documents import DocumentStore, NotebookMeta
 
 __all__ = ["RoomPersister"]
@@ -39,6 +47,9 @@ class RoomPersister:
         self.room = room
         self.file_sha256 = file_sha256
         """The sha256 of the notebook's file as the daemon last read or wrote it."""
+        self.pending_sha256: str | None = None
+        """The sha256 of the checkpoint being written (recorded before the file is)."""
+        self._lock = anyio.Lock()
         self._store = store
         self._config = config
         self._wanted = False
@@ -48,6 +59,7 @@ class RoomPersister:
         self._saved_key: str | None = None
         self._saved_heads: list[bytes] | None = None
         self._saved_meta: NotebookMeta | None = None
+        self._saved_pending: str | None = None
         self._failed_at = float("-inf")  # the last persist that failed (full disk, ...)
 
     @property
@@ -91,15 +103,42 @@ class RoomPersister:
             self._wanted = False
             await self.persist_now()
 
-    async def persist_now(self, *, runtime: bool = True) -> None:
+    async def durable(self) -> None:
+        """Return once the persisted notebook document holds every change the live one
+        does (fsynced). Free when nothing changed since the last persist.
+
+        Raises:
+            NotebookIOError: the disk refused the write (the change stays queued for a retry).
+        """
+        if self.room.notebook.heads() == self._saved_heads and self._saved_meta is not None:
+            return
+        try:
+            await self.persist_now(runtime=False, strict=True)
+        except OSError as exc:
+            raise NotebookIOError(
+                f"notebook {self.room.notebook_id}: could not persist edits: {exc}"
+            ) from exc
+
+    async def persist_now(self, *, runtime: bool = True, strict: bool = False) -> None:
         """Write what changed since the last persist: the notebook document if its heads
         moved, the runtime snapshot if it changed (and ``runtime``), the file record if it
-        changed. A running notebook edits only metadata per cell: one file, not three."""
+        changed. A running notebook edits only metadata per cell: one file, not three.
+        ``strict``: a refused write raises (after queueing the retry) instead of only
+        being logged."""
+        async with self._lock:
+            await self._persist(runtime=runtime, strict=strict)
+
+    async def _persist(self, *, runtime: bool, strict: bool) -> None:
         room = self.room
         key = DocumentStore.key_for(room.path, room.notebook_id)
         if key != self._saved_key:  # first persist, or saved under a new path: everything
             self._saved_heads = self._saved_meta = None
-            self._runtime_dirty, runtime = True, True
+            self._runtime_dirty = True
+            if strict:  # a durability write needs the document only; the snapshot follows
+                self._wanted = True
+                self._wake.set()
+            else:
+                runtime = True
         # Serialise on the event loop (the documents are not shared with threads), write in one.
         heads = room.notebook.heads()
         notebook = room.notebook.save() if heads != self._saved_heads else None
@@ -109,14 +148,20 @@ class RoomPersister:
             self._runtime_dirty = False
             self._persisted_at = anyio.current_time()
         path = str(room.path) if room.path else None
-        meta = (path, room.notebook_id, self.file_sha256, not room.dirty_since_save)
-        changed_meta = meta if meta != self._saved_meta else None
+        meta: NotebookMeta = (path, room.notebook_id, self.file_sha256, not room.dirty_since_save)
+        pending = self.pending_sha256
+        changed = (meta, pending) != (self._saved_meta, self._saved_pending)
+        changed_meta = meta if changed else None
         if notebook is None and snapshot is None and changed_meta is None:
             return
         try:
             await anyio.to_thread.run_sync(
                 lambda: self._store.save(
-                    key, notebook=notebook, runtime=snapshot, meta=changed_meta
+                    key,
+                    notebook=notebook,
+                    runtime=snapshot,
+                    meta=changed_meta,
+                    pending_sha256=pending,
                 )
             )
         except OSError as exc:
@@ -125,5 +170,8 @@ class RoomPersister:
             self._runtime_dirty = self._runtime_dirty or snapshot is not None
             self._failed_at = anyio.current_time()
             self.want()
+            if strict:
+                raise
             return
         self._saved_key, self._saved_heads, self._saved_meta = key, heads, meta
+        self._saved_pending = pending

@@ -12,8 +12,11 @@ own shutdown path), its last good state is persisted, and every other notebook k
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -27,10 +30,10 @@ from runtimed.daemon.loading import load_room, new_room, notebook_for_save
 from runtimed.daemon.persister import RoomPersister
 from runtimed.daemon.room import NotebookRoom, RoomCallbacks
 from runtimed.daemon.scope import OpenRoom, first_leaf, is_fault
-from runtimed.errors import InvalidRequest, NotebookNotFound, ShuttingDown
+from runtimed.errors import InvalidRequest, NotebookIOError, NotebookNotFound, ShuttingDown
 from runtimed.runtimes.manager import RuntimeManager
-from runtimed.storage.documents import DocumentStore, file_digest
-from runtimed.storage.ipynb import write_notebook_atomic
+from runtimed.storage.documents import DocumentStore, crash_point
+from runtimed.storage.ipynb import notebook_bytes, remove_interrupted_temps, write_bytes_atomic
 
 __all__ = ["RoomRegistry", "resolved"]
 
@@ -66,6 +69,8 @@ class RoomRegistry:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Supervise rooms until cancelled."""
+        # Temp files of persists a crash interrupted (the previous daemon's): never read.
+        await anyio.to_thread.run_sync(self.store.remove_interrupted)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -113,6 +118,9 @@ class RoomRegistry:
             existing = self._by_path.get(path)
             if existing is not None and existing in self._rooms:
                 return self._rooms[existing]
+            # No room has this file open, so no checkpoint of it is under way: a temp file
+            # beside it is one a crashed daemon left.
+            await anyio.to_thread.run_sync(remove_interrupted_temps, path)
             room, digest = await load_room(path, self.store, self._blobs, callbacks=self._callbacks)
             return await self._register(room, file_sha256=digest)
 
@@ -256,15 +264,54 @@ class RoomRegistry:
         entry.mark_closed()
 
     async def close_all(self, *, checkpoint: bool) -> None:
-        """Close every room (daemon shutdown); no new room opens after this starts."""
+        """Close every room (daemon shutdown); no new room opens after this starts.
+
+        Two phases, each over all rooms in parallel and each room with its own
+        ``shutdown_timeout``: first every notebook with unsaved changes is checkpointed and
+        persisted (busy kernels do not delay it), then kernels are stopped. One slow room
+        never uses up another's time.
+        """
         self.stopping = True
-        for entry in self.entries():
+        entries = self.entries()
+        bound = self._config.shutdown_timeout
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                step = self._checkpoint if checkpoint else self._persist
+                for entry in entries:
+                    tg.start_soon(self._bounded, bound, "checkpoint", step, entry)
+            async with anyio.create_task_group() as tg:
+                for entry in entries:
+                    tg.start_soon(self._bounded, bound, "stop", self._stop, entry)
+
+    async def _bounded(
+        self, bound: float, what: str, step: Callable[[OpenRoom], Awaitable[None]], entry: OpenRoom
+    ) -> None:
+        with anyio.move_on_after(bound) as scope:
             try:
-                await self.close(entry, checkpoint=checkpoint)
+                await step(entry)
             except Exception:
-                log.exception("could not close %s cleanly", entry)
-                self._unregister(entry)
-                entry.mark_closed()
+                log.exception("could not %s %s cleanly", what, entry.room.path or entry)
+        if scope.cancelled_caught:
+            log.warning("%s of %s took over %.0f s; gave up", what, entry.room.path, bound)
+
+    async def _checkpoint(self, entry: OpenRoom) -> None:
+        room = entry.room
+        if room.path is not None and room.dirty_since_save:
+            await self.save(entry, None)
+        else:
+            await entry.persister.persist_now()
+
+    async def _persist(self, entry: OpenRoom) -> None:
+        await entry.persister.persist_now()
+
+    async def _stop(self, entry: OpenRoom) -> None:
+        try:
+            if entry.executor is not None:
+                await entry.executor.aclose()
+            await entry.persister.persist_now()  # the runtime state the kernel left
+        finally:
+            self._unregister(entry)
+            entry.mark_closed()
 
     # ------------------------------------------------------------ saving, executing
 
@@ -282,17 +329,33 @@ class RoomRegistry:
         if target != room.path and target in self._by_path:
             raise InvalidRequest(f"{target} is open as another notebook; close it first")
         nb = await notebook_for_save(room, self._blobs)
-        await anyio.to_thread.run_sync(write_notebook_atomic, target, nb)
-        entry.persister.file_sha256 = await anyio.to_thread.run_sync(file_digest, target)
+        data, digest = await anyio.to_thread.run_sync(_bytes_and_digest, nb)
+        persister = entry.persister
+        # Crash-consistent: the record names the file about to be written (and the document
+        # it was made from is persisted) before the file replaces the old one, so a crash at
+        # any point finds either the old file or the new one recorded as the daemon's own.
+        if target == room.path:
+            persister.pending_sha256 = digest
+            try:
+                await persister.persist_now(runtime=False, strict=True)
+            except OSError as exc:
+                persister.pending_sha256 = None
+                raise NotebookIOError(f"{target}: cannot record the checkpoint: {exc}") from exc
+            crash_point("save:record")
+        try:
+            await anyio.to_thread.run_sync(write_bytes_atomic, target, data)
+        finally:
+            persister.pending_sha256 = None
+        crash_point("save:file")
+        persister.file_sha256 = digest
         if room.path is None or target != room.path:
             if room.path is not None:
                 self._by_path.pop(room.path, None)
             room.path = target
             self._by_path[target] = room.notebook_id
         room.dirty_since_save = False
-        # Record the new file hash now, not after the debounce: a crash in that window would
-        # make the daemon take its own checkpoint for an outside change.
-        await entry.persister.persist_now()
+        # Record the new file hash now, not after the debounce.
+        await persister.persist_now()
         return target
 
     def executor(self, entry: OpenRoom) -> NotebookExecutor:
@@ -323,6 +386,11 @@ class RoomRegistry:
         entry = self._rooms.get(room.notebook_id)
         if entry is not None and entry.room is room:
             entry.persister.runtime_changed()
+
+
+def _bytes_and_digest(nb: dict[str, Any]) -> tuple[bytes, str]:
+    data = notebook_bytes(nb)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 async def resolved(path: Path) -> Path:

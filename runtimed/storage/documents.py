@@ -4,7 +4,17 @@ For every notebook the daemon keeps, in ``<home>/documents/``:
 
 * ``<key>.automerge`` — the notebook document (full history: no acknowledged edit is lost);
 * ``<key>.runtime.json`` — a snapshot of runtime state (outputs, counts), no history;
-* ``<key>.json`` — which file it belongs to and the file's sha256 when last loaded/saved.
+* ``<key>.json`` — which file it belongs to and the file's sha256 when last loaded/saved
+  (and, while a save is under way, the sha256 of the file being written: ``pending_sha256``).
+
+Crash consistency: each part is written atomically (temp file, fsync, rename, fsync of the
+directory), the record first, then the document, then the runtime snapshot, so that whatever
+a crash interrupts leaves a loadable state whose record never claims more than the document
+holds (a record saying "unsaved" beside an older document is harmless; the reverse would not
+be). A checkpoint records the hash of the file it is about to write before writing it, so a
+crash between the new ``.ipynb`` replacing the old and the record's update still finds its
+own file (either hash is accepted). Temp files a crash left behind are removed at start-up
+(:meth:`DocumentStore.remove_interrupted`).
 
 ``key`` is a hash of the absolute ``.ipynb`` path (or the doc id for untitled notebooks).
 On open, the persisted document is used when the file on disk is unchanged since the
@@ -22,20 +32,42 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STALE_MAX_AGE", "DocumentStore", "NotebookMeta", "PersistedNotebook", "file_digest"]
+__all__ = [
+    "CRASH_AFTER_ENV",
+    "STALE_MAX_AGE",
+    "DocumentStore",
+    "NotebookMeta",
+    "PersistedNotebook",
+    "crash_point",
+    "file_digest",
+]
 
 #: Documents set aside (``*.stale.automerge``) older than this (seconds) are removed by gc.
 STALE_MAX_AGE = 7 * 86400.0
 
 NotebookMeta = tuple[str | None, str, str | None, bool]
 """What ``<key>.json`` records: (file path, doc id, file sha256, saved: the document holds
-no edit that file lacks)."""
+no edit that file lacks); :meth:`DocumentStore.save` adds the pending sha256."""
+
+#: Test-only fault injection: ``RUNTIMED_TEST_CRASH_AFTER=<step>`` makes the daemon kill
+#: itself with SIGKILL right after that named step (tests/integration/test_durability.py,
+#: bench/bench_crash.py). Steps: ``persist:record``, ``persist:notebook``, ``save:record``,
+#: ``save:file``. Never set it outside tests.
+CRASH_AFTER_ENV = "RUNTIMED_TEST_CRASH_AFTER"
+
+
+def crash_point(step: str) -> None:
+    """Test-only: SIGKILL this process if ``step`` is the one named in the environment."""
+    if os.environ.get(CRASH_AFTER_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def file_digest(path: Path) -> str:
@@ -50,6 +82,13 @@ class PersistedNotebook:
     saved: bool = False
     """When last persisted, the document held no edit the daemon had not checkpointed to
     (or loaded from) the file whose sha256 is recorded."""
+    pending_sha256: str | None = None
+    """The sha256 of a checkpoint the daemon was writing when it last persisted (a crash may
+    have come after the file was replaced and before the record said so)."""
+
+    def belongs_to(self, digest: str) -> bool:
+        """The file with this sha256 is one the daemon read or wrote itself."""
+        return digest in (self.file_sha256, self.pending_sha256)
 
 
 class DocumentStore:
@@ -90,8 +129,14 @@ class DocumentStore:
             runtime = json.loads(runtime_path.read_text())
         except (OSError, ValueError):
             runtime = {}
+        pending = meta.get("pending_sha256")
         return PersistedNotebook(
-            notebook, runtime, meta.get("file_sha256"), meta.get("saved") is True
+            notebook,
+            runtime,
+            meta.get("file_sha256"),
+            # A checkpoint was under way: whichever file is there, not known to be saved.
+            meta.get("saved") is True and pending is None,
+            pending if isinstance(pending, str) else None,
         )
 
     def save(
@@ -101,18 +146,40 @@ class DocumentStore:
         notebook: bytes | None,
         runtime: dict[str, Any] | None,
         meta: NotebookMeta | None,
+        pending_sha256: str | None = None,
     ) -> None:
-        """Write the parts given (None: that part is unchanged on disk), each atomically."""
+        """Write the parts given (None: that part is unchanged on disk), each atomically and
+        durably: the record first, then the document, then the runtime snapshot (see the
+        module docstring for why that order). ``pending_sha256`` (recorded with ``meta``):
+        the sha256 of the checkpoint about to be written."""
         self.root.mkdir(parents=True, exist_ok=True)
         doc_path, runtime_path, meta_path = self._paths(key)
-        if notebook is not None:
-            _atomic_write(doc_path, notebook)
-        if runtime is not None:
-            _atomic_write(runtime_path, json.dumps(runtime).encode())
         if meta is not None:
             path, doc_id, file_sha256, saved = meta
-            record = {"path": path, "doc_id": doc_id, "file_sha256": file_sha256, "saved": saved}
+            record = {
+                "path": path,
+                "doc_id": doc_id,
+                "file_sha256": file_sha256,
+                "saved": saved,
+                "pending_sha256": pending_sha256,
+            }
             _atomic_write(meta_path, json.dumps(record).encode())
+            crash_point("persist:record")
+        if notebook is not None:
+            _atomic_write(doc_path, notebook)
+            crash_point("persist:notebook")
+        if runtime is not None:
+            _atomic_write(runtime_path, json.dumps(runtime).encode())
+
+    def remove_interrupted(self) -> int:
+        """Delete temp files an interrupted write left behind (start-up); returns how many."""
+        removed = 0
+        for path in self.root.glob(".*.tmp"):
+            if _TEMP_NAME.fullmatch(path.name):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def referenced_blobs(self, *, skip_keys: frozenset[str] = frozenset()) -> set[str]:
         """Blob hashes referenced by persisted runtime snapshots (GC marking), except those
@@ -163,7 +230,13 @@ class DocumentStore:
         return target
 
 
+#: What :func:`_atomic_write` names its temp files (``mkstemp``: ``.<name>.<random>.tmp``).
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory (the
+    rename itself is durable only once the directory is)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -171,6 +244,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

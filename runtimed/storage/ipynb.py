@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -30,10 +32,13 @@ from nbformat.validator import ValidationError
 from runtimed.errors import NotebookInvalid, NotebookIOError, NotebookNotFound
 
 __all__ = [
+    "notebook_bytes",
     "parse_notebook",
     "read_notebook",
     "read_notebook_bytes",
     "read_notebook_with_digest",
+    "remove_interrupted_temps",
+    "write_bytes_atomic",
     "write_notebook_atomic",
 ]
 
@@ -148,6 +153,16 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         NotebookIOError: the write failed (full disk, permissions); the old file is intact
             and no temp file is left behind.
     """
+    write_bytes_atomic(path, notebook_bytes(nb))
+
+
+def notebook_bytes(nb: dict[str, Any]) -> bytes:
+    """``nb`` validated and serialised exactly as :func:`write_notebook_atomic` writes it
+    (so a checkpoint can record the file's sha256 before writing it).
+
+    Raises:
+        NotebookInvalid: the notebook would not validate.
+    """
     node = nbformat.from_dict(nb)
     invalid: dict[str, ValidationError] = {}  # writes() validates once, as reads() does
     text = nbformat.writes(node, capture_validation_error=invalid)
@@ -156,9 +171,19 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         raise NotebookInvalid(
             f"refusing to write an invalid notebook: {_first_line(error)}"
         ) from error
-    data = text.encode("utf-8")
+    data: bytes = text.encode("utf-8")
     if not data.endswith(b"\n"):
         data += b"\n"
+    return data
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file beside it, fsync,
+    rename, fsync of the directory), keeping the replaced file's mode.
+
+    Raises:
+        NotebookIOError: the write failed; the old file is intact, no temp file is left.
+    """
     directory = path.parent
     try:
         mode: int | None = stat.S_IMODE(path.stat().st_mode)
@@ -187,6 +212,23 @@ def write_notebook_atomic(path: Path, nb: dict[str, Any]) -> None:
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
+
+
+def remove_interrupted_temps(path: Path) -> int:
+    """Delete the temp files a checkpoint of ``path`` interrupted by a crash left beside it
+    (only names :func:`_create_temp` makes for this file); returns how many."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{12}\.tmp")
+    removed = 0
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return 0
+    for candidate in candidates:
+        if pattern.fullmatch(candidate.name):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed += 1
+    return removed
 
 
 def _create_temp(directory: Path, name: str) -> tuple[int, str]:

@@ -92,6 +92,8 @@ class ExecutionHandlers:
         entry = self._rooms.joined(session, notebook_id)
         if heads:
             await entry.room.wait_for_heads(heads, timeout=self._config.heads_timeout)
+        # Durable before answered (docs/protocol.md): free when the document did not change.
+        await entry.persister.durable()
         return self._rooms.executor(entry)
 
     def _executor(self, session: ClientSession, notebook_id: str) -> NotebookExecutor:

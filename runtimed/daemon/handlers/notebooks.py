@@ -1,5 +1,8 @@
 """Answers to the notebook requests: ``OpenNotebook``, ``CreateNotebook``, ``CloseNotebook``,
-``SaveNotebook``, ``ListNotebooks``."""
+``SaveNotebook``, ``Flush``, ``ListNotebooks``.
+
+Every request that carries heads is answered only once those edits are durable (the
+persisted document containing them is fsynced; see docs/protocol.md, "Durability")."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import anyio
 from protocol.messages import (
     CloseNotebook,
     CreateNotebook,
+    Flush,
+    Flushed,
     JoinNotebook,
     ListNotebooks,
     NotebookClosed,
@@ -32,9 +37,15 @@ from runtimed.runtimes.manager import RuntimeManager
 __all__ = ["NotebookHandlers", "NotebookReply", "NotebookRequest", "notebook_info"]
 
 NotebookRequest = (
-    OpenNotebook | JoinNotebook | CreateNotebook | CloseNotebook | SaveNotebook | ListNotebooks
+    OpenNotebook
+    | JoinNotebook
+    | CreateNotebook
+    | CloseNotebook
+    | SaveNotebook
+    | Flush
+    | ListNotebooks
 )
-NotebookReply = NotebookOpened | NotebookClosed | NotebookSaved | NotebookList
+NotebookReply = NotebookOpened | NotebookClosed | NotebookSaved | Flushed | NotebookList
 
 
 class NotebookHandlers:
@@ -60,6 +71,8 @@ class NotebookHandlers:
                 return await self.close(session, request)
             case SaveNotebook():
                 return await self.save(session, request)
+            case Flush():
+                return await self.flush(session, request)
             case ListNotebooks():
                 return self.list(request)
             case _:
@@ -83,6 +96,7 @@ class NotebookHandlers:
         entry = self._rooms.joined(session, request.notebook_id)
         if request.heads:
             await entry.room.wait_for_heads(request.heads, timeout=self._config.heads_timeout)
+        await entry.persister.durable()
         session.open_notebooks.discard(request.notebook_id)
         self._rooms.leave(entry, session, unload=request.unload)
         return NotebookClosed(id=request.id, notebook_id=request.notebook_id)
@@ -93,6 +107,13 @@ class NotebookHandlers:
             await entry.room.wait_for_heads(request.heads, timeout=self._config.heads_timeout)
         saved = await self._rooms.save(entry, Path(request.path) if request.path else None)
         return NotebookSaved(id=request.id, notebook_id=request.notebook_id, path=str(saved))
+
+    async def flush(self, session: ClientSession, request: Flush) -> Flushed:
+        entry = self._rooms.joined(session, request.notebook_id)
+        if request.heads:
+            await entry.room.wait_for_heads(request.heads, timeout=self._config.heads_timeout)
+        await entry.persister.durable()
+        return Flushed(id=request.id, notebook_id=request.notebook_id)
 
     def list(self, request: ListNotebooks) -> NotebookList:
         infos = [notebook_info(e, self._runtimes) for e in self._rooms.entries()]
