@@ -55,6 +55,8 @@ from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import is_fault
 from runtimed.errors import ShuttingDown
+from runtimed.kernels.records import CURRENT as CURRENT_KERNEL_RECORDS
+from runtimed.kernels.records import KernelRecords
 from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore
@@ -117,6 +119,11 @@ class Daemon:
         lock = InstanceLock(self.paths.lock, socket=self.paths.socket)
         lock.acquire()
         try:
+            # Holding the lock: whatever kernels a previous daemon on this home left running
+            # are stopped before any of ours start (docs/principles.md, what survives).
+            records = KernelRecords(self.paths.home / "kernels")
+            await anyio.to_thread.run_sync(records.reap)
+            CURRENT_KERNEL_RECORDS.set(records)
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()  # stale: its daemon no longer holds the lock
             listener = UnixListener(
