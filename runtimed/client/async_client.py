@@ -381,8 +381,9 @@ class AsyncClient:
         replica = self._replicas.get(notebook_id)
         if replica is None or notebook_id in self._closing:
             return
-        if self._state is not ConnectionState.CONNECTED and notebook_id not in self._joined:
-            return  # reconnecting: the notebook's resync after reopening carries the edit
+        if notebook_id not in self._joined:
+            # Not (yet) reopened on this connection: its resync after reopening carries it.
+            return
         data = replica.generate(doc)
         if data is not None:
             try:
