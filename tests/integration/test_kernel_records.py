@@ -9,6 +9,7 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from runtimed.client import AsyncClient
@@ -21,7 +22,10 @@ from .runtime_helpers import alive, code, wait_gone
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 DEADLINE = 60
-SPAWN_SLEEP = "import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid)\n"
+SPAWN_SLEEP = (
+    "import os, subprocess\nchild = subprocess.Popen(['sleep', '600'])\n"
+    "print(child.pid, os.getpid())\n"
+)
 
 
 @pytest.fixture
@@ -41,18 +45,22 @@ async def test_a_new_daemon_stops_what_the_killed_daemons_kernel_started(
         nb = await client.open(path)
         result = await nb.execute(nb.cell_ids()[0], timeout=DEADLINE)
         assert result.ok, result
-        sleep_pid = int(result.outputs[0]["text"].strip())
+        sleep_pid, kernel_pid = map(int, result.outputs[0]["text"].split())
         assert alive(sleep_pid)
 
         # The notebook's kernel (and the pool's next one, if the pool is on).
         records = [json.loads(f.read_text()) for f in records_dir.glob("*.json")]
         assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in records_dir.glob("*.json"))
-        [record] = [r for r in records if r["notebook_id"] == nb.id]
+        [record] = [r for r in records if r["pid"] == kernel_pid]
         assert record["start_ticks"] is not None
+        # A pooled kernel's record names its notebook once handed over (written in the
+        # background): wait for it within the deadline.
+        with anyio.fail_after(DEADLINE):
+            while _owner(records_dir, kernel_pid) != nb.id:
+                await anyio.sleep(0.02)
         conn_dir = Path(record["conn_dir"])
         assert conn_dir.name.startswith("runtimed-kernel-")
         assert conn_dir.is_dir()
-        kernel_pid = record["pid"]
         old_dirs = [Path(r["conn_dir"]) for r in records]  # the pool's kernel's too
         old_daemon = daemon_proc.proc.pid
 
@@ -88,3 +96,11 @@ async def test_a_clean_stop_leaves_no_record(daemon_proc: DaemonProc, short_tmp:
 def _owned(records_dir: Path, notebook_id: str) -> list[int]:
     records = [json.loads(f.read_text()) for f in records_dir.glob("*.json")]
     return [int(r["pid"]) for r in records if r["notebook_id"] == notebook_id]
+
+
+def _owner(records_dir: Path, pid: int) -> str | None:
+    for f in records_dir.glob("*.json"):
+        record = json.loads(f.read_text())
+        if record["pid"] == pid:
+            return record["notebook_id"]  # type: ignore[no-any-return]
+    return None
