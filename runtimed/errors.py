@@ -45,6 +45,7 @@ The tree (module in brackets when it is not this one)::
     ├── DaemonAlreadyRunning
     ├── DaemonNotRunning
     ├── ConnectionClosed
+    │   └── ConnectionLost
     ├── RemoteError
     ├── NotebookExecutionError [runtimed.automation.report]
     └── KernelError
@@ -97,6 +98,7 @@ __all__ = [
     "CellNotCode",
     "CellNotFound",
     "ConnectionClosed",
+    "ConnectionLost",
     "DaemonAlreadyRunning",
     "DaemonNotRunning",
     "DocumentError",
@@ -223,6 +225,14 @@ class ConnectionClosed(RuntimedError):
     """The daemon closed the connection (or it broke) while a request was outstanding."""
 
     code = ErrorCode.PROTOCOL_ERROR
+
+
+class ConnectionLost(ConnectionClosed):
+    """The connection to the daemon broke (it stopped or crashed): the request in flight,
+    or one made while the client is reconnecting, did not reach the daemon or got no answer.
+
+    A client that reconnects (the default) keeps its notebooks and their edits; retry once
+    :attr:`AsyncClient.state <runtimed.client.AsyncClient.state>` is ``connected`` again."""
 
 
 class RemoteError(RuntimedError):

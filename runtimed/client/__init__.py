@@ -21,8 +21,15 @@ ExecutionResult), ``blocking`` (Client, Notebook, built on ``async_client``) and
 
 from __future__ import annotations
 
-from runtimed.client.async_client import AsyncClient
+from runtimed.client.async_client import AsyncClient, ConnectionState
 from runtimed.client.blocking import Client, Notebook
 from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
-__all__ = ["AsyncClient", "AsyncNotebook", "Client", "ExecutionResult", "Notebook"]
+__all__ = [
+    "AsyncClient",
+    "AsyncNotebook",
+    "Client",
+    "ConnectionState",
+    "ExecutionResult",
+    "Notebook",
+]

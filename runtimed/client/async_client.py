@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
@@ -46,13 +48,30 @@ from protocol.runtimes import RuntimeInfo
 from runtimed.client.connection import Connection
 from runtimed.client.notebook import AsyncNotebook, Replica
 from runtimed.documents.manifests import manifest_hashes, resolve_output
-from runtimed.errors import ConnectionClosed
+from runtimed.errors import ConnectionClosed, ConnectionLost, DaemonNotRunning, RuntimedError
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "ConnectionState"]
 
 log = logging.getLogger(__name__)
 
 EVENT_BUFFER = 1024
+RECONNECT_FIRST_DELAY = 0.05
+RECONNECT_MAX_DELAY = 2.0
+
+
+class ConnectionState(enum.StrEnum):
+    """Where a client stands with its daemon (:attr:`AsyncClient.state`)."""
+
+    CONNECTED = "connected"
+    """Handshaken, every open notebook joined: requests and edits reach the daemon."""
+    RECONNECTING = "reconnecting"
+    """The connection broke; the client is connecting again (with backoff). Edits are kept
+    in the local replicas and merged once reconnected; requests fail with ConnectionLost."""
+    GONE = "gone"
+    """No daemon and no more tries: closed by this client, reconnect off, daemon shut down
+    by this client, or the reconnect deadline passed. Requests and edits raise."""
+
+
 ReplyT = TypeVar("ReplyT", bound=Reply)
 
 
@@ -78,6 +97,21 @@ class AsyncClient:
         self.socket: Path | None = None
         self.web: tuple[int, str] | None = None
         """(http_port, token) of the daemon's web notebook, read by :meth:`status`."""
+        # Reconnection: how to connect again, the notebooks to reopen (id -> path) and the
+        # notebooks joined on the current connection (sync goes out only for those).
+        self._reconnect = True
+        self._reconnect_for: float | None = None
+        self._autostart = False
+        self._home: Path | None = None
+        self._timeout = 30.0
+        self._paths: dict[str, str] = {}
+        self._open_options: dict[str, tuple[dict[str, str] | None, str | None]] = {}
+        self._joined: set[str] = set()
+        self._state = ConnectionState.CONNECTED
+        self._state_changed = anyio.Event()
+        self._no_more_tries = False
+        self.reconnects = 0
+        """How many times this client reconnected (and reopened its notebooks)."""
 
     @classmethod
     async def connect(
@@ -87,36 +121,56 @@ class AsyncClient:
         autostart: bool = False,
         home: str | Path | None = None,
         timeout: float = 30.0,
+        reconnect: bool = True,
+        reconnect_for: float | None = None,
     ) -> AsyncClient:
         """Connect to the daemon on ``socket`` (default: ``$RUNTIMED_SOCKET`` or the user's).
 
         Args:
-            autostart: start a daemon in the background if none answers.
+            autostart: start a daemon in the background if none answers (also when
+                reconnecting).
             home: state directory for an autostarted daemon (default ``$RUNTIMED_HOME``).
+            reconnect: when the connection breaks, connect again on its own (backoff up to
+                2 s), reopen the notebooks and resync them so that edits made meanwhile are
+                merged. False: the client stays closed (state ``gone``) and edits raise.
+            reconnect_for: give up (state ``gone``) after this many seconds without a
+                daemon; None: keep trying while the client is open.
 
         Raises:
             DaemonNotRunning, VersionMismatch, ConnectionClosed.
         """
         self = cls()
-        self._conn = await Connection.open(
-            socket,
+        self._reconnect = reconnect
+        self._reconnect_for = reconnect_for
+        self._autostart = autostart
+        self._home = Path(home) if home else None
+        self._timeout = timeout
+        self.socket = Path(socket) if socket else None
+        self._conn = await self._open_connection()
+        return self
+
+    async def _open_connection(self) -> Connection:
+        return await Connection.open(
+            self.socket,
             on_sync=self._on_sync,
             on_event=self._on_event,
             on_closed=self._on_closed,
-            autostart=autostart,
-            home=Path(home) if home else None,
-            connect_timeout=timeout,
+            autostart=self._autostart,
+            home=self._home,
+            connect_timeout=self._timeout,
         )
-        return self
 
     async def __aenter__(self) -> Self:
         assert self._conn is not None, "use AsyncClient.connect()"
         # Entered through an exit stack, never by hand; pop_all() keeps everything open past
         # this method and __aexit__ unwinds it (writer, then subscribers, then connection).
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self._conn)
+            stack.callback(self._gone)
             stack.callback(self._close_subscribers)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
+            # The supervisor holds the current connection (entered in its task) and replaces
+            # it when it breaks; the first one is entered before this method returns.
+            await self._tg.start(self._supervise)
             self._tg.start_soon(self._writer)
             self._exit_stack = stack.pop_all()
         return self
@@ -138,8 +192,143 @@ class AsyncClient:
 
     @property
     def connection(self) -> Connection:
+        """The current connection (replaced by a new one after a reconnect)."""
         assert self._conn is not None
         return self._conn
+
+    # ------------------------------------------------------------ connection state
+
+    @property
+    def state(self) -> ConnectionState:
+        """``connected``, ``reconnecting`` or ``gone`` (see :class:`ConnectionState`)."""
+        return self._state
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self._state:
+            return
+        log.info("client connection: %s -> %s", self._state, state)
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
+        self._notify()
+
+    def _gone(self) -> None:
+        self._no_more_tries = True
+        self._set_state(ConnectionState.GONE)
+
+    async def wait_state(self, *states: ConnectionState, timeout: float | None = None) -> None:
+        """Wait until :attr:`state` is one of ``states``.
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+            ConnectionClosed: the state became ``gone`` (and ``gone`` was not asked for).
+        """
+        with anyio.fail_after(timeout):
+            while self._state not in states:
+                if self._state is ConnectionState.GONE:
+                    raise ConnectionClosed("the client is no longer connected to a daemon")
+                await self._state_changed.wait()
+
+    async def states(self) -> AsyncIterator[ConnectionState]:
+        """The current state, then every change of it; ends after ``gone``.
+
+        A slow consumer sees the latest state, not necessarily every intermediate one."""
+        seen: ConnectionState | None = None
+        while True:
+            changed = self._state_changed
+            if self._state is not seen:
+                seen = self._state
+                yield seen
+                if seen is ConnectionState.GONE:
+                    return
+                continue
+            await changed.wait()
+
+    async def _supervise(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        started = False
+        while True:
+            async with conn:
+                if not started:
+                    started = True
+                    task_status.started()
+                else:
+                    try:
+                        await self._resume(conn)
+                    except ConnectionClosed:
+                        pass  # broke again while reopening: the next round tries again
+                    else:
+                        self.reconnects += 1
+                        self._set_state(ConnectionState.CONNECTED)
+                await conn.wait_closed()
+            self._joined.clear()
+            if not self._reconnect or self._no_more_tries:
+                self._set_state(ConnectionState.GONE)
+                return
+            self._set_state(ConnectionState.RECONNECTING)
+            next_conn = await self._connect_again()
+            if next_conn is None:
+                self._set_state(ConnectionState.GONE)
+                return
+            conn = self._conn = next_conn
+
+    async def _connect_again(self) -> Connection | None:
+        """A new connection, trying with backoff; None once the deadline has passed."""
+        delay = RECONNECT_FIRST_DELAY
+        with anyio.move_on_after(self._reconnect_for):
+            while not self._no_more_tries:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                try:
+                    return await self._open_connection()
+                except (DaemonNotRunning, ConnectionClosed, OSError, TimeoutError) as exc:
+                    log.debug("reconnect failed: %s", exc)
+                except RuntimedError as exc:  # e.g. VersionMismatch: another daemon now
+                    log.warning("reconnect refused: %s", exc)
+                    return None
+        return None
+
+    async def _resume(self, conn: Connection) -> None:
+        """Reopen every notebook on a new connection and resync it from fresh sync states:
+        the daemon gets whatever the replica has that it lacks (edits made while down)."""
+        self._blob_root = None
+        for notebook_id, path in list(self._paths.items()):
+            replica = self._replicas.get(notebook_id)
+            if replica is None or notebook_id in self._closing:
+                continue
+            replica.fresh_sync()
+            env, cwd = self._open_options.get(notebook_id, (None, None))
+            try:
+                reply = await conn.request(_reopen(path, env, cwd), NotebookOpened)
+            except ConnectionClosed:
+                raise
+            except RuntimedError as exc:
+                log.warning("could not reopen %s after reconnecting: %s", path, exc)
+                continue
+            if reply.notebook_id != notebook_id:
+                # Another document (the daemon lost ours): its history is not ours, so a merge
+                # would duplicate every cell. Take the daemon's; say what is lost.
+                log.warning(
+                    "%s came back as another document (%s, was %s): edits made while "
+                    "disconnected are not merged",
+                    path,
+                    reply.notebook_id,
+                    notebook_id,
+                )
+                del self._replicas[notebook_id]
+                del self._paths[notebook_id]
+                replica.replace(reply.notebook_id)
+                self._replicas[reply.notebook_id] = replica
+                self._paths[reply.notebook_id] = reply.path or path
+                if notebook_id in self._open_options:
+                    self._open_options[reply.notebook_id] = self._open_options.pop(notebook_id)
+                notebook_id = reply.notebook_id
+            self._joined.add(notebook_id)
+            self.mark_dirty(notebook_id, "notebook")
+            self.mark_dirty(notebook_id, "runtime")
 
     # ------------------------------------------------------------ plumbing
 
@@ -150,6 +339,7 @@ class AsyncClient:
     def _on_sync(self, notebook_id: str, doc: DocKind, data: bytes) -> None:
         if notebook_id in self._closing:
             return
+        self._joined.add(notebook_id)
         replica = self._replicas.get(notebook_id)
         if replica is None:
             # Sync can precede the NotebookOpened reply: make the replica on first sight.
@@ -193,15 +383,29 @@ class AsyncClient:
         replica = self._replicas.get(notebook_id)
         if replica is None or notebook_id in self._closing:
             return
+        if notebook_id not in self._joined:
+            # Not (yet) reopened on this connection: its resync after reopening carries it.
+            return
         data = replica.generate(doc)
         if data is not None:
             try:
                 await self.connection.send_sync(notebook_id, doc, data)
             except ConnectionClosed:
+                # Kept in the replica: a reconnect resyncs from fresh sync states.
                 self._notify()
 
     async def push(self, notebook_id: str, doc: DocKind) -> None:
-        """Send a pending sync message for ``doc`` now (after a local edit)."""
+        """Send a pending sync message for ``doc`` now (after a local edit).
+
+        While reconnecting the edit stays in the local replica (merged after reconnecting).
+
+        Raises:
+            ConnectionClosed: the client is ``gone``: the daemon can never get the edit.
+        """
+        if self._state is ConnectionState.GONE:
+            raise ConnectionClosed(
+                "not connected to a daemon (and not reconnecting): the edit stays local only"
+            )
         self._dirty.pop((notebook_id, doc), None)
         await self._send_sync(notebook_id, doc)
 
@@ -214,10 +418,12 @@ class AsyncClient:
             TimeoutError: not within ``timeout`` seconds.
             ConnectionClosed: the connection ended first.
         """
+        conn = self.connection
         with anyio.fail_after(timeout):
             while not predicate():
-                if self.connection.closed:
-                    raise ConnectionClosed("the daemon closed the connection")
+                if conn.closed or self._conn is not conn:
+                    # What we waited for (an execution, a sync) belonged to that connection.
+                    raise ConnectionLost("the connection to the daemon was lost while waiting")
                 await self._changed.wait()
 
     def closing(self, notebook_id: str) -> None:
@@ -226,6 +432,9 @@ class AsyncClient:
 
     def forget(self, notebook_id: str) -> None:
         self._replicas.pop(notebook_id, None)
+        self._paths.pop(notebook_id, None)
+        self._open_options.pop(notebook_id, None)
+        self._joined.discard(notebook_id)
         self._closing.discard(notebook_id)
 
     def resolve_output(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +481,14 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> ReplyT:
-        """Send ``make(id)`` and return its reply (see :meth:`Connection.request`)."""
+        """Send ``make(id)`` and return its reply (see :meth:`Connection.request`).
+
+        Raises:
+            ConnectionLost: the connection broke before the reply, or the client is
+                reconnecting (retry once :attr:`state` is ``connected``).
+        """
+        if self._state is ConnectionState.RECONNECTING:
+            raise ConnectionLost("the connection to the daemon was lost; reconnecting")
         return await self.connection.request(make, reply_type, timeout=timeout)
 
     # ------------------------------------------------------------ API
@@ -298,7 +514,9 @@ class AsyncClient:
         return reply.notebooks
 
     async def shutdown_daemon(self) -> None:
-        """Ask the daemon to stop (it checkpoints and stops kernels first)."""
+        """Ask the daemon to stop (it checkpoints and stops kernels first); this client
+        does not reconnect (nor autostart another daemon) afterwards."""
+        self._no_more_tries = True
         await self.request(lambda i: Shutdown(id=i), Ok)
 
     async def collect_garbage(self, *, grace_seconds: float | None = None) -> GarbageCollected:
@@ -349,6 +567,8 @@ class AsyncClient:
             lambda i: OpenNotebook(id=i, path=resolved, kernel_env=kernel_env, kernel_cwd=cwd),
             NotebookOpened,
         )
+        if kernel_env is not None or cwd is not None:
+            self._open_options[reply.notebook_id] = (kernel_env, cwd)
         return await self._attach(reply, timeout)
 
     async def create(
@@ -368,9 +588,17 @@ class AsyncClient:
         replica = self._replicas.get(reply.notebook_id)
         if replica is None:
             replica = self._replicas[reply.notebook_id] = Replica(reply.notebook_id)
+        self._joined.add(reply.notebook_id)
+        if reply.path:
+            self._paths[reply.notebook_id] = reply.path
         notebook = AsyncNotebook(self, replica, reply.path)
         await notebook.wait_ready(timeout=timeout)
         return notebook
+
+    def note_path(self, notebook_id: str, path: str) -> None:
+        """``notebook_id`` is now saved at ``path`` (where a reconnect reopens it)."""
+        if notebook_id in self._replicas:
+            self._paths[notebook_id] = path
 
     async def events(self, *, buffer: int = EVENT_BUFFER) -> AsyncIterator[DaemonEvent]:
         """Daemon events from now on (executions, kernel status, input requests)."""
@@ -379,3 +607,12 @@ class AsyncClient:
         async with receive:
             async for event in receive:
                 yield event
+
+
+def _reopen(
+    path: str, env: dict[str, str] | None, cwd: str | None
+) -> Callable[[int], ClientRequest]:
+    def make(request_id: int) -> ClientRequest:
+        return OpenNotebook(id=request_id, path=path, kernel_env=env, kernel_cwd=cwd)
+
+    return make

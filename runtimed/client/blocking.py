@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from runtimed.client.async_client import AsyncClient
+from runtimed.client.async_client import AsyncClient, ConnectionState
 from runtimed.documents.amjson import JsonValue
 from runtimed.documents.notebook import Cell
 
@@ -49,15 +49,24 @@ class Client:
         autostart: bool = False,
         home: str | Path | None = None,
         timeout: float = 30.0,
+        reconnect: bool = True,
+        reconnect_for: float | None = None,
     ) -> Client:
-        """See :meth:`runtimed.client.AsyncClient.connect`."""
+        """See :meth:`runtimed.client.AsyncClient.connect` (reconnecting is the default)."""
         stack = contextlib.ExitStack()
         portal = stack.enter_context(
             start_blocking_portal("asyncio", backend_options={"use_uvloop": True})
         )
         try:
             client = portal.call(
-                lambda: AsyncClient.connect(socket, autostart=autostart, home=home, timeout=timeout)
+                lambda: AsyncClient.connect(
+                    socket,
+                    autostart=autostart,
+                    home=home,
+                    timeout=timeout,
+                    reconnect=reconnect,
+                    reconnect_for=reconnect_for,
+                )
             )
             stack.enter_context(portal.wrap_async_context_manager(client))
         except BaseException:
@@ -75,6 +84,15 @@ class Client:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    @property
+    def state(self) -> ConnectionState:
+        """``connected``, ``reconnecting`` or ``gone`` (see :class:`ConnectionState`)."""
+        return self._client.state
+
+    def wait_state(self, *states: ConnectionState, timeout: float | None = None) -> None:
+        """Block until :attr:`state` is one of ``states`` (see AsyncClient.wait_state)."""
+        self._portal.call(lambda: self._client.wait_state(*states, timeout=timeout))
 
     def ping(self) -> None:
         self._portal.call(self._client.ping)

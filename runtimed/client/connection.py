@@ -33,6 +33,7 @@ from protocol.messages import (
 )
 from runtimed.errors import (
     ConnectionClosed,
+    ConnectionLost,
     DaemonNotRunning,
     RuntimedError,
     error_from_reply,
@@ -107,6 +108,7 @@ class Connection:
         self._tg: anyio.abc.TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._closed: BaseException | None = None
+        self._closed_event = anyio.Event()
         self._leftover = b""
 
     @classmethod
@@ -191,6 +193,10 @@ class Connection:
     def closed(self) -> bool:
         return self._closed is not None
 
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended (either side closed it, or it broke)."""
+        await self._closed_event.wait()
+
     async def _reader(self) -> None:
         decoder = FrameDecoder(max_frame_size=self._max_frame_size)
         frames = decoder.feed(self._leftover)
@@ -205,13 +211,14 @@ class Connection:
             anyio.ClosedResourceError,
             ConnectionError,
         ) as exc:
-            self._fail(ConnectionClosed("the daemon closed the connection"), exc)
+            self._fail(ConnectionLost("the connection to the daemon was lost"), exc)
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"), exc)
 
     def _fail(self, error: RuntimedError, cause: BaseException | None) -> None:
         error.__cause__ = cause
         self._closed = error
+        self._closed_event.set()
         for waiter in self._pending.values():
             waiter.error = error
             waiter.done.set()
@@ -245,7 +252,7 @@ class Connection:
             try:
                 await self._stream.send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError) as exc:
-                raise ConnectionClosed("the daemon closed the connection") from exc
+                raise ConnectionLost("the connection to the daemon was lost") from exc
 
     async def send_sync(self, notebook_id: str, doc: DocKind, data: bytes) -> None:
         await self.send_frame(

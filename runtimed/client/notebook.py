@@ -80,6 +80,8 @@ class NotebookHost(Protocol):
 
     def forget(self, notebook_id: str) -> None: ...
 
+    def note_path(self, notebook_id: str, path: str) -> None: ...
+
     def events(self, *, buffer: int = ...) -> AsyncIterator[DaemonEvent]: ...
 
 
@@ -100,6 +102,20 @@ class Replica:
         target = self.notebook.doc if doc == "notebook" else self.runtime.doc
         message = target.generate_sync_message(self.states[doc])
         return None if message is None else bytes(message.encode())
+
+    def fresh_sync(self) -> None:
+        """Start syncing with a new daemon (after a reconnect): fresh sync states, so the
+        first exchange finds out what each side lacks; the runtime replica starts empty (it
+        is the daemon's, and a new daemon has a new one)."""
+        self.states = {"notebook": SyncState(), "runtime": SyncState()}
+        self.runtime = RuntimeDoc.empty()
+
+    def replace(self, notebook_id: str) -> None:
+        """Become an empty replica of another document (the daemon's, after a reconnect)."""
+        self.notebook_id = notebook_id
+        self.notebook = NotebookDoc.empty()
+        self.runtime = RuntimeDoc.empty()
+        self.states = {"notebook": SyncState(), "runtime": SyncState()}
 
     def reset_runtime(self) -> None:
         """Drop the runtime replica (the daemon refused it) to sync it again from empty."""
@@ -269,6 +285,7 @@ class AsyncNotebook:
             NotebookSaved,
         )
         self.path = Path(reply.path)
+        self._client.note_path(self.id, reply.path)  # where a reconnect reopens it
         return self.path
 
     async def flush(self) -> None:

@@ -61,6 +61,8 @@ from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import is_fault
 from runtimed.daemon.web import WebServer
 from runtimed.errors import ShuttingDown
+from runtimed.kernels.records import CURRENT as CURRENT_KERNEL_RECORDS
+from runtimed.kernels.records import KernelRecords
 from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore
@@ -125,6 +127,11 @@ class Daemon:
         # mkdirs, the lock file and the stale socket are file system calls: a worker thread.
         await anyio.to_thread.run_sync(self._claim, lock)
         try:
+            # Holding the lock: whatever kernels a previous daemon on this home left running
+            # are stopped before any of ours start (docs/principles.md, what survives).
+            records = KernelRecords(self.paths.home / "kernels")
+            await anyio.to_thread.run_sync(records.reap)
+            CURRENT_KERNEL_RECORDS.set(records)
             listener = UnixListener(
                 self.paths.socket, self._on_connect, max_connections=self.config.max_connections
             )

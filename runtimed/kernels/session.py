@@ -51,6 +51,8 @@ from runtimed.kernels.launch import (
 )
 from runtimed.kernels.outputs import Output, OutputChange
 from runtimed.kernels.process import Execution, KernelProcess, StdinHandler
+from runtimed.kernels.records import CURRENT as CURRENT_RECORDS
+from runtimed.kernels.records import TOKEN_VARIABLE, KernelRecord
 
 __all__ = [
     "ErrorInfo",
@@ -141,6 +143,9 @@ class KernelSession:
         self._stack: AsyncExitStack | None = None  # set while entered
         self._kernel: KernelProcess | None = None
         self._processes: set[KernelProcess] = set()  # started and not yet fully stopped
+        # The daemon's records of its kernels (runtimed.kernels.records), if it keeps them.
+        self._records = CURRENT_RECORDS.get()
+        self._record_of: dict[KernelProcess, KernelRecord] = {}
         self._lifecycle = anyio.Lock()
         self._starting = False
         self._closed = False
@@ -238,6 +243,19 @@ class KernelSession:
         """
         self._cwd = cwd
         self._env = dict(env)
+        # The running kernel's record names its new owner (a pooled kernel handed over).
+        record = self._record_of.get(self._kernel) if self._kernel is not None else None
+        owner = env.get("RUNTIMED_NOTEBOOK_ID")
+        if record is not None and owner and self._tg is not None and self._records is not None:
+            record.notebook_id = owner
+            self._tg.start_soon(self._rewrite, record)
+
+    async def _rewrite(self, record: KernelRecord) -> None:
+        assert self._records is not None
+        try:
+            await anyio.to_thread.run_sync(self._records.write, record)
+        except OSError as exc:
+            logger.warning("could not update the record of kernel %s: %s", record.pid, exc)
 
     async def wait_exited(self) -> None:
         """Return once the current kernel process has exited (at once if there is none)."""
@@ -294,6 +312,10 @@ class KernelSession:
             await kernel.stop(grace=grace, reason=reason)
         finally:
             self._processes.discard(kernel)
+            record = self._record_of.pop(kernel, None)
+            if record is not None and self._records is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._records.remove, record)
 
     async def _launch(self) -> KernelProcess:
         assert self._spec is not None
@@ -329,17 +351,35 @@ class KernelSession:
     ) -> tuple[KernelProcess, str | None]:
         """Start one kernel process; (kernel, None) once ready, else (stopped kernel, why)."""
         conn_dir, conn_file, info = await anyio.to_thread.run_sync(_prepare_kernel_dir, spec)
+        records, record = self._records, None
+        env = self._env
         try:
-            process = await spawn_kernel(spec, conn_file, cwd=self._cwd, env=self._env)
+            if records is not None:
+                # Written before the spawn: a crash from here on leaves a record to clean by.
+                record = KernelRecord(
+                    conn_dir=str(conn_dir), notebook_id=self._env.get("RUNTIMED_NOTEBOOK_ID")
+                )
+                await anyio.to_thread.run_sync(lambda: records.write(record, new=True))
+                env = {**self._env, TOKEN_VARIABLE: record.token}
+            process = await spawn_kernel(spec, conn_file, cwd=self._cwd, env=env)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_remove_dir, conn_dir)
+                if records is not None and record is not None:
+                    await anyio.to_thread.run_sync(records.remove, record)
             raise
         client = AsyncKernelClient()
         client.load_connection_info(info)
         client.start_channels(hb=False)
         kernel = KernelProcess(spec, process, client, conn_dir)
         self._processes.add(kernel)
+        if records is not None and record is not None:
+            self._record_of[kernel] = record
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(records.started, record, process.pid)
+            except OSError as exc:  # the kernel runs unrecorded: say so, do not fail it
+                logger.warning("could not record kernel %d: %s", process.pid, exc)
         try:
             # start_soon, not start: a cancellation arriving while start() waited would cancel
             # the shielded run() and wait for it forever.

@@ -130,8 +130,9 @@ class AgentSession:
         return self._client
 
     async def _connect(self) -> None:
+        # reconnect=False: this session reconnects itself (on the next tool call).
         client = await AsyncClient.connect(
-            self.socket, autostart=self.autostart, home=self.home or _env_home()
+            self.socket, autostart=self.autostart, home=self.home or _env_home(), reconnect=False
         )
         assert self._tg is not None
         # The client owns a task group: it is entered and left in one long-lived task (not
