@@ -301,10 +301,12 @@ class AgentSession:
         return predicate()
 
     def blob_url(self, blob_hash: str) -> str | None:
-        # TODO(http-token): the web endpoint is becoming token-protected; add the token to this
-        # URL (or an auth hint) once StatusReply carries it.
-        port = self.status.http_port if self.status is not None else None
-        return None if port is None else f"http://127.0.0.1:{port}/blob/{blob_hash}"
+        """The blob's link on the daemon's web endpoint, token included (None: no endpoint)."""
+        web = self._client.web if self._client is not None else None
+        if web is None:
+            return None
+        port, token = web
+        return f"http://127.0.0.1:{port}/blob/{blob_hash}?token={token}"
 
 
 async def _then_cancel(tg: TaskGroup, waiting: Awaitable[object]) -> None:

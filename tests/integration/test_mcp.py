@@ -3,10 +3,12 @@ a real ipykernel. Every scenario of issue 12's Tests section."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import mcp.types as types
 import pytest
 from mcp import MCPDeprecationWarning
@@ -197,7 +199,13 @@ async def test_small_image_is_image_content_and_a_large_one_a_url(
         assert big["images"][0]["size"] > 40000
         port = daemon.http_port
         assert url.startswith(f"http://127.0.0.1:{port}/blob/")
-        assert len(url.rsplit("/", 1)[1]) == 64
+        blob_hash = url.rsplit("/", 1)[1].split("?", 1)[0]
+        assert len(blob_hash) == 64
+        # The link works as it is, without cookies (the token is in it): the image's bytes.
+        async with httpx.AsyncClient() as http:
+            fetched = await http.get(url)
+        assert fetched.status_code == 200
+        assert hashlib.sha256(fetched.content).hexdigest() == blob_hash
         assert big["text"] == "<big>"
         error = await agent.call("execute_cell", notebook=str(path), cell_id="err", timeout=60)
         assert error["status"] == "error"

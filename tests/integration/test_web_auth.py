@@ -181,6 +181,19 @@ async def test_blobs_are_served_as_data_never_as_pages(
     assert (await http.get("/blob/NOT-A-HASH", headers=auth)).status_code == 400
 
 
+async def test_a_blob_link_with_the_token_is_served_without_a_redirect(
+    daemon: Daemon, http: httpx.AsyncClient
+) -> None:
+    ref = await daemon.blobs.put(b"\x89PNG\r\n\x1a\n" + b"\1" * 10, media_type="image/png")
+    token = token_of(daemon)
+    linked = await http.get(f"/blob/{ref.hash}?token={token}")  # no cookie, no header
+    assert linked.status_code == 200
+    assert hashlib.sha256(linked.content).hexdigest() == ref.hash
+    assert "set-cookie" not in linked.headers
+    assert (await http.get(f"/blob/{ref.hash}?token=stale")).status_code == 401
+    assert (await http.get(f"/blob/{ref.hash}")).status_code == 401
+
+
 async def drain_until_closed(ws: ClientConnection) -> None:
     """Read until the server closes the WebSocket (bounded)."""
     with anyio.fail_after(20):

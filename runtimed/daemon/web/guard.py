@@ -64,7 +64,10 @@ class Guard:
         cookie_token = _cookie(headers.get("cookie", ""), name)
         header_token = _authorization(headers.get("authorization", ""))
         if url_token is not None and self.tokens.matches(url_token):
-            if not is_ws and scope.get("method") in ("GET", "HEAD"):
+            # A blob link (handed to agents and scripts, e.g. by `runt mcp`) is served as it
+            # is: its fetcher may keep no cookies. Pages trade the token for a cookie.
+            is_blob = str(scope.get("path", "")).startswith("/blob/")
+            if not is_ws and not is_blob and scope.get("method") in ("GET", "HEAD"):
                 # Trade the URL token for a cookie, and drop it from the address bar.
                 rest = urlencode([(k, v) for k, v in params if k != "token"])
                 location = scope["path"] + (f"?{rest}" if rest else "")
