@@ -15,6 +15,7 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio.abc import SocketStream
 
+import runtimed.aio  # noqa: F401  (anyio's raw-socket race under uvloop; see the module)
 from protocol import framing
 from protocol.errors import ProtocolError, VersionMismatch
 from protocol.framing import FrameDecoder, FrameKind

@@ -23,6 +23,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import SocketStream, TaskStatus, UNIXSocketStream
 
+import runtimed.aio  # noqa: F401  (anyio's raw-socket race under uvloop; see the module)
 from protocol import handshake
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "ReceiveBudget", "UnixListener"]

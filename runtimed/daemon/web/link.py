@@ -16,6 +16,7 @@ from typing import Self
 import anyio
 from anyio.abc import SocketStream
 
+import runtimed.aio  # noqa: F401  (anyio's raw-socket race under uvloop; see the module)
 from protocol import framing, handshake
 from protocol.errors import ProtocolError
 from protocol.framing import Frame, FrameDecoder, FrameKind
