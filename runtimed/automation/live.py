@@ -433,7 +433,13 @@ class LiveRun:
         )
         self.nb.doc.set_metadata("papermill", meta)
         if self.failed is not None:
-            top, anchor = error_marker_cells(self.failed.execution_count)
+            failed = self.failed
+            cell_timeout = failed.status == "timeout" and failed.ename != "KernelStartTimeout"
+            top, anchor = error_marker_cells(
+                failed.execution_count,
+                status="timeout" if cell_timeout else "error",
+                timeout=self.execution_timeout if cell_timeout else None,
+            )
             for cell, index in ((anchor, self.failed.index), (top, 0)):
                 self.nb.doc.add_cell(
                     "markdown", cell["source"], index=index, metadata=cell["metadata"]
