@@ -611,6 +611,12 @@ class NotebookExecutor:
                 finished = _failed(entry, type(exc).__name__, str(exc))
             else:
                 error = outcome.error
+                if outcome.timing:
+                    # The kernel's own times, for nbclient's metadata.execution (runt run).
+                    self.room.runtime.update_execution(
+                        entry.execution_id, kernel_timing=dict(outcome.timing)
+                    )
+                    self._runtime_dirty = True
                 finished = Finished(
                     entry.execution_id,
                     outcome.status,
