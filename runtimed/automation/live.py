@@ -90,6 +90,7 @@ class LiveRun:
         self.exception: bool | None = None  # metadata.papermill.exception
         self._clock0 = self._last_save = time.monotonic()
         self._metadata_done = False
+        self.kernel_timing: dict[int, dict[str, str]] = {}
         self.stop = anyio.Event()  # set: interrupt the running cell, drop the rest, save
         self._records_written = anyio.Event()  # papermill records not yet synced
         self._current: tuple[int, str] | None = None
@@ -315,13 +316,15 @@ class LiveRun:
             cell_id = self.cells[index][0]
             self.nb.doc.set_cell_metadata(cell_id, "papermill", record)
             if record["status"] != "running" and index in self._ran:
-                # nbclient's record_timing keys; the times are those the run saw the cell
-                # start (the daemon reported it running) and its result arrive.
+                # nbclient's record_timing keys: the kernel's execute_input and
+                # execute_reply header dates when the daemon recorded them; otherwise (and
+                # for busy/idle) the times the run saw the cell start and its result arrive.
                 start, end = record["start_time"], record["end_time"]
+                kernel = self.kernel_timing.get(index, {})
                 timing = {
                     "iopub.status.busy": start,
-                    "iopub.execute_input": start,
-                    "shell.execute_reply": end,
+                    "iopub.execute_input": kernel.get("iopub.execute_input", start),
+                    "shell.execute_reply": kernel.get("shell.execute_reply", end),
                     "iopub.status.idle": end,
                 }
                 self.nb.doc.set_cell_metadata(cell_id, "execution", timing)
@@ -360,6 +363,7 @@ class LiveRun:
             self._ran.add(index)
             self.executed += 1
             self.outputs_of[index] = done.outputs
+            self.kernel_timing[index] = done.timing
             if self.outputs.enabled:
                 self.outputs.outputs(cell_id, done.outputs, final=True)
                 self.outputs.cell_finished(index)
@@ -433,7 +437,13 @@ class LiveRun:
         )
         self.nb.doc.set_metadata("papermill", meta)
         if self.failed is not None:
-            top, anchor = error_marker_cells(self.failed.execution_count)
+            failed = self.failed
+            cell_timeout = failed.status == "timeout" and failed.ename != "KernelStartTimeout"
+            top, anchor = error_marker_cells(
+                failed.execution_count,
+                status="timeout" if cell_timeout else "error",
+                timeout=self.execution_timeout if cell_timeout else None,
+            )
             for cell, index in ((anchor, self.failed.index), (top, 0)):
                 self.nb.doc.add_cell(
                     "markdown", cell["source"], index=index, metadata=cell["metadata"]

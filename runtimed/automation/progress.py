@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -295,6 +295,9 @@ class Finished:
     outputs: list[dict[str, Any]]
     ename: str | None
     evalue: str | None
+    timing: dict[str, str] = field(default_factory=dict)
+    """The kernel's ``iopub.execute_input`` / ``shell.execute_reply`` header dates, when
+    the daemon recorded them (``kernel_timing`` of the execution record)."""
 
 
 class ExecutionWatcher:
@@ -374,8 +377,20 @@ class ExecutionWatcher:
         nb = self.nb
         if status != "forgotten":
             result = await nb.wait_execution(execution_id)
+            record = nb.runtime.execution(execution_id) or {}
+            raw = record.get("kernel_timing")
+            timing = (
+                {str(k): v for k, v in raw.items() if isinstance(v, str)}
+                if isinstance(raw, dict)
+                else {}
+            )
             return Finished(
-                result.status, result.execution_count, result.outputs, result.ename, result.evalue
+                result.status,
+                result.execution_count,
+                result.outputs,
+                result.ename,
+                result.evalue,
+                timing,
             )
         # Rare (a long queue raced far ahead of this client): read what the cell holds.
         cell_state = nb.runtime.snapshot()["cells"].get(cell_id) or {}

@@ -338,16 +338,27 @@ def start_notebook(nb: Any, *, start_time: str, kernel_name: str | None, cwd: st
     return out
 
 
-def error_marker_cells(execution_count: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def error_marker_cells(
+    execution_count: int | None, *, status: str = "error", timeout: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """papermill's two markdown cells for a failed run: ``(top message, anchor)``.
 
-    The message goes first in the notebook; the anchor right before the failed cell.
+    The message goes first in the notebook; the anchor right before the failed cell. A
+    failure with ``status`` ``timeout`` (the cell hit ``--execution-timeout``, ``timeout``
+    seconds) says so after papermill's words; otherwise the text is papermill's exactly.
     """
     tags = {"tags": [ERROR_MARKER_TAG]}
+    message = ERROR_MESSAGE_TEMPLATE % str(execution_count)
+    if status == "timeout":
+        after = "" if timeout is None else f" after {timeout:g} s"
+        message += (
+            f"\n\n<span {_ERROR_STYLE}>The cell timed out{after} "
+            "(execution timeout) and was interrupted.</span>"
+        )
     return (
         {
             "cell_type": "markdown",
-            "source": ERROR_MESSAGE_TEMPLATE % str(execution_count),
+            "source": message,
             "metadata": copy.deepcopy(tags),
         },
         {"cell_type": "markdown", "source": ERROR_ANCHOR_MSG, "metadata": copy.deepcopy(tags)},

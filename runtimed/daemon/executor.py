@@ -108,10 +108,10 @@ def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
     """Where the kernel runs: ``metadata.runtimed.cwd`` (relative to the notebook's folder)
     when it names a directory, else the notebook's folder (home for untitled notebooks).
 
-    Touches the filesystem (``resolve``, ``is_dir``): call it in a worker thread.
+    A stale ``runtimed.cwd`` (a notebook shared from another machine: the folder does not
+    exist, or is not a directory) is logged as a warning and the notebook's folder is used.
 
-    Raises:
-        InvalidRequest: ``runtimed.cwd`` is set but is not an existing directory.
+    Touches the filesystem (``resolve``, ``is_dir``): call it in a worker thread.
     """
     base = path.parent if path else Path.home()
     runtimed_meta = metadata.get("runtimed")
@@ -120,10 +120,15 @@ def kernel_cwd_for(metadata: dict[str, Any], path: Path | None) -> Path:
         return base
     cwd = (base / str(requested)).resolve()
     if not cwd.is_dir():
-        raise InvalidRequest(
-            f"metadata.runtimed.cwd {str(requested)!r} is not a directory ({cwd}); "
-            "fix it or remove the key"
+        log.warning(
+            "metadata.runtimed.cwd %r of %s is not a directory (%s); "
+            "the kernel runs in the notebook's folder %s instead",
+            str(requested),
+            path if path else "an untitled notebook",
+            cwd,
+            base,
         )
+        return base
     return cwd
 
 
@@ -606,6 +611,12 @@ class NotebookExecutor:
                 finished = _failed(entry, type(exc).__name__, str(exc))
             else:
                 error = outcome.error
+                if outcome.timing:
+                    # The kernel's own times, for nbclient's metadata.execution (runt run).
+                    self.room.runtime.update_execution(
+                        entry.execution_id, kernel_timing=dict(outcome.timing)
+                    )
+                    self._runtime_dirty = True
                 finished = Finished(
                     entry.execution_id,
                     outcome.status,

@@ -64,6 +64,7 @@ class Execution:
         "died",
         "done",
         "idle",
+        "input_date",
         "input_scopes",
         "on_change",
         "reply",
@@ -83,6 +84,7 @@ class Execution:
         self.callback_error: Exception | None = None
         self.died: str | None = None  # why the kernel went away mid-execution
         self.input_scopes: set[anyio.CancelScope] = set()
+        self.input_date: object = None  # header date of its IOPub execute_input
 
 
 class KernelProcess:
@@ -410,6 +412,8 @@ class KernelProcess:
             if msg_type == "status":
                 ex.idle = ex.idle or msg["content"].get("execution_state") == "idle"
             else:
+                if msg_type == "execute_input":
+                    ex.input_date = msg["header"].get("date")
                 self._feed(ex, msg_type, msg["content"])
         else:
             reply = self.replies.get(parent_id)

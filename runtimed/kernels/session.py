@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -93,6 +94,10 @@ class ExecutionOutcome:
     error: ErrorInfo | None
     display_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Display id -> indices into ``outputs`` (targets of later update_display_data)."""
+    timing: dict[str, str] = field(default_factory=dict)
+    """The kernel's own times, as nbclient records them in ``metadata.execution``:
+    ``iopub.execute_input`` and ``shell.execute_reply`` (the messages' header dates, ISO
+    8601), each present when that message arrived with a date."""
 
 
 @dataclass(eq=False, slots=True)
@@ -632,4 +637,17 @@ def _outcome(ex: Execution, *, timed_out: bool, timeout: float | None) -> Execut
             str(reply.get("evalue", f"execute_reply status {reply.get('status')!r}")),
             [str(line) for line in reply.get("traceback", [])],
         )
-    return ExecutionOutcome(status, count, outputs, error, ids)
+    timing: dict[str, str] = {}
+    reply_date = ex.reply.msg["header"].get("date") if ex.reply.msg is not None else None
+    for key, date in (("iopub.execute_input", ex.input_date), ("shell.execute_reply", reply_date)):
+        iso = _iso_date(date)
+        if iso is not None:
+            timing[key] = iso
+    return ExecutionOutcome(status, count, outputs, error, ids, timing)
+
+
+def _iso_date(date: object) -> str | None:
+    """A message header's ``date`` (jupyter_client parses it into a datetime) as ISO 8601."""
+    if isinstance(date, datetime):
+        return date.isoformat()
+    return date if isinstance(date, str) and date else None

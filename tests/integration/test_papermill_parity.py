@@ -272,6 +272,8 @@ async def test_timeout_keeps_only_kernel_outputs_and_fails_raises_exception_cell
     assert result["failed_cell"]["status"] == "timeout"
     assert result["failed_cell"]["ename"] == "ExecutionTimeout"
     assert ERROR_MARKER_TAG in nb["cells"][0]["metadata"]["tags"]
+    marker = "".join(nb["cells"][0]["source"])
+    assert "timed out after 2 s" in marker  # papermill's marker, plus why it stopped
 
 
 # ---------------------------------------------------------------- 6. Ctrl-C twice
