@@ -38,10 +38,6 @@ _ALLOWED: list[tuple[str, tuple[str, set[str]]]] = [
     ("io.BufferedWriter.write", ("logging/__init__.py", {"emit"})),
     # anyio's create_unix_listener stats the socket path once when it binds (start-up only).
     ("os.stat", ("anyio/_core/_sockets.py", {"setup_unix_local_socket"})),
-    # TODO(executor owner): kernel_cwd_for resolves and checks metadata.runtimed.cwd on the
-    # event loop (Path.resolve, is_dir); remove this once it does so in a worker thread.
-    ("os.path.abspath", ("runtimed/daemon/executor.py", {"kernel_cwd_for"})),
-    ("os.stat", ("runtimed/daemon/executor.py", {"kernel_cwd_for"})),
     # TODO(client owner): AsyncNotebook.outputs() is synchronous API that resolves blob
     # references by reading the blob files (wait_execution does that in a worker thread).
     ("io.BufferedReader.read", ("runtimed/client/notebook.py", {"outputs"})),
