@@ -316,16 +316,16 @@ class LiveRun:
             cell_id = self.cells[index][0]
             self.nb.doc.set_cell_metadata(cell_id, "papermill", record)
             if record["status"] != "running" and index in self._ran:
-                # nbclient's record_timing keys: the kernel's execute_input and
-                # execute_reply header dates when the daemon recorded them; otherwise (and
-                # for busy/idle) the times the run saw the cell start and its result arrive.
+                # nbclient's record_timing keys: the kernel's message header dates when the
+                # daemon recorded them; otherwise the times the run saw the cell start and its
+                # result arrive.
                 start, end = record["start_time"], record["end_time"]
                 kernel = self.kernel_timing.get(index, {})
                 timing = {
-                    "iopub.status.busy": start,
+                    "iopub.status.busy": kernel.get("iopub.status.busy", start),
                     "iopub.execute_input": kernel.get("iopub.execute_input", start),
                     "shell.execute_reply": kernel.get("shell.execute_reply", end),
-                    "iopub.status.idle": end,
+                    "iopub.status.idle": kernel.get("iopub.status.idle", end),
                 }
                 self.nb.doc.set_cell_metadata(cell_id, "execution", timing)
         if edits:

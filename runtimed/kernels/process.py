@@ -60,10 +60,12 @@ class Execution:
     __slots__ = (
         "abandoned",
         "acc",
+        "busy_date",
         "callback_error",
         "died",
         "done",
         "idle",
+        "idle_date",
         "input_date",
         "input_scopes",
         "on_change",
@@ -85,6 +87,8 @@ class Execution:
         self.died: str | None = None  # why the kernel went away mid-execution
         self.input_scopes: set[anyio.CancelScope] = set()
         self.input_date: object = None  # header date of its IOPub execute_input
+        self.busy_date: object = None  # header dates of its IOPub status busy / idle
+        self.idle_date: object = None
 
 
 class KernelProcess:
@@ -410,7 +414,12 @@ class KernelProcess:
             if ex is None:
                 return  # e.g. a timed-out execution's late idle, or kernel_info's statuses
             if msg_type == "status":
-                ex.idle = ex.idle or msg["content"].get("execution_state") == "idle"
+                state = msg["content"].get("execution_state")
+                if state == "busy" and ex.busy_date is None:
+                    ex.busy_date = msg["header"].get("date")
+                elif state == "idle" and not ex.idle:
+                    ex.idle_date = msg["header"].get("date")
+                ex.idle = ex.idle or state == "idle"
             else:
                 if msg_type == "execute_input":
                     ex.input_date = msg["header"].get("date")

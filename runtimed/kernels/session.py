@@ -639,7 +639,14 @@ def _outcome(ex: Execution, *, timed_out: bool, timeout: float | None) -> Execut
         )
     timing: dict[str, str] = {}
     reply_date = ex.reply.msg["header"].get("date") if ex.reply.msg is not None else None
-    for key, date in (("iopub.execute_input", ex.input_date), ("shell.execute_reply", reply_date)):
+    # nbclient's record_timing keys, each the header date of the kernel's message.
+    dates = (
+        ("iopub.status.busy", ex.busy_date),
+        ("iopub.execute_input", ex.input_date),
+        ("shell.execute_reply", reply_date),
+        ("iopub.status.idle", ex.idle_date),
+    )
+    for key, date in dates:
         iso = _iso_date(date)
         if iso is not None:
             timing[key] = iso

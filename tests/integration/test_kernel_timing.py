@@ -62,6 +62,19 @@ async def test_runt_run_records_the_kernels_times_in_metadata_execution(
     papermill_record = cell["metadata"]["papermill"]
     assert timing["iopub.execute_input"] != papermill_record["start_time"]
     assert timing["shell.execute_reply"] != papermill_record["end_time"]
+    # All four are the kernel's, in the order its messages go out (busy, input, reply, idle).
+    assert timing["iopub.status.busy"] != papermill_record["start_time"]
+    assert timing["iopub.status.idle"] != papermill_record["end_time"]
+    order = [
+        _parse(timing[key])
+        for key in (
+            "iopub.status.busy",
+            "iopub.execute_input",
+            "shell.execute_reply",
+            "iopub.status.idle",
+        )
+    ]
+    assert order == sorted(order)
     assert set(timing) == {
         "iopub.status.busy",
         "iopub.execute_input",
