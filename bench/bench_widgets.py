@@ -84,12 +84,13 @@ async def daemon_loop(sock: Path, work: Path, n: int) -> list[float]:
 
         await client.wait_until(lambda: named("IntTextModel") is not None, timeout=30)
         slider, echo = named("IntSliderModel"), named("IntTextModel")
-        assert slider is not None and echo is not None
+        assert slider is not None
+        assert echo is not None
         times = []
         for value in range(1, n + 21):
 
             def arrived(v: int = value) -> bool:
-                return nb.runtime.comms()[echo]["state"].get("value") == v
+                return bool(nb.runtime.comms()[echo]["state"].get("value") == v)
 
             start = time.perf_counter()
             await nb.send_comm(

@@ -13,8 +13,8 @@ never in :attr:`Comm.state`.
 An ``OutputModel`` (``@jupyter-widgets/output``, ``ipywidgets.Output``) is handled as
 JupyterLab and nbclient (``nbclient/output_widget.py``) handle it: while its ``msg_id``
 state names a request, IOPub outputs whose parent is that request go to the widget's
-``outputs`` state instead of the cell's, ``clear_output`` included; the new ``outputs`` are
-sent back to the kernel as an ``update`` so ``Output.outputs`` is right there too.
+``outputs`` state instead of the cell's, ``clear_output`` included.  Unlike nbclient, the new
+``outputs`` are not sent back to the kernel (see :meth:`CommTracker.feed`).
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ class CommTracker:
         change = comm.outputs.feed(msg_type, msg["content"])
         if change is not None:
             comm.state["outputs"] = comm.outputs.outputs
+            # Not sent back to the kernel as an update (nbclient does): with ipykernel 7.4 a
+            # comm_msg arriving while the cell runs inside ``with out:`` hung the cell in 2
+            # of 5 runs of nbclient's Output.ipynb.  Output.outputs in the kernel stays as is.
             self._notify(CommChange(comm.comm_id, frozenset({"outputs"})))
-            self._send_state(comm, {"outputs": comm.state["outputs"]})
         return True
 
     def _comm_message(self, msg_type: str, content: Mapping[str, Any], buffers: list[Any]) -> None:
@@ -222,15 +224,6 @@ class CommTracker:
         self._send({"comm_id": comm_id, "data": data}, list(buffers))
         if data.get("method") == "update":
             self._update(comm, data, list(buffers))
-
-    def _send_state(self, comm: Comm, state: dict[str, Any]) -> None:
-        if self._send is None:
-            return
-        content = {"comm_id": comm.comm_id, "data": {"method": "update", "state": state}}
-        try:
-            self._send(content, [])
-        except Exception as exc:  # a closing kernel: the document still has the outputs
-            log.info("could not send comm %s its outputs: %s", comm.comm_id, exc)
 
 
 def _state_and_buffers(

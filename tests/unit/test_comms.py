@@ -132,11 +132,7 @@ def test_output_widget_captures_its_requests_outputs(tracker: CommTracker, sent:
 
     outputs = [{"output_type": "stream", "name": "stdout", "text": "b\n"}]
     assert tracker.comms["o"].state["outputs"] == outputs
-    # The outputs went back to the kernel, as a frontend's update.
-    assert sent[-1][0] == {
-        "comm_id": "o",
-        "data": {"method": "update", "state": {"outputs": outputs}},
-    }
+    assert sent == []  # not sent back to the kernel (ipykernel 7.4 could hang: see comms.py)
 
 
 def test_nested_output_widgets_capture_into_the_innermost(tracker: CommTracker) -> None:
