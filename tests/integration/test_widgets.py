@@ -326,3 +326,17 @@ async def test_malformed_and_huge_comm_messages_are_dropped_and_the_notebook_wor
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "exceeds the limit" in messages
     assert "unknown comm unknown" in messages
+
+
+async def test_a_kernel_restart_empties_the_comms_and_a_stale_id_is_refused(
+    daemon: Daemon, client: AsyncClient, short_tmp: Path
+) -> None:
+    nb, slider, _ = await slider_notebook(client, short_tmp / "s.ipynb")
+
+    await nb.restart()
+
+    await nb.wait_comms(lambda comms: comms == {}, timeout=DEADLINE)
+    with pytest.raises(CommNotFound):
+        await nb.send_comm(slider, {"method": "update", "state": {"value": 1}})
+    await run(nb, "cell0")  # a new slider in the new kernel
+    await nb.wait_comms(has_model("IntSliderModel", value=3), timeout=DEADLINE)
