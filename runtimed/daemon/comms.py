@@ -49,6 +49,7 @@ class CommRecorder:
         self._buffers: dict[str, dict[str, JsonValue]] = {}  # comm id -> buffers map written
         self._stored: dict[str, tuple[bytes, JsonValue]] = {}  # comm id + path -> blob entry
         self._wake = anyio.Event()
+        self._writing = anyio.Lock()  # the writer task and a save's flush, one at a time
 
     def attach(self, kernel: KernelSession) -> None:
         """Follow ``kernel``'s comms (a new kernel for the notebook): the document's comms
@@ -97,6 +98,10 @@ class CommRecorder:
 
     async def flush(self) -> None:
         """Write every change noted so far."""
+        async with self._writing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         runtime = self._room.runtime
         if not runtime.ready:
             return
