@@ -195,29 +195,10 @@ async def test_clear_output_inside_an_output_widget_clears_only_the_widget(
     assert len(model_ids(comms, "OutputModel")) == 1
 
 
-# nbclient's own test notebook tests/files/Output.ipynb (jupyter/nbclient@0811ff4): its cells'
-# sources, the cell outputs nbclient expects, and each Output widget's expected outputs.
-NBCLIENT_OUTPUT_CELLS = [
-    "import ipywidgets as widgets\nfrom IPython.display import clear_output\n\n"
-    "output1 = widgets.Output()\noutput1",
-    'print("hi")\nwith output1:\n    print("in output")',
-    'with output1:\n    raise ValueError("trigger msg_type=error")',
-    "import ipywidgets as widgets\n\noutput2 = widgets.Output()\noutput2",
-    'print("hi2")\nwith output2:\n    print("in output2")\n    clear_output(wait=True)',
-    "import ipywidgets as widgets\n\noutput3 = widgets.Output()\noutput3",
-    'print("hi3")\nwith output3:\n    print("hello")\n    clear_output(wait=True)\n'
-    '    print("world")',
-    "import ipywidgets as widgets\n\noutput4 = widgets.Output()\noutput4",
-    'print("hi4")\nwith output4:\n    print("hello world")\n    clear_output()',
-    "import ipywidgets as widgets\n\noutput5 = widgets.Output()\noutput5",
-    'print("hi5")\nwith output5:\n    display("hello world")  # this is not a stream but plain'
-    " text\nclear_output()",
-    "import ipywidgets as widgets\n\noutput_outer = widgets.Output()\n"
-    "output_inner = widgets.Output()\noutput_inner",
-    "output_outer",
-    'with output_inner:\n    print("in inner")\n    with output_outer:\n'
-    '        print("in outer")\n    print("also in inner")',
-]
+# nbclient's own test notebook tests/files/Output.ipynb (jupyter/nbclient@0811ff4, the same
+# bytes as tests/fixtures/papermill/Output.ipynb): the cell outputs nbclient expects there, and
+# each Output widget's expected outputs (its metadata.widgets state).
+OUTPUT_NOTEBOOK = Path(__file__).parents[1] / "fixtures" / "papermill" / "Output.ipynb"
 CELL_STDOUT = {1: "hi\n", 2: "", 4: "hi2\n", 6: "hi3\n", 8: "hi4\n", 10: "", 13: ""}
 WIDGET_OUTPUTS = {  # widget variable -> its outputs, (output_type, text or text/plain)
     "output1": [("stream", "in output\n"), ("error", "trigger msg_type=error")],
@@ -246,12 +227,16 @@ def summary(outputs: list[dict[str, Any]]) -> list[tuple[str, str]]:
 async def test_nbclients_output_notebook_keeps_every_output(
     daemon: Daemon, client: AsyncClient, short_tmp: Path
 ) -> None:
-    cells = [code(source) for source in NBCLIENT_OUTPUT_CELLS]
-    nb = await client.open(write_notebook(short_tmp / "Output.ipynb", cells))
+    path = short_tmp / "Output.ipynb"
+    notebook = json.loads(await anyio.Path(OUTPUT_NOTEBOOK).read_text())
+    # The file lacks the kernelspec's required name and display_name (papermill warns).
+    notebook["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    await anyio.Path(path).write_text(json.dumps(notebook))
+    nb = await client.open(path)
     views: dict[str, str] = {}
-    for index, source in enumerate(NBCLIENT_OUTPUT_CELLS):
-        outputs = await run(nb, f"cell{index}")
-        last = source.rsplit("\n", 1)[-1]
+    for index, cell_id in enumerate(nb.cell_ids()):
+        outputs = await run(nb, cell_id)
+        last = nb.cell(cell_id).source.rsplit("\n", 1)[-1]
         if last.startswith("output"):  # the cell shows a widget: remember its model id
             (view,) = [o["data"]["application/vnd.jupyter.widget-view+json"] for o in outputs]
             views[last] = view["model_id"]
