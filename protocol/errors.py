@@ -66,6 +66,7 @@ class ErrorCode(enum.StrEnum):
     BLOB_READ_FAILED = "blob_read_failed"
     INVALID_MANIFEST = "invalid_manifest"
     KERNEL_REQUEST_TIMEOUT = "kernel_request_timeout"
+    COMM_NOT_FOUND = "comm_not_found"
 
 
 class ErrorDetails(msgspec.Struct, frozen=True, kw_only=True):

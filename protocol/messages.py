@@ -27,6 +27,7 @@ __all__ = [
     "ClientRequest",
     "CloseNotebook",
     "CollectGarbage",
+    "CommSent",
     "Complete",
     "CompletionItem",
     "Completions",
@@ -81,6 +82,7 @@ __all__ = [
     "RuntimeList",
     "RuntimeResync",
     "SaveNotebook",
+    "SendComm",
     "Shutdown",
     "StatusReply",
     "SyncEnvelope",
@@ -303,6 +305,19 @@ class History(Request, frozen=True, kw_only=True):
     timeout: float | None = None
 
 
+class SendComm(Request, frozen=True, kw_only=True):
+    """Send a ``comm_msg`` to an open comm of the notebook's kernel (Jupyter messaging spec,
+    "Custom messages"): how a widget frontend changes a model, e.g. ``data = {"method":
+    "update", "state": {"value": 7}, "buffer_paths": []}``. An ``update`` also changes the
+    comm's state in the runtime document. ``buffers``: binary buffers, one per path in
+    ``data["buffer_paths"]``."""
+
+    notebook_id: str
+    comm_id: str
+    data: dict[str, object]
+    buffers: list[bytes] = msgspec.field(default_factory=list)
+
+
 ClientRequest = (
     Ping
     | OpenNotebook
@@ -328,6 +343,7 @@ ClientRequest = (
     | Complete
     | Inspect
     | History
+    | SendComm
 )
 
 # ---------------------------------------------------------------- replies
@@ -524,6 +540,13 @@ class HistoryEntries(Reply, frozen=True, kw_only=True):
     entries: list[HistoryEntry]
 
 
+class CommSent(Reply, frozen=True, kw_only=True):
+    """The ``comm_msg`` went to the kernel (the spec gives comm messages no reply)."""
+
+    notebook_id: str
+    comm_id: str
+
+
 DaemonReply = (
     Pong
     | Ok
@@ -544,6 +567,7 @@ DaemonReply = (
     | Completions
     | Inspection
     | HistoryEntries
+    | CommSent
 )
 
 # ---------------------------------------------------------------- events

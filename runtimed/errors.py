@@ -56,6 +56,7 @@ The tree (module in brackets when it is not this one)::
         ├── KernelNotRunning
         ├── ExecutionTimeout
         ├── KernelRequestTimeout
+        ├── CommNotFound
         ├── KernelLimitReached
         └── EnvBuildFailed
 
@@ -97,6 +98,7 @@ __all__ = [
     "CellEmpty",
     "CellNotCode",
     "CellNotFound",
+    "CommNotFound",
     "ConnectionClosed",
     "ConnectionLost",
     "DaemonAlreadyRunning",
@@ -325,6 +327,12 @@ class KernelRequestTimeout(KernelError):
     code = ErrorCode.KERNEL_REQUEST_TIMEOUT
 
 
+class CommNotFound(KernelError):
+    """A comm message names a comm the notebook's kernel does not have open."""
+
+    code = ErrorCode.COMM_NOT_FOUND
+
+
 class RuntimeNotFound(KernelNotFound):
     """The notebook selects a runtime the daemon does not have; the message lists them.
 
@@ -414,6 +422,7 @@ WIRE_ERRORS: Final[tuple[type[RuntimedError], ...]] = (
     KernelNotRunning,
     ExecutionTimeout,
     KernelRequestTimeout,
+    CommNotFound,
     KernelLimitReached,
     EnvBuildFailed,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -255,6 +255,25 @@ class Notebook:
         return self._portal.call(
             lambda: self._nb.inspect(cell_id, cursor, detail_level=detail_level, timeout=timeout)
         )
+
+    def comms(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`AsyncNotebook.comms`."""
+        return self._portal.call(self._nb.comms)
+
+    def wait_comms(
+        self,
+        predicate: Callable[[dict[str, dict[str, Any]]], bool],
+        *,
+        timeout: float | None = 30,
+    ) -> dict[str, dict[str, Any]]:
+        """See :meth:`AsyncNotebook.wait_comms`."""
+        return self._portal.call(lambda: self._nb.wait_comms(predicate, timeout=timeout))
+
+    def send_comm(
+        self, comm_id: str, data: dict[str, Any], *, buffers: Sequence[bytes] = ()
+    ) -> None:
+        """See :meth:`AsyncNotebook.send_comm`."""
+        self._portal.call(lambda: self._nb.send_comm(comm_id, data, buffers=buffers))
 
     def history(
         self,

@@ -16,6 +16,7 @@ from protocol.messages import (
     ClearOutputs,
     ClientRequest,
     CloseNotebook,
+    CommSent,
     Complete,
     Completions,
     DaemonEvent,
@@ -37,6 +38,7 @@ from protocol.messages import (
     RunAll,
     RunAllQueued,
     SaveNotebook,
+    SendComm,
 )
 from runtimed.documents.amjson import JsonValue
 from runtimed.documents.manifests import manifest_hashes
@@ -459,6 +461,47 @@ class AsyncNotebook:
                 id=i, notebook_id=self.id, pattern=pattern, n=n, unique=unique, timeout=timeout
             ),
             HistoryEntries,
+        )
+
+    # ------------------------------------------------------------ comms (widgets)
+
+    async def comms(self) -> dict[str, dict[str, Any]]:
+        """The kernel's open comms as this replica holds them, by comm id: ``target_name``,
+        ``model_module``, ``model_name``, ``model_module_version``, ``state`` (a widget's
+        model state) and ``buffers`` (``{json path: {path, blob, size}}``, bytes in the blob
+        store).  Empty when the kernel has none (or no kernel runs)."""
+        return self.runtime.comms()
+
+    async def wait_comms(
+        self,
+        predicate: Callable[[dict[str, dict[str, Any]]], bool],
+        *,
+        timeout: float | None = 30,
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until ``predicate(comms)`` holds for the replica's comms; returns them.
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+        """
+        await self._client.wait_until(lambda: predicate(self.runtime.comms()), timeout=timeout)
+        return self.runtime.comms()
+
+    async def send_comm(
+        self, comm_id: str, data: dict[str, Any], *, buffers: Sequence[bytes] = ()
+    ) -> None:
+        """Send a ``comm_msg`` to the kernel: a widget's state change is ``{"method":
+        "update", "state": {...}, "buffer_paths": [...]}`` (one path per buffer).  It also
+        changes the comm's state in the runtime document at once.
+
+        Raises:
+            CommNotFound, KernelNotRunning, InvalidRequest (state over 1 MiB, buffers not
+            matching ``buffer_paths``).
+        """
+        await self._client.request(
+            lambda i: SendComm(
+                id=i, notebook_id=self.id, comm_id=comm_id, data=data, buffers=list(buffers)
+            ),
+            CommSent,
         )
 
     async def interrupt(self) -> None:

@@ -44,6 +44,7 @@ from protocol.messages import (
     RestartKernel,
     RunAll,
     SaveNotebook,
+    SendComm,
     Shutdown,
     encode,
 )
@@ -51,6 +52,7 @@ from runtimed.config import DaemonConfig
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.handlers import runtimes as runtime_handlers
 from runtimed.daemon.handlers.blobs import BlobHandlers
+from runtimed.daemon.handlers.comms import CommHandlers
 from runtimed.daemon.handlers.daemon import DaemonHandlers
 from runtimed.daemon.handlers.execution import ExecutionHandlers
 from runtimed.daemon.handlers.notebooks import NotebookHandlers
@@ -97,6 +99,7 @@ class Daemon:
         self._notebooks = NotebookHandlers(self.rooms, self.runtimes, config=self.config)
         self._execution = ExecutionHandlers(self.rooms, config=self.config)
         self._services = ServiceHandlers(self.rooms, config=self.config)
+        self._comms = CommHandlers(self.rooms)
         self._blob_handlers = BlobHandlers(self.rooms, self.blobs, config=self.config)
         self._daemon_handlers = DaemonHandlers(
             paths,
@@ -249,6 +252,8 @@ class Daemon:
                 return await self._execution.answer(session, request)
             case Complete() | Inspect() | History():
                 return await self._services.answer(session, request)
+            case SendComm():
+                return await self._comms.send(session, request)
             case CollectGarbage():
                 return await self._blob_handlers.collect_garbage(request)
             case ListRuntimes() | ListEnvs() | CleanEnvs() | GetConfig():

@@ -35,6 +35,7 @@ import anyio
 from blobstore import BlobStore
 from protocol.messages import InputRequested, KernelStatusChanged, encode
 from protocol.states import ExecutionStatus, KernelState
+from runtimed.daemon.comms import CommRecorder
 from runtimed.daemon.outputs import OutputRecorder
 from runtimed.daemon.queue import (
     AbandonSent,
@@ -172,6 +173,7 @@ class NotebookExecutor:
         self._idle_changed = anyio.Event()
         self._kernel_written: tuple[str, str | None, int | None, str, bool] | None = None
         self._outputs = OutputRecorder(room, blobs, running=lambda: self._queue.running)
+        self.comms = CommRecorder(room, blobs)  # the kernel's comms (widgets) into the document
 
     # ------------------------------------------------------------ requests
 
@@ -286,6 +288,7 @@ class NotebookExecutor:
                 with self._scope:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._outputs.run)
+                        tg.start_soon(self.comms.run)
                         while True:
                             while not self._queue.can_start:
                                 written = self._kernel_written
@@ -370,6 +373,7 @@ class NotebookExecutor:
             await acquiring.done.wait()
         lease, self._lease, self._kernel = self._lease, None, None
         self._kernel_used = False
+        self.comms.detach()
         if lease is not None:
             await lease.release()
             self._set_kernel(KernelState.SHUTDOWN)
@@ -433,6 +437,7 @@ class NotebookExecutor:
                     progress=self._on_runtime_progress,
                 )
                 self._lease, self._kernel = lease, lease.kernel
+                self.comms.attach(lease.kernel)
                 self._adopt_kernel_info(lease.kernel)
                 self._set_kernel(KernelState.IDLE, name=lease.runtime.name, pid=lease.kernel.pid)
         except RuntimedError as exc:

@@ -14,13 +14,14 @@ from typing import Any
 import anyio
 
 from blobstore import BlobError, BlobStore
+from runtimed.daemon.comms import widget_state
 from runtimed.daemon.manifests import resolve_output_async
 from runtimed.daemon.room import NotebookRoom, RoomCallbacks
 from runtimed.documents.notebook import NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
 from runtimed.errors import BlobUnavailable
 from runtimed.storage.documents import DocumentStore
-from runtimed.storage.ipynb import read_notebook_with_digest
+from runtimed.storage.ipynb import read_notebook_with_digest, set_widget_state
 
 __all__ = ["load_room", "new_room", "notebook_for_save"]
 
@@ -158,4 +159,6 @@ async def notebook_for_save(room: NotebookRoom, blobs: BlobStore) -> dict[str, A
                     "re-run the cell or clear its outputs"
                 ) from exc
             states[cell.id] = (count, outputs)
-    return room.notebook.to_nbformat(lambda cell_id: states.get(cell_id, (None, [])))
+    nb = room.notebook.to_nbformat(lambda cell_id: states.get(cell_id, (None, [])))
+    set_widget_state(nb, await widget_state(room.runtime, blobs))
+    return nb

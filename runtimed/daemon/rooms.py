@@ -328,6 +328,8 @@ class RoomRegistry:
             raise InvalidRequest("this notebook has no path yet; save it with a path")
         if target != room.path and target in self._by_path:
             raise InvalidRequest(f"{target} is open as another notebook; close it first")
+        if entry.executor is not None:
+            await entry.executor.comms.flush()  # the latest widget state, for metadata.widgets
         nb = await notebook_for_save(room, self._blobs)
         data, digest = await anyio.to_thread.run_sync(_bytes_and_digest, nb)
         persister = entry.persister

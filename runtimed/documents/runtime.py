@@ -27,6 +27,7 @@ Schema (``docs/schema.md``)::
       cells: Map cell_id -> Map
           {execution_count: Int|Null, execution_id: Str|Null,
            outputs: List of Str (each a JSON-encoded output manifest)}
+      comms: Map comm_id -> Map (absent until a comm opened; runtimed.documents.comms)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from automerge.core import ROOT, Document, ObjType, ScalarType
 from protocol.states import FINISHED, ExecutionStatus, KernelState
 from runtimed.documents.amjson import JsonValue, get, put_json, read_json, scalar
 from runtimed.documents.boundary import automerge_errors
+from runtimed.documents.comms import CommRecord, clear_comms, put_comm, read_comms, remove_comm
 
 __all__ = ["FINISHED", "KERNEL_INFO_KEYS", "ExecutionRecord", "RuntimeDoc"]
 
@@ -356,3 +358,38 @@ class RuntimeDoc:
         """Record outputs read from an .ipynb (no execution behind them)."""
         self.set_execution_count(cell_id, count)
         self.set_outputs(cell_id, manifests)
+
+    # ------------------------------------------------------------ comms (docs/schema.md)
+
+    def comms(self) -> dict[str, CommRecord]:
+        """The kernel's open comms (widget models) by comm id: ``target_name``,
+        ``model_module``, ``model_name``, ``model_module_version``, ``state``, ``buffers``."""
+        return read_comms(self.doc)
+
+    def put_comm(
+        self,
+        comm_id: str,
+        *,
+        target_name: str,
+        model: tuple[str, str, str],
+        state: dict[str, JsonValue],
+        buffers: dict[str, JsonValue] | None = None,
+        whole: bool = False,
+    ) -> None:
+        """Write a comm (see :func:`runtimed.documents.comms.put_comm`)."""
+        put_comm(
+            self.doc,
+            comm_id,
+            target_name=target_name,
+            model=model,
+            state=state,
+            buffers=buffers,
+            whole=whole,
+        )
+
+    def remove_comm(self, comm_id: str) -> None:
+        remove_comm(self.doc, comm_id)
+
+    def clear_comms(self) -> bool:
+        """Remove every comm; returns whether there were any."""
+        return clear_comms(self.doc)

@@ -24,6 +24,7 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from zmq.utils.monitor import parse_monitor_message
 
 from runtimed.errors import KernelNotRunning
+from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
 from runtimed.kernels.outputs import OutputAccumulator, OutputChange
 from runtimed.kernels.wire import decode_message
@@ -100,8 +101,11 @@ class KernelProcess:
         process: Process,
         client: AsyncKernelClient,
         conn_dir: Path,
+        *,
+        comms: CommTracker | None = None,
     ) -> None:
         self.spec = spec
+        self.comms = comms if comms is not None else CommTracker()
         self.process = process
         self.client = client
         self.conn_dir = conn_dir
@@ -149,6 +153,12 @@ class KernelProcess:
         msg = self.client.session.msg(msg_type, content, **kw)
         self.send_msg(channel, msg)
         return str(msg["header"]["msg_id"])
+
+    def send_comm(self, content: dict[str, Any], buffers: list[bytes]) -> None:
+        """A ``comm_msg`` on shell (spec: comm messages have no reply)."""
+        msg = self.client.session.msg("comm_msg", content)
+        msg["buffers"] = buffers
+        self.send_msg("shell", msg)
 
     def send_msg(self, channel: str, msg: dict[str, Any]) -> None:
         """Send a built message.  The boundary converting zmq send errors."""
@@ -411,6 +421,8 @@ class KernelProcess:
             return
         if channel == "iopub":
             self.iopub_seen.set()
+            # Comm messages, and outputs an Output widget captures (whatever their parent).
+            captured = self.comms.feed(msg)
             if ex is None:
                 return  # e.g. a timed-out execution's late idle, or kernel_info's statuses
             if msg_type == "status":
@@ -420,7 +432,7 @@ class KernelProcess:
                 elif state == "idle" and not ex.idle:
                     ex.idle_date = msg["header"].get("date")
                 ex.idle = ex.idle or state == "idle"
-            else:
+            elif not captured:
                 if msg_type == "execute_input":
                     ex.input_date = msg["header"].get("date")
                 self._feed(ex, msg_type, msg["content"])

@@ -41,6 +41,7 @@ from runtimed.errors import (
     KernelRequestTimeout,
     KernelStartFailed,
 )
+from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.cursor import from_kernel_cursor, protocol_version, to_kernel_cursor
 from runtimed.kernels.launch import (
     LaunchSpec,
@@ -151,6 +152,8 @@ class KernelSession:
         # The daemon's records of its kernels (runtimed.kernels.records), if it keeps them.
         self._records = CURRENT_RECORDS.get()
         self._record_of: dict[KernelProcess, KernelRecord] = {}
+        self.comms = CommTracker()
+        """The current kernel process's comms (reset for each new process)."""
         self._lifecycle = anyio.Lock()
         self._starting = False
         self._closed = False
@@ -376,7 +379,8 @@ class KernelSession:
         client = AsyncKernelClient()
         client.load_connection_info(info)
         client.start_channels(hb=False)
-        kernel = KernelProcess(spec, process, client, conn_dir)
+        kernel = KernelProcess(spec, process, client, conn_dir, comms=self.comms)
+        self.comms.reset(kernel.send_comm)
         self._processes.add(kernel)
         if records is not None and record is not None:
             self._record_of[kernel] = record
@@ -495,6 +499,21 @@ class KernelSession:
         if scope.cancelled_caught:
             logger.warning("no IOPub idle for %s within %s s of its reply", msg_id, _IDLE_GRACE)
             kernel.forget(msg_id)
+
+    # -- comms -------------------------------------------------------------------------
+
+    def send_comm(
+        self, comm_id: str, data: dict[str, Any], buffers: list[bytes] | None = None
+    ) -> None:
+        """Send a ``comm_msg`` to an open comm of the kernel (a widget frontend's update:
+        ``{"method": "update", "state": {...}, "buffer_paths": [...]}``); an update also
+        changes :attr:`comms` at once.
+
+        Raises:
+            KernelNotRunning, CommNotFound, InvalidRequest (see :meth:`CommTracker.send`).
+        """
+        self._running()
+        self.comms.send(comm_id, data, list(buffers or []))
 
     # -- completion, inspection, history ------------------------------------------------
 

@@ -32,12 +32,14 @@ from nbformat.validator import ValidationError
 from runtimed.errors import NotebookInvalid, NotebookIOError, NotebookNotFound
 
 __all__ = [
+    "WIDGET_STATE_MIME",
     "notebook_bytes",
     "parse_notebook",
     "read_notebook",
     "read_notebook_bytes",
     "read_notebook_with_digest",
     "remove_interrupted_temps",
+    "set_widget_state",
     "write_bytes_atomic",
     "write_notebook_atomic",
 ]
@@ -253,3 +255,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+
+
+def set_widget_state(nb: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Put the kernel's widget state into ``nb["metadata"]["widgets"]`` (the Jupyter widgets
+    "widget state" schema, as nbclient's ``set_widgets_metadata`` writes it), replacing the
+    state read from the file; other keys of ``metadata.widgets`` are kept.  ``state`` None
+    (no widgets in this session) leaves the metadata as it is, as nbclient does."""
+    if state is None:
+        return
+    metadata = nb.setdefault("metadata", {})
+    widgets = metadata.get("widgets")
+    kept = widgets if isinstance(widgets, dict) else {}
+    metadata["widgets"] = {**kept, WIDGET_STATE_MIME: state}

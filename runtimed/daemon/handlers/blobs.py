@@ -9,6 +9,7 @@ import anyio
 from blobstore import BlobStore, GcReport
 from protocol.messages import CollectGarbage, GarbageCollected
 from runtimed.config import DaemonConfig
+from runtimed.daemon.comms import comm_blob_hashes
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.documents.manifests import manifest_hashes
 from runtimed.errors import InvalidRequest
@@ -62,6 +63,7 @@ class BlobHandlers:
             for entry in self._rooms.entries():
                 runtime = entry.room.runtime
                 open_keys.add(DocumentStore.key_for(entry.room.path, entry.room.notebook_id))
+                hashes |= comm_blob_hashes(runtime)  # widgets' binary buffers
                 for cell_id in runtime.cell_ids():
                     for manifest in runtime.cell_state(cell_id)[1]:
                         hashes |= manifest_hashes(manifest)

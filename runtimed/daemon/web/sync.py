@@ -6,9 +6,9 @@ On the WebSocket (the page's side of docs/web.md "WebSocket"):
   ``SyncEnvelope.data``, prefixed by one byte naming the document (0 notebook, 1 runtime);
 - text messages are JSON: from the page, a request of the protocol (``execute_cell``,
   ``run_all``, ``interrupt_kernel``, ``restart_kernel``, ``clear_outputs``, ``input_reply``,
-  ``save_notebook`` without a path, ``ping``; msgspec's JSON form of the same Structs) or a
-  ``presence`` update; from the server, the daemon's replies and events in JSON, plus
-  ``hello`` (once joined) and ``presence`` (the viewer list).
+  ``save_notebook`` without a path, ``send_comm`` (a widget's update), ``ping``; msgspec's
+  JSON form of the same Structs) or a ``presence`` update; from the server, the daemon's
+  replies and events in JSON, plus ``hello`` (once joined) and ``presence`` (the viewer list).
 
 A page may do to its notebook what a person at the keyboard may; nothing else (no shutdown,
 no other notebook, no saving elsewhere). Bad input — undecodable JSON, a request outside
@@ -43,6 +43,7 @@ from protocol.messages import (
     RestartKernel,
     RunAll,
     SaveNotebook,
+    SendComm,
     SyncEnvelope,
     decode_daemon_message,
     decode_sync,
@@ -78,6 +79,7 @@ PageRequest = (
     | RestartKernel
     | ClearOutputs
     | InputReply
+    | SendComm
     | SaveNotebook
 )
 _json = msgspec.json.Encoder()

@@ -4,6 +4,8 @@
 import * as A from "@automerge/automerge/slim";
 import { Replica } from "./replica";
 import { NotebookView } from "./view";
+import { renderOutput } from "./outputs";
+import { installWidgets } from "./widgets";
 
 async function boot(): Promise<void> {
   const root = document.getElementById("app");
@@ -17,6 +19,7 @@ async function boot(): Promise<void> {
   await A.initializeWasm(fetch(`/static/automerge.wasm?v=${version}`) as any);
   performance.mark("rt:wasm-ready");
   const replica = new Replica(notebookId);
+  installWidgets(replica, renderOutput); // widget views follow the runtime document's comms
   const view = new NotebookView(replica, root.dataset.nonce ?? "", root);
   // For tests and benchmarks: the replica, never the view, holds the document.
   (window as any).runtimed = { replica, view, A };

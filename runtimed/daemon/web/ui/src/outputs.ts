@@ -5,6 +5,7 @@
 import { ansiToFragment } from "./ansi";
 import { renderMarkdown } from "./markdown";
 import { fixCarriageReturns } from "./stream";
+import { renderWidgetView } from "./widgets";
 
 type Content = {
   inline?: string;
@@ -181,6 +182,9 @@ function sandboxed(html: string): HTMLElement {
 // ------------------------------------------------------------------ outputs
 
 function renderData(data: Record<string, Content>, metadata: Record<string, any>): HTMLElement {
+  const view = data["application/vnd.jupyter.widget-view+json"]?.inline;
+  const modelId = typeof view === "string" ? JSON.parse(view)?.model_id : undefined;
+  if (typeof modelId === "string") return renderWidgetView(modelId, data["text/plain"]?.inline ?? "");
   const mimes = Object.keys(data);
   const mime = MIME_ORDER.find((m) => m in data);
   if (!mime) {
