@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 _ALIVE_EVERY = 5.0  # s between GET /api/kernels/{id} (the REST heartbeat)
 _SEND_BUFFER = 1024  # messages waiting for the WebSocket writer
-_DELETE_WAIT = 5.0  # s a DELETE may take at shutdown
+_DELETE_WAIT = 5.0  # s a DELETE (with its retries) may take at shutdown
 _ENCODER = msgspec.json.Encoder()  # header dates are datetimes: msgspec writes ISO 8601
 _CHANNELS = frozenset({"shell", "control", "iopub", "stdin"})
 
@@ -143,7 +143,7 @@ class GatewayKernel(KernelProcess):
         self.death = why
         self.exited.set()
         if self.stop_reason is None:
-            log.warning("%s: %s", self.where, why)
+            log.warning("%s", why)
             text = f"{why} while running this cell"
         else:
             text = f"the kernel was {self.stop_reason} while running this cell"
@@ -288,7 +288,7 @@ class GatewayConnector:
         await rest.__aenter__()
         kernel_id: str | None = None
         try:
-            kernel_id = await rest.start_kernel(self.target.kernel_name)
+            kernel_id = await rest.start_kernel(self.target.kernel_name, timeout=startup_timeout)
             ws = await rest.channels(kernel_id)
         except BaseException:
             with anyio.CancelScope(shield=True):

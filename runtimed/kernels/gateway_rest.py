@@ -22,15 +22,17 @@ import anyio
 import httpx
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, WebSocketException
+from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from runtimed.errors import KernelError, KernelNotRunning, KernelStartFailed
 
-__all__ = ["GatewayRest", "GatewayTarget", "gateway_errors"]
+__all__ = ["GatewayRest", "GatewayTarget", "decode_binary", "gateway_errors", "refusal"]
 
 log = logging.getLogger(__name__)
 
 _MAX_WS_MESSAGE = 256 * 1024 * 1024  # one message may carry a large output (an image)
+_DELETE_ATTEMPTS = 6
+_DELETE_RETRY = 0.5  # s between DELETE attempts answered with a server error
 _REQUEST_TIMEOUT = 60.0  # a kernel start on a cluster gateway can take a while
 
 
@@ -49,12 +51,24 @@ class GatewayTarget:
         return self.url.rstrip("/")
 
 
-class _Refused(Exception):
-    """A non-2xx answer (internal: turned into a KernelError by ``gateway_errors``)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status, self.reason = status, reason
+def refusal(
+    target: GatewayTarget,
+    what: str,
+    status: int,
+    reason: str,
+    *,
+    error: type[KernelError] = KernelStartFailed,
+) -> KernelError:
+    """The error for a gateway answering ``status`` when asked to do ``what``."""
+    if status in (401, 403):
+        return error(
+            f"the kernel gateway at {target.base} refused the token ({status} "
+            f"{'Unauthorized' if status == 401 else 'Forbidden'}) when asked to {what};"
+            " set the right one (gateway.token, RUNTIMED_GATEWAY_TOKEN, --gateway-token)"
+        )
+    return error(
+        f"the kernel gateway at {target.base} answered {status} when asked to {what}: {reason}"
+    )
 
 
 @contextmanager
@@ -65,17 +79,6 @@ def gateway_errors(
     where = target.base
     try:
         yield
-    except _Refused as exc:
-        if exc.status in (401, 403):
-            raise error(
-                f"the kernel gateway at {where} refused the token ({exc.status} "
-                f"{'Unauthorized' if exc.status == 401 else 'Forbidden'}) when asked to {what};"
-                " set the right one (gateway.token, RUNTIMED_GATEWAY_TOKEN, --gateway-token)"
-            ) from exc
-        raise error(
-            f"the kernel gateway at {where} answered {exc.status} when asked to {what}: "
-            f"{exc.reason}"
-        ) from exc
     except (httpx.ConnectError, httpx.ConnectTimeout, OSError, TimeoutError) as exc:
         raise error(
             f"cannot reach the kernel gateway at {where} (within {target.connect_timeout:g} s)"
@@ -85,7 +88,14 @@ def gateway_errors(
         raise error(f"the kernel gateway at {where} failed to {what}: {exc!r}") from exc
 
 
-def _raise_for(response: httpx.Response) -> None:
+def _check(
+    response: httpx.Response,
+    target: GatewayTarget,
+    what: str,
+    *,
+    error: type[KernelError] = KernelStartFailed,
+) -> None:
+    """Raise ``error`` (see :func:`refusal`) unless ``response`` is a success."""
     if response.is_success:
         return
     reason = response.reason_phrase
@@ -97,7 +107,7 @@ def _raise_for(response: httpx.Response) -> None:
             reason = str(body["reason"])
     except ValueError:
         pass
-    raise _Refused(response.status_code, reason)
+    raise refusal(target, what, response.status_code, reason, error=error)
 
 
 class GatewayRest:
@@ -133,14 +143,16 @@ class GatewayRest:
 
     async def kernel_names(self) -> list[str]:
         """The kernelspec names the gateway offers (``GET /api/kernelspecs``)."""
-        with gateway_errors(self.target, "list its kernelspecs"):
+        what = "list its kernelspecs"
+        with gateway_errors(self.target, what):
             response = await self.http.get("/api/kernelspecs")
-            _raise_for(response)
+            _check(response, self.target, what)
             specs = response.json().get("kernelspecs", {})
         return sorted(str(name) for name in specs) if isinstance(specs, dict) else []
 
-    async def start_kernel(self, name: str) -> str:
-        """Start a kernel called ``name``; its id (``POST /api/kernels``).
+    async def start_kernel(self, name: str, *, timeout: float = _REQUEST_TIMEOUT) -> str:
+        """Start a kernel called ``name``; its id (``POST /api/kernels``, which a gateway
+        answers once the kernel has started: bounded by ``timeout``).
 
         Raises:
             KernelStartFailed: unreachable, a refused token, or a name the gateway does not
@@ -154,9 +166,11 @@ class GatewayRest:
                 f"it offers: {offered} (choose one with -k NAME, gateway.kernel_name or the "
                 "notebook's kernelspec)"
             )
-        with gateway_errors(self.target, f"start a {name!r} kernel"):
-            response = await self.http.post("/api/kernels", json={"name": name})
-            _raise_for(response)
+        what = f"start a {name!r} kernel"
+        with gateway_errors(self.target, what):
+            limit = httpx.Timeout(timeout, connect=self.target.connect_timeout)
+            response = await self.http.post("/api/kernels", json={"name": name}, timeout=limit)
+            _check(response, self.target, what)
             kernel_id = response.json().get("id")
         if not isinstance(kernel_id, str) or not kernel_id:
             raise KernelStartFailed(f"the kernel gateway at {self.target.base} gave no kernel id")
@@ -164,30 +178,42 @@ class GatewayRest:
 
     async def kernel_exists(self, kernel_id: str) -> bool:
         """Whether ``GET /api/kernels/{id}`` still finds the kernel (False on 404)."""
-        with gateway_errors(self.target, "look up its kernel", error=KernelNotRunning):
+        what = "look up its kernel"
+        with gateway_errors(self.target, what, error=KernelNotRunning):
             response = await self.http.get(f"/api/kernels/{quote(kernel_id)}")
             if response.status_code == 404:
                 return False
-            _raise_for(response)
+            _check(response, self.target, what, error=KernelNotRunning)
         return True
 
     async def interrupt(self, kernel_id: str) -> None:
-        with gateway_errors(self.target, "interrupt its kernel", error=KernelNotRunning):
-            _raise_for(await self.http.post(f"/api/kernels/{quote(kernel_id)}/interrupt"))
+        what = "interrupt its kernel"
+        with gateway_errors(self.target, what, error=KernelNotRunning):
+            response = await self.http.post(f"/api/kernels/{quote(kernel_id)}/interrupt")
+            _check(response, self.target, what, error=KernelNotRunning)
 
     async def delete(self, kernel_id: str) -> None:
-        """Shut the kernel down (``DELETE``); a kernel already gone is fine."""
-        with gateway_errors(self.target, "shut its kernel down", error=KernelNotRunning):
-            response = await self.http.delete(f"/api/kernels/{quote(kernel_id)}")
+        """Shut the kernel down (``DELETE``); a kernel already gone is fine.
+
+        A server error is retried a few times: a gateway whose restarter is bringing a dead
+        kernel back answers 500 until it is done (Jupyter Server 2.x)."""
+        what = "shut its kernel down"
+        with gateway_errors(self.target, what, error=KernelNotRunning):
+            for attempt in range(_DELETE_ATTEMPTS):
+                response = await self.http.delete(f"/api/kernels/{quote(kernel_id)}")
+                if response.status_code < 500 or attempt == _DELETE_ATTEMPTS - 1:
+                    break
+                await anyio.sleep(_DELETE_RETRY)
             if response.status_code != 404:
-                _raise_for(response)
+                _check(response, self.target, what, error=KernelNotRunning)
 
     async def channels(self, kernel_id: str) -> ClientConnection:
         """The kernel's ``/api/kernels/{id}/channels`` WebSocket (JSON messages)."""
         base = self.target.base
         scheme = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
         url = f"{scheme}/api/kernels/{quote(kernel_id)}/channels"
-        with gateway_errors(self.target, "open its kernel's channels"):
+        what = "open its kernel's channels"
+        with gateway_errors(self.target, what):
             try:
                 return await connect(
                     url,
@@ -198,9 +224,12 @@ class GatewayRest:
                     ping_timeout=20,
                 )
             except InvalidStatus as exc:
-                raise _Refused(exc.response.status_code, exc.response.reason_phrase) from exc
-            except (InvalidURI, InvalidHandshake) as exc:
-                raise _Refused(0, str(exc)) from exc
+                response = exc.response
+                raise refusal(
+                    self.target, what, response.status_code, response.reason_phrase
+                ) from exc
+            except InvalidURI as exc:
+                raise KernelStartFailed(f"{base} is not a usable gateway URL: {exc}") from exc
 
 
 def decode_binary(data: bytes) -> dict[str, Any]:

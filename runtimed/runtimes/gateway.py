@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from runtimed.config import RuntimesConfig
-from runtimed.errors import RuntimeNotFound
+from runtimed.errors import KernelStartFailed, RuntimeNotFound
 from runtimed.kernels.gateway import GatewayConnector
 from runtimed.kernels.gateway_rest import GatewayTarget
 from runtimed.kernels.session import KernelSession
@@ -115,12 +115,18 @@ def gateway_target_for(
 
     Raises:
         RuntimeNotFound: ``gateway`` selected but no gateway configured.
+        KernelStartFailed: the URL is not http(s).
     """
     run_url = env.get(RUN_GATEWAY_URL)
     named = runtime if is_gateway_name(runtime) else None
     kernel_from_name = named.partition(":")[2] if named else None
     if run_url or gateway_url:
         url = run_url or gateway_url or ""
+        if not url.startswith(("http://", "https://")):
+            where = RUN_GATEWAY_URL if run_url else "metadata.runtimed.gateway"
+            raise KernelStartFailed(
+                f"the gateway URL {url!r} ({where}) must start with http:// or https://"
+            )
         kernel = gateway_kernel or kernel_from_name
         if kernel is None and runtime and not named:
             kernel = runtime  # the notebook's kernelspec name, on the gateway

@@ -46,6 +46,10 @@ class Gateway:
                 child.kill()
         psutil.wait_procs(children, timeout=10)
 
+    def delete(self, kernel_id: str) -> None:
+        headers = {"Authorization": f"token {self.token}"}
+        httpx.delete(f"{self.url}/api/kernels/{kernel_id}", headers=headers).raise_for_status()
+
     def kernel_ids(self) -> list[str]:
         response = httpx.get(
             f"{self.url}/api/kernels", headers={"Authorization": f"token {self.token}"}

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import nbformat
+import psutil
 import pytest
 
 from protocol.messages import InputRequested
@@ -90,6 +94,7 @@ async def test_cells_run_on_the_gateway_with_streams_and_an_image_in_the_blob_st
     assert kernel["name"] == "gateway:python3"
     assert kernel["pid"] is None  # no local process
     assert len(gateway.kernel_ids()) == 1
+    assert "gateway:python3" in [r.name for r in await client.list_runtimes()]
 
     image = await nb.execute("cell2", timeout=DEADLINE)
     assert image.status == "ok"
@@ -222,3 +227,59 @@ async def test_a_wrong_token_is_reported_as_401(
     assert f"the kernel gateway at {gateway.url} refused the token (401 Unauthorized)" in (
         result.evalue or ""
     )
+
+
+async def test_a_kernel_that_dies_or_vanishes_on_the_gateway_is_dead_with_a_reason(
+    client: AsyncClient, gateway: Gateway, short_tmp: Path
+) -> None:
+    path = write_notebook(
+        short_tmp / "die.ipynb",
+        [code("import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)"), code("1")],
+        metadata=ON_GATEWAY,
+    )
+    nb = await client.open(path)
+    # The kernel process dies on the gateway's machine (its restarter says so on IOPub).
+    eid = await nb.queue("cell0")
+    await client.wait_until(lambda: bool(nb.outputs("cell0")), timeout=DEADLINE)
+    pid = int(nb.outputs("cell0")[0]["text"].split()[0])
+    psutil.Process(pid).kill()
+    result = await nb.wait_execution(eid, timeout=DEADLINE)
+    assert result.status == "died"
+    assert gateway.url in (result.evalue or ""), result.evalue
+    await client.wait_until(lambda: nb.runtime.kernel()["state"] == "dead", timeout=DEADLINE)
+
+    # The next execution gets a fresh kernel there; then it is deleted behind our back.
+    assert (await nb.execute("cell1", timeout=DEADLINE)).status == "ok"
+    [kernel_id] = await anyio.to_thread.run_sync(gateway.kernel_ids)
+    eid = await nb.queue("cell0")
+    await client.wait_until(lambda: bool(nb.outputs("cell0")), timeout=DEADLINE)
+    await anyio.to_thread.run_sync(gateway.delete, kernel_id)
+    result = await nb.wait_execution(eid, timeout=DEADLINE)
+    assert result.status == "died"
+    assert kernel_id in (result.evalue or ""), result.evalue
+    await nb.close(unload=True)
+
+
+async def test_runt_run_with_gateway_url_runs_the_notebook_there(
+    daemon: Daemon, gateway: Gateway, short_tmp: Path
+) -> None:
+    src = write_notebook(
+        short_tmp / "in.ipynb",
+        [code("import os\nprint(os.environ.get('GATEWAY_MARK'))"), code("6 * 7")],
+    )
+    out = short_tmp / "out.ipynb"
+    argv = [sys.executable, "-m", "runtimed.cli", "--socket", str(daemon.paths.socket), "run"]
+    argv += [str(src), str(out), "--no-autostart", "--gateway-url", gateway.url, "-k", "python3"]
+    env = {**os.environ, "RUNTIMED_GATEWAY_TOKEN": gateway.token}
+    done = await anyio.run_process(argv, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    written = nbformat.read(out, as_version=4)
+    assert written.cells[0].outputs[0]["text"] == f"{MARK}\n"
+    assert written.cells[1].outputs[0]["data"] == {"text/plain": "42"}
+    assert gateway.token not in out.read_text()  # the token never reaches the notebook
+
+    # A wrong token: the run fails, naming the gateway and the 401.
+    bad = {**os.environ, "RUNTIMED_GATEWAY_TOKEN": "wrong"}
+    done = await anyio.run_process(argv, env=bad, check=False)
+    assert done.returncode == 1
+    assert "refused the token (401 Unauthorized)" in done.stderr.decode()

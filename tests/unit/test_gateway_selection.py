@@ -3,12 +3,17 @@ and the gateway token never shown back by ``runt config show``."""
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 
 from runtimed.config import DaemonConfig, RuntimesConfig
 from runtimed.daemon.handlers.runtimes import config_reply
-from runtimed.errors import RuntimeNotFound
+from runtimed.errors import KernelStartFailed, RuntimeNotFound
+from runtimed.kernels.gateway import GatewayKernel
 from runtimed.kernels.gateway_rest import GatewayTarget, decode_binary
+from runtimed.kernels.process import KernelProcess
 from runtimed.runtimes.gateway import gateway_runtime, gateway_target_for
 from runtimed.runtimes.selection import runtime_request_for
 
@@ -55,6 +60,11 @@ def test_a_runs_context_sends_the_notebook_to_its_gateway_with_its_token() -> No
     assert found == GatewayTarget("http://run:2", "python3", "t2")
 
 
+def test_a_gateway_url_that_is_not_http_is_refused_clearly() -> None:
+    with pytest.raises(KernelStartFailed, match=r"'gw:8888' \(metadata.runtimed.gateway\)"):
+        target({"runtimed": {"gateway": "gw:8888"}})
+
+
 def test_gateway_without_a_configured_one_is_runtime_not_found() -> None:
     with pytest.raises(RuntimeNotFound, match="no gateway configured"):
         gateway_target_for("gateway", None, None, env={}, config=RuntimesConfig())
@@ -84,3 +94,16 @@ def test_binary_messages_decode_to_json_and_buffers() -> None:
     assert [bytes(b) for b in msg["buffers"]] == [extra]
     with pytest.raises(ValueError, match="malformed"):
         decode_binary(b"\x00\x00\x00\x05")
+
+
+def _assigned(init: object) -> set[str]:
+    return set(re.findall(r"self\.(\w+)\s*(?::[^=]*)?=", inspect.getsource(init)))  # type: ignore[arg-type]
+
+
+def test_a_gateway_kernel_sets_all_the_state_a_kernel_process_has() -> None:
+    """GatewayKernel replaces KernelProcess.__init__ (no process, no ZeroMQ): a field added
+    there must be added to the gateway kernel too, or the shared dispatcher breaks on it."""
+    process_only = {"process", "_stdin_monitor"}
+    assert {"executions", "replies", "exited", "_run_scope"} <= _assigned(KernelProcess.__init__)
+    missing = _assigned(KernelProcess.__init__) - process_only - _assigned(GatewayKernel.__init__)
+    assert not missing, f"GatewayKernel.__init__ does not set {sorted(missing)}"
