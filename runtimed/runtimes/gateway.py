@@ -35,6 +35,7 @@ __all__ = [
     "RUN_GATEWAY_TOKEN",
     "RUN_GATEWAY_URL",
     "GatewayHandler",
+    "configured_gateway",
     "gateway_runtime",
     "gateway_target_for",
     "is_gateway_name",
@@ -87,7 +88,14 @@ def gateway_runtime(target: GatewayTarget) -> RuntimeSpec:
     )
 
 
-def _configured(config: RuntimesConfig, name: str, *, kernel_name: str | None) -> GatewayTarget:
+def configured_gateway(
+    config: RuntimesConfig, *, name: str = GATEWAY_NAME, kernel_name: str | None = None
+) -> GatewayTarget:
+    """The ``[gateway]`` table's gateway (``kernel_name``: instead of its kernel name).
+
+    Raises:
+        RuntimeNotFound: no ``gateway.url`` configured (``name``: the runtime asked for).
+    """
     if not config.gateway_url:
         raise RuntimeNotFound(
             name, ["(no gateway configured: set [gateway] url or RUNTIMED_GATEWAY_URL)"]
@@ -139,5 +147,5 @@ def gateway_target_for(
         token = env.get(RUN_GATEWAY_TOKEN)
         return replace(target, token=token) if token else target
     if named is not None:
-        return _configured(config, named, kernel_name=kernel_from_name)
+        return configured_gateway(config, name=named, kernel_name=kernel_from_name)
     return None

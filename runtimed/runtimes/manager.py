@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -34,7 +33,12 @@ from runtimed.config import RuntimesConfig
 from runtimed.errors import KernelError, KernelLimitReached, ShuttingDown
 from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.envs import BuiltEnv, EnvStore, Progress
-from runtimed.runtimes.gateway import gateway_runtime, gateway_target_for, is_gateway_name
+from runtimed.runtimes.gateway import (
+    configured_gateway,
+    gateway_runtime,
+    gateway_target_for,
+    is_gateway_name,
+)
 from runtimed.runtimes.hosting import ManagedKernel
 from runtimed.runtimes.pool import KernelPool
 from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec, env_runtime
@@ -306,12 +310,7 @@ class RuntimeManager:
         """Built-in, kernelspec and built-environment runtimes."""
         specs = await self.registry.all()
         if self.config.gateway_url:
-            specs.append(
-                gateway_runtime(
-                    gateway_target_for("gateway", None, None, env={}, config=self.config)
-                    or _never()
-                )
-            )
+            specs.append(gateway_runtime(configured_gateway(self.config)))
         specs += [
             env_runtime(e.key, e.interpreter, e.requirements)
             for e in await self.envs.list_envs(sizes=False)
@@ -341,10 +340,6 @@ class RuntimeManager:
             return
         if removed:
             log.info("pruned %d environments: %s", len(removed), [e.key for e in removed])
-
-
-def _never() -> NoReturn:
-    raise AssertionError("a configured gateway always gives a target")
 
 
 def _env_info(env: BuiltEnv, *, in_use: bool) -> EnvInfo:
