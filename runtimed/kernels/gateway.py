@@ -11,8 +11,8 @@ outputs, ``input()``, completions and the end-of-execution rule (reply and IOPub
 the session's, unchanged. What differs:
 
 * **interrupt** is ``POST /api/kernels/{id}/interrupt``; **shutdown** is ``DELETE``;
-  a **restart** (the session's) replaces the kernel: DELETE, then a new POST, as a local
-  restart replaces the process;
+  a **restart** (the session's) of a live kernel is ``POST /api/kernels/{id}/restart`` and
+  new channels (a dead one is deleted and a new kernel started);
 * **death**: the WebSocket closing, the gateway reporting the kernel ``dead`` or
   ``restarting`` on IOPub (its own restarter), or ``GET /api/kernels/{id}`` answering 404 —
   each ends running executions as ``died`` with a reason naming the gateway;
@@ -51,6 +51,7 @@ _SEND_BUFFER = 1024  # messages waiting for the WebSocket writer
 _DELETE_WAIT = 5.0  # s a DELETE (with its retries) may take at shutdown
 _ENCODER = msgspec.json.Encoder()  # header dates are datetimes: msgspec writes ISO 8601
 _CHANNELS = frozenset({"shell", "control", "iopub", "stdin"})
+RESTART_REASON = "restarted"  # the reason KernelSession.restart stops the old kernel with
 
 
 class GatewayKernel(KernelProcess):
@@ -94,6 +95,8 @@ class GatewayKernel(KernelProcess):
         self._outbox: MemoryObjectSendStream[bytes] = send
         self._inbox: MemoryObjectReceiveStream[bytes] = receive
         self.death: str | None = None
+        self.kept = False
+        """Stopped for a restart: the kernel stays on the gateway for the next connect."""
 
     @property
     def where(self) -> str:
@@ -160,14 +163,19 @@ class GatewayKernel(KernelProcess):
 
     async def stop(self, *, grace: float, reason: str) -> None:
         """DELETE the kernel on the gateway (bounded), close the WebSocket, end the tasks.
-        Always completes; running executions end as died with ``reason``."""
+        Always completes; running executions end as died with ``reason``.
+
+        For the session's restart of a live kernel the kernel is kept on the gateway
+        instead (:attr:`kept`): the connector restarts it there (``POST .../restart``)."""
         self.stop_reason = self.stop_reason or reason
+        self.kept = reason == RESTART_REASON and not self.exited.is_set()
         with anyio.CancelScope(shield=True):
-            try:
-                with anyio.move_on_after(max(grace, _DELETE_WAIT)):
-                    await self.rest.delete(self.kernel_id)
-            except KernelError as exc:
-                log.warning("could not shut down %s: %s", self.where, exc)
+            if not self.kept:
+                try:
+                    with anyio.move_on_after(max(grace, _DELETE_WAIT)):
+                        await self.rest.delete(self.kernel_id)
+                except KernelError as exc:
+                    log.warning("could not shut down %s: %s", self.where, exc)
             self._died(f"the kernel was {reason}")
             self._outbox.close()
             with anyio.move_on_after(_DELETE_WAIT):
@@ -178,7 +186,8 @@ class GatewayKernel(KernelProcess):
                     await self.finished.wait()
             else:
                 self._run_scope.cancel()
-            await self.rest.__aexit__(None, None, None)
+            if not self.kept:
+                await self.rest.__aexit__(None, None, None)
 
     def abort(self) -> None:
         """Last resort when :meth:`stop` could not run: end the tasks (the gateway's own
@@ -273,33 +282,50 @@ class GatewayConnector:
 
     def __init__(self, target: GatewayTarget) -> None:
         self.target = target
+        self._last: GatewayKernel | None = None
 
     async def connect(
         self, spec: LaunchSpec, tg: TaskGroup, startup_timeout: float
     ) -> KernelProcess:
         """Start a kernel on the gateway, open its channels, wait until it answers
-        ``kernel_info_request`` (bounded by ``startup_timeout``), in ``tg``.
+        ``kernel_info_request`` (bounded by ``startup_timeout``), in ``tg``.  After a
+        restart of the session, the kernel kept on the gateway is restarted there
+        (``POST /api/kernels/{id}/restart``) rather than replaced.
 
         Raises:
             KernelStartFailed: unreachable gateway, wrong token (401), a kernel name it does
                 not offer (listing those it does), or a kernel that never became ready.
         """
-        rest = GatewayRest(self.target)
-        await rest.__aenter__()
+        last, self._last = self._last, None
         kernel_id: str | None = None
+        if last is not None and last.kept:
+            rest = last.rest
+            try:
+                await rest.restart(last.kernel_id, timeout=startup_timeout)
+                kernel_id = last.kernel_id
+            except KernelError as exc:  # gone meanwhile: a new kernel, below
+                log.warning("could not restart %s (%s); starting a new kernel", last.where, exc)
+                with anyio.CancelScope(shield=True):
+                    await self._discard(rest, last.kernel_id)
+            except BaseException:  # cancelled: nobody will own the kept kernel
+                with anyio.CancelScope(shield=True):
+                    await self._discard(rest, last.kernel_id)
+                raise
+        if kernel_id is None:
+            rest = GatewayRest(self.target)
+            await rest.__aenter__()
         try:
-            kernel_id = await rest.start_kernel(self.target.kernel_name, timeout=startup_timeout)
+            if kernel_id is None:
+                kernel_id = await rest.start_kernel(
+                    self.target.kernel_name, timeout=startup_timeout
+                )
             ws = await rest.channels(kernel_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if kernel_id is not None:
-                    try:
-                        await rest.delete(kernel_id)
-                    except KernelError as exc:
-                        log.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
-                await rest.__aexit__(None, None, None)
+                await self._discard(rest, kernel_id)
             raise
         kernel = GatewayKernel(spec, rest, kernel_id, ws)
+        self._last = kernel
         try:
             tg.start_soon(kernel.run)
             failure = await kernel.wait_ready(startup_timeout)
@@ -312,3 +338,14 @@ class GatewayConnector:
             raise KernelStartFailed(f"{kernel.where}: {why}")
         log.info("%s ready", kernel.where)
         return kernel
+
+    @staticmethod
+    async def _discard(rest: GatewayRest, kernel_id: str | None) -> None:
+        """DELETE ``kernel_id`` (if any, best effort) and close the HTTP client."""
+        if kernel_id is not None:
+            try:
+                with anyio.move_on_after(_DELETE_WAIT):
+                    await rest.delete(kernel_id)
+            except KernelError as exc:
+                log.warning("could not delete gateway kernel %s: %s", kernel_id, exc)
+        await rest.__aexit__(None, None, None)

@@ -192,6 +192,14 @@ class GatewayRest:
             response = await self.http.post(f"/api/kernels/{quote(kernel_id)}/interrupt")
             _check(response, self.target, what, error=KernelNotRunning)
 
+    async def restart(self, kernel_id: str, *, timeout: float = _REQUEST_TIMEOUT) -> None:
+        """``POST /api/kernels/{id}/restart`` (answered once the kernel is back)."""
+        what = "restart its kernel"
+        with gateway_errors(self.target, what):
+            limit = httpx.Timeout(timeout, connect=self.target.connect_timeout)
+            url = f"/api/kernels/{quote(kernel_id)}/restart"
+            _check(await self.http.post(url, timeout=limit), self.target, what)
+
     async def delete(self, kernel_id: str) -> None:
         """Shut the kernel down (``DELETE``); a kernel already gone is fine.
 
