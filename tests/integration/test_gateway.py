@@ -142,6 +142,8 @@ async def test_input_interrupt_and_restart_on_the_gateway(
     interrupted = await nb.wait_execution(sleeping, timeout=30)  # well under the 60 s sleep
     assert (interrupted.status, interrupted.ename) == ("error", "KeyboardInterrupt")
     assert (await nb.execute("cell2", timeout=DEADLINE)).status == "ok"  # same kernel
+    # Completion goes to the gateway's kernel too (its subshell, over the control channel).
+    assert "name" in (await nb.complete("cell2", 2, timeout=DEADLINE)).matches
     [before] = gateway.kernel_ids()
 
     await nb.restart()
