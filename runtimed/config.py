@@ -69,6 +69,12 @@ class RuntimesConfig:
     """Compile .pyc when building (a slower build, faster kernel starts ever after)."""
     uv: str = ""
     """The uv executable ("": the one the ``uv`` package installed)."""
+    gateway_url: str = ""
+    """The default kernel gateway (runtime ``gateway``; "": none)."""
+    gateway_token: str = field(default="", repr=False)
+    gateway_kernel_name: str = "python3"
+    """The kernel started on a gateway when the notebook names none."""
+    gateway_connect_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +244,42 @@ KEYS: tuple[ConfigKey, ...] = (
         "runtimes.uv",
         minimum=None,
     ),
+    ConfigKey(
+        "gateway",
+        "url",
+        str,
+        "",
+        "base URL of the default Jupyter Kernel/Enterprise Gateway (runtime 'gateway')",
+        "runtimes.gateway_url",
+        minimum=None,
+    ),
+    ConfigKey(
+        "gateway",
+        "token",
+        str,
+        "",
+        "the gateway's token (sent as 'Authorization: token ...'; shown masked)",
+        "runtimes.gateway_token",
+        minimum=None,
+        from_config=lambda token: "********" if token else "",
+    ),
+    ConfigKey(
+        "gateway",
+        "kernel_name",
+        str,
+        "python3",
+        "kernel started on the gateway when the notebook names none",
+        "runtimes.gateway_kernel_name",
+        minimum=None,
+    ),
+    ConfigKey(
+        "gateway",
+        "connect_timeout",
+        float,
+        10.0,
+        "seconds to wait for the gateway to accept a connection",
+        "runtimes.gateway_connect_timeout",
+    ),
 )
 
 _ENV_NAMES = {
@@ -255,6 +297,10 @@ _ENV_NAMES = {
     "envs.build_timeout": "RUNTIMED_ENV_BUILD_TIMEOUT",
     "envs.compile_bytecode": "RUNTIMED_ENV_COMPILE_BYTECODE",
     "envs.uv": "RUNTIMED_UV",
+    "gateway.url": "RUNTIMED_GATEWAY_URL",
+    "gateway.token": "RUNTIMED_GATEWAY_TOKEN",
+    "gateway.kernel_name": "RUNTIMED_GATEWAY_KERNEL_NAME",
+    "gateway.connect_timeout": "RUNTIMED_GATEWAY_CONNECT_TIMEOUT",
 }
 
 

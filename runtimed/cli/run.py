@@ -124,6 +124,18 @@ def add_run_parser(sub: Any) -> None:
     add("--prepare-only", action="store_true", help="write the parameterized notebook only")
     add("--prepare-execute", action="store_false", dest="prepare_only", help=argparse.SUPPRESS)
     add("-k", "--kernel", help="kernelspec to run instead of the notebook's")
+    add(
+        "--gateway-url",
+        metavar="URL",
+        help="run the kernel on this Jupyter Kernel/Enterprise Gateway (-k: the kernel name "
+        "there); the notebook, outputs and blobs stay local",
+    )
+    add(
+        "--gateway-token",
+        metavar="TOKEN",
+        help="the gateway's token (default: $RUNTIMED_GATEWAY_TOKEN, else the daemon's "
+        "gateway.token)",
+    )
     add("-l", "--language", help="language of the notebook for parameters (python only)")
     add(
         "--engine",
@@ -301,7 +313,26 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "inherit_env": args.inherit_env,
         "language": args.language,
         "engine_name": args.engine,
+        "env": _gateway_env(args),
     }
+
+
+def _gateway_env(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--gateway-url``/``--gateway-token``: the run's context the daemon reads (in the
+    kernel environment of the run; never written to the notebook)."""
+    if not args.gateway_url:
+        if args.gateway_token:
+            raise _UsageError("--gateway-token needs --gateway-url")
+        return None
+    if not args.gateway_url.startswith(("http://", "https://")):
+        raise _UsageError(
+            f"--gateway-url must be an http:// or https:// URL, not {args.gateway_url!r}"
+        )
+    env = {"RUNTIMED_RUN_GATEWAY_URL": args.gateway_url}
+    token = args.gateway_token or os.environ.get("RUNTIMED_GATEWAY_TOKEN")
+    if token:
+        env["RUNTIMED_RUN_GATEWAY_TOKEN"] = token
+    return env
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,6 +75,10 @@ _IDLE_GRACE = 5.0  # after execute_reply, wait this long for IOPub idle (nbclien
 _INTERRUPT_GRACE = 3.0  # after a timeout's interrupt, wait this long for the reply
 _PORT_ATTEMPTS = 3  # launches tried when a TCP kernel finds a port it was given taken
 
+Connect = Callable[[LaunchSpec, TaskGroup, float], Awaitable[KernelProcess]]
+"""``await connect(spec, tg, startup_timeout)``: a ready kernel from another transport
+(:class:`runtimed.kernels.gateway.GatewayConnector`), its tasks running in ``tg``."""
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
@@ -123,7 +127,8 @@ class KernelSession:
     otherwise it names an installed kernelspec (:class:`KernelNotFound` lists the available
     ones).  ``spec``, when given, is the resolved launch spec to use instead (the runtime
     registry resolves runtimes itself).  ``env`` is layered over the daemon's environment and
-    the kernelspec's ``env``.
+    the kernelspec's ``env``.  ``connect``, when given, starts each kernel instead of a local
+    process (a kernel on a gateway: :mod:`runtimed.kernels.gateway`).
     Entering starts the kernel and waits up to ``startup_timeout`` s until it answers
     ``kernel_info_request`` with IOPub connected (else :class:`KernelStartFailed`, with the
     kernel's console tail); exiting shuts it down, shielded and bounded.
@@ -137,8 +142,10 @@ class KernelSession:
         startup_timeout: float = 60,
         env: dict[str, str] | None = None,
         spec: LaunchSpec | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self._kernel_name = kernel_name
+        self._connect = connect
         self._cwd = cwd
         self._startup_timeout = startup_timeout
         self._env = dict(env or {})
@@ -224,8 +231,10 @@ class KernelSession:
 
     @property
     def pid(self) -> int | None:
-        """The kernel's process id (also its process group id); None once shut down."""
-        return None if self._kernel is None else self._kernel.pid
+        """The kernel's process id (also its process group id); None once shut down, and
+        for a kernel that is no local process (on a gateway)."""
+        kernel = self._kernel
+        return None if kernel is None or kernel.pid < 0 else kernel.pid
 
     @property
     def connection_dir(self) -> Path | None:
@@ -330,6 +339,10 @@ class KernelSession:
         assert self._tg is not None
         self._starting = True
         try:
+            if self._connect is not None:
+                kernel = await self._connect(self._spec, self._tg, self._startup_timeout)
+                self._processes.add(kernel)
+                return kernel
             return await self._launch_process(self._spec, self._tg)
         finally:
             self._starting = False

@@ -33,6 +33,12 @@ from runtimed.config import RuntimesConfig
 from runtimed.errors import KernelError, KernelLimitReached, ShuttingDown
 from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.envs import BuiltEnv, EnvStore, Progress
+from runtimed.runtimes.gateway import (
+    configured_gateway,
+    gateway_runtime,
+    gateway_target_for,
+    is_gateway_name,
+)
 from runtimed.runtimes.hosting import ManagedKernel
 from runtimed.runtimes.pool import KernelPool
 from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec, env_runtime
@@ -93,6 +99,11 @@ class RuntimeManager:
             launch=self._launch_pooled,
             has_capacity=self._pool_has_room,
         )
+        if is_gateway_name(config.default_runtime):
+            self.pool.disabled_reason = (
+                f"the default runtime {config.default_runtime!r} starts kernels on a gateway,"
+                " for their notebook; pool disabled"
+            )
         self._pool_dir = home / "pool"
         self._kernels: dict[str, ManagedKernel] = {}
         self._demand = 0  # notebooks acquiring now: capacity the pool must leave them
@@ -157,7 +168,7 @@ class RuntimeManager:
             ShuttingDown.
         """
         tg = self._task_group()
-        runtime = await self._runtime_for(request, tg, progress)
+        runtime = await self._runtime_for(request, tg, progress, env=env)
         self._demand += 1
         try:
             if self.pool.serves(runtime) and not needs_fresh_process(env):
@@ -177,15 +188,30 @@ class RuntimeManager:
         return request.runtime or self.config.default_runtime
 
     async def _runtime_for(
-        self, request: RuntimeRequest, tg: TaskGroup, progress: Progress | None
+        self,
+        request: RuntimeRequest,
+        tg: TaskGroup,
+        progress: Progress | None,
+        *,
+        env: Mapping[str, str],
     ) -> RuntimeSpec:
+        # A gateway (a run's, the notebook's, or the runtime "gateway") comes first: the
+        # environment of a remote kernel is the gateway's business (docs/runtimes.md).
+        runtime = request.runtime or self.config.default_runtime
+        target = gateway_target_for(
+            runtime, request.gateway, request.gateway_kernel, env=env, config=self.config
+        )
+        if target is not None:
+            if request.dependencies is not None:
+                log.warning("declared dependencies are not installed on a gateway's kernel")
+            return gateway_runtime(target)
         if request.dependencies is None:
             return await self.registry.resolve(request.runtime)
         built_before = self.envs.builds_started
-        env = await self.envs.ensure(request.dependencies, tg=tg, progress=progress)
+        built = await self.envs.ensure(request.dependencies, tg=tg, progress=progress)
         if self.envs.builds_started != built_before:
             tg.start_soon(self._prune_quietly)
-        return env_runtime(env.key, env.interpreter, env.requirements)
+        return env_runtime(built.key, built.interpreter, built.requirements)
 
     async def _hand_over(
         self, kernel: ManagedKernel, notebook_id: str, *, cwd: Path, env: dict[str, str]
@@ -283,6 +309,8 @@ class RuntimeManager:
     async def runtimes(self) -> list[RuntimeInfo]:
         """Built-in, kernelspec and built-environment runtimes."""
         specs = await self.registry.all()
+        if self.config.gateway_url:
+            specs.append(gateway_runtime(configured_gateway(self.config)))
         specs += [
             env_runtime(e.key, e.interpreter, e.requirements)
             for e in await self.envs.list_envs(sizes=False)

@@ -42,7 +42,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RuntimeKind = Literal["builtin", "kernelspec", "env"]
+RuntimeKind = Literal["builtin", "kernelspec", "env", "gateway"]
 BUILTIN_NAME = "python3"
 _BUILTIN_ALIASES = frozenset({"python", BUILTIN_NAME, f"python{sys.version_info.major}"})
 IPYKERNEL_ARGV = ("-m", "ipykernel_launcher", "-f", "{connection_file}")

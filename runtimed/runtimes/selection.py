@@ -76,6 +76,10 @@ class RuntimeRequest:
     runtime: str | None = None
     """A runtime or kernelspec name; None: the configured default."""
     dependencies: Dependencies | None = None
+    gateway: str | None = None
+    """``metadata.runtimed.gateway``'s URL: the kernel starts on that kernel gateway."""
+    gateway_kernel: str | None = None
+    """``metadata.runtimed.gateway.kernel_name``: the kernel to start there."""
 
 
 def normalize_requirements(items: Iterable[object], *, where: str) -> tuple[str, ...]:
@@ -160,7 +164,26 @@ def runtime_request_for(
     if not isinstance(name, str) or not name:
         spec = metadata.get("kernelspec")
         name = spec.get("name") if isinstance(spec, Mapping) else None
-    return RuntimeRequest(runtime=str(name) if name else None, dependencies=dependencies)
+    gateway, gateway_kernel = _gateway(runtimed_meta.get("gateway"))
+    return RuntimeRequest(
+        runtime=str(name) if name else None,
+        dependencies=dependencies,
+        gateway=gateway,
+        gateway_kernel=gateway_kernel,
+    )
+
+
+def _gateway(value: object) -> tuple[str | None, str | None]:
+    """``metadata.runtimed.gateway``: a URL, or ``{"url": ..., "kernel_name": ...}``."""
+    if isinstance(value, str) and value:
+        return value, None
+    if isinstance(value, Mapping):
+        url, kernel = value.get("url"), value.get("kernel_name")
+        return (
+            url if isinstance(url, str) and url else None,
+            kernel if isinstance(kernel, str) and kernel else None,
+        )
+    return None, None
 
 
 def _requires_python(value: object) -> str | None:

@@ -41,6 +41,12 @@ max_age_days = 7
 build_timeout = 120
 compile_bytecode = false
 uv = "/opt/uv"
+
+[gateway]
+url = "http://gw.example:8888"
+token = "s3cret"
+kernel_name = "ir"
+connect_timeout = 3
 """
 
 
@@ -78,6 +84,10 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
         env_build_timeout=120.0,
         env_compile_bytecode=False,
         uv="/opt/uv",
+        gateway_url="http://gw.example:8888",
+        gateway_token="s3cret",
+        gateway_kernel_name="ir",
+        gateway_connect_timeout=3.0,
     )
     assert set(loaded.origins.values()) == {"file"}
     assert config.config_path == str(tmp_path / "config.toml")
