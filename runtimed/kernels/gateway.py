@@ -37,7 +37,8 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from runtimed.errors import KernelError, KernelNotRunning, KernelStartFailed
+from runtimed.errors import InvalidRequest, KernelError, KernelNotRunning, KernelStartFailed
+from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.gateway_rest import GatewayRest, GatewayTarget, decode_binary
 from runtimed.kernels.launch import ConsoleTail, LaunchSpec
 from runtimed.kernels.process import KernelProcess
@@ -71,6 +72,7 @@ class GatewayKernel(KernelProcess):
         self.conn_dir = Path()
         self.tail = ConsoleTail()
         self.ready = False
+        self.comms = CommTracker()
         self.kernel_info: dict[str, Any] | None = None
         self.returncode: int | None = None
         self.stop_reason: str | None = None
@@ -116,6 +118,12 @@ class GatewayKernel(KernelProcess):
     def send_msg(self, channel: str, msg: dict[str, Any]) -> None:
         if self.exited.is_set():
             raise KernelNotRunning(f"cannot send {msg['header']['msg_type']}: {self.death}")
+        if msg.get("buffers"):
+            # The JSON channels protocol has no binary frames (the optional
+            # v1.kernel.websocket.jupyter.org subprotocol is not spoken): refuse, never drop.
+            raise InvalidRequest(
+                f"{msg['header']['msg_type']} with binary buffers cannot be sent to {self.where}"
+            )
         wire = {
             "header": msg["header"],
             "parent_header": msg.get("parent_header") or {},
