@@ -38,6 +38,7 @@ from protocol.messages import (
     RunAllQueued,
     SaveNotebook,
 )
+from protocol.states import ExecutionStatus
 from runtimed.documents.amjson import JsonValue
 from runtimed.documents.manifests import manifest_hashes
 from runtimed.documents.notebook import Cell, NotebookDoc
@@ -138,7 +139,7 @@ class ExecutionResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == ExecutionStatus.OK
 
 
 class AsyncNotebook:

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from protocol.states import ExecutionStatus
 from runtimed.client import AsyncNotebook
 from runtimed.documents.history import max_seq, parse_version
 from runtimed.documents.runtime import FINISHED
@@ -298,7 +299,11 @@ async def run_all(session: AgentSession, args: dict[str, Any]) -> ToolResult:
         cells.append(entry)
     finished = all(c["status"] in FINISHED for c in cells)
     data: dict[str, Any] = {"finished": finished, "executions": cells}
-    failed = [c for c in cells if c["status"] in ("error", "died", "timeout")]
+    failed = [
+        c
+        for c in cells
+        if c["status"] in (ExecutionStatus.ERROR, ExecutionStatus.DIED, ExecutionStatus.TIMEOUT)
+    ]
     if failed:
         data["failed_cell"] = failed[0]["cell_id"]
     if not finished:
