@@ -66,7 +66,7 @@ async def test_an_unsafe_state_directory_for_autostart_is_refused(short_tmp: Pat
 
 async def test_runt_says_why_in_one_line(short_tmp: Path) -> None:
     socket_dir = open_dir(short_tmp)
-    code, out, err = await runt(socket_dir / "rt.sock", "daemon", "status", check=False)
+    code, _out, err = await runt(socket_dir / "rt.sock", "daemon", "status", check=False)
     assert code == 2
     assert err.startswith("runt: refusing the socket directory")
     assert "chmod 700" in err
