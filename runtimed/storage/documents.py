@@ -113,6 +113,10 @@ class DocumentStore:
             self.root / f"{key}.json",
         )
 
+    def journal_path(self, key: str) -> Path:
+        """The notebook's checkpoint journal (:mod:`runtimed.storage.journal`)."""
+        return self.root / f"{key}.checkpoints.jsonl"
+
     def load(self, key: str) -> PersistedNotebook | None:
         doc_path, runtime_path, meta_path = self._paths(key)
         try:
