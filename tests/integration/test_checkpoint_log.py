@@ -76,6 +76,14 @@ async def test_saves_are_journaled_and_listed_in_history_order(
     assert [c["cell_id"] for c in diff["added"]] == [later]
     assert "a = 3" in json.dumps(diff["modified"])
 
+    # The agents' tool takes a checkpoint too.
+    rc, out, err = await runt(
+        daemon, short_tmp, "nb", "call", "changes_since", "--args",
+        json.dumps({"notebook": str(path), "version": f"ck:{first_sha[:12]}"}),
+    )  # fmt: skip
+    assert rc == 0, err
+    assert [c["cell_id"] for c in json.loads(out)["added"]] == [later]
+
     rc, out, err = await runt(daemon, short_tmp, "diff", str(path), "--since", "ck:000000000000")
     assert rc == 2
     assert "no saved checkpoint 'ck:000000000000'" in err
