@@ -104,8 +104,10 @@ async def test_execute_outputs_and_kernel_info_from_xeus_python(
     assert isinstance(language, dict)
     assert language["name"] == "python"
 
-    saved = await nb.save()
-    assert '"xeus-python (test)"' in await anyio.Path(saved).read_text()
+    saved = json.loads(await anyio.Path(await nb.save()).read_text())
+    assert saved["metadata"]["kernelspec"]["display_name"] == "xeus-python (test)"
+    # metadata.language_info comes from xeus-python's kernel_info_reply.
+    assert saved["metadata"]["language_info"] == language
 
 
 async def test_complete_and_inspect_without_subshells(
@@ -135,6 +137,16 @@ async def test_history_from_xeus_python(
         assert (await nb.execute(cell_id, timeout=DEADLINE)).status == "ok"
     tail = await nb.history(n=2)
     assert [e.source for e in tail.entries][-2:] == ["alpha = 1", "beta = 2"]
+
+
+async def test_a_xeus_kernel_runs_in_the_notebooks_directory(
+    daemon: Daemon, client: AsyncClient, xeus: Path, short_tmp: Path
+) -> None:
+    folder = short_tmp / "work"
+    await anyio.Path(folder).mkdir()
+    nb = await open_xeus(client, folder / "w.ipynb", [code("import os\nprint(os.getcwd())")])
+    result = await nb.execute("cell0", timeout=DEADLINE)
+    assert result.outputs == [stream(f"{folder.resolve()}\n")]
 
 
 async def test_interrupt_and_restart_a_xeus_python_kernel(
