@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 __all__ = [
     "CORRUPT_SUFFIX",
     "META_SUFFIX",
+    "READ_FLAGS",
     "TMP_PREFIX",
     "atomic_write",
     "fsync_dir",
@@ -32,13 +33,29 @@ def write_fully(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+#: Never through a symlink planted in a file's place (ELOOP); temp files only new.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def atomic_write(path: Path, data: bytes, *, tag: str) -> None:
     """Write ``data`` to ``path`` via temp file + fsync + rename; never leaves the temp.
+
+    The temp file is created new (``O_EXCL | O_NOFOLLOW``, 0600); the rename replaces the
+    entry at ``path`` (a symlink planted there included), never what a symlink points to.
 
     Raises:
         OSError: whatever the OS reports; the temp file is removed first.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}-", dir=path.parent)
+    for _ in range(100):
+        tmp = str(path.parent / f"{TMP_PREFIX}{tag}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temp file name for {path}")
     try:
         try:
             write_fully(fd, data)
@@ -55,7 +72,7 @@ def atomic_write(path: Path, data: bytes, *, tag: str) -> None:
 def fsync_dir(directory: Path) -> None:
     """Make renames in ``directory`` durable (best effort: not every OS can fsync a dir)."""
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             os.fsync(fd)
         finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from blobstore._fs import CORRUPT_SUFFIX, META_SUFFIX, atomic_write, fsync_dir
+from blobstore._fs import CORRUPT_SUFFIX, META_SUFFIX, READ_FLAGS, atomic_write, fsync_dir
 from blobstore.errors import (
     BlobCorrupt,
     BlobNotFound,
@@ -198,8 +199,9 @@ class BlobStore:
                 protect.add(h)
         try:
             with self._lock:
-                try:
-                    present = os.stat(path).st_size == len(data)
+                try:  # lstat: a symlink planted here is not the blob (it gets replaced)
+                    st = os.lstat(path)
+                    present = stat.S_ISREG(st.st_mode) and st.st_size == len(data)
                 except FileNotFoundError:
                     present = False
                 if present:
@@ -285,7 +287,7 @@ class BlobStore:
 
     def _get_sync(self, h: str, path: Path) -> bytes:
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(os.open(path, READ_FLAGS), "rb") as f:  # never through a symlink
                 inode = os.fstat(f.fileno()).st_ino
                 data = f.read()
         except FileNotFoundError:
@@ -331,7 +333,8 @@ class BlobStore:
                 f"blob {h} is not in the store at {self.root}; re-run the cell that produced it"
             )
         try:
-            meta = json.loads(path.with_name(h + META_SUFFIX).read_bytes())
+            with os.fdopen(os.open(path.with_name(h + META_SUFFIX), READ_FLAGS), "rb") as f:
+                meta = json.loads(f.read())
         except (OSError, ValueError):
             return FALLBACK_MEDIA_TYPE
         mt = meta.get("media_type") if isinstance(meta, dict) else None

@@ -26,6 +26,7 @@ __all__ = [
     "RuntimedPaths",
     "UnsafeDirectory",
     "check_private_dir",
+    "check_socket_dir",
     "default_home",
     "default_socket_path",
     "ensure_private_dir",
@@ -95,6 +96,23 @@ def check_private_dir(path: Path, what: str, *, tighten: bool = False) -> None:
         )
     if tighten and mode & 0o077:
         os.chmod(path, 0o700)  # ours, but others could list or enter it
+
+
+def check_socket_dir(socket: Path, *, home: Path | None = None) -> None:
+    """What a client checks before it connects to ``socket``: the socket's directory (and
+    ``home``, the state directory it would autostart a daemon with) is a real directory of
+    ours that nobody else can write. A directory that does not exist yet passes (the daemon
+    creates it, 0700). Blocking (``lstat``): call it from a worker thread in async code.
+
+    Raises:
+        UnsafeDirectory: as :func:`check_private_dir`.
+    """
+    checks = [(socket.parent, "the socket directory")]
+    if home is not None:
+        checks.append((home, "the state directory"))
+    for path, what in checks:
+        with contextlib.suppress(FileNotFoundError):
+            check_private_dir(path, what)
 
 
 def default_socket_path() -> Path:

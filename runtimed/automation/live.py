@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import nbformat
 
+from protocol.states import ExecutionStatus
 from runtimed.automation.progress import (
     ExecutionWatcher,
     Finished,
@@ -48,8 +49,8 @@ __all__ = ["LiveRun"]
 
 log = logging.getLogger(__name__)
 
-_FAILED = frozenset({"error", "died", "timeout"})
-_NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
+_FAILED = frozenset({ExecutionStatus.ERROR, ExecutionStatus.DIED, ExecutionStatus.TIMEOUT})
+_NOT_RUN = frozenset({ExecutionStatus.SKIPPED, ExecutionStatus.CANCELLED, ExecutionStatus.ABORTED})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
 _from_dict: Callable[[object], Any] = nbformat.from_dict
 
@@ -176,7 +177,12 @@ class LiveRun:
         if self.client.connection.closed and self.failed is None and self._current is not None:
             # The daemon went away mid-run: the running cell is where the run stopped.
             self._fail(
-                self._current[0], "DaemonDied", "the daemon exited during the run", "died", [], None
+                self._current[0],
+                "DaemonDied",
+                "the daemon exited during the run",
+                ExecutionStatus.DIED,
+                [],
+                None,
             )
         if not self.client.connection.closed:
             try:
@@ -265,7 +271,7 @@ class LiveRun:
                     on_start=lambda: None,
                     on_outputs=None,
                 )
-            if done is None or done.status != "ok":
+            if done is None or done.status != ExecutionStatus.OK:
                 break
             self._finished(index, done)  # it completed before the interrupt arrived
         if nb.runtime.running() is not None or nb.runtime.queue():
@@ -277,7 +283,7 @@ class LiveRun:
             index,
             "KeyboardInterrupt",
             "the run was interrupted",
-            "cancelled",
+            ExecutionStatus.CANCELLED,
             done.outputs if done is not None else [],
             done.execution_count if done else None,
         )
@@ -315,7 +321,7 @@ class LiveRun:
         for index, record in edits:
             cell_id = self.cells[index][0]
             self.nb.doc.set_cell_metadata(cell_id, "papermill", record)
-            if record["status"] != "running" and index in self._ran:
+            if record["status"] != ExecutionStatus.RUNNING and index in self._ran:
                 # nbclient's record_timing keys: the kernel's message header dates when the
                 # daemon recorded them; otherwise the times the run saw the cell start and its
                 # result arrive.
@@ -369,7 +375,7 @@ class LiveRun:
                 self.outputs.cell_finished(index)
         # raises-exception lets a cell's own error pass (nbclient); a timeout or a dead
         # kernel still fails the run (papermill exits 1 there too).
-        allowed = done.status == "error" and "raises-exception" in tags
+        allowed = done.status == ExecutionStatus.ERROR and "raises-exception" in tags
         stops = (done.status in _FAILED and not allowed) or not ran
         if not stops:
             self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=False))
@@ -379,14 +385,16 @@ class LiveRun:
             self._apply(self.timeline.finished(index, now_iso(), time.monotonic(), failed=True))
         else:
             ename = done.ename or ("ExecutionCancelled" if not ran else "Error")
-            status = done.status if ran else "cancelled"
+            status = done.status if ran else ExecutionStatus.CANCELLED
             self._fail(index, ename, done.evalue or "", status, done.outputs, done.execution_count)
         self.observer.cell_finished(index, cell_id, done.status, done=self.timeline.reached)
         return not stops
 
     async def _start_timed_out(self, index: int) -> None:
         evalue = f"the kernel did not start within {self.start_timeout:g} s"
-        self._fail(index, "KernelStartTimeout", evalue, "timeout", [], None, timed=False)
+        self._fail(
+            index, "KernelStartTimeout", evalue, ExecutionStatus.TIMEOUT, [], None, timed=False
+        )
         await self.nb.restart()  # drops the queued cells
 
     def _fail(
@@ -438,10 +446,12 @@ class LiveRun:
         self.nb.doc.set_metadata("papermill", meta)
         if self.failed is not None:
             failed = self.failed
-            cell_timeout = failed.status == "timeout" and failed.ename != "KernelStartTimeout"
+            cell_timeout = (
+                failed.status == ExecutionStatus.TIMEOUT and failed.ename != "KernelStartTimeout"
+            )
             top, anchor = error_marker_cells(
                 failed.execution_count,
-                status="timeout" if cell_timeout else "error",
+                status=ExecutionStatus.TIMEOUT if cell_timeout else ExecutionStatus.ERROR,
                 timeout=self.execution_timeout if cell_timeout else None,
             )
             for cell, index in ((anchor, self.failed.index), (top, 0)):

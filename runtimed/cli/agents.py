@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -75,17 +76,19 @@ def add_parsers(sub: Any) -> None:
     )
     diff.add_argument("path", help="an .ipynb (the daemon's document of it)")
     diff.add_argument("other", nargs="?", help="a second .ipynb: diff the two files")
-    diff.add_argument("--since", help="the version to diff from (default: the first)")
-    diff.add_argument("--to", help="the version to diff to (default: now)")
+    diff.add_argument(
+        "--since", help="the version or checkpoint (ck:...) to diff from (default: the first)"
+    )
+    diff.add_argument("--to", help="the version or checkpoint to diff to (default: now)")
     diff.add_argument("--json", action="store_true", help="the diff as JSON (with its JEP 8 form)")
 
     log = sub.add_parser(
         "log",
-        help="the versions of a notebook the daemon keeps",
-        description=_described("the versions of a notebook the daemon keeps"),
+        help="the versions and saved checkpoints of a notebook the daemon keeps",
+        description=_described("the versions and saved checkpoints of a notebook the daemon keeps"),
     )
     log.add_argument("path", help="an .ipynb the daemon has open or persisted")
-    log.add_argument("--json", action="store_true", help="the versions as JSON")
+    log.add_argument("--json", action="store_true", help="the versions and checkpoints as JSON")
 
 
 def _limits(args: argparse.Namespace) -> Any:
@@ -158,14 +161,19 @@ async def _diff(args: argparse.Namespace) -> int:
         b = await anyio.to_thread.run_sync(read_notebook, Path(args.other))
         diff = diff_nbformat(a, b, since=args.path, to=args.other)
     else:
+        from runtimed.client.history import CHECKPOINT_PREFIX, checkpoint_version
 
-        async def body(nb: Any) -> Any:
-            since = args.since
+        async def body(client: Any, nb: Any) -> Any:
+            since, to = args.since, args.to
             if since is None:
                 from runtimed.client.history import notebook_versions
 
                 since = notebook_versions(nb)[0]["version"]
-            return nb.changes_since(since, args.to)
+            elif since.startswith(CHECKPOINT_PREFIX):
+                since = await checkpoint_version(client, nb, since)
+            if to is not None and to.startswith(CHECKPOINT_PREFIX):
+                to = await checkpoint_version(client, nb, to)
+            return nb.changes_since(since, to)
 
         diff = await _with_notebook(args, body)
     _out(json.dumps(diff.to_json(), indent=1) if args.json else format_diff(diff))
@@ -173,16 +181,21 @@ async def _diff(args: argparse.Namespace) -> int:
 
 
 async def _log(args: argparse.Namespace) -> int:
-    from runtimed.client.history import notebook_versions
+    from runtimed.client.history import notebook_log
 
-    async def body(nb: Any) -> list[dict[str, Any]]:
-        return notebook_versions(nb)
-
-    entries = await _with_notebook(args, body)
+    entries = await _with_notebook(args, notebook_log)
     if args.json:
         _out(json.dumps(entries, indent=1))
         return 0
-    for number, entry in enumerate(entries, 1):
+    number = 0
+    for entry in entries:
+        if entry["kind"] == "checkpoint":
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["time"]))
+            gone = "" if entry["in_history"] else "  (not in this document's history)"
+            _out(f"   *  saved {when}  {entry['checkpoint']}  {entry['path']}{gone}")
+            _out(f"      {entry['version']}")
+            continue
+        number += 1
         cells = ", ".join(c or "(metadata)" for c in entry["cells"][:6])
         if len(entry["cells"]) > 6:
             cells += f", ... ({len(entry['cells'])} cells)"
@@ -191,13 +204,15 @@ async def _log(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_notebook(args: argparse.Namespace, body: Callable[[Any], Awaitable[Any]]) -> Any:
+async def _with_notebook(
+    args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[Any]]
+) -> Any:
     from runtimed.client import AsyncClient
 
     async with await AsyncClient.connect(args.socket, autostart=True) as client:
         nb = await client.open(args.path)
         try:
-            return await body(nb)
+            return await body(client, nb)
         finally:
             await nb.close()
 

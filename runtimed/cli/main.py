@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from protocol.states import ExecutionStatus
 from runtimed.cli import agents as cli_agents
 from runtimed.cli import runtimes as cli_runtimes
 from runtimed.cli import web as cli_web
@@ -384,12 +385,12 @@ def print_result(result: ExecutionResult, *, cell: str = "the cell") -> None:
                 _plain("\n".join(output.get("traceback", [])))
                 or f"{output.get('ename')}: {output.get('evalue')}"
             )
-    if result.status != "ok" and not shown_error:
+    if result.status != ExecutionStatus.OK and not shown_error:
         # It never ran (no kernel: unknown kernelspec, bad metadata.runtimed.cwd, ...):
         # the reason is only in the execution record.
         why = f"{result.ename or result.status}: {result.evalue or ''}".rstrip(": ")
         _err(f"runt: {cell} did not run ({result.status}): {why}")
-    elif result.status not in ("ok", "error"):
+    elif result.status not in (ExecutionStatus.OK, ExecutionStatus.ERROR):
         _err(f"[{result.status}] {result.ename or ''}: {result.evalue or ''}")
 
 
@@ -426,8 +427,10 @@ async def _run_all(args: argparse.Namespace) -> int:
 
 def _failure_status(result: ExecutionResult) -> int:
     """1: the cell ran and raised; 2: it could not run (no kernel, ...)."""
-    ran = result.status == "error" and any(o.get("output_type") == "error" for o in result.outputs)
-    return 1 if ran or result.status in ("timeout", "died") else 2
+    ran = result.status == ExecutionStatus.ERROR and any(
+        o.get("output_type") == "error" for o in result.outputs
+    )
+    return 1 if ran or result.status in (ExecutionStatus.TIMEOUT, ExecutionStatus.DIED) else 2
 
 
 async def _cells(args: argparse.Namespace) -> int:

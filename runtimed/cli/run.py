@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
+from protocol.states import ExecutionStatus
 from runtimed.errors import RuntimedError
 
 if TYPE_CHECKING:
@@ -529,7 +530,11 @@ def format_failure(
     """
     from runtimed.automation.progress import strip_ansi
 
-    what = {"timeout": "timed out", "died": "killed the kernel"}.get(failed.status, "failed")
+    said: dict[str, str] = {
+        ExecutionStatus.TIMEOUT: "timed out",
+        ExecutionStatus.DIED: "killed the kernel",
+    }
+    what = said.get(failed.status, "failed")
     if failed.ename == "DaemonDied":
         what = "was running when the daemon exited"
     lines = [f"{failed.name} {what}:"]

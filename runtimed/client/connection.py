@@ -39,7 +39,7 @@ from runtimed.errors import (
     RuntimedError,
     error_from_reply,
 )
-from runtimed.paths import default_socket_path
+from runtimed.paths import check_socket_dir, default_socket_path
 
 __all__ = ["Connection", "spawn_daemon"]
 
@@ -129,8 +129,11 @@ class Connection:
         Raises:
             DaemonNotRunning: nothing listens on the socket (and autostart is off or failed).
             VersionMismatch: the daemon speaks another protocol version.
+            UnsafeDirectory: the socket's directory (or ``home``) is a symlink, owned by
+                another user, or writable by others: a socket there could be anyone's.
         """
         path = Path(socket) if socket else default_socket_path()
+        await anyio.to_thread.run_sync(lambda: check_socket_dir(path, home=home))
         stream: SocketStream
         try:
             stream = await anyio.connect_unix(path)

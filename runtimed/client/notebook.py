@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
-from automerge.core import Message, SyncState
+from automerge.core import Document, Message, SyncState
 
 from protocol.messages import (
     CellQueued,
@@ -40,7 +41,9 @@ from protocol.messages import (
     SaveNotebook,
     SendComm,
 )
+from protocol.states import ExecutionStatus
 from runtimed.documents.amjson import JsonValue
+from runtimed.documents.boundary import DocumentError, automerge_errors, is_panic
 from runtimed.documents.manifests import manifest_hashes
 from runtimed.documents.notebook import Cell, NotebookDoc
 from runtimed.documents.runtime import FINISHED, RuntimeDoc
@@ -50,6 +53,11 @@ if TYPE_CHECKING:
     from runtimed.documents.history import NotebookDiff
 
 __all__ = ["AsyncNotebook", "ExecutionResult", "NotebookHost", "Replica"]
+
+log = logging.getLogger(__name__)
+
+# Documents a panic poisoned: never freed (freeing one crashes the process).
+_POISONED: list[Document] = []
 
 ReplyT = TypeVar("ReplyT", bound=Reply)
 
@@ -88,22 +96,68 @@ class NotebookHost(Protocol):
 
 
 class Replica:
-    """One notebook's two local documents and their sync states with the daemon."""
+    """One notebook's two local documents and their sync states with the daemon.
+
+    Every call into the Automerge binding goes through :func:`automerge_errors`. A sync
+    message from the daemon that the binding refuses (an error, or a panic such as the one a
+    zero-bit bloom filter causes in the next ``generate_sync_message``) is not raised into the
+    client's reader: that document's sync state starts again from fresh (the next exchange finds
+    out what each side lacks), the error is kept in :attr:`failure` for the notebook
+    (``AsyncNotebook.sync_error``), and the client's other notebooks are not affected.
+    """
 
     def __init__(self, notebook_id: str) -> None:
         self.notebook_id = notebook_id
         self.notebook = NotebookDoc.empty()
         self.runtime = RuntimeDoc.empty()
         self.states: dict[DocKind, SyncState] = {"notebook": SyncState(), "runtime": SyncState()}
+        self.failure: DocumentError | None = None
+        """The last sync failure with the daemon (None: none)."""
 
-    def receive(self, doc: DocKind, data: bytes) -> None:
+    def _refused(self, doc: DocKind, exc: DocumentError) -> None:
+        log.warning("notebook %s: %s; its %s sync starts again", self.notebook_id, exc, doc)
+        self.failure = exc
+        self.states[doc] = SyncState()
         target = self.notebook.doc if doc == "notebook" else self.runtime.doc
-        target.receive_sync_message(self.states[doc], Message.decode(data))
+        try:
+            target.get_heads()
+        except BaseException as health:
+            if not (isinstance(health, Exception) or is_panic(health)):
+                raise
+            # Poisoned by the panic: freeing it would crash the process, so it is kept.
+            _POISONED.append(target)
+            if doc == "notebook":
+                self.notebook = NotebookDoc.empty()
+            else:
+                self.runtime = RuntimeDoc.empty()
+
+    def receive(self, doc: DocKind, data: bytes) -> bool:
+        """Apply a sync message from the daemon; False if the binding refused it (see
+        :attr:`failure`)."""
+        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        try:
+            with automerge_errors(
+                f"applying a {doc} sync message from the daemon for notebook {self.notebook_id}"
+            ):
+                target.receive_sync_message(self.states[doc], Message.decode(data))
+        except DocumentError as exc:
+            self._refused(doc, exc)
+            return False
+        return True
 
     def generate(self, doc: DocKind) -> bytes | None:
+        """The next sync message for ``doc`` (None: nothing to send, or the binding failed
+        generating it — then :attr:`failure` says why and the sync state is fresh)."""
         target = self.notebook.doc if doc == "notebook" else self.runtime.doc
-        message = target.generate_sync_message(self.states[doc])
-        return None if message is None else bytes(message.encode())
+        try:
+            with automerge_errors(
+                f"generating a {doc} sync message for notebook {self.notebook_id}"
+            ):
+                message = target.generate_sync_message(self.states[doc])
+                return None if message is None else bytes(message.encode())
+        except DocumentError as exc:
+            self._refused(doc, exc)
+            return None
 
     def fresh_sync(self) -> None:
         """Start syncing with a new daemon (after a reconnect): fresh sync states, so the
@@ -140,7 +194,7 @@ class ExecutionResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == ExecutionStatus.OK
 
 
 class AsyncNotebook:
@@ -164,6 +218,12 @@ class AsyncNotebook:
     @property
     def runtime(self) -> RuntimeDoc:
         return self._replica.runtime
+
+    @property
+    def sync_error(self) -> DocumentError | None:
+        """The last sync message from the daemon that the Automerge binding refused for this
+        notebook (None: none). The notebook keeps syncing: its sync state started again."""
+        return self._replica.failure
 
     # ------------------------------------------------------------ reads
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,12 @@ from runtimed.daemon.loading import load_room, new_room, notebook_for_save
 from runtimed.daemon.persister import RoomPersister
 from runtimed.daemon.room import NotebookRoom, RoomCallbacks
 from runtimed.daemon.scope import OpenRoom, first_leaf, is_fault
+from runtimed.documents.history import max_seq
 from runtimed.errors import InvalidRequest, NotebookIOError, NotebookNotFound, ShuttingDown
 from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore, crash_point
 from runtimed.storage.ipynb import notebook_bytes, remove_interrupted_temps, write_bytes_atomic
+from runtimed.storage.journal import Checkpoint, append_checkpoint
 
 __all__ = ["RoomRegistry", "resolved"]
 
@@ -331,6 +334,7 @@ class RoomRegistry:
         if entry.executor is not None:
             await entry.executor.comms.flush()  # the latest widget state, for metadata.widgets
         nb = await notebook_for_save(room, self._blobs)
+        heads = room.notebook.heads_hex()  # what nb was read from (no await in between)
         data, digest = await anyio.to_thread.run_sync(_bytes_and_digest, nb)
         persister = entry.persister
         # Crash-consistent: the record names the file about to be written (and the document
@@ -349,6 +353,7 @@ class RoomRegistry:
         finally:
             persister.pending_sha256 = None
         crash_point("save:file")
+        await self._journal(target, room, heads, digest)
         persister.file_sha256 = digest
         if room.path is None or target != room.path:
             if room.path is not None:
@@ -359,6 +364,24 @@ class RoomRegistry:
         # Record the new file hash now, not after the debounce.
         await persister.persist_now()
         return target
+
+    async def _journal(
+        self, target: Path, room: NotebookRoom, heads: list[str], digest: str
+    ) -> None:
+        """Append this save to the notebook's checkpoint journal (``runt log``); a journal
+        that cannot be written is logged, never a failed save (the file is written)."""
+        entry = Checkpoint(
+            time=time.time(),
+            path=str(target),
+            sha256=digest,
+            heads=tuple(heads),
+            seq=max_seq(room.runtime),
+        )
+        journal = self.store.journal_path(DocumentStore.key_for(target, room.notebook_id))
+        try:
+            await anyio.to_thread.run_sync(append_checkpoint, journal, entry)
+        except OSError as exc:
+            log.warning("%s: saved, but its checkpoint journal %s failed: %s", target, journal, exc)
 
     def executor(self, entry: OpenRoom) -> NotebookExecutor:
         """The room's executor, started (in the room's scope) on first use.

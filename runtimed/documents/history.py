@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "state_from_nbformat",
     "state_of",
     "versions",
+    "with_checkpoints",
 ]
 
 VERSION_PREFIX = "v1"
@@ -503,13 +504,31 @@ def executions_between(runtime: RuntimeDoc, since_seq: int, to_seq: int) -> list
     return found
 
 
-def versions(notebook: NotebookDoc, seq: int = 0) -> list[dict[str, Any]]:
+def _runs(changes: list[ChangeInfo], boundaries: Set[str]) -> list[int]:
+    """The version (run) index of each change: a run is consecutive changes by one actor,
+    ended early after a change in ``boundaries`` (a saved checkpoint's heads)."""
+    out: list[int] = []
+    run, actor, cut = -1, None, False
+    for change in changes:
+        if change.actor != actor or cut:
+            run += 1
+            actor = change.actor
+        cut = change.hash in boundaries
+        out.append(run)
+    return out
+
+
+def versions(
+    notebook: NotebookDoc, seq: int = 0, *, boundaries: Set[str] = frozenset()
+) -> list[dict[str, Any]]:
     """The document's history as versions, oldest first: one per run of consecutive changes
     by one actor (``version`` reads the document as it was after that run), with the cells
-    the run touched (``""`` stands for the notebook's metadata)."""
+    the run touched (``""`` stands for the notebook's metadata). A run also ends after a
+    change in ``boundaries`` (a checkpoint's heads: its state is then a version)."""
+    changes = changes_between(notebook, [])
     runs: list[dict[str, Any]] = []
-    for change in changes_between(notebook, []):
-        if runs and runs[-1]["actor"] == change.actor:
+    for change, index in zip(changes, _runs(changes, boundaries), strict=True):
+        if index < len(runs):
             runs[-1]["changes"] += 1
             runs[-1]["head"] = change.hash
         else:
@@ -577,3 +596,45 @@ def format_diff(diff: NotebookDiff) -> str:
 def _by(entry: dict[str, Any]) -> str:
     actors = entry.get("actors")
     return f" by {', '.join(a[:8] for a in actors)}" if actors else ""
+
+
+# ---------------------------------------------------------------- checkpoints in the log
+
+
+def with_checkpoints(
+    notebook: NotebookDoc,
+    entries: list[dict[str, Any]],
+    checkpoints: Sequence[tuple[Sequence[str], dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """``entries`` (from :func:`versions` with ``boundaries`` the checkpoints' heads, each
+    gaining ``"kind": "version"``) with each
+    checkpoint (its heads, and the dict to list) placed right after the last version it
+    contains — history order: Automerge changes carry no wall time here, the checkpoints
+    do (ties in time order). A checkpoint whose heads this document does not have (the
+    document was set aside since) is listed first, with ``"in_history": False``."""
+    changes = changes_between(notebook, [])
+    deps = {c.hash: c.deps for c in changes}
+    # The version each change belongs to, as versions() cut them (pass it the same heads).
+    boundaries = {h for heads, _ in checkpoints for h in heads}
+    run_of = dict(zip((c.hash for c in changes), _runs(changes, boundaries), strict=True))
+    placed: dict[int, list[dict[str, Any]]] = {}
+    for heads, checkpoint in checkpoints:
+        if not all(h in deps for h in heads):
+            placed.setdefault(-2, []).append({**checkpoint, "in_history": False})
+            continue
+        seen: set[str] = set()
+        stack = list(heads)
+        while stack:
+            h = stack.pop()
+            if h not in seen:
+                seen.add(h)
+                stack.extend(deps[h])
+        last = max((run_of[h] for h in seen), default=-1)
+        placed.setdefault(last, []).append({**checkpoint, "in_history": True})
+    out: list[dict[str, Any]] = []
+    for bucket in (-2, -1):
+        out += sorted(placed.get(bucket, []), key=lambda c: c.get("time", 0))
+    for index, entry in enumerate(entries):
+        out.append({"kind": "version", **entry})
+        out += sorted(placed.get(index, []), key=lambda c: c.get("time", 0))
+    return out

@@ -23,6 +23,7 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from zmq.utils.monitor import parse_monitor_message
 
+from protocol.states import ExecutionStatus, KernelState
 from runtimed.errors import KernelNotRunning
 from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
@@ -213,7 +214,10 @@ class KernelProcess:
                     self.forget(msg_id)
                 content = reply.msg["content"] if reply.msg is not None else {}
                 subshell_id = content.get("subshell_id")
-                if isinstance(subshell_id, str) and content.get("status", "ok") == "ok":
+                if (
+                    isinstance(subshell_id, str)
+                    and content.get("status", ExecutionStatus.OK) == ExecutionStatus.OK
+                ):
                     self._subshell_id = subshell_id
                 elif reply.msg is not None:  # an answer, but no subshell: do not ask again
                     logger.warning("kernel %d: no subshell created: %r", self.pid, content)
@@ -427,11 +431,11 @@ class KernelProcess:
                 return  # e.g. a timed-out execution's late idle, or kernel_info's statuses
             if msg_type == "status":
                 state = msg["content"].get("execution_state")
-                if state == "busy" and ex.busy_date is None:
+                if state == KernelState.BUSY and ex.busy_date is None:
                     ex.busy_date = msg["header"].get("date")
-                elif state == "idle" and not ex.idle:
+                elif state == KernelState.IDLE and not ex.idle:
                     ex.idle_date = msg["header"].get("date")
-                ex.idle = ex.idle or state == "idle"
+                ex.idle = ex.idle or state == KernelState.IDLE
             elif not captured:
                 if msg_type == "execute_input":
                     ex.input_date = msg["header"].get("date")
@@ -446,7 +450,7 @@ class KernelProcess:
         reply_msg = ex.reply.msg if ex is not None else None
         if ex is None or reply_msg is None:
             return
-        if ex.idle or reply_msg["content"].get("status") == "aborted":
+        if ex.idle or reply_msg["content"].get("status") == ExecutionStatus.ABORTED:
             self.forget(parent_id)
             ex.done.set()
 

@@ -613,7 +613,7 @@ class KernelSession:
         if reply.msg is None:  # woken by the kernel's exit
             raise KernelDied(f"the kernel exited before answering {msg_type}")
         answer: dict[str, Any] = reply.msg["content"]
-        if answer.get("status", "ok") != "ok":
+        if answer.get("status", ExecutionStatus.OK) != ExecutionStatus.OK:
             # Spec: an error reply carries ename/evalue and nothing else; the caller sees
             # an empty answer (no matches, nothing found), the log says why.
             logger.warning(

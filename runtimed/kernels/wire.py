@@ -49,6 +49,8 @@ def decode_message(session: Session, frames: Sequence[bytes]) -> dict[str, Any]:
         header, parent, metadata, content = (_JSON.decode(part) for part in parts[1:5])
     except msgspec.DecodeError as exc:
         raise ValueError(f"malformed message: {exc}") from exc
+    if parent is None:  # xeus kernels send null, not {}, for a message without a parent
+        parent = {}
     if not isinstance(header, dict) or not isinstance(parent, dict):
         raise ValueError("malformed message: header and parent header must be objects")
     try:

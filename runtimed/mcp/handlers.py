@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from protocol.states import ExecutionStatus
 from runtimed.client import AsyncNotebook
 from runtimed.documents.history import max_seq, parse_version
 from runtimed.documents.runtime import FINISHED
@@ -298,7 +299,11 @@ async def run_all(session: AgentSession, args: dict[str, Any]) -> ToolResult:
         cells.append(entry)
     finished = all(c["status"] in FINISHED for c in cells)
     data: dict[str, Any] = {"finished": finished, "executions": cells}
-    failed = [c for c in cells if c["status"] in ("error", "died", "timeout")]
+    failed = [
+        c
+        for c in cells
+        if c["status"] in (ExecutionStatus.ERROR, ExecutionStatus.DIED, ExecutionStatus.TIMEOUT)
+    ]
     if failed:
         data["failed_cell"] = failed[0]["cell_id"]
     if not finished:
@@ -418,8 +423,15 @@ async def read_scraps(session: AgentSession, args: dict[str, Any]) -> ToolResult
 
 
 async def changes_since(session: AgentSession, args: dict[str, Any]) -> ToolResult:
+    from runtimed.client.history import CHECKPOINT_PREFIX, checkpoint_version
+
     nb = await session.notebook(args["notebook"])
-    to = args.get("to")
+    since, to = args["version"], args.get("to")
+    # A saved checkpoint (ck:<file hash>, as `runt log` lists them) names a version too.
+    if isinstance(since, str) and since.startswith(CHECKPOINT_PREFIX):
+        since = await checkpoint_version(await session.client(), nb, since)
+    if isinstance(to, str) and to.startswith(CHECKPOINT_PREFIX):
+        to = await checkpoint_version(await session.client(), nb, to)
     if to is not None:
         # A version another client reported may not have reached this replica yet: wait for
         # it (bounded) rather than diff against less than was asked for.
@@ -433,7 +445,7 @@ async def changes_since(session: AgentSession, args: dict[str, Any]) -> ToolResu
                 f"version {to!r} has not reached this session within {VERSION_WAIT:g} s; it may "
                 f"belong to another notebook than {label(nb)}"
             )
-    diff = nb.changes_since(args["version"], to)
+    diff = nb.changes_since(since, to)
     data = diff.to_json()
     data.pop("jep8")  # agents get the readable form; `runt diff --json` has JEP 8 too
     data["version"] = diff.to

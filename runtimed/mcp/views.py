@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from blobstore import BlobError
+from protocol.states import ExecutionStatus
 from runtimed.client import AsyncNotebook
 from runtimed.documents.runtime import FINISHED
 from runtimed.mcp.outputs import Image, render_outputs
@@ -86,9 +87,9 @@ def cell_state(
     """idle, queued, running, or the status of the execution whose outputs it shows."""
     queued, running = busy if busy is not None else busy_cells(nb)
     if cell_id == running:
-        return "running"
+        return ExecutionStatus.RUNNING
     if cell_id in queued:
-        return "queued"
+        return ExecutionStatus.QUEUED
     execution_id = nb.runtime.cell_execution_id(cell_id) if nb.runtime.ready else None
     if execution_id is not None:
         return nb.runtime.execution_status(execution_id) or "idle"

@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from protocol.runtimes import KernelHealth
+from protocol.states import KernelState
 from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.registry import RuntimeSpec
 
@@ -97,7 +98,11 @@ class ManagedKernel:
         self.session.set_launch_context(cwd=cwd, env=env)
 
     def health(self) -> KernelHealth:
-        state = self.session.state if self.ready else ("dead" if self.gone.is_set() else "starting")
+        state = (
+            self.session.state
+            if self.ready
+            else (KernelState.DEAD if self.gone.is_set() else KernelState.STARTING)
+        )
         pid = self.session.pid if self.ready else None
         return KernelHealth(
             kernel_id=self.id,

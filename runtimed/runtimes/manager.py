@@ -29,6 +29,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from protocol.runtimes import EnvInfo, KernelHealth, PoolInfo, RuntimeInfo
+from protocol.states import ExecutionStatus
 from runtimed.config import RuntimesConfig
 from runtimed.errors import KernelError, KernelLimitReached, ShuttingDown
 from runtimed.kernels.session import KernelSession
@@ -223,7 +224,7 @@ class RuntimeManager:
         try:
             if code is not None:
                 outcome = await kernel.session.execute(code, silent=True, timeout=_SETUP_TIMEOUT)
-                ok = outcome.status == "ok"
+                ok = outcome.status == ExecutionStatus.OK
                 if not ok:
                     why = outcome.error.evalue if outcome.error else outcome.status
                     log.warning("pooled kernel %s: setup failed (%s)", kernel.id, why)

@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from protocol.runtimes import PoolInfo
+from protocol.states import KernelState
 from runtimed.errors import KernelError
 from runtimed.runtimes.hosting import ManagedKernel
 from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec
@@ -92,7 +93,7 @@ class KernelPool:
         """Remove and return an idle pooled kernel (None if none is ready)."""
         while self.ready:
             kernel = self.ready.pop(0)
-            if kernel.session.state == "idle":
+            if kernel.session.state == KernelState.IDLE:
                 self.wake()
                 return kernel
             log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)

@@ -33,8 +33,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,20 +113,24 @@ class DocumentStore:
             self.root / f"{key}.json",
         )
 
+    def journal_path(self, key: str) -> Path:
+        """The notebook's checkpoint journal (:mod:`runtimed.storage.journal`)."""
+        return self.root / f"{key}.checkpoints.jsonl"
+
     def load(self, key: str) -> PersistedNotebook | None:
         doc_path, runtime_path, meta_path = self._paths(key)
         try:
-            notebook = doc_path.read_bytes()
+            notebook = _read(doc_path)
         except OSError:
             return None
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(_read(meta_path))
         except (OSError, ValueError):
             # A crash between the two writes: keep the document; with no recorded file hash
             # the caller treats the file as changed and sets this document aside.
             meta = {}
         try:
-            runtime = json.loads(runtime_path.read_text())
+            runtime = json.loads(_read(runtime_path))
         except (OSError, ValueError):
             runtime = {}
         pending = meta.get("pending_sha256")
@@ -191,7 +195,7 @@ class DocumentStore:
             if snapshot_path.name.removesuffix(".runtime.json") in skip_keys:
                 continue
             try:
-                snapshot = json.loads(snapshot_path.read_text())
+                snapshot = json.loads(_read(snapshot_path))
             except (OSError, ValueError):
                 continue
             for cell in snapshot.get("cells", {}).values():
@@ -230,21 +234,44 @@ class DocumentStore:
         return target
 
 
-#: What :func:`_atomic_write` names its temp files (``mkstemp``: ``.<name>.<random>.tmp``).
+#: What :func:`_atomic_write` names its temp files (``.<name>.<8 hex digits>.tmp``).
 _TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+#: Flags for every file this store opens: never through a symlink planted in its place
+#: (``O_NOFOLLOW``: the open fails with ELOOP), temp files only new (``O_EXCL``).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of ``path``, refusing a symlink there (OSError ``ELOOP``)."""
+    fd = os.open(path, _READ_FLAGS)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory (the
-    rename itself is durable only once the directory is)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    rename itself is durable only once the directory is). The temp file is created new
+    (``O_EXCL | O_NOFOLLOW``, 0600) and the rename replaces whatever entry ``path`` was, a
+    symlink included, never what a symlink points to."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temp file name for {path}")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             os.fsync(dir_fd)
         finally:

@@ -26,6 +26,7 @@ from protocol.messages import (
     OpenNotebook,
     SaveNotebook,
 )
+from protocol.states import KernelState
 from runtimed.config import DaemonConfig
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.handlers import runtimes as runtime_service
@@ -146,7 +147,7 @@ def notebook_info(entry: OpenRoom, runtimes: RuntimeManager) -> NotebookInfo:
         kernel=runtime_service.kernel_info(
             runtimes,
             room.notebook_id,
-            state=str(kernel.get("state", "not_started")),
+            state=str(kernel.get("state", KernelState.NOT_STARTED)),
             name=str(kernel.get("name", "")),
             pid=pid if isinstance(pid, int) else None,
         ),

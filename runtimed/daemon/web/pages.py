@@ -12,6 +12,7 @@ from pathlib import PurePath
 from urllib.parse import quote
 
 from protocol.messages import NotebookInfo
+from protocol.states import KernelState
 from runtimed.daemon.web.presence import ViewerInfo
 from runtimed.daemon.web.recent import Record
 
@@ -67,7 +68,7 @@ def notebook_shell(
 
 
 def _kernel_badge(info: NotebookInfo) -> str:
-    state = info.kernel.state if info.kernel else "not_started"
+    state = info.kernel.state if info.kernel else KernelState.NOT_STARTED
     return (
         f'<span class="kernel-badge state-{escape(state)}">{escape(state.replace("_", " "))}</span>'
     )
