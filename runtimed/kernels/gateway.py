@@ -37,6 +37,7 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from protocol.states import KernelState
 from runtimed.errors import InvalidRequest, KernelError, KernelNotRunning, KernelStartFailed
 from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.gateway_rest import GatewayRest, GatewayTarget, decode_binary
@@ -266,7 +267,7 @@ class GatewayKernel(KernelProcess):
         if msg["msg_type"] != "status" or msg["parent_header"].get("msg_id"):
             return False
         state = msg["content"].get("execution_state")
-        if state not in ("dead", "restarting"):
+        if state not in (KernelState.DEAD, KernelState.RESTARTING):
             return False
         self._died(f"{self.where} died (the gateway reported it {state})")
         return True
