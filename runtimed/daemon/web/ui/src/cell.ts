@@ -2,7 +2,7 @@
 // Holds no document state: update() is given what the replicas say now.
 
 import type { EditorView } from "@codemirror/view";
-import { applyRemoteText, createEditor } from "./editor";
+import { editorModule, loadEditor } from "./editor-loader";
 import { renderMarkdown } from "./markdown";
 import { renderOutput } from "./outputs";
 import type { Replica, Viewer } from "./replica";
@@ -125,6 +125,12 @@ export class CellView {
     if (this.editor) return this.editor;
     if (this.source === null) return null;
     if (this.cellType === "markdown" && !this.editingMarkdown) return null;
+    const cm = editorModule();
+    if (!cm) {
+      // Shown as static text until the editor's chunk is here (moments after the page).
+      loadEditor().then(() => this.ensureEditor(), () => undefined);
+      return null;
+    }
     this.input.replaceChildren();
     this.staticSource = null;
     const hooks = {
@@ -140,13 +146,19 @@ export class CellView {
       runInPlace: () => this.host.runCell(this.id, false),
       escape: () => this.host.commandMode(this.id),
     };
-    this.editor = createEditor(this.input, this.source, this.cellType === "code" ? "python" : "plain", this.host.nonce, hooks);
+    this.editor = cm.createEditor(this.input, this.source, this.cellType === "code" ? "python" : "plain", this.host.nonce, hooks);
     return this.editor;
   }
 
   focusEditor(): void {
     if (this.cellType === "markdown" && !this.editingMarkdown) this.editMarkdown();
-    this.ensureEditor()?.focus();
+    else this.focusWhenReady();
+  }
+
+  private focusWhenReady(): void {
+    const editor = this.ensureEditor();
+    if (editor) editor.focus();
+    else if (!editorModule()) loadEditor().then(() => this.ensureEditor()?.focus(), () => undefined);
   }
 
   blurEditor(): void {
@@ -157,7 +169,7 @@ export class CellView {
   private editMarkdown(): void {
     this.editingMarkdown = true;
     this.el.classList.add("editing-markdown");
-    this.ensureEditor()?.focus();
+    this.focusWhenReady();
   }
 
   /** Markdown cells: Shift+Enter renders. */
@@ -190,7 +202,7 @@ export class CellView {
       return;
     }
     if (this.editor) {
-      applyRemoteText(this.editor, this.source);
+      editorModule()!.applyRemoteText(this.editor, this.source);
       return;
     }
     if (!this.staticSource) {
