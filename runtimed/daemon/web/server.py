@@ -191,6 +191,7 @@ class WebServer:
             tg.start_soon(self._serve, server, done)
             tg.start_soon(self._accept, server, sock)
             tg.start_soon(self._follow_token)
+            tg.start_soon(self._follow_clients)
             task_status.started(self.port)
             try:
                 await anyio.sleep_forever()
@@ -214,6 +215,18 @@ class WebServer:
                 await anyio.to_thread.run_sync(self.tokens.refresh)
             except OSError as exc:
                 log.warning("could not re-read the web token %s: %s", self.tokens.path, exc)
+
+    async def _follow_clients(self) -> None:
+        """Socket clients (the Python client, ``runt``) on a notebook someone views are
+        listed in its presence: the room's peers less the pages' own links. Read from memory
+        once a second (the room has no join/leave callback for the web server)."""
+        while True:
+            await anyio.sleep(1.0)
+            for notebook_id in self.presence.watched():
+                room = self.rooms(notebook_id) if self.rooms else None
+                if room is not None:
+                    others = len(room.peers) - self.presence.browsers(notebook_id)
+                    self.presence.set_clients(notebook_id, others)
 
     @staticmethod
     async def _serve(server: _Server, done: anyio.Event) -> None:

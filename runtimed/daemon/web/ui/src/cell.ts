@@ -14,6 +14,7 @@ export interface CellHost {
   select(cellId: string, editing: boolean): void;
   runCell(cellId: string, advance: boolean): void;
   commandMode(cellId: string): void;
+  cursorMoved(cellId: string, anchor: number, head: number): void;
   observe(cell: CellView): void;
 }
 
@@ -48,6 +49,7 @@ export class CellView {
   private outputStrings: string[] = [];
   private outputEls: HTMLElement[] = [];
   private stateKey = "";
+  private remote: Viewer[] = [];
 
   constructor(
     private host: CellHost,
@@ -76,7 +78,10 @@ export class CellView {
     body.append(this.input, this.outputsEl, this.stdinEl);
     this.body = body;
     this.el.append(gutter, body);
-    this.el.addEventListener("mousedown", () => host.select(this.id, false));
+    // A press inside the editor (or the source it replaces) is edit mode; elsewhere command.
+    this.el.addEventListener("mousedown", (ev) =>
+      host.select(this.id, !!(ev.target as HTMLElement).closest?.(".cm-editor, .static-source")),
+    );
     // The toolbar is made on first use: a 1,000-cell notebook would otherwise build 1,000.
     this.el.addEventListener("mouseenter", () => this.ensureToolbar());
     this.el.addEventListener("dblclick", () => {
@@ -138,6 +143,7 @@ export class CellView {
         this.source = this.editor!.state.doc.toString();
         this.host.replica.editSource(this.id, edits);
       },
+      onSelection: (anchor: number, head: number) => this.host.cursorMoved(this.id, anchor, head),
       onFocus: () => this.host.select(this.id, true),
       onBlur: () => {
         if (this.cellType === "markdown" && this.editingMarkdown) this.renderMarkdownView();
@@ -147,6 +153,7 @@ export class CellView {
       escape: () => this.host.commandMode(this.id),
     };
     this.editor = cm.createEditor(this.input, this.source, this.cellType === "code" ? "python" : "plain", this.host.nonce, hooks);
+    if (this.remote.length) this.showCursors();
     return this.editor;
   }
 
@@ -269,6 +276,8 @@ export class CellView {
   }
 
   setPresence(viewers: Viewer[]): void {
+    this.remote = viewers;
+    if (this.editor) this.showCursors();
     this.presenceEl.replaceChildren(
       ...viewers.map((v) => {
         const dot = document.createElement("span");
@@ -281,6 +290,16 @@ export class CellView {
     );
     this.el.classList.toggle("has-others", viewers.length > 0);
     if (viewers.length) this.el.style.setProperty("--presence-colour", viewers[0].colour);
+  }
+
+  /** Other viewers' cursors inside this cell's editor (cursors.ts). */
+  private showCursors(): void {
+    const cm = editorModule();
+    if (!cm || !this.editor) return;
+    const cursors = this.remote
+      .filter((v) => v.editing && typeof v.anchor === "number" && typeof v.head === "number")
+      .map((v) => ({ viewerId: v.viewer_id, name: v.name, colour: v.colour, anchor: v.anchor!, head: v.head! }));
+    cm.showRemoteCursors(this.editor, cursors);
   }
 
   showStdin(prompt: string, password: boolean, answer: (value: string) => void): void {

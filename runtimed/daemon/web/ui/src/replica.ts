@@ -19,6 +19,15 @@ export interface Viewer {
   colour: string;
   cell_id: string | null;
   editing: boolean;
+  kind?: "browser" | "client"; // client: on the daemon's socket (no place in the notebook)
+  anchor?: number | null; // the cursor in the cell's source, in code points
+  head?: number | null;
+  heads?: string[] | null; // the notebook heads that cursor is in (see view.ts)
+}
+
+export interface Cursor {
+  anchor: number; // code points
+  head: number;
 }
 
 export interface ReplicaEvents {
@@ -72,6 +81,8 @@ export class Replica {
   private retry = 250;
   private presenceTimer = 0;
   private lastPresence = "";
+  private presenceCell: string | null = null;
+  private presenceCursor: Cursor | null = null;
 
   constructor(notebookId: string) {
     this.notebookId = notebookId;
@@ -235,6 +246,15 @@ export class Replica {
     return A.getHeads(this.notebook);
   }
 
+  /** Whether the notebook replica holds every change named by ``heads``. */
+  hasHeads(heads: string[]): boolean {
+    try {
+      return A.hasHeads(this.notebook, heads);
+    } catch {
+      return false; // not hashes we can read: treat as not (yet) known
+    }
+  }
+
   execute(cellId: string) {
     return this.request({ type: "execute_cell", cell_id: cellId, heads: this.heads(), allow_stdin: true });
   }
@@ -257,15 +277,24 @@ export class Replica {
     return this.request({ type: "input_reply", execution_id: executionId, value });
   }
 
-  setPresence(cellId: string | null, editing: boolean): void {
-    const key = `${cellId}|${editing}`;
+  /** Where this viewer is; ``cursor`` undefined keeps the last one while editing the same
+   * cell. Ephemeral: sent to the server, never written to the document. */
+  setPresence(cellId: string | null, editing: boolean, cursor?: Cursor | null): void {
+    if (cursor === undefined) cursor = editing && cellId === this.presenceCell ? this.presenceCursor : null;
+    if (!editing) cursor = null;
+    const key = `${cellId}|${editing}|${cursor?.anchor}|${cursor?.head}`;
     if (key === this.lastPresence) return;
     this.lastPresence = key;
+    this.presenceCell = cellId;
+    this.presenceCursor = cursor;
     clearTimeout(this.presenceTimer);
     // Coalesce: a cursor hopping across cells sends its last place only.
     this.presenceTimer = window.setTimeout(() => {
       if (this.ws && this.state === "connected") {
-        this.ws.send(JSON.stringify({ type: "presence", cell_id: cellId, editing }));
+        // With the heads of the text the cursor is in: a page that has not received that
+        // text yet keeps the previous place until it has (presence overtakes sync).
+        const heads = cursor ? A.getHeads(this.notebook) : null;
+        this.ws.send(JSON.stringify({ type: "presence", cell_id: cellId, editing, anchor: cursor?.anchor ?? null, head: cursor?.head ?? null, heads }));
       }
     }, 30);
   }
