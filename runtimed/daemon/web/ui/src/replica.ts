@@ -10,6 +10,7 @@
 import * as A from "@automerge/automerge/slim";
 import { generateKeyBetween } from "fractional-indexing";
 import { cellsInOrder, type Doc } from "./schema";
+import { measure } from "./timing";
 
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "gone";
 
@@ -145,7 +146,7 @@ export class Replica {
       if (bytes[0] === DOC_NOTEBOOK) {
         const t0 = performance.now();
         const [doc, state] = A.receiveSyncMessage(this.notebook, this.nbSync, message);
-        performance.measure("rt:sync-notebook", { start: t0, detail: message.length });
+        measure("rt:sync-notebook", t0, message.length);
         const changed = doc !== this.notebook;
         this.notebook = doc;
         this.nbSync = state;
@@ -159,7 +160,7 @@ export class Replica {
         // the sync that follows compares heads anyway; skipping the change-hash rebuild
         // saves a third of the load time on a long history.
         this.notebook = A.load(message, { unchecked: true });
-        performance.measure("rt:load-snapshot", { start: t0, detail: message.length });
+        measure("rt:load-snapshot", t0, message.length);
         this.synced = !!this.notebook.cells;
         this.emit("change", { notebook: true, runtime: false });
       } else if (bytes[0] === DOC_RUNTIME) {

@@ -5,6 +5,7 @@ import { CellView, type CellHost } from "./cell";
 import { loadEditor } from "./editor-loader";
 import type { Replica, Viewer } from "./replica";
 import { cellsInOrder, executionCell, kernelOf, runtimeCells } from "./schema";
+import { measure } from "./timing";
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, text = ""): HTMLElementTagNameMap[K] {
   const e = document.createElement(tag);
@@ -113,7 +114,7 @@ export class NotebookView implements CellHost {
   render(): void {
     const t0 = performance.now();
     this.renderInner();
-    performance.measure("rt:render", { start: t0 });
+    measure("rt:render", t0);
   }
 
   private renderInner(): void {
