@@ -57,6 +57,10 @@ def notebook_shell(
     return (
         _head(f"{title} — runtimed", asset_version)
         + f'<script type=module src="/static/app.js?v={asset_version}"></script>'
+        # Fetched alongside the bundle, not after it has run (main.ts fetches it the same way:
+        # same-origin, credentials, so the preloaded response is the one used).
+        + f'<link rel=preload href="/static/automerge.wasm?v={asset_version}" as=fetch'
+        + " type=application/wasm crossorigin>"
         + "</head><body class=notebook-page>"
         + f'<div id=app data-notebook-id="{escape(notebook_id)}" data-nonce="{escape(nonce)}"'
         + f' data-asset-version="{asset_version}">'

@@ -11,6 +11,7 @@ stops the server as part of its own shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -35,6 +36,7 @@ from starlette.websockets import WebSocket
 from blobstore import BlobCorrupt, BlobError, BlobNotFound, BlobStore, InvalidBlobHash
 from protocol.messages import ListNotebooks, NotebookList, NotebookOpened, OpenNotebook
 from runtimed.daemon.web import pages
+from runtimed.daemon.web.accept import HttpAcceptor, default_max_connections
 from runtimed.daemon.web.auth import TokenStore
 from runtimed.daemon.web.guard import COMMON_HEADERS, Guard
 from runtimed.daemon.web.link import one_request
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STATIC_DIR", "WebServer"]
 
+_BACKLOG = 128
 PREVIEW_CELLS = 40  # cells of a notebook's page rendered by the server (first paint)
 
 log = logging.getLogger(__name__)
@@ -78,18 +81,39 @@ _INLINE_BLOB_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/w
 
 def _asset_version() -> str:
     digest = hashlib.sha256()
-    for name in ("app.js", "app.css"):
+    for name in ("app.js", "editor.js", "app.css"):
         with contextlib.suppress(OSError):
             digest.update((STATIC_DIR / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT."""
+    """uvicorn without its signal handlers (the daemon owns SIGTERM/SIGINT) and without its
+    listener: ``accept.HttpAcceptor`` accepts, with limits, into :attr:`protocol_factory`."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.protocol_factory: Callable[[], asyncio.Protocol] | None = None
+        self.ready = anyio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # What uvicorn's startup does for a server, minus create_server (lifespan is off).
+        await self.lifespan.startup()
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.servers = []
+        self.protocol_factory = create_protocol
+        self.started = True
+        self.ready.set()
 
 
 class WebServer:
@@ -115,6 +139,7 @@ class WebServer:
         host: str = "127.0.0.1",
         port: int = 0,
         rooms: Callable[[str], NotebookRoom | None] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.socket = socket
         self.rooms = rooms
@@ -126,6 +151,8 @@ class WebServer:
         self.presence = PresenceRegistry()
         self.asset_version = ""  # read in run(): file work, off the event loop
         self.app = self._build_app()
+        self.max_connections = max_connections or default_max_connections()
+        self.acceptor: HttpAcceptor | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -137,7 +164,7 @@ class WebServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
-            sock.listen(128)
+            sock.listen(_BACKLOG)
         except OSError:
             sock.close()
             raise
@@ -148,6 +175,7 @@ class WebServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            http="h11",  # accept.py's header deadline reads h11's state
             ws="websockets-sansio",
             ws_max_size=64 * 1024 * 1024,
             ws_ping_interval=20.0,
@@ -160,8 +188,10 @@ class WebServer:
         done = anyio.Event()
         log.info("web notebook on http://%s:%d/", self.host, self.port)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._serve, server, sock, done)
+            tg.start_soon(self._serve, server, done)
+            tg.start_soon(self._accept, server, sock)
             tg.start_soon(self._follow_token)
+            tg.start_soon(self._follow_clients)
             task_status.started(self.port)
             try:
                 await anyio.sleep_forever()
@@ -186,14 +216,37 @@ class WebServer:
             except OSError as exc:
                 log.warning("could not re-read the web token %s: %s", self.tokens.path, exc)
 
+    async def _follow_clients(self) -> None:
+        """Socket clients (the Python client, ``runt``) on a notebook someone views are
+        listed in its presence: the room's peers less the pages' own links. Read from memory
+        once a second (the room has no join/leave callback for the web server)."""
+        while True:
+            await anyio.sleep(1.0)
+            for notebook_id in self.presence.watched():
+                room = self.rooms(notebook_id) if self.rooms else None
+                if room is not None:
+                    others = len(room.peers) - self.presence.browsers(notebook_id)
+                    self.presence.set_clients(notebook_id, others)
+
     @staticmethod
-    async def _serve(server: _Server, sock: socket.socket, done: anyio.Event) -> None:
+    async def _serve(server: _Server, done: anyio.Event) -> None:
         # Shielded: it ends when run() sets should_exit, after closing its connections.
         with anyio.CancelScope(shield=True):
             try:
-                await server.serve(sockets=[sock])
+                await server.serve()
             finally:
                 done.set()
+
+    async def _accept(self, server: _Server, sock: socket.socket) -> None:
+        await server.ready.wait()
+        assert server.protocol_factory is not None
+        self.acceptor = HttpAcceptor(
+            sock,
+            protocol_factory=server.protocol_factory,
+            connections=server.server_state.connections,
+            max_connections=self.max_connections,
+        )
+        await self.acceptor.run()
 
     def url(self, path: str = "/", *, with_token: bool = True) -> str:
         base = f"http://{self.host}:{self.port}{path}"
@@ -263,7 +316,9 @@ class WebServer:
         if room is not None:
             title = Path(room.path).name if room.path else f"untitled {notebook_id[:8]}"
             try:
-                preview = [(c.id, c.cell_type, c.source) for c in room.notebook.cells()]
+                doc = room.notebook
+                first = [doc.cell(i) for i in doc.cell_ids()[:PREVIEW_CELLS]]
+                preview = [(c.id, c.cell_type, c.source) for c in first]
             except Exception:  # a first paint is a nicety: the page renders from its replica
                 log.exception("could not pre-render notebook %s", notebook_id)
         html = pages.notebook_shell(

@@ -91,6 +91,9 @@ class PresenceUpdate(msgspec.Struct, frozen=True, kw_only=True, tag="presence", 
     cell_id: str | None = None
     editing: bool = False
     name: str | None = None
+    anchor: int | None = None  # the cursor in the cell's source, in code points
+    head: int | None = None
+    heads: list[str] | None = None  # the notebook heads that cursor is in
 
 
 # Everything a page may send as text, one decoder (the tag ``type`` picks the Struct).
@@ -342,6 +345,9 @@ class NotebookSocket:
                     cell_id=request.cell_id,
                     editing=request.editing,
                     name=request.name,
+                    anchor=request.anchor,
+                    head=request.head,
+                    heads=request.heads,
                 )
             return
         if not isinstance(request, Ping) and request.notebook_id != self.notebook_id:

@@ -2,7 +2,7 @@
 // Holds no document state: update() is given what the replicas say now.
 
 import type { EditorView } from "@codemirror/view";
-import { applyRemoteText, createEditor } from "./editor";
+import { editorModule, loadEditor } from "./editor-loader";
 import { renderMarkdown } from "./markdown";
 import { renderOutput } from "./outputs";
 import type { Replica, Viewer } from "./replica";
@@ -14,6 +14,7 @@ export interface CellHost {
   select(cellId: string, editing: boolean): void;
   runCell(cellId: string, advance: boolean): void;
   commandMode(cellId: string): void;
+  cursorMoved(cellId: string, anchor: number, head: number): void;
   observe(cell: CellView): void;
 }
 
@@ -48,6 +49,7 @@ export class CellView {
   private outputStrings: string[] = [];
   private outputEls: HTMLElement[] = [];
   private stateKey = "";
+  private remote: Viewer[] = [];
 
   constructor(
     private host: CellHost,
@@ -76,7 +78,10 @@ export class CellView {
     body.append(this.input, this.outputsEl, this.stdinEl);
     this.body = body;
     this.el.append(gutter, body);
-    this.el.addEventListener("mousedown", () => host.select(this.id, false));
+    // A press inside the editor (or the source it replaces) is edit mode; elsewhere command.
+    this.el.addEventListener("mousedown", (ev) =>
+      host.select(this.id, !!(ev.target as HTMLElement).closest?.(".cm-editor, .static-source")),
+    );
     // The toolbar is made on first use: a 1,000-cell notebook would otherwise build 1,000.
     this.el.addEventListener("mouseenter", () => this.ensureToolbar());
     this.el.addEventListener("dblclick", () => {
@@ -125,6 +130,12 @@ export class CellView {
     if (this.editor) return this.editor;
     if (this.source === null) return null;
     if (this.cellType === "markdown" && !this.editingMarkdown) return null;
+    const cm = editorModule();
+    if (!cm) {
+      // Shown as static text until the editor's chunk is here (moments after the page).
+      loadEditor().then(() => this.ensureEditor(), () => undefined);
+      return null;
+    }
     this.input.replaceChildren();
     this.staticSource = null;
     const hooks = {
@@ -132,6 +143,7 @@ export class CellView {
         this.source = this.editor!.state.doc.toString();
         this.host.replica.editSource(this.id, edits);
       },
+      onSelection: (anchor: number, head: number) => this.host.cursorMoved(this.id, anchor, head),
       onFocus: () => this.host.select(this.id, true),
       onBlur: () => {
         if (this.cellType === "markdown" && this.editingMarkdown) this.renderMarkdownView();
@@ -140,13 +152,20 @@ export class CellView {
       runInPlace: () => this.host.runCell(this.id, false),
       escape: () => this.host.commandMode(this.id),
     };
-    this.editor = createEditor(this.input, this.source, this.cellType === "code" ? "python" : "plain", this.host.nonce, hooks);
+    this.editor = cm.createEditor(this.input, this.source, this.cellType === "code" ? "python" : "plain", this.host.nonce, hooks);
+    if (this.remote.length) this.showCursors();
     return this.editor;
   }
 
   focusEditor(): void {
     if (this.cellType === "markdown" && !this.editingMarkdown) this.editMarkdown();
-    this.ensureEditor()?.focus();
+    else this.focusWhenReady();
+  }
+
+  private focusWhenReady(): void {
+    const editor = this.ensureEditor();
+    if (editor) editor.focus();
+    else if (!editorModule()) loadEditor().then(() => this.ensureEditor()?.focus(), () => undefined);
   }
 
   blurEditor(): void {
@@ -157,7 +176,7 @@ export class CellView {
   private editMarkdown(): void {
     this.editingMarkdown = true;
     this.el.classList.add("editing-markdown");
-    this.ensureEditor()?.focus();
+    this.focusWhenReady();
   }
 
   /** Markdown cells: Shift+Enter renders. */
@@ -190,7 +209,7 @@ export class CellView {
       return;
     }
     if (this.editor) {
-      applyRemoteText(this.editor, this.source);
+      editorModule()!.applyRemoteText(this.editor, this.source);
       return;
     }
     if (!this.staticSource) {
@@ -257,6 +276,8 @@ export class CellView {
   }
 
   setPresence(viewers: Viewer[]): void {
+    this.remote = viewers;
+    if (this.editor) this.showCursors();
     this.presenceEl.replaceChildren(
       ...viewers.map((v) => {
         const dot = document.createElement("span");
@@ -269,6 +290,16 @@ export class CellView {
     );
     this.el.classList.toggle("has-others", viewers.length > 0);
     if (viewers.length) this.el.style.setProperty("--presence-colour", viewers[0].colour);
+  }
+
+  /** Other viewers' cursors inside this cell's editor (cursors.ts). */
+  private showCursors(): void {
+    const cm = editorModule();
+    if (!cm || !this.editor) return;
+    const cursors = this.remote
+      .filter((v) => v.editing && typeof v.anchor === "number" && typeof v.head === "number")
+      .map((v) => ({ viewerId: v.viewer_id, name: v.name, colour: v.colour, anchor: v.anchor!, head: v.head! }));
+    cm.showRemoteCursors(this.editor, cursors);
   }
 
   showStdin(prompt: string, password: boolean, answer: (value: string) => void): void {

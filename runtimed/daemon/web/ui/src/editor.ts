@@ -6,12 +6,18 @@ import { defaultKeymap, history, historyKeymap, indentWithTab } from "@codemirro
 import { python } from "@codemirror/lang-python";
 import { bracketMatching, defaultHighlightStyle, indentOnInput, syntaxHighlighting } from "@codemirror/language";
 import { Annotation, EditorState, type Extension } from "@codemirror/state";
+import { remoteCursors } from "./cursors";
+import { unitsToCodePoints } from "./offsets";
 import { drawSelection, EditorView, highlightActiveLine, keymap, placeholder } from "@codemirror/view";
 
 const remote = Annotation.define<boolean>();
 
+export { showRemoteCursors, type RemoteCursor } from "./cursors";
+
 export interface EditorHooks {
   onEdit(edits: Array<[number, number, string]>): void;
+  /** The local selection moved (offsets in code points, as the documents count). */
+  onSelection(anchor: number, head: number): void;
   onFocus(): void;
   onBlur(): void;
   runAndAdvance(): void;
@@ -44,8 +50,14 @@ export function createEditor(
       indentWithTab,
     ]),
     EditorView.lineWrapping,
+    remoteCursors,
     EditorView.updateListener.of((update) => {
       if (update.focusChanged) (update.view.hasFocus ? hooks.onFocus : hooks.onBlur)();
+      if ((update.selectionSet || update.docChanged || update.focusChanged) && update.view.hasFocus) {
+        const main = update.state.selection.main;
+        const text = update.state.doc.toString();
+        hooks.onSelection(unitsToCodePoints(text, main.anchor), unitsToCodePoints(text, main.head));
+      }
       if (!update.docChanged) return;
       if (update.transactions.some((tr) => tr.annotation(remote))) return;
       // Changes come in document order; applied one after another, each starts at its

@@ -2,8 +2,10 @@
 // re-renders (at most once per frame); every action goes through the replica.
 
 import { CellView, type CellHost } from "./cell";
+import { loadEditor } from "./editor-loader";
 import type { Replica, Viewer } from "./replica";
 import { cellsInOrder, executionCell, kernelOf, runtimeCells } from "./schema";
+import { measure } from "./timing";
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, text = ""): HTMLElementTagNameMap[K] {
   const e = document.createElement(tag);
@@ -37,6 +39,7 @@ export class NotebookView implements CellHost {
   private observer: IntersectionObserver;
   private firstPaint = false;
   private editorQueue = new Set<string>();
+  private placed = new Map<string, Viewer>(); // other viewers' last cursors in known text
 
   constructor(
     readonly replica: Replica,
@@ -89,7 +92,9 @@ export class NotebookView implements CellHost {
     requestIdleCallback(makeEditors, { timeout: 500 });
     replica.on("change", () => this.schedule());
     replica.on("connection", () => this.renderConnection());
-    replica.on("presence", (viewers) => this.renderPresence(viewers));
+    // Through the next render, after the cells took in any text that came before: a cursor
+    // is placed in the text its heads name, as the editor shows it.
+    replica.on("presence", () => this.schedule());
     replica.on("message", (msg) => this.onMessage(msg));
     document.addEventListener("keydown", (ev) => this.onKey(ev));
     this.renderConnection();
@@ -109,7 +114,7 @@ export class NotebookView implements CellHost {
   render(): void {
     const t0 = performance.now();
     this.renderInner();
-    (window as any).__renderTimes?.push([t0, performance.now() - t0]);
+    measure("rt:render", t0);
   }
 
   private renderInner(): void {
@@ -162,7 +167,12 @@ export class NotebookView implements CellHost {
       this.firstPaint = true;
       document.body.dataset.firstCellPainted = String(performance.now());
     }
-    if (replica.synced) document.body.dataset.synced = "true";
+    if (replica.synced && document.body.dataset.synced !== "true") {
+      document.body.dataset.synced = "true";
+      performance.mark("rt:synced");
+      // The editor's chunk, now that the notebook is on screen (editor-loader.ts).
+      setTimeout(() => loadEditor().catch(() => this.flash("the code editor could not be loaded; reload the page", true)), 0);
+    }
   }
 
   private renderConnection(): void {
@@ -187,18 +197,29 @@ export class NotebookView implements CellHost {
   }
 
   private renderPresence(viewers: Viewer[]): void {
-    const others = viewers.filter((v) => v.viewer_id !== this.replica.viewerId);
+    const others = viewers.filter((v) => v.viewer_id !== this.replica.viewerId && v.kind !== "client");
     this.viewersEl.replaceChildren(
       ...viewers.map((v) => {
-        const chip = el("span", `viewer-chip${v.viewer_id === this.replica.viewerId ? " me" : ""}`, v.viewer_id === this.replica.viewerId ? "you" : v.name);
+        const me = v.viewer_id === this.replica.viewerId;
+        const chip = el("span", `viewer-chip${me ? " me" : ""}${v.kind === "client" ? " client" : ""}`, me ? "you" : v.name);
         chip.style.borderColor = v.colour;
         chip.style.color = v.colour;
+        chip.title = v.kind === "client" ? "a client on the daemon's socket (Python client, runt, an agent)" : me ? "this page" : `${v.name}, in a browser`;
         return chip;
       }),
     );
     const byCell = new Map<string, Viewer[]>();
-    for (const v of others) if (v.cell_id) byCell.set(v.cell_id, [...(byCell.get(v.cell_id) ?? []), v]);
-    const key = JSON.stringify([...byCell].map(([c, vs]) => [c, vs.map((v) => v.viewer_id + v.editing)]));
+    for (const latest of others) {
+      // A cursor in text this replica has not received yet would land in the wrong place:
+      // keep that viewer's previous cursor until the text is here (renders re-check).
+      let v = latest;
+      if (v.heads?.length && !this.replica.hasHeads(v.heads)) {
+        const prev = this.placed.get(v.viewer_id);
+        v = prev && prev.cell_id === v.cell_id ? prev : { ...v, anchor: null, head: null };
+      } else this.placed.set(v.viewer_id, v);
+      if (v.cell_id) byCell.set(v.cell_id, [...(byCell.get(v.cell_id) ?? []), v]);
+    }
+    const key = JSON.stringify([...byCell].map(([c, vs]) => [c, vs.map((v) => [v.viewer_id, v.editing, v.anchor, v.head])]));
     if (key === this.lastKey) return;
     this.lastKey = key;
     for (const [id, view] of this.cells) view.setPresence(byCell.get(id) ?? []);
@@ -209,6 +230,12 @@ export class NotebookView implements CellHost {
   observe(cell: CellView): void {
     const target = cell.el.querySelector(".static-source");
     if (target) this.observer.observe(target);
+  }
+
+  cursorMoved(cellId: string, anchor: number, head: number): void {
+    // Only a focused editor reports its selection: that viewer is editing this cell.
+    if (this.active !== cellId || !this.editing) this.select(cellId, true);
+    this.replica.setPresence(cellId, true, { anchor, head });
   }
 
   select(cellId: string | null, editing: boolean): void {
