@@ -7,6 +7,8 @@ references; :class:`BlobStore` stores blobs on disk (atomic, verified, garbage-c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from blobstore.errors import (
     BlobCorrupt,
     BlobError,
@@ -33,7 +35,9 @@ from blobstore.manifest import (
     manifest_blob_hashes,
     resolve_manifest,
 )
-from blobstore.store import DEFAULT_MAX_BLOB_SIZE, BlobStore, GcReport, PinSet
+
+if TYPE_CHECKING:
+    from blobstore.store import DEFAULT_MAX_BLOB_SIZE, BlobStore, GcReport, PinSet
 
 __all__ = [
     "DEFAULT_INLINE_THRESHOLD",
@@ -65,3 +69,15 @@ __all__ = [
     "shard_path",
     "validate_hash",
 ]
+
+_STORE = frozenset({"DEFAULT_MAX_BLOB_SIZE", "BlobStore", "GcReport", "PinSet"})
+
+
+def __getattr__(name: str) -> Any:
+    # The store (anyio, tempfile, shutil) loads on first use: every client imports this
+    # package for its error classes (runtimed.errors), and most never touch a store.
+    if name in _STORE:
+        from blobstore import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'blobstore' has no attribute {name!r}")

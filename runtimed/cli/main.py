@@ -9,17 +9,20 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from runtimed.cli import agents as cli_agents
 from runtimed.cli import runtimes as cli_runtimes
 from runtimed.cli import web as cli_web
-from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
+from runtimed.client.async_client import AsyncClient
 from runtimed.errors import DaemonNotRunning, RuntimedError
 from runtimed.paths import default_home, default_socket_path
 from runtimed.version import __version__
+
+if TYPE_CHECKING:
+    from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
 __all__ = ["main"]
 
@@ -469,6 +472,16 @@ async def _notebook_action(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtimed.automation import phases
+
+    phases.stamp("main")
+    try:
+        return _main(argv)
+    finally:
+        phases.dump()
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.socket:
         os.environ["RUNTIMED_SOCKET"] = args.socket

@@ -320,8 +320,11 @@ async def _run(args: argparse.Namespace) -> int:
         )
     if notebooks[1] == "-" and args.json:
         raise _UsageError("--json and the output notebook cannot both go to stdout ('-')")
+    from runtimed.automation import phases
     from runtimed.automation.progress import is_tty
     from runtimed.automation.run import execute_notebook_async
+
+    phases.stamp("imported")
 
     tty = is_tty(sys.stderr) and not os.environ.get("NO_COLOR")  # no-color.org
     sinks = [_open_sink(path) for path in (args.stdout_file, args.stderr_file)]

@@ -14,7 +14,7 @@ import msgspec
 
 from protocol.messages import ConfigReply
 from protocol.runtimes import KernelHealth
-from runtimed.client import AsyncClient
+from runtimed.client.async_client import AsyncClient
 from runtimed.errors import DaemonNotRunning
 
 __all__ = ["COMMANDS", "add_parsers", "describe_kernel", "human_bytes"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import webbrowser
 from pathlib import Path
 from typing import Any
 
-from runtimed.client import AsyncClient
+from runtimed.client.async_client import AsyncClient
 from runtimed.errors import InvalidRequest
 
 __all__ = ["COMMANDS", "add_parsers"]
@@ -63,6 +62,8 @@ async def _open(args: argparse.Namespace) -> int:
             url = f"http://127.0.0.1:{port}/?token={token}"
     sys.stdout.write(url + "\n")
     if not args.no_browser:
+        import webbrowser  # only when a browser is opened (shlex, subprocess, ...)
+
         webbrowser.open(url)
     return 0
 

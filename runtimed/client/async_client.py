@@ -8,13 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
 from protocol.messages import (
     CleanEnvs,
     ClientRequest,
@@ -46,9 +45,13 @@ from protocol.messages import (
 )
 from protocol.runtimes import RuntimeInfo
 from runtimed.client.connection import Connection
-from runtimed.client.notebook import AsyncNotebook, Replica
-from runtimed.documents.manifests import manifest_hashes, resolve_output
 from runtimed.errors import ConnectionClosed, ConnectionLost, DaemonNotRunning, RuntimedError
+
+if TYPE_CHECKING:
+    from runtimed.client.notebook import AsyncNotebook, Replica
+
+# The notebook replica (Automerge), output manifests and the blob store are imported where
+# they are first used: 'runt ps' or 'runt daemon status' need none of them.
 
 __all__ = ["AsyncClient", "ConnectionState"]
 
@@ -343,6 +346,8 @@ class AsyncClient:
         replica = self._replicas.get(notebook_id)
         if replica is None:
             # Sync can precede the NotebookOpened reply: make the replica on first sight.
+            from runtimed.client.notebook import Replica
+
             replica = self._replicas[notebook_id] = Replica(notebook_id)
         replica.receive(doc, data)
         self.mark_dirty(notebook_id, doc)
@@ -446,6 +451,8 @@ class AsyncClient:
         Raises:
             blobstore.BlobError: a referenced blob is missing or corrupt.
         """
+        from runtimed.documents.manifests import resolve_output
+
         return resolve_output(manifest, self._read_blob)
 
     async def resolve_outputs(self, manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -455,6 +462,8 @@ class AsyncClient:
         Raises:
             blobstore.BlobError: a referenced blob is missing or corrupt.
         """
+        from runtimed.documents.manifests import manifest_hashes, resolve_output
+
         if not any(manifest_hashes(m) for m in manifests):
             # Inline outputs only: nothing to read from disk.
             return [resolve_output(m, self._read_blob) for m in manifests]
@@ -463,6 +472,8 @@ class AsyncClient:
         )
 
     def _read_blob(self, blob_hash: str) -> bytes:
+        from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
+
         if self._blob_root is None:
             raise BlobNotFound(f"blob {blob_hash}: the daemon's blob store location is unknown")
         path = self._blob_root.joinpath(*shard_path(validate_hash(blob_hash)))
@@ -583,6 +594,8 @@ class AsyncClient:
         return await self._attach(reply, timeout)
 
     async def _attach(self, reply: NotebookOpened, timeout: float) -> AsyncNotebook:
+        from runtimed.client.notebook import AsyncNotebook, Replica
+
         if self._blob_root is None:
             await self.status()
         replica = self._replicas.get(reply.notebook_id)
