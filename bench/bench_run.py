@@ -93,6 +93,8 @@ def timed(cmd: list[str], *, env: dict[str, str] | None = None, phases: str | No
     if phases is not None and stamps is not None:
         marks = dict(json.loads(Path(stamps).read_text() or "[]"))
         os.unlink(stamps)
+        if "main" not in marks:
+            return end - start  # a runt without phase stamps (an older commit)
         row, last = {"main": marks["main"] - start}, marks["main"]
         for key, _label in PHASES:
             if key in marks:

@@ -19,24 +19,24 @@ from blobstore.errors import (
     InvalidBlobHash,
     InvalidManifest,
 )
-from blobstore.hashing import sha256_hex, shard_path, validate_hash
-from blobstore.manifest import (
-    DEFAULT_INLINE_THRESHOLD,
-    MANIFEST_VERSION,
-    BlobContent,
-    BlobRef,
-    InlineContent,
-    PendingBlob,
-    Preview,
-    build_manifest,
-    is_binary_mime,
-    is_json_mime,
-    is_manifest,
-    manifest_blob_hashes,
-    resolve_manifest,
-)
 
 if TYPE_CHECKING:
+    from blobstore.hashing import sha256_hex, shard_path, validate_hash
+    from blobstore.manifest import (
+        DEFAULT_INLINE_THRESHOLD,
+        MANIFEST_VERSION,
+        BlobContent,
+        BlobRef,
+        InlineContent,
+        PendingBlob,
+        Preview,
+        build_manifest,
+        is_binary_mime,
+        is_json_mime,
+        is_manifest,
+        manifest_blob_hashes,
+        resolve_manifest,
+    )
     from blobstore.store import DEFAULT_MAX_BLOB_SIZE, BlobStore, GcReport, PinSet
 
 __all__ = [
@@ -70,14 +70,24 @@ __all__ = [
     "validate_hash",
 ]
 
+_HASHING = frozenset({"sha256_hex", "shard_path", "validate_hash"})
 _STORE = frozenset({"DEFAULT_MAX_BLOB_SIZE", "BlobStore", "GcReport", "PinSet"})
 
 
 def __getattr__(name: str) -> Any:
-    # The store (anyio, tempfile, shutil) loads on first use: every client imports this
-    # package for its error classes (runtimed.errors), and most never touch a store.
-    if name in _STORE:
-        from blobstore import store
+    # Hashing, manifests and the store (hashlib, anyio, tempfile, shutil) load on first use:
+    # every client imports this package for its error classes (runtimed.errors), and a
+    # command such as 'runt ps' touches neither blobs nor a store.
+    import importlib
 
-        return getattr(store, name)
-    raise AttributeError(f"module 'blobstore' has no attribute {name!r}")
+    if name in _HASHING:
+        module = "blobstore.hashing"
+    elif name in _STORE:
+        module = "blobstore.store"
+    elif name in __all__:
+        module = "blobstore.manifest"
+    else:
+        raise AttributeError(f"module 'blobstore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -11,17 +11,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from runtimed.cli import agents as cli_agents
 from runtimed.cli import runtimes as cli_runtimes
 from runtimed.cli import web as cli_web
-from runtimed.client.async_client import AsyncClient
 from runtimed.errors import DaemonNotRunning, RuntimedError
 from runtimed.paths import default_home, default_socket_path
 from runtimed.version import __version__
 
 if TYPE_CHECKING:
+    from runtimed.client.async_client import AsyncClient
     from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
 __all__ = ["main"]
@@ -158,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _connect(args: argparse.Namespace, *, autostart: bool = False) -> AsyncClient:
+    from runtimed.client.async_client import AsyncClient
+
     return await AsyncClient.connect(args.socket, autostart=autostart)
 
 
@@ -175,8 +175,12 @@ async def _with_client(
 
 
 async def _daemon_start(args: argparse.Namespace) -> int:
+    import anyio
+
     socket = Path(args.socket) if args.socket else default_socket_path()
     try:
+        from runtimed.client.async_client import AsyncClient
+
         async with await AsyncClient.connect(socket) as client:
             status = await client.status()
         _err(f"runtimed is already running (pid {status.pid}) on {status.socket}")
@@ -191,6 +195,8 @@ async def _daemon_start(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
+                from runtimed.client.async_client import AsyncClient
+
                 async with await AsyncClient.connect(socket) as client:
                     status = await client.status()
                 _out(f"runtimed {status.version} started (pid {status.pid}) on {status.socket}")
@@ -233,6 +239,8 @@ def _spawn(socket: Path, home: Path, args: argparse.Namespace, stderr: Any) -> A
 
 
 async def _daemon_stop(args: argparse.Namespace) -> int:
+    import anyio
+
     try:
         client = await _connect(args)
     except DaemonNotRunning as exc:
@@ -251,6 +259,8 @@ async def _daemon_stop(args: argparse.Namespace) -> int:
 
 async def _wait_for_exit(pid: int, *, timeout: float) -> None:
     """Wait until process ``pid`` has exited (event-driven: a pidfd becomes readable)."""
+    import anyio
+
     try:
         fd = os.pidfd_open(pid)
     except (ProcessLookupError, OSError):
@@ -268,11 +278,15 @@ def _notebook_rows(notebooks: list[Any]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(nb) for nb in notebooks]
 
 
-async def _daemon_status(args: argparse.Namespace) -> int:
+def _daemon_status(args: argparse.Namespace) -> int:
+    # Blocking, one request: no event loop to import, start and stop.
     import msgspec
 
+    from protocol.messages import DaemonStatus, StatusReply
+    from runtimed.client.oneshot import ask
+
     try:
-        client = await _connect(args)
+        status = ask(args.socket, lambda i: DaemonStatus(id=i), StatusReply)
     except DaemonNotRunning as exc:
         if args.json:
             _out(
@@ -281,8 +295,6 @@ async def _daemon_status(args: argparse.Namespace) -> int:
         else:
             _err(str(exc))
         return 1
-    async with client:
-        status = await client.status()
     data = msgspec.to_builtins(status)
     data.pop("id", None)
     data.pop("type", None)
@@ -310,9 +322,12 @@ async def _daemon_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ps(args: argparse.Namespace) -> int:
-    async def body(client: AsyncClient) -> int:
-        notebooks = await client.list_notebooks()
+def _ps(args: argparse.Namespace) -> int:
+    from protocol.messages import ListNotebooks, NotebookList
+    from runtimed.client.oneshot import ask
+
+    def body() -> int:
+        notebooks = ask(args.socket, lambda i: ListNotebooks(id=i), NotebookList).notebooks
         if args.json:
             _out(json.dumps(_notebook_rows(notebooks), indent=2))
             return 0
@@ -335,7 +350,7 @@ async def _ps(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return await _with_client(args, body)
+    return body()
 
 
 async def _gc(args: argparse.Namespace) -> int:
@@ -487,7 +502,6 @@ def _main(argv: list[str] | None) -> int:
         os.environ["RUNTIMED_SOCKET"] = args.socket
     command = args.command
     handlers: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
-        "ps": _ps,
         "gc": _gc,
         "exec": _exec,
         "run-all": _run_all,
@@ -498,11 +512,18 @@ def _main(argv: list[str] | None) -> int:
         ),
         "save": lambda a: _notebook_action(a, lambda nb: nb.save(), "saved {result}"),
     }
+    blocking = {("ps", None): _ps, ("daemon", "status"): _daemon_status}
+    quick = blocking.get((command, getattr(args, "action", None)))
+    if quick is not None:
+        try:
+            status = quick(args)
+            sys.stdout.flush()
+            return status
+        except BaseException as exc:
+            return _exit_status(exc)
     handler: Callable[[argparse.Namespace], Awaitable[int]]
     if command == "daemon":
-        handler = {"start": _daemon_start, "stop": _daemon_stop, "status": _daemon_status}[
-            args.action
-        ]
+        handler = {"start": _daemon_start, "stop": _daemon_stop}[args.action]
     elif (command, getattr(args, "action", None)) in cli_runtimes.COMMANDS:
         handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
     elif (command, getattr(args, "action", None)) in cli_agents.COMMANDS:
@@ -515,6 +536,8 @@ def _main(argv: list[str] | None) -> int:
         handler = run_command
     else:
         handler = handlers[command]
+    import anyio  # the event loop: only for commands that need one
+
     try:
         status = anyio.run(handler, args, backend="asyncio", backend_options={"use_uvloop": True})
         sys.stdout.flush()  # here, not at exit: a closed pipe must not print a traceback

@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import anyio
-
 from runtimed.errors import RuntimedError
 
 if TYPE_CHECKING:
@@ -230,6 +228,8 @@ async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
     The signal receiver stays open until ``body`` has finished: a second Ctrl-C while the
     run is stopping is absorbed (said on stderr), so it cannot kill the save of what ran.
     """
+    import anyio
+
     outcome: list[int | BaseException] = []
     async with anyio.create_task_group() as tg:
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtimed.client.async_client import AsyncClient
 from runtimed.errors import InvalidRequest
 
 __all__ = ["COMMANDS", "add_parsers"]
@@ -51,6 +50,8 @@ def _web(status: Any) -> tuple[int, Path]:
 
 
 async def _open(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
+
     async with await AsyncClient.connect(autostart=True) as client:
         port, home = _web(await client.status())
         if args.path:
@@ -69,6 +70,7 @@ async def _open(args: argparse.Namespace) -> int:
 
 
 async def _rotate(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
     from runtimed.daemon.web.auth import TokenStore
 
     async with await AsyncClient.connect() as client:
