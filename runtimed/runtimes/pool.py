@@ -5,6 +5,10 @@ Policy:
 
 * the refiller keeps ``size`` kernels ready or starting, one launch at a time, within the
   manager's kernel limit (capacity a notebook is waiting for is not taken);
+* after a kernel is taken the refill waits ``refill_delay`` seconds (unless a notebook asks
+  for a kernel meanwhile): launching a kernel is a second of CPU, and on a small machine it
+  would compete with the very run that took the pooled one (``runt run`` of a small
+  notebook is over in a fraction of that);
 * a kernel leaves the pool for exactly one notebook and is never returned: it is shut down
   when that notebook releases it, so no code or state crosses notebooks;
 * a pooled kernel that dies while idle is dropped and replaced;
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _BACKOFF = 1.0
 _MAX_BACKOFF = 60.0
+REFILL_DELAY = 1.0
 
 
 class KernelPool:
@@ -43,8 +48,12 @@ class KernelPool:
         registry: RuntimeRegistry,
         launch: Callable[[RuntimeSpec], Awaitable[ManagedKernel]],
         has_capacity: Callable[[], bool],
+        refill_delay: float = REFILL_DELAY,
     ) -> None:
         self.size = size
+        self.refill_delay = refill_delay
+        self._refill_at = 0.0  # anyio.current_time() before which the refill waits
+        self._hurry = anyio.Event()  # a notebook wants a kernel: refill now
         self._registry = registry
         self._launch = launch
         self._has_capacity = has_capacity
@@ -93,6 +102,7 @@ class KernelPool:
         while self.ready:
             kernel = self.ready.pop(0)
             if kernel.session.state == "idle":
+                self._refill_at = anyio.current_time() + self.refill_delay
                 self.wake()
                 return kernel
             log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)
@@ -102,8 +112,13 @@ class KernelPool:
         """A pooled kernel, waiting for one being started; None if none is coming."""
         while True:
             kernel = self.take()
-            if kernel is not None or self.starting == 0:
+            if kernel is not None:
                 return kernel
+            if self.starting == 0:
+                if not (self._deferred() and self._wants_more()):
+                    return None
+                self._hurry.set()  # the deferred refill starts now, for this notebook
+                self.wake()
             changed = self._changed
             await changed.wait()
 
@@ -120,11 +135,24 @@ class KernelPool:
     def _wants_more(self) -> bool:
         return self.enabled and len(self.ready) + self.starting < self.size and self._has_capacity()
 
+    def _deferred(self) -> bool:
+        return anyio.current_time() < self._refill_at
+
+    async def _wait_deferral(self) -> None:
+        """Until ``refill_delay`` after the last take, or a notebook waits for a kernel."""
+        while self._deferred() and not self._hurry.is_set():
+            with anyio.move_on_after(self._refill_at - anyio.current_time()):
+                await self._hurry.wait()
+        self._hurry = anyio.Event()
+
     async def run(self, tg: TaskGroup) -> None:
         """Refill forever; pooled kernels and their watchers live in ``tg``."""
         failures = 0
         while True:
             while self._wants_more():
+                await self._wait_deferral()
+                if not self._wants_more():
+                    break
                 if await self._start_one(tg):
                     failures = 0
                 else:
