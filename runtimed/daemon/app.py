@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
@@ -59,7 +59,6 @@ from runtimed.daemon.instance import InstanceLock
 from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import is_fault
-from runtimed.daemon.web import WebServer
 from runtimed.errors import ShuttingDown
 from runtimed.kernels.records import CURRENT as CURRENT_KERNEL_RECORDS
 from runtimed.kernels.records import KernelRecords
@@ -67,6 +66,9 @@ from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore
 from runtimed.version import __version__
+
+if TYPE_CHECKING:
+    from runtimed.daemon.web import WebServer
 
 __all__ = ["Daemon", "DaemonConfig"]
 
@@ -144,6 +146,10 @@ class Daemon:
                 await tg.start(self.rooms.run)
                 tg.start_soon(listener.run)
                 if self.config.http_port is not None:
+                    # Imported once the socket listens and the pool's kernel is starting:
+                    # Starlette and uvicorn load while the first client's kernel launches.
+                    from runtimed.daemon.web import WebServer
+
                     self.web = WebServer(
                         socket=self.paths.socket,
                         home=self.paths.home,
