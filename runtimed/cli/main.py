@@ -63,11 +63,15 @@ def _sub(sub: Any, name: str, text: str, description: str | None = None) -> Any:
     return sub.add_parser(name, help=text, description=description or text[:1].upper() + text[1:])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """``runt``'s parser; ``only``: give just that command its arguments (the others are
+    listed, with their help line, but left empty: see :func:`_command_of`)."""
     parser = argparse.ArgumentParser(prog="runt", description="Command line client for runtimed.")
     parser.add_argument("--socket", help="daemon socket (default: $RUNTIMED_SOCKET or the user's)")
     parser.add_argument("--version", action="version", version=f"runt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub: Any = parser.add_subparsers(dest="command", required=True)
+    if only is not None:
+        sub = _OnlyOne(sub, only)
 
     daemon = _sub(sub, "daemon", "manage the background daemon")
     dsub = daemon.add_subparsers(dest="action", required=True)
@@ -153,6 +157,42 @@ def build_parser() -> argparse.ArgumentParser:
     cli_agents.add_parsers(sub)
     cli_web.add_parsers(sub)
     return parser
+
+
+class _Sink:
+    """Takes any parser call and does nothing (a command this invocation does not run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: _Sink()
+
+
+class _OnlyOne:
+    """The subparsers action, registering every command but giving only ``wanted`` its
+    arguments: argparse looks up message translations (gettext, a few file stats) for every
+    argument it is given, about half the time of building all of ``runt``'s commands."""
+
+    def __init__(self, sub: Any, wanted: str) -> None:
+        self._sub, self._wanted = sub, wanted
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        parser = self._sub.add_parser(name, **kwargs)
+        return parser if name == self._wanted else _Sink()
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` names after the global options, or None (help, version, none,
+    or an abbreviation: then the whole parser is built, for argparse's own messages)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--socket":
+            next(tokens, None)
+        elif token.startswith("--socket="):
+            continue
+        elif token.startswith("-"):
+            return None
+        else:
+            return token
+    return None
 
 
 async def _connect(args: argparse.Namespace, *, autostart: bool = False) -> AsyncClient:
@@ -497,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_of(argv)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
     if args.socket:
         os.environ["RUNTIMED_SOCKET"] = args.socket
     command = args.command
