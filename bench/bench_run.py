@@ -41,7 +41,7 @@ from bench._common import ROOT, compile_project, daemon_process, write_notebook
 
 # The phases a runt run stamps (runtimed.automation.phases), in order, and their labels.
 PHASES = (
-    ("imported", "imports"),
+    ("imported", "loop+imports"),
     ("prepared", "prepare"),
     ("connected", "connect"),
     ("opened", "open"),
