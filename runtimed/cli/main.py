@@ -534,6 +534,13 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     finally:
         phases.dump()
+        if argv is None:
+            # The process ends now (the command line, not a caller's process): the
+            # interpreter's last garbage collections would walk every object this command
+            # made, which took longer than a small 'runt run' itself (bench_run.py's exit).
+            import gc
+
+            gc.freeze()
 
 
 def _main(argv: list[str] | None) -> int:
