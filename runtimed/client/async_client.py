@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +58,14 @@ if TYPE_CHECKING:
 __all__ = ["AsyncClient", "ConnectionState"]
 
 log = logging.getLogger(__name__)
+
+
+async def _load_replica() -> None:
+    """Import the notebook replica (Automerge) the first time one is opened, in a worker
+    thread: an import reads files, which must not block the event loop."""
+    if "runtimed.client.notebook" not in sys.modules:
+        await anyio.to_thread.run_sync(importlib.import_module, "runtimed.client.notebook")
+
 
 EVENT_BUFFER = 1024
 RECONNECT_FIRST_DELAY = 0.05
@@ -572,6 +582,7 @@ class AsyncClient:
 
         ``kernel_env``, ``kernel_cwd``: kernels started for it from now on get these
         variables (over the daemon's environment) and this working directory."""
+        await _load_replica()
         resolved = str(await (await anyio.Path(path).expanduser()).resolve())
         cwd = str(await anyio.Path(kernel_cwd).resolve()) if kernel_cwd is not None else None
         reply = await self.request(
@@ -586,6 +597,7 @@ class AsyncClient:
         self, path: str | Path | None = None, *, kernel_name: str | None = None, timeout: float = 60
     ) -> AsyncNotebook:
         """Create a new, empty notebook (written to ``path`` at once when given)."""
+        await _load_replica()
         resolved = str(await (await anyio.Path(path).expanduser()).resolve()) if path else None
         reply = await self.request(
             lambda i: CreateNotebook(id=i, path=resolved, kernel_name=kernel_name),
@@ -594,7 +606,7 @@ class AsyncClient:
         return await self._attach(reply, timeout)
 
     async def _attach(self, reply: NotebookOpened, timeout: float) -> AsyncNotebook:
-        from runtimed.client.notebook import AsyncNotebook, Replica
+        from runtimed.client.notebook import AsyncNotebook, Replica  # see _load_replica
 
         if self._blob_root is None:
             await self.status()

@@ -9,6 +9,7 @@ request group (:mod:`~runtimed.daemon.handlers`) behind the thin ``match`` of :m
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 from typing import TYPE_CHECKING, assert_never
@@ -146,11 +147,13 @@ class Daemon:
                 await tg.start(self.rooms.run)
                 tg.start_soon(listener.run)
                 if self.config.http_port is not None:
-                    # Imported once the socket listens and the pool's kernel is starting:
-                    # Starlette and uvicorn load while the first client's kernel launches.
-                    from runtimed.daemon.web import WebServer
-
-                    self.web = WebServer(
+                    # Imported once the socket listens and the pool's kernel is starting
+                    # (Starlette and uvicorn load while the first client's kernel launches),
+                    # in a worker thread: an import reads files.
+                    web = await anyio.to_thread.run_sync(
+                        importlib.import_module, "runtimed.daemon.web"
+                    )
+                    self.web = web.WebServer(
                         socket=self.paths.socket,
                         home=self.paths.home,
                         blobs=self.blobs,
