@@ -5,8 +5,9 @@ Policy:
 
 * the refiller keeps ``size`` kernels ready or starting, one launch at a time, within the
   manager's kernel limit (capacity a notebook is waiting for is not taken);
-* after a kernel is taken the refill waits ``refill_delay`` seconds (unless a notebook asks
-  for a kernel meanwhile): launching a kernel is a second of CPU, and on a small machine it
+* after a kernel is taken after a quiet spell the refill waits ``refill_delay`` seconds
+  (unless a notebook asks for a kernel meanwhile; takes within ``BURST_WINDOW`` of each
+  other, a batch, refill at once): launching a kernel is a second of CPU, and on a small machine it
   would compete with the very run that took the pooled one (``runt run`` of a small
   notebook is over in a fraction of that);
 * a kernel leaves the pool for exactly one notebook and is never returned: it is shut down
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 _BACKOFF = 1.0
 _MAX_BACKOFF = 60.0
 REFILL_DELAY = 1.0
+BURST_WINDOW = 5.0  # s; a take this soon after the previous one is batch work: no deferral
 
 
 class KernelPool:
@@ -53,6 +55,7 @@ class KernelPool:
         self.size = size
         self.refill_delay = refill_delay
         self._refill_at = 0.0  # anyio.current_time() before which the refill waits
+        self._last_take = float("-inf")
         self._hurry = anyio.Event()  # a notebook wants a kernel: refill now
         self._registry = registry
         self._launch = launch
@@ -102,7 +105,12 @@ class KernelPool:
         while self.ready:
             kernel = self.ready.pop(0)
             if kernel.session.state == "idle":
-                self._refill_at = anyio.current_time() + self.refill_delay
+                now = anyio.current_time()
+                # One run after a quiet spell: defer the refill. Takes in a burst (a batch):
+                # refill at once, so the next notebook's kernel is already starting.
+                burst = now - self._last_take < BURST_WINDOW
+                self._last_take = now
+                self._refill_at = now if burst else now + self.refill_delay
                 self.wake()
                 return kernel
             log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)

@@ -81,3 +81,15 @@ async def test_a_notebook_waiting_for_a_kernel_hurries_the_refill() -> None:
         assert kernel is not None
         assert len(launches) == 2
         tg.cancel_scope.cancel()
+
+
+async def test_takes_in_a_burst_refill_at_once() -> None:
+    launches: list[float] = []
+    pool = _pool(launches, delay=60)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, tg)
+        await _until(lambda: pool.ready)
+        assert pool.take() is not None  # after a quiet spell: deferred
+        assert await pool.take_or_wait() is not None  # hurried; a second take: a batch
+        await _until(lambda: len(launches) == 3)  # not after the 60 s deferral
+        tg.cancel_scope.cancel()
