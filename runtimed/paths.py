@@ -14,11 +14,8 @@ import contextlib
 import os
 import stat
 import sys
-import tempfile
 import warnings
 from pathlib import Path
-
-import platformdirs
 
 from runtimed.errors import RuntimedError
 
@@ -124,6 +121,11 @@ def default_socket_path() -> Path:
     env = os.environ.get(SOCKET_ENV)
     if env:
         return Path(env)
+    # Imported here: a command given its socket (or $RUNTIMED_SOCKET) needs neither.
+    import tempfile
+
+    import platformdirs
+
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, cron); we have our
         # own fallback below.
@@ -142,6 +144,8 @@ def default_home() -> Path:
     env = os.environ.get(HOME_ENV)
     if env:
         return Path(env)
+    import platformdirs
+
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
 
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nbformat
 
 from protocol.states import ExecutionStatus
+from runtimed.automation import nodes, phases
 from runtimed.automation.progress import (
     ExecutionWatcher,
     Finished,
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 _FAILED = frozenset({ExecutionStatus.ERROR, ExecutionStatus.DIED, ExecutionStatus.TIMEOUT})
 _NOT_RUN = frozenset({ExecutionStatus.SKIPPED, ExecutionStatus.CANCELLED, ExecutionStatus.ABORTED})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
-_from_dict: Callable[[object], Any] = nbformat.from_dict
+_from_dict: Callable[[object], Any] = nodes.from_dict
 
 
 class LiveRun:
@@ -111,6 +111,7 @@ class LiveRun:
             kernel_env=self.kernel_env,
             kernel_cwd=self.prepared.kernel_cwd,
         )
+        phases.stamp("opened")
         self.watcher = ExecutionWatcher(client, nb)
         self.watcher.on_building = self.observer.environment_progress
         try:
@@ -123,8 +124,10 @@ class LiveRun:
                 total=len(self.cells),
             )
             await self._follow_until_stopped([(q.cell_id, q.execution_id) for q in queued])
+            phases.stamp("executed")
             self._finish_metadata()
             await nb.save()
+            phases.stamp("saved")
         except BaseException:
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await self._salvage()
@@ -137,6 +140,7 @@ class LiveRun:
                     await nb.close(unload=not self.keep_open)
                 except RuntimedError as exc:
                     log.info("could not close %s: %s", self.prepared.output, exc)
+            phases.stamp("closed")
         from runtimed.glue import read_scraps
 
         cells = [{"outputs": self.outputs_of[i]} for i in sorted(self.outputs_of)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import keyword
 import math
 import re
@@ -27,9 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nbformat
-import yaml
-
+from runtimed.automation import nodes
 from runtimed.errors import InvalidRequest
 
 __all__ = [
@@ -53,8 +52,8 @@ INJECTED_PARAMETERS_TAG = "injected-parameters"
 _PYTHON_TRANSLATOR_KEYS = frozenset({"python", "pysparkkernel"})
 
 # nbformat's helpers are unannotated; bind them once with the types we rely on.
-_from_dict: Callable[[object], Any] = nbformat.from_dict
-_nbformat_upgrade: Callable[[Any], Any] = nbformat.v4.upgrade
+_from_dict: Callable[[object], Any] = nodes.from_dict
+_nbformat_upgrade: Callable[[Any], Any] = nodes.upgrade
 
 # nbformat 4.5 cell ids: 1-64 characters of [a-zA-Z0-9-_].
 _CELL_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -130,7 +129,11 @@ def parse_cli_value(raw: str) -> object:
     return raw
 
 
+@functools.cache
 def _no_dates_loader() -> type[Any]:
+    # yaml is imported here, not at module level: most runs take no YAML parameters.
+    import yaml
+
     # papermill loads every YAML source with ``NoDatesSafeLoader``: a SafeLoader whose
     # implicit timestamp resolver is removed, so ``2024-01-01`` stays the *string*
     # "2024-01-01" instead of a ``datetime.date`` (which could not be rendered as Python).
@@ -145,12 +148,11 @@ def _no_dates_loader() -> type[Any]:
     return loader
 
 
-_NO_DATES_LOADER = _no_dates_loader()
-
-
 def _load_yaml_mapping(text: str | bytes, *, source: str) -> dict[str, object]:
+    import yaml
+
     try:
-        loaded = yaml.load(text, Loader=_NO_DATES_LOADER)
+        loaded = yaml.load(text, Loader=_no_dates_loader())
     except yaml.YAMLError as exc:
         raise ParameterError(f"could not parse YAML: {exc}", source=source) from exc
     # papermill does ``yaml.load(...) or {}``: an empty document means "no parameters".
@@ -365,11 +367,11 @@ def _upgrade(nb: Any) -> Any:
     # this function stays pure (same input -> same output). Other versions go to nbformat.
     major = nb.get("nbformat")
     minor = nb.get("nbformat_minor", 0)
-    if major == 4 and minor < nbformat.v4.nbformat_minor:
+    if major == 4 and minor < nodes.NBFORMAT_MINOR:
         for index, cell in enumerate(nb.cells):
             cell["id"] = f"cell-{index}"
         nb.metadata["orig_nbformat_minor"] = minor
-        nb["nbformat_minor"] = nbformat.v4.nbformat_minor
+        nb["nbformat_minor"] = nodes.NBFORMAT_MINOR
         return nb
     return _nbformat_upgrade(nb)
 

@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import nbformat
-
+from runtimed.automation import nodes
 from runtimed.automation.inspect import PAPERMILL_TRANSLATOR_KEYS, unknown_parameters
 from runtimed.automation.parameters import ParameterError, parameterize_notebook
 from runtimed.errors import InvalidRequest, RuntimedError
@@ -70,8 +69,8 @@ ERROR_ANCHOR_MSG = (
 )
 
 
-_from_dict: Callable[[object], Any] = nbformat.from_dict
-_upgrade: Callable[[Any], Any] = nbformat.v4.upgrade
+_from_dict: Callable[[object], Any] = nodes.from_dict
+_upgrade: Callable[[Any], Any] = nodes.upgrade
 
 
 def now_iso() -> str:
@@ -183,6 +182,9 @@ class Prepared:
     kernel_cwd: Path | None = None
     """Where the kernel runs (sent with OpenNotebook, never recorded in the notebook)."""
     warnings: list[str] = field(default_factory=list)
+    checked: bool = True
+    """False: read and written without nbformat (:mod:`runtimed.automation.quickread`);
+    the daemon validates it when it opens it (a refusal retries with ``checked``)."""
 
 
 def materialize(
@@ -195,6 +197,7 @@ def materialize(
     prepare_only: bool,
     cwd: str | os.PathLike[str] | None,
     names: tuple[str, str] | None = None,
+    checked: bool = True,
 ) -> Prepared:
     """Read the input, prepare it as papermill does and write it to the output path (its
     folder is created). Unless ``prepare_only``, also reset it for a run
@@ -203,7 +206,10 @@ def materialize(
     notebook (a path is machine-specific). Blocking.
 
     ``names``: the input and output as the caller named them (``-``, a URL), recorded
-    instead of the (staged, already formatted) local paths.
+    instead of the (staged, already formatted) local paths. ``checked=False``: a plain
+    nbformat 4.5 input is read and the output written without nbformat (no validation
+    here: the daemon validates the file it opens); any other input is read as with
+    ``checked`` (see ``Prepared.checked``).
 
     Raises:
         ParameterError, NotebookNotFound, NotebookInvalid, NotebookIOError, InvalidRequest.
@@ -218,7 +224,16 @@ def materialize(
         input_str, output_str = names
         local_input, local_output = os.fspath(input_path), os.fspath(output_path)
     output = Path(local_output).expanduser().resolve()
-    source, read_warnings = read_input_notebook(Path(local_input).expanduser())
+    plain: dict[str, Any] | None = None
+    read_warnings: list[str] = []
+    if not checked:
+        from runtimed.automation.quickread import plain_bytes, read_plain
+
+        plain = read_plain(Path(local_input).expanduser())
+    if plain is not None:
+        source = plain
+    else:
+        source, read_warnings = read_input_notebook(Path(local_input).expanduser())
     nb, unknown = prepare_notebook(
         source,
         parameters=parameters,
@@ -238,8 +253,13 @@ def materialize(
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidRequest(f"cannot create the output folder {output.parent}: {exc}") from exc
-    write_notebook_atomic(output, nb)
-    return Prepared(nb, input_str, output_str, output, unknown, kernel_cwd, warnings)
+    if plain is not None:
+        from runtimed.storage.ipynb import write_bytes_atomic
+
+        write_bytes_atomic(output, plain_bytes(nb))
+    else:
+        write_notebook_atomic(output, nb)
+    return Prepared(nb, input_str, output_str, output, unknown, kernel_cwd, warnings, plain is None)
 
 
 def read_input_notebook(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -256,6 +276,7 @@ def read_input_notebook(path: Path) -> tuple[dict[str, Any], list[str]]:
     """
     import json
 
+    import nbformat
     from nbformat.validator import ValidationError, normalize
 
     from runtimed.errors import NotebookInvalid

@@ -28,29 +28,30 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
-import nbformat
-from nbformat import NotebookNode
 
+from runtimed.automation import phases
 from runtimed.automation.live import LiveRun
 from runtimed.automation.locations import Staged, stage
 from runtimed.automation.progress import OutputLog, ProgressBar, RunObserver
 from runtimed.automation.report import (
     FailedCell,
     NotebookExecutionError,
+    Prepared,
     RunResult,
     format_path,
     materialize,
     notebook_link,
 )
-from runtimed.errors import InvalidRequest, RuntimedError
+from runtimed.errors import InvalidRequest, NotebookInvalid, RuntimedError
 
 if TYPE_CHECKING:
+    from runtimed.automation.executed import ExecutedNotebook
     from runtimed.client import AsyncClient
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_from_dict: Callable[[object], Any] = nbformat.from_dict
 # execute_notebook's: the executed notebook as written, read before a staged copy ('-', a
 # URL) is published and removed.
 _OUTPUT_SINK: ContextVar[list[Any] | None] = ContextVar("runtimed_output_sink", default=None)
@@ -82,6 +82,7 @@ async def _connected(
 
     where = os.fspath(socket) if socket is not None else None
     async with await AsyncClient.connect(where, autostart=autostart) as connected:
+        phases.stamp("connected")
         yield connected
 
 
@@ -240,19 +241,26 @@ async def _execute_staged(
     kernel_env: dict[str, str] | None,
     started_at: float,
 ) -> RunResult:
-    prepared = await anyio.to_thread.run_sync(
-        functools.partial(
-            materialize,
-            staged.input_path,
-            staged.output_path,
-            params,
-            kernel_name=kernel_name,
-            report_mode=report_mode,
-            prepare_only=prepare_only,
-            cwd=cwd,
-            names=(staged.input_name, staged.output_name),
+    async def prepare(checked: bool) -> Prepared:
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                materialize,
+                staged.input_path,
+                staged.output_path,
+                params,
+                kernel_name=kernel_name,
+                report_mode=report_mode,
+                prepare_only=prepare_only,
+                cwd=cwd,
+                names=(staged.input_name, staged.output_name),
+                checked=checked,
+            )
         )
-    )
+
+    # A run's output is opened (and validated) by the daemon: the input is read without
+    # nbformat unless only the prepared file is wanted (then it is the product: validated).
+    prepared = await prepare(prepare_only)
+    phases.stamp("prepared")
     for name in prepared.unknown_parameters:
         log.warning("Passed unknown parameter: %s", name)
     for warning in prepared.warnings:
@@ -269,23 +277,44 @@ async def _execute_staged(
         import sys
 
         log_stream = sys.stderr
-    run = LiveRun(
-        prepared,
-        parameters=params,
-        execution_timeout=execution_timeout,
-        start_timeout=start_timeout,
-        observer=observer or RunObserver(),
-        outputs=OutputLog(
-            log=log_stream if log_output else None, stdout_file=stdout_file, stderr_file=stderr_file
-        ),
-        bar=ProgressBar(len(prepared.nb.cells)) if progress_bar and not log_output else None,
-        autosave_every=autosave_cell_every,
-        keep_open=keep_open,
-        started_at=started_at,
-        kernel_env=kernel_env,
-        kernel_name=kernel_name,
-    )
-    result = await _run_stoppable(run, client, socket, autostart)
+
+    def live(prepared: Prepared) -> LiveRun:
+        return LiveRun(
+            prepared,
+            parameters=params,
+            execution_timeout=execution_timeout,
+            start_timeout=start_timeout,
+            observer=observer or RunObserver(),
+            outputs=OutputLog(
+                log=log_stream if log_output else None,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+            ),
+            bar=ProgressBar(len(prepared.nb.cells)) if progress_bar and not log_output else None,
+            autosave_every=autosave_cell_every,
+            keep_open=keep_open,
+            started_at=started_at,
+            kernel_env=kernel_env,
+            kernel_name=kernel_name,
+        )
+
+    try:
+        result = await _run_stoppable(live(prepared), client, socket, autostart)
+    except NotebookInvalid:
+        if prepared.checked:
+            raise
+        # The daemon refused the file read without nbformat: the careful path says why
+        # about the input (or repairs invalid metadata, with a warning) and runs it.
+        written = prepared.output
+        try:
+            prepared = await prepare(True)
+        except NotebookInvalid:
+            # Leave no unvalidated copy where papermill would have written nothing.
+            await anyio.Path(written).unlink(missing_ok=True)
+            raise
+        for warning in prepared.warnings:
+            log.warning("%s: %s", prepared.input_path, warning)
+        result = await _run_stoppable(live(prepared), client, socket, autostart)
     if raise_on_error and result.status == "failed":
         raise NotebookExecutionError(result)
     return result
@@ -338,18 +367,6 @@ def _kernel_env(inherit: bool, extra: Mapping[str, str] | None) -> dict[str, str
             raise InvalidRequest(f"env must map strings to strings (got {name!r}: {value!r})")
         env[name] = value
     return env or None
-
-
-class ExecutedNotebook(NotebookNode):
-    """The executed notebook :func:`execute_notebook` returns (an ``nbformat``
-    ``NotebookNode``, as papermill's), with the run's :class:`RunResult` as ``.result``."""
-
-    result: RunResult
-
-    def __init__(self, nb: Mapping[str, Any], result: RunResult) -> None:
-        super().__init__(nb)  # type: ignore[no-untyped-call]
-        # An attribute, not a key: NotebookNode turns attribute writes into items.
-        object.__setattr__(self, "result", result)
 
 
 def execute_notebook(
@@ -436,7 +453,9 @@ def execute_notebook(
 
     with start_blocking_portal("asyncio", backend_options={"use_uvloop": True}) as portal:
         result, written = portal.call(run_and_read)
-    executed = ExecutedNotebook(_from_dict(written or {}), result)
+    from runtimed.automation.executed import executed_notebook
+
+    executed = executed_notebook(written or {}, result)
     if raise_on_error and result.status == "failed":
         raise NotebookExecutionError(result)
     return executed
@@ -483,3 +502,13 @@ async def _run_stoppable(
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def __getattr__(name: str) -> Any:
+    # ExecutedNotebook is an nbformat NotebookNode: nbformat (and jsonschema) load only when
+    # the blocking API returns one, not for every ``runt run``.
+    if name == "ExecutedNotebook":
+        from runtimed.automation import executed
+
+        return executed.ExecutedNotebook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-
-import anyio
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -102,6 +99,8 @@ def _limits(args: argparse.Namespace) -> Any:
 
 
 async def _mcp(args: argparse.Namespace) -> int:
+    import logging
+
     from runtimed.mcp.server import serve_stdio
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
@@ -155,6 +154,8 @@ async def _diff(args: argparse.Namespace) -> int:
         if args.since or args.to:
             _err("runt: --since/--to diff versions of one notebook, not two files")
             return 2
+        import anyio
+
         from runtimed.storage.ipynb import read_notebook
 
         a = await anyio.to_thread.run_sync(read_notebook, Path(args.path))

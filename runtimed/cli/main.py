@@ -9,18 +9,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from protocol.states import ExecutionStatus
 from runtimed.cli import agents as cli_agents
 from runtimed.cli import runtimes as cli_runtimes
 from runtimed.cli import web as cli_web
-from runtimed.client import AsyncClient, AsyncNotebook, ExecutionResult
 from runtimed.errors import DaemonNotRunning, RuntimedError
 from runtimed.paths import default_home, default_socket_path
 from runtimed.version import __version__
+
+if TYPE_CHECKING:
+    from runtimed.client.async_client import AsyncClient
+    from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
 __all__ = ["main"]
 
@@ -63,11 +64,15 @@ def _sub(sub: Any, name: str, text: str, description: str | None = None) -> Any:
     return sub.add_parser(name, help=text, description=description or text[:1].upper() + text[1:])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """``runt``'s parser; ``only``: give just that command its arguments (the others are
+    listed, with their help line, but left empty: see :func:`_command_of`)."""
     parser = argparse.ArgumentParser(prog="runt", description="Command line client for runtimed.")
     parser.add_argument("--socket", help="daemon socket (default: $RUNTIMED_SOCKET or the user's)")
     parser.add_argument("--version", action="version", version=f"runt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub: Any = parser.add_subparsers(dest="command", required=True)
+    if only is not None:
+        sub = _OnlyOne(sub, only)
 
     daemon = _sub(sub, "daemon", "manage the background daemon")
     dsub = daemon.add_subparsers(dest="action", required=True)
@@ -155,7 +160,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Sink:
+    """Takes any parser call and does nothing (a command this invocation does not run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: _Sink()
+
+
+class _OnlyOne:
+    """The subparsers action, registering every command but giving only ``wanted`` its
+    arguments: argparse looks up message translations (gettext, a few file stats) for every
+    argument it is given, about half the time of building all of ``runt``'s commands."""
+
+    def __init__(self, sub: Any, wanted: str) -> None:
+        self._sub, self._wanted = sub, wanted
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        parser = self._sub.add_parser(name, **kwargs)
+        return parser if name == self._wanted else _Sink()
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` names after the global options, or None (help, version, none,
+    or an abbreviation: then the whole parser is built, for argparse's own messages)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--socket":
+            next(tokens, None)
+        elif token.startswith("--socket="):
+            continue
+        elif token.startswith("-"):
+            return None
+        else:
+            return token
+    return None
+
+
 async def _connect(args: argparse.Namespace, *, autostart: bool = False) -> AsyncClient:
+    from runtimed.client.async_client import AsyncClient
+
     return await AsyncClient.connect(args.socket, autostart=autostart)
 
 
@@ -173,8 +216,12 @@ async def _with_client(
 
 
 async def _daemon_start(args: argparse.Namespace) -> int:
+    import anyio
+
     socket = Path(args.socket) if args.socket else default_socket_path()
     try:
+        from runtimed.client.async_client import AsyncClient
+
         async with await AsyncClient.connect(socket) as client:
             status = await client.status()
         _err(f"runtimed is already running (pid {status.pid}) on {status.socket}")
@@ -189,6 +236,8 @@ async def _daemon_start(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
+                from runtimed.client.async_client import AsyncClient
+
                 async with await AsyncClient.connect(socket) as client:
                     status = await client.status()
                 _out(f"runtimed {status.version} started (pid {status.pid}) on {status.socket}")
@@ -231,6 +280,8 @@ def _spawn(socket: Path, home: Path, args: argparse.Namespace, stderr: Any) -> A
 
 
 async def _daemon_stop(args: argparse.Namespace) -> int:
+    import anyio
+
     try:
         client = await _connect(args)
     except DaemonNotRunning as exc:
@@ -249,6 +300,8 @@ async def _daemon_stop(args: argparse.Namespace) -> int:
 
 async def _wait_for_exit(pid: int, *, timeout: float) -> None:
     """Wait until process ``pid`` has exited (event-driven: a pidfd becomes readable)."""
+    import anyio
+
     try:
         fd = os.pidfd_open(pid)
     except (ProcessLookupError, OSError):
@@ -266,11 +319,15 @@ def _notebook_rows(notebooks: list[Any]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(nb) for nb in notebooks]
 
 
-async def _daemon_status(args: argparse.Namespace) -> int:
+def _daemon_status(args: argparse.Namespace) -> int:
+    # Blocking, one request: no event loop to import, start and stop.
     import msgspec
 
+    from protocol.messages import DaemonStatus, StatusReply
+    from runtimed.client.oneshot import ask
+
     try:
-        client = await _connect(args)
+        status = ask(args.socket, lambda i: DaemonStatus(id=i), StatusReply)
     except DaemonNotRunning as exc:
         if args.json:
             _out(
@@ -279,8 +336,6 @@ async def _daemon_status(args: argparse.Namespace) -> int:
         else:
             _err(str(exc))
         return 1
-    async with client:
-        status = await client.status()
     data = msgspec.to_builtins(status)
     data.pop("id", None)
     data.pop("type", None)
@@ -308,9 +363,12 @@ async def _daemon_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ps(args: argparse.Namespace) -> int:
-    async def body(client: AsyncClient) -> int:
-        notebooks = await client.list_notebooks()
+def _ps(args: argparse.Namespace) -> int:
+    from protocol.messages import ListNotebooks, NotebookList
+    from runtimed.client.oneshot import ask
+
+    def body() -> int:
+        notebooks = ask(args.socket, lambda i: ListNotebooks(id=i), NotebookList).notebooks
         if args.json:
             _out(json.dumps(_notebook_rows(notebooks), indent=2))
             return 0
@@ -333,7 +391,7 @@ async def _ps(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return await _with_client(args, body)
+    return body()
 
 
 async def _gc(args: argparse.Namespace) -> int:
@@ -472,12 +530,31 @@ async def _notebook_action(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from runtimed.automation import phases
+
+    phases.stamp("main")
+    try:
+        return _main(argv)
+    finally:
+        phases.dump()
+        if argv is None:
+            # The process ends now (the command line, not a caller's process): the
+            # interpreter's last garbage collections would walk every object this command
+            # made, which took longer than a small 'runt run' itself (bench_run.py's exit).
+            import gc
+
+            gc.freeze()
+
+
+def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_of(argv)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
     if args.socket:
         os.environ["RUNTIMED_SOCKET"] = args.socket
     command = args.command
     handlers: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
-        "ps": _ps,
         "gc": _gc,
         "exec": _exec,
         "run-all": _run_all,
@@ -488,11 +565,18 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "save": lambda a: _notebook_action(a, lambda nb: nb.save(), "saved {result}"),
     }
+    blocking = {("ps", None): _ps, ("daemon", "status"): _daemon_status}
+    quick = blocking.get((command, getattr(args, "action", None)))
+    if quick is not None:
+        try:
+            status = quick(args)
+            sys.stdout.flush()
+            return status
+        except BaseException as exc:
+            return _exit_status(exc)
     handler: Callable[[argparse.Namespace], Awaitable[int]]
     if command == "daemon":
-        handler = {"start": _daemon_start, "stop": _daemon_stop, "status": _daemon_status}[
-            args.action
-        ]
+        handler = {"start": _daemon_start, "stop": _daemon_stop}[args.action]
     elif (command, getattr(args, "action", None)) in cli_runtimes.COMMANDS:
         handler = cli_runtimes.COMMANDS[(command, getattr(args, "action", None))]
     elif (command, getattr(args, "action", None)) in cli_agents.COMMANDS:
@@ -505,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = run_command
     else:
         handler = handlers[command]
+    import anyio  # the event loop: only for commands that need one
+
     try:
         status = anyio.run(handler, args, backend="asyncio", backend_options={"use_uvloop": True})
         sys.stdout.flush()  # here, not at exit: a closed pipe must not print a traceback

@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import anyio
-
 from protocol.states import ExecutionStatus
 from runtimed.errors import RuntimedError
 
@@ -243,6 +241,8 @@ async def _interruptible(body: Callable[[], Awaitable[int]]) -> int:
     The signal receiver stays open until ``body`` has finished: a second Ctrl-C while the
     run is stopping is absorbed (said on stderr), so it cannot kill the save of what ran.
     """
+    import anyio
+
     outcome: list[int | BaseException] = []
     async with anyio.create_task_group() as tg:
 
@@ -352,8 +352,11 @@ async def _run(args: argparse.Namespace) -> int:
         )
     if notebooks[1] == "-" and args.json:
         raise _UsageError("--json and the output notebook cannot both go to stdout ('-')")
+    from runtimed.automation import phases
     from runtimed.automation.progress import is_tty
     from runtimed.automation.run import execute_notebook_async
+
+    phases.stamp("imported")
 
     tty = is_tty(sys.stderr) and not os.environ.get("NO_COLOR")  # no-color.org
     sinks = [_open_sink(path) for path in (args.stdout_file, args.stderr_file)]

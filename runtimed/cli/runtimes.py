@@ -14,7 +14,6 @@ import msgspec
 
 from protocol.messages import ConfigReply
 from protocol.runtimes import KernelHealth
-from runtimed.client import AsyncClient
 from runtimed.errors import DaemonNotRunning
 
 __all__ = ["COMMANDS", "add_parsers", "describe_kernel", "human_bytes"]
@@ -95,6 +94,8 @@ def add_parsers(sub: Any) -> None:
 
 
 async def _runtimes(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
+
     async with await AsyncClient.connect() as client:
         runtimes = await client.list_runtimes()
     if args.json:
@@ -117,6 +118,8 @@ def _kernel_line(k: KernelHealth) -> str:
 
 
 async def _pool(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
+
     async with await AsyncClient.connect() as client:
         status = await client.status()
     if args.json:
@@ -139,6 +142,8 @@ async def _pool(args: argparse.Namespace) -> int:
 
 
 async def _env_list(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
+
     async with await AsyncClient.connect() as client:
         reply = await client.list_envs()
     if args.json:
@@ -160,6 +165,8 @@ async def _env_list(args: argparse.Namespace) -> int:
 
 
 async def _env_clean(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
+
     async with await AsyncClient.connect() as client:
         reply = await client.clean_envs(remove_all=args.remove_all, older_than_days=args.older_than)
     if args.json:
@@ -176,6 +183,8 @@ async def _config_show(args: argparse.Namespace) -> int:
     note = ""
     differs: list[tuple[str, object, object]] = []
     try:
+        from runtimed.client.async_client import AsyncClient
+
         async with await AsyncClient.connect() as client:
             reply: ConfigReply = await client.get_config()
         differs = _differences(reply)

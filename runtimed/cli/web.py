@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import webbrowser
 from pathlib import Path
 from typing import Any
 
-from runtimed.client import AsyncClient
 from runtimed.errors import InvalidRequest
 
 __all__ = ["COMMANDS", "add_parsers"]
@@ -52,6 +50,8 @@ def _web(status: Any) -> tuple[int, Path]:
 
 
 async def _open(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
+
     async with await AsyncClient.connect(autostart=True) as client:
         port, home = _web(await client.status())
         if args.path:
@@ -63,11 +63,14 @@ async def _open(args: argparse.Namespace) -> int:
             url = f"http://127.0.0.1:{port}/?token={token}"
     sys.stdout.write(url + "\n")
     if not args.no_browser:
+        import webbrowser  # only when a browser is opened (shlex, subprocess, ...)
+
         webbrowser.open(url)
     return 0
 
 
 async def _rotate(args: argparse.Namespace) -> int:
+    from runtimed.client.async_client import AsyncClient
     from runtimed.daemon.web.auth import TokenStore
 
     async with await AsyncClient.connect() as client:

@@ -21,9 +21,12 @@ ExecutionResult), ``blocking`` (Client, Notebook, built on ``async_client``) and
 
 from __future__ import annotations
 
-from runtimed.client.async_client import AsyncClient, ConnectionState
-from runtimed.client.blocking import Client, Notebook
-from runtimed.client.notebook import AsyncNotebook, ExecutionResult
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtimed.client.async_client import AsyncClient, ConnectionState
+    from runtimed.client.blocking import Client, Notebook
+    from runtimed.client.notebook import AsyncNotebook, ExecutionResult
 
 __all__ = [
     "AsyncClient",
@@ -33,3 +36,25 @@ __all__ = [
     "ExecutionResult",
     "Notebook",
 ]
+
+_LAZY = {
+    "AsyncClient": "runtimed.client.async_client",
+    "ConnectionState": "runtimed.client.async_client",
+    "Client": "runtimed.client.blocking",
+    "Notebook": "runtimed.client.blocking",
+    "AsyncNotebook": "runtimed.client.notebook",
+    "ExecutionResult": "runtimed.client.notebook",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: a command that only asks the daemon something (runt ps) loads neither the
+    # blocking facade nor the Automerge replica.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtimed.client' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

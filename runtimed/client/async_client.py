@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
 from protocol.messages import (
     CleanEnvs,
     ClientRequest,
@@ -46,13 +47,25 @@ from protocol.messages import (
 )
 from protocol.runtimes import RuntimeInfo
 from runtimed.client.connection import Connection
-from runtimed.client.notebook import AsyncNotebook, Replica
-from runtimed.documents.manifests import manifest_hashes, resolve_output
 from runtimed.errors import ConnectionClosed, ConnectionLost, DaemonNotRunning, RuntimedError
+
+if TYPE_CHECKING:
+    from runtimed.client.notebook import AsyncNotebook, Replica
+
+# The notebook replica (Automerge), output manifests and the blob store are imported where
+# they are first used: 'runt ps' or 'runt daemon status' need none of them.
 
 __all__ = ["AsyncClient", "ConnectionState"]
 
 log = logging.getLogger(__name__)
+
+
+async def _load_replica() -> None:
+    """Import the notebook replica (Automerge) the first time one is opened, in a worker
+    thread: an import reads files, which must not block the event loop."""
+    if "runtimed.client.notebook" not in sys.modules:
+        await anyio.to_thread.run_sync(importlib.import_module, "runtimed.client.notebook")
+
 
 EVENT_BUFFER = 1024
 RECONNECT_FIRST_DELAY = 0.05
@@ -343,6 +356,8 @@ class AsyncClient:
         replica = self._replicas.get(notebook_id)
         if replica is None:
             # Sync can precede the NotebookOpened reply: make the replica on first sight.
+            from runtimed.client.notebook import Replica
+
             replica = self._replicas[notebook_id] = Replica(notebook_id)
         replica.receive(doc, data)
         self.mark_dirty(notebook_id, doc)
@@ -446,6 +461,8 @@ class AsyncClient:
         Raises:
             blobstore.BlobError: a referenced blob is missing or corrupt.
         """
+        from runtimed.documents.manifests import resolve_output
+
         return resolve_output(manifest, self._read_blob)
 
     async def resolve_outputs(self, manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -455,6 +472,8 @@ class AsyncClient:
         Raises:
             blobstore.BlobError: a referenced blob is missing or corrupt.
         """
+        from runtimed.documents.manifests import manifest_hashes, resolve_output
+
         if not any(manifest_hashes(m) for m in manifests):
             # Inline outputs only: nothing to read from disk.
             return [resolve_output(m, self._read_blob) for m in manifests]
@@ -463,6 +482,8 @@ class AsyncClient:
         )
 
     def _read_blob(self, blob_hash: str) -> bytes:
+        from blobstore import BlobCorrupt, BlobNotFound, sha256_hex, shard_path, validate_hash
+
         if self._blob_root is None:
             raise BlobNotFound(f"blob {blob_hash}: the daemon's blob store location is unknown")
         path = self._blob_root.joinpath(*shard_path(validate_hash(blob_hash)))
@@ -561,6 +582,7 @@ class AsyncClient:
 
         ``kernel_env``, ``kernel_cwd``: kernels started for it from now on get these
         variables (over the daemon's environment) and this working directory."""
+        await _load_replica()
         resolved = str(await (await anyio.Path(path).expanduser()).resolve())
         cwd = str(await anyio.Path(kernel_cwd).resolve()) if kernel_cwd is not None else None
         reply = await self.request(
@@ -575,6 +597,7 @@ class AsyncClient:
         self, path: str | Path | None = None, *, kernel_name: str | None = None, timeout: float = 60
     ) -> AsyncNotebook:
         """Create a new, empty notebook (written to ``path`` at once when given)."""
+        await _load_replica()
         resolved = str(await (await anyio.Path(path).expanduser()).resolve()) if path else None
         reply = await self.request(
             lambda i: CreateNotebook(id=i, path=resolved, kernel_name=kernel_name),
@@ -583,6 +606,8 @@ class AsyncClient:
         return await self._attach(reply, timeout)
 
     async def _attach(self, reply: NotebookOpened, timeout: float) -> AsyncNotebook:
+        from runtimed.client.notebook import AsyncNotebook, Replica  # see _load_replica
+
         if self._blob_root is None:
             await self.status()
         replica = self._replicas.get(reply.notebook_id)

@@ -9,9 +9,10 @@ request group (:mod:`~runtimed.daemon.handlers`) behind the thin ``match`` of :m
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
@@ -61,7 +62,6 @@ from runtimed.daemon.instance import InstanceLock
 from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
 from runtimed.daemon.scope import is_fault
-from runtimed.daemon.web import WebServer
 from runtimed.errors import ShuttingDown
 from runtimed.kernels.records import CURRENT as CURRENT_KERNEL_RECORDS
 from runtimed.kernels.records import KernelRecords
@@ -69,6 +69,9 @@ from runtimed.paths import RuntimedPaths
 from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore
 from runtimed.version import __version__
+
+if TYPE_CHECKING:
+    from runtimed.daemon.web import WebServer
 
 __all__ = ["Daemon", "DaemonConfig"]
 
@@ -147,7 +150,13 @@ class Daemon:
                 await tg.start(self.rooms.run)
                 tg.start_soon(listener.run)
                 if self.config.http_port is not None:
-                    self.web = WebServer(
+                    # Imported once the socket listens and the pool's kernel is starting
+                    # (Starlette and uvicorn load while the first client's kernel launches),
+                    # in a worker thread: an import reads files.
+                    web = await anyio.to_thread.run_sync(
+                        importlib.import_module, "runtimed.daemon.web"
+                    )
+                    self.web = web.WebServer(
                         socket=self.paths.socket,
                         home=self.paths.home,
                         blobs=self.blobs,

@@ -5,6 +5,11 @@ Policy:
 
 * the refiller keeps ``size`` kernels ready or starting, one launch at a time, within the
   manager's kernel limit (capacity a notebook is waiting for is not taken);
+* after a kernel is taken after a quiet spell the refill waits ``refill_delay`` seconds
+  (unless a notebook asks for a kernel meanwhile; takes within ``BURST_WINDOW`` of each
+  other, a batch, refill at once): launching a kernel is a second of CPU, and on a small machine it
+  would compete with the very run that took the pooled one (``runt run`` of a small
+  notebook is over in a fraction of that);
 * a kernel leaves the pool for exactly one notebook and is never returned: it is shut down
   when that notebook releases it, so no code or state crosses notebooks;
 * a pooled kernel that dies while idle is dropped and replaced;
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 
 _BACKOFF = 1.0
 _MAX_BACKOFF = 60.0
+REFILL_DELAY = 1.0
+BURST_WINDOW = 5.0  # s; a take this soon after the previous one is batch work: no deferral
 
 
 class KernelPool:
@@ -44,8 +51,13 @@ class KernelPool:
         registry: RuntimeRegistry,
         launch: Callable[[RuntimeSpec], Awaitable[ManagedKernel]],
         has_capacity: Callable[[], bool],
+        refill_delay: float = REFILL_DELAY,
     ) -> None:
         self.size = size
+        self.refill_delay = refill_delay
+        self._refill_at = 0.0  # anyio.current_time() before which the refill waits
+        self._last_take = float("-inf")
+        self._hurry = anyio.Event()  # a notebook wants a kernel: refill now
         self._registry = registry
         self._launch = launch
         self._has_capacity = has_capacity
@@ -94,6 +106,12 @@ class KernelPool:
         while self.ready:
             kernel = self.ready.pop(0)
             if kernel.session.state == KernelState.IDLE:
+                now = anyio.current_time()
+                # One run after a quiet spell: defer the refill. Takes in a burst (a batch):
+                # refill at once, so the next notebook's kernel is already starting.
+                burst = now - self._last_take < BURST_WINDOW
+                self._last_take = now
+                self._refill_at = now if burst else now + self.refill_delay
                 self.wake()
                 return kernel
             log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)
@@ -103,8 +121,13 @@ class KernelPool:
         """A pooled kernel, waiting for one being started; None if none is coming."""
         while True:
             kernel = self.take()
-            if kernel is not None or self.starting == 0:
+            if kernel is not None:
                 return kernel
+            if self.starting == 0:
+                if not (self._deferred() and self._wants_more()):
+                    return None
+                self._hurry.set()  # the deferred refill starts now, for this notebook
+                self.wake()
             changed = self._changed
             await changed.wait()
 
@@ -121,11 +144,24 @@ class KernelPool:
     def _wants_more(self) -> bool:
         return self.enabled and len(self.ready) + self.starting < self.size and self._has_capacity()
 
+    def _deferred(self) -> bool:
+        return anyio.current_time() < self._refill_at
+
+    async def _wait_deferral(self) -> None:
+        """Until ``refill_delay`` after the last take, or a notebook waits for a kernel."""
+        while self._deferred() and not self._hurry.is_set():
+            with anyio.move_on_after(self._refill_at - anyio.current_time()):
+                await self._hurry.wait()
+        self._hurry = anyio.Event()
+
     async def run(self, tg: TaskGroup) -> None:
         """Refill forever; pooled kernels and their watchers live in ``tg``."""
         failures = 0
         while True:
             while self._wants_more():
+                await self._wait_deferral()
+                if not self._wants_more():
+                    break
                 if await self._start_one(tg):
                     failures = 0
                 else:

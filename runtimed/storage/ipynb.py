@@ -24,12 +24,15 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Any
-
-import nbformat
-from nbformat.validator import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from runtimed.errors import NotebookInvalid, NotebookIOError, NotebookNotFound
+
+if TYPE_CHECKING:
+    from nbformat.validator import ValidationError
+
+# nbformat (and its jsonschema, >1 s to import where jupyter_server is installed) is imported
+# by the functions that validate, not here: reading and writing bytes need neither.
 
 __all__ = [
     "WIDGET_STATE_MIME",
@@ -135,6 +138,8 @@ def parse_notebook(raw: bytes, path: Path) -> dict[str, Any]:
         )
     # reads() validates (once; a second validate() of ours cost as much again on a big
     # notebook) and hands the error back through capture_validation_error.
+    import nbformat
+
     invalid: dict[str, ValidationError] = {}
     try:
         node = nbformat.reads(text, as_version=4, capture_validation_error=invalid)
@@ -165,6 +170,8 @@ def notebook_bytes(nb: dict[str, Any]) -> bytes:
     Raises:
         NotebookInvalid: the notebook would not validate.
     """
+    import nbformat
+
     node = nbformat.from_dict(nb)
     invalid: dict[str, ValidationError] = {}  # writes() validates once, as reads() does
     text = nbformat.writes(node, capture_validation_error=invalid)

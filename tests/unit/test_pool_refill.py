@@ -1,0 +1,95 @@
+"""The pool's refill policy (runtimed.runtimes.pool): a take defers the refill, a waiting
+notebook hurries it. Pure scheduling logic: the kernels are stand-ins."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from runtimed.runtimes.hosting import ManagedKernel
+from runtimed.runtimes.pool import KernelPool
+from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec
+
+pytestmark = pytest.mark.anyio
+
+
+class _Session:
+    state = "idle"
+    pid = 1
+
+    async def wait_exited(self) -> None:
+        await anyio.sleep_forever()
+
+
+class _Kernel:
+    def __init__(self, n: int) -> None:
+        self.id = f"k{n}"
+        self.session = _Session()
+
+
+class _Registry:
+    async def resolve(self, name: str | None) -> Any:
+        return type("Spec", (), {"poolable": True, "name": "python3", "language": "python"})()
+
+
+def _pool(launches: list[float], delay: float) -> KernelPool:
+    async def launch(runtime: RuntimeSpec) -> ManagedKernel:
+        launches.append(anyio.current_time())
+        return cast(ManagedKernel, _Kernel(len(launches)))
+
+    return KernelPool(
+        size=1,
+        registry=cast(RuntimeRegistry, _Registry()),
+        launch=launch,
+        has_capacity=lambda: True,
+        refill_delay=delay,
+    )
+
+
+async def _until(condition: Any) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+async def test_a_take_defers_the_refill() -> None:
+    launches: list[float] = []
+    pool = _pool(launches, delay=0.3)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, tg)
+        await _until(lambda: pool.ready)
+        assert pool.take() is not None
+        for _ in range(50):  # the refiller runs, and waits
+            await anyio.lowlevel.checkpoint()
+        assert len(launches) == 1
+        await _until(lambda: len(launches) == 2)  # after the deferral
+        tg.cancel_scope.cancel()
+
+
+async def test_a_notebook_waiting_for_a_kernel_hurries_the_refill() -> None:
+    launches: list[float] = []
+    pool = _pool(launches, delay=60)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, tg)
+        await _until(lambda: pool.ready)
+        assert pool.take() is not None
+        with anyio.fail_after(10):  # not the 60 s deferral
+            kernel = await pool.take_or_wait()
+        assert kernel is not None
+        assert len(launches) == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_takes_in_a_burst_refill_at_once() -> None:
+    launches: list[float] = []
+    pool = _pool(launches, delay=60)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, tg)
+        await _until(lambda: pool.ready)
+        assert pool.take() is not None  # after a quiet spell: deferred
+        assert await pool.take_or_wait() is not None  # hurried; a second take: a batch
+        await _until(lambda: len(launches) == 3)  # not after the 60 s deferral
+        tg.cancel_scope.cancel()
