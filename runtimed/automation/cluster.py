@@ -280,7 +280,12 @@ async def run_cluster_batch(
     """
     from distributed import as_completed
 
-    from runtimed.automation.cluster_worker import PLUGIN_NAME, RuntimedWorkerPlugin, run_on_worker
+    from runtimed.automation.cluster_worker import (
+        PLUGIN_NAME,
+        RuntimedWorkerPlugin,
+        cancel_batch,
+        run_on_worker,
+    )
 
     results: list[RunResult | None] = [None] * len(runs)
     workers: dict[int, str] = {}
@@ -348,8 +353,9 @@ async def run_cluster_batch(
         except BaseException:
             # Ctrl-C (cancellation) or a broken connection: nothing more runs; what
             # finished is written already.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await client.cancel([f for f in submitted if not f.done()], force=True)
+                await client.run(cancel_batch, topic, on_error="return")
             raise
         finally:
             client.unsubscribe_topic(topic)

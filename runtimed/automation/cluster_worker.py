@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,12 +39,19 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from runtimed.automation.locations import is_url
 from runtimed.automation.progress import RunObserver
 from runtimed.automation.report import RunResult
-from runtimed.errors import DaemonNotRunning
+from runtimed.errors import DaemonNotRunning, RuntimedError
 
 if TYPE_CHECKING:
     from distributed import Worker
 
-__all__ = ["PLUGIN_NAME", "RuntimedWorkerPlugin", "WorkerJob", "WorkerOutcome", "run_on_worker"]
+__all__ = [
+    "PLUGIN_NAME",
+    "RuntimedWorkerPlugin",
+    "WorkerJob",
+    "WorkerOutcome",
+    "cancel_batch",
+    "run_on_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,8 @@ class RuntimedWorkerPlugin(WorkerPlugin):
         self._lifeline: int | None = None
         self._socket: Path | None = None
         self._short: Path | None = None
+        # Runs going on here, by batch: their loop and cancel scope (cancel_batch).
+        self.running: dict[str, list[tuple[asyncio.AbstractEventLoop, Any]]] = {}
 
     async def teardown(self, worker: Worker) -> None:
         await asyncio.to_thread(self.stop)
@@ -285,19 +295,18 @@ def run_on_worker(job: WorkerJob) -> WorkerOutcome:
                 "worker %s: no folder %s here; the kernel runs in %s", worker.address, cwd, folder
             )
             options["cwd"] = str(folder)
+        run = functools.partial(
+            execute_notebook_async,
+            input_path,
+            str(output),
+            job.parameters,
+            socket=sock,
+            autostart=False,
+            observer=_Announcer(worker, job),
+            **{**options, "progress_bar": False},
+        )
         result = anyio.run(
-            functools.partial(
-                execute_notebook_async,
-                input_path,
-                str(output),
-                job.parameters,
-                socket=sock,
-                autostart=False,
-                observer=_Announcer(worker, job),
-                **{**options, "progress_bar": False},
-            ),
-            backend="asyncio",
-            backend_options={"use_uvloop": True},
+            _cancellable, plugin, job, run, backend="asyncio", backend_options={"use_uvloop": True}
         )
         data = _renamed(output, job.input_name, job.output_name) if output.exists() else None
         if data is not None and is_url(job.output_name):
@@ -309,3 +318,35 @@ def run_on_worker(job: WorkerJob) -> WorkerOutcome:
         return WorkerOutcome(named, data, worker.address)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _cancellable(
+    plugin: RuntimedWorkerPlugin, job: WorkerJob, run: Callable[[], Awaitable[RunResult]]
+) -> RunResult:
+    """``run()``, cancelled by :func:`cancel_batch` (the run then interrupts its cell and
+    saves what ran, as a local ``runt run`` on Ctrl-C)."""
+    import anyio
+
+    entry = (asyncio.get_running_loop(), anyio.CancelScope())
+    batch = plugin.running.setdefault(job.topic or "", [])
+    batch.append(entry)
+    try:
+        with entry[1]:
+            return await run()
+    finally:
+        batch.remove(entry)
+    raise RuntimedError(f"the run of {job.input_name} was cancelled with its batch")
+
+
+def cancel_batch(batch: str, dask_worker: Worker) -> int:
+    """``Client.run`` target: cancel this worker's runs of ``batch``; returns how many.
+
+    Dask cannot stop a task that runs; this frees the worker at once instead of leaving it
+    busy until the notebook ends."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, RuntimedWorkerPlugin):
+        return 0
+    entries = list(plugin.running.get(batch, []))
+    for loop, scope in entries:
+        loop.call_soon_threadsafe(scope.cancel)
+    return len(entries)
