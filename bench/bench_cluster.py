@@ -124,6 +124,7 @@ async def per_run(work: Path, runs: int) -> None:
         client = await Client(cluster.scheduler_address, asynchronous=True)
         try:
             await client.register_plugin(RuntimedWorkerPlugin(), name=PLUGIN_NAME)
+            await client.wait_for_workers(2)
             workers = list(client.scheduler_info()["workers"])
 
             async def submit(index: int, worker: str) -> tuple[float, float]:

@@ -189,8 +189,10 @@ async def _check_workers(client: Any, where: ClusterAddress, timeout: float) -> 
 
     from runtimed.automation import cluster_probe
 
+    # A local cluster's workers all start now: waiting for them spreads the first runs
+    # over all of them (otherwise they may queue on the first worker up).
     try:
-        await client.wait_for_workers(1, timeout=timeout)
+        await client.wait_for_workers(where.workers or 1, timeout=timeout)
     except TimeoutError as exc:
         raise ClusterError(
             f"the Dask cluster at {where} has no worker after {timeout:g} s"
