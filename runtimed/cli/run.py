@@ -319,6 +319,8 @@ async def _run(args: argparse.Namespace) -> int:
     parameters = _parameters(args)
     if args.batch or args.output_dir:
         return await _run_many(args, parameters)
+    if args.cluster:
+        raise _UsageError("--cluster runs batches: give --batch SPEC.yaml or --output-dir DIR")
     if len(notebooks) != 2:
         raise _UsageError(
             "give INPUT and OUTPUT notebook paths ('-' for stdin/stdout), or several inputs "

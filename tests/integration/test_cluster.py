@@ -28,6 +28,7 @@ from distributed import Client, LocalCluster
 from runtimed.automation.batch import BatchRun
 from runtimed.automation.cluster import (
     ClusterError,
+    execute_notebooks,
     parse_cluster,
     run_cluster_batch,
 )
@@ -362,3 +363,18 @@ async def test_local_cluster_ctrl_c_keeps_what_finished_and_leaves_no_process(
     assert sum(DAEMON_MODULE in c for c in cmdlines) == 2, cmdlines  # one daemon per worker
     procs = [p for p, _ in seen]
     await anyio.to_thread.run_sync(assert_all_gone, procs, "processes of the local cluster")
+
+
+def test_execute_notebooks_python_api_on_the_cluster(shared: Shared, short_tmp: Path) -> None:
+    source = write_notebook(
+        short_tmp / "in.ipynb",
+        [code("x = 1", "parameters"), code("from runtimed import glue\nglue('x', x)")],
+    )
+    out = short_tmp / "deep" / "out.ipynb"
+    results = execute_notebooks(
+        [(str(source), str(out))], cluster=shared.address, parameters={"x": 5}
+    )
+    assert [r.status for r in results] == ["ok"], results
+    assert results[0].scraps == {"x": 5}
+    assert results[0].output_path == str(out)
+    assert json.loads(out.read_text())["metadata"]["papermill"]["parameters"] == {"x": 5}
