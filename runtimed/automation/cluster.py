@@ -63,7 +63,17 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 # Options that cannot cross the network (open files, objects of this process) or that the
 # worker sets itself.
 _LOCAL_ONLY = frozenset(
-    {"log_output", "log_stream", "stdout_file", "stderr_file", "observer", "client", "socket"}
+    {
+        "log_output",
+        "log_stream",
+        "stdout_file",
+        "stderr_file",
+        "observer",
+        "client",
+        "socket",
+        "autostart",
+        "raise_on_error",
+    }
 )
 _HOST_PORT = re.compile(r"^[\w.\-]+:\d+$")
 
