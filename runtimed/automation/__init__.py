@@ -3,7 +3,7 @@
 Pure functions over nbformat notebooks; see :mod:`runtimed.automation.parameters` and
 :mod:`runtimed.automation.inspect`. Kernel-side scraps live in :mod:`runtimed.glue`.
 Batches, locally or on a Dask cluster: :func:`execute_notebooks`
-(:mod:`runtimed.automation.cluster`).
+(:mod:`runtimed.automation.batch_api`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtimed.automation.cluster import (
-        ClusterError,
-        execute_notebooks,
-        execute_notebooks_async,
-    )
+    from runtimed.automation.batch_api import execute_notebooks, execute_notebooks_async
+    from runtimed.automation.cluster import ClusterError
     from runtimed.automation.inspect import (
         ParameterInfo,
         format_parameters_help,
@@ -56,9 +53,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ClusterError": "runtimed.automation.cluster",
     **dict.fromkeys(
-        ("ClusterError", "execute_notebooks", "execute_notebooks_async"),
-        "runtimed.automation.cluster",
+        ("execute_notebooks", "execute_notebooks_async"), "runtimed.automation.batch_api"
     ),
     **dict.fromkeys(
         (

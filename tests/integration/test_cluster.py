@@ -26,9 +26,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from runtimed.automation.batch import BatchRun
+from runtimed.automation.batch_api import execute_notebooks
 from runtimed.automation.cluster import (
     ClusterError,
-    execute_notebooks,
     parse_cluster,
     run_cluster_batch,
 )
