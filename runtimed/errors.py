@@ -24,6 +24,7 @@ The tree (module in brackets when it is not this one)::
     │   └── BlobUnavailable
     ├── InvalidRequest
     │   ├── BatchSpecError [runtimed.automation.batch]
+    │   ├── ClusterError [runtimed.automation.cluster]
     │   └── ParameterError [runtimed.automation.parameters] (also a ValueError)
     ├── NotebookNotFound
     ├── NotebookInvalid

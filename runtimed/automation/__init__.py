@@ -2,6 +2,8 @@
 
 Pure functions over nbformat notebooks; see :mod:`runtimed.automation.parameters` and
 :mod:`runtimed.automation.inspect`. Kernel-side scraps live in :mod:`runtimed.glue`.
+Batches, locally or on a Dask cluster: :func:`execute_notebooks`
+(:mod:`runtimed.automation.batch_api`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from runtimed.automation.batch_api import execute_notebooks, execute_notebooks_async
+    from runtimed.automation.cluster import ClusterError
     from runtimed.automation.inspect import (
         ParameterInfo,
         format_parameters_help,
@@ -31,9 +35,12 @@ if TYPE_CHECKING:
 __all__ = [
     "INJECTED_PARAMETERS_TAG",
     "PARAMETERS_TAG",
+    "ClusterError",
     "ParameterError",
     "ParameterInfo",
     "collect_parameters",
+    "execute_notebooks",
+    "execute_notebooks_async",
     "find_first_tagged_cell_index",
     "format_parameters_help",
     "has_parameters_cell",
@@ -46,6 +53,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ClusterError": "runtimed.automation.cluster",
+    **dict.fromkeys(
+        ("execute_notebooks", "execute_notebooks_async"), "runtimed.automation.batch_api"
+    ),
     **dict.fromkeys(
         (
             "ParameterInfo",

@@ -176,6 +176,12 @@ def add_run_parser(sub: Any) -> None:
     add("--batch", metavar="SPEC", help="YAML file describing many runs")
     add("--output-dir", metavar="DIR", help="run every NOTEBOOK, writing DIR/<its name>")
     add("-j", "--jobs", type=_count, metavar="N", help="runs at once (default: number of CPUs)")
+    add(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the batch on a Dask cluster: dask://HOST:PORT, tcp://..., a scheduler "
+        "file, or local:N (a local cluster of N worker processes); needs runtimed[dask]",
+    )
 
     inspect = sub.add_parser(
         "inspect",
@@ -345,6 +351,8 @@ async def _run(args: argparse.Namespace) -> int:
     parameters = _parameters(args)
     if args.batch or args.output_dir:
         return await _run_many(args, parameters)
+    if args.cluster:
+        raise _UsageError("--cluster runs batches: give --batch SPEC.yaml or --output-dir DIR")
     if len(notebooks) != 2:
         raise _UsageError(
             "give INPUT and OUTPUT notebook paths ('-' for stdin/stdout), or several inputs "
@@ -425,7 +433,6 @@ async def _run_many(args: argparse.Namespace, parameters: dict[str, object]) -> 
     from runtimed.automation.batch import (
         BatchProgress,
         default_jobs,
-        format_summary,
         load_spec,
         run_batch,
         runs_for_inputs,
@@ -445,11 +452,25 @@ async def _run_many(args: argparse.Namespace, parameters: dict[str, object]) -> 
         raise _UsageError("--log-output, --stdout-file and --stderr-file need a single run")
     if jobs is not None and jobs < 1:
         raise _UsageError("--jobs must be at least 1")
+    lines = BatchProgress(len(runs), _err)
+    options = _options(args)
+    if args.cluster:
+        from runtimed.automation.cluster import run_cluster_batch
+
+        _err(f"runt run: {len(runs)} notebooks on the Dask cluster {args.cluster}")
+        results = await run_cluster_batch(
+            runs,
+            cluster=args.cluster,
+            jobs=jobs,
+            observer=lines.observer,
+            on_done=lines.done,
+            announce=lambda line: _err(f"runt run: {line}"),
+            **{k: v for k, v in options.items() if v is not None},
+        )
+        return _summarize(args, results)
     jobs = jobs or default_jobs()
     from runtimed.client import AsyncClient
 
-    lines = BatchProgress(len(runs), _err)
-    options = _options(args)
     async with await AsyncClient.connect(args.socket, autostart=not args.no_autostart) as client:
         _err(f"runt run: {len(runs)} notebooks, {jobs} at a time")
         results = await run_batch(
@@ -460,6 +481,12 @@ async def _run_many(args: argparse.Namespace, parameters: dict[str, object]) -> 
             on_done=lines.done,
             **{k: v for k, v in options.items() if v is not None},
         )
+    return _summarize(args, results)
+
+
+def _summarize(args: argparse.Namespace, results: list[Any]) -> int:
+    from runtimed.automation.batch import format_summary
+
     if args.json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], default=str, indent=2) + "\n")
     else:
