@@ -155,10 +155,9 @@ class AdoptedExecutions:
 
     def on_adopted(self, submitted: Submitted, header: dict[str, Any]) -> bool:
         """``KernelSession.on_adopted``: record an execution the previous daemon sent."""
-        tags = header.get("runtimed")
-        if not isinstance(tags, dict) or self.done.is_set():
+        if self.done.is_set():
             return False
-        cell_id, seq = tags.get("cell_id"), tags.get("seq")
+        cell_id, seq = header.get("runtimed_cell_id"), header.get("runtimed_seq")
         if not isinstance(cell_id, str) or not isinstance(seq, int) or seq <= self.floor:
             return False
         runtime = self._room.runtime

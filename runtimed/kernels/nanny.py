@@ -278,9 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.listen(4)
     read_end, write_end = os.pipe()
     env = dict(os.environ, JPY_PARENT_PID=str(os.getpid()))
-    kernel = subprocess.Popen(
-        kernel_argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, env=env
-    )
+    try:
+        kernel = subprocess.Popen(
+            kernel_argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, env=env
+        )
+    except OSError as exc:  # the daemon reports our exit with this console tail
+        print(f"could not launch kernel ({kernel_argv!r}): {exc}", file=sys.stderr, flush=True)
+        return 127
     os.close(write_end)
     # After the spawn (ignored signals are inherited): the group gets the daemon's SIGINT
     # (an interrupt) and SIGTERM (a stop) for the kernel; we go when it goes.
@@ -303,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             nanny.changed.wait(None if left is None else max(0.05, left))
         status = kernel.returncode
         nanny._send_all(encode_record(b"X", [_STATUS.pack(status)]))
-    console.join(timeout=2)
+    # Briefly: a process the kernel started may hold the console pipe open for ever.
+    console.join(timeout=0.1)
     with contextlib.suppress(OSError):
         os.unlink(path)
     if status < 0:

@@ -517,14 +517,14 @@ class KernelSession:
         stdin: StdinHandler | None = None,
         silent: bool = False,
         request_id: str | None = None,
-        tags: dict[str, Any] | None = None,
+        tags: dict[str, str | int] | None = None,
     ) -> Submitted:
         """Send ``code`` for execution and return at once (see :meth:`execute`).
 
         ``request_id``: the request's ``msg_id`` (unique; the daemon uses the execution id);
-        ``tags``: put in the request header as ``runtimed``, so that IOPub (whose parent
-        header echoes it) names the cell and its queue position to a daemon that adopts
-        the kernel later.
+        ``tags``: put in the request header as ``runtimed_<key>``, so that IOPub (whose
+        parent header echoes it) names the cell and its queue position to a daemon that
+        adopts the kernel later.
 
         The kernel runs requests in the order they arrive; :meth:`wait` collects the result.
         Only send a request after the previous one finished if it must not run after a
@@ -545,8 +545,9 @@ class KernelSession:
         header = kernel.client.session.msg_header("execute_request")
         if request_id is not None:
             header["msg_id"] = request_id
-        if tags:
-            header["runtimed"] = tags
+        for key, value in (tags or {}).items():
+            # Scalars only: ipykernel keys its output buffers by the parent header's items.
+            header[f"runtimed_{key}"] = value
         msg = kernel.client.session.msg("execute_request", content, header=header)
         msg_id = str(msg["header"]["msg_id"])
         # Register before sending so that no reply or IOPub message can be missed.
