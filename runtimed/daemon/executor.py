@@ -180,6 +180,8 @@ class NotebookExecutor:
         self._adopted = AdoptedExecutions(room, self._outputs)
         if adopt is None:
             self._adopted.done.set()
+        else:  # clients opening the notebook see it at once: a kernel is on its way
+            self._set_kernel(KernelState.STARTING)
 
     def _running_entry(self) -> Entry | None:
         return self._queue.running or self._adopted.entry

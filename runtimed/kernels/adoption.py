@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,10 +34,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 import runtimed.aio  # noqa: F401  (anyio's raw-socket race under uvloop; see the module)
 from runtimed.errors import KernelStartFailed
 from runtimed.kernels.launch import LaunchSpec
-from runtimed.kernels.nanny import exit_status, parse_records
+from runtimed.kernels.nanny import SOCKET_NAME, exit_status, parse_records
 from runtimed.kernels.records import KernelRecord
 
-__all__ = ["NannyLink", "adopted_reply", "load_connection", "spec_from_record"]
+__all__ = [
+    "NannyLink",
+    "adopted_reply",
+    "load_connection",
+    "spec_from_record",
+    "wait_journaling",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,33 @@ class NannyLink:
         if self._stream is not None:
             await self._stream.aclose()
         self._send.close()
+
+
+async def wait_journaling(
+    directory: Path, poke: Callable[[], object], *, timeout: float
+) -> str | None:
+    """Wait until a new kernel's nanny has journaled an IOPub message (its SUB socket is
+    subscribed: nothing a first cell prints is missing from the journal). ``poke`` makes
+    the kernel publish (a kernel_info_request: busy, idle); it is called every half second
+    while the journal is empty. None once journaling, else why not.
+
+    PUB/SUB's slow joiner: the nanny connects before the kernel binds and zmq retries every
+    100 ms, and a second subscription to the same topic gets no ``iopub_welcome`` (XPUB
+    passes duplicates on only once), so the first message is the proof.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_unix(str(directory / SOCKET_NAME))
+            async with stream:
+                while True:
+                    with anyio.move_on_after(0.5):
+                        if await stream.receive():
+                            return None
+                    poke()
+    except TimeoutError:
+        return f"its nanny journaled no IOPub message within {timeout:g} s"
+    except (OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        return f"its nanny does not answer ({exc})"
 
 
 def spec_from_record(record: KernelRecord) -> LaunchSpec:

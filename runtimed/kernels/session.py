@@ -42,7 +42,12 @@ from runtimed.errors import (
     KernelRequestTimeout,
     KernelStartFailed,
 )
-from runtimed.kernels.adoption import NannyLink, load_connection, spec_from_record
+from runtimed.kernels.adoption import (
+    NannyLink,
+    load_connection,
+    spec_from_record,
+    wait_journaling,
+)
 from runtimed.kernels.cursor import from_kernel_cursor, protocol_version, to_kernel_cursor
 from runtimed.kernels.launch import (
     LaunchSpec,
@@ -418,6 +423,12 @@ class KernelSession:
             # the shielded run() and wait for it forever.
             tg.start_soon(kernel.run)
             failure = await kernel.wait_ready(self._startup_timeout)
+            if failure is None:
+                failure = await wait_journaling(
+                    conn_dir,
+                    lambda: kernel.forget(kernel.request("shell", "kernel_info_request", {})[0]),
+                    timeout=self._startup_timeout,
+                )
         except BaseException:
             await self._stop(kernel, grace=0, reason="aborted during startup")
             raise
