@@ -159,6 +159,13 @@ class AdoptedExecutions:
             return False
         cell_id, seq = header.get("runtimed_cell_id"), header.get("runtimed_seq")
         if not isinstance(cell_id, str) or not isinstance(seq, int) or seq <= self.floor:
+            log.debug(
+                "execution %s (cell %r, seq %r) of the previous daemon: not followed (floor %d)",
+                submitted.msg_id,
+                cell_id,
+                seq,
+                self.floor,
+            )
             return False
         runtime = self._room.runtime
         execution_id = submitted.msg_id

@@ -114,6 +114,8 @@ class KernelProcess:
         self.link = process if isinstance(process, NannyLink) else None
         """An adopted kernel's nanny: IOPub comes from it, not from a SUB socket of ours."""
         self.on_foreign: ForeignHandler | None = None
+        self.idle_waiters: dict[str, anyio.Event] = {}
+        """msg_id -> set when IOPub says ``status: idle`` for that request (or on exit)."""
         self.client = client
         self.conn_dir = conn_dir
         self.tail = ConsoleTail()
@@ -365,6 +367,9 @@ class KernelProcess:
         for reply in self.replies.values():
             reply.event.set()
         self.replies.clear()
+        for waiter in self.idle_waiters.values():
+            waiter.set()
+        self.idle_waiters.clear()
 
     async def _watch_stdin_handshake(self) -> None:
         socket = self.client.stdin_channel.socket
@@ -427,6 +432,12 @@ class KernelProcess:
         async for frames in link.iopub:
             try:
                 msg = decode_message(session, frames)
+                logger.debug(
+                    "kernel %d: adopted iopub %s (parent %s)",
+                    self.pid,
+                    msg["header"].get("msg_type"),
+                    msg["parent_header"].get("msg_id"),
+                )
             except ValueError as exc:
                 logger.warning("kernel %d: dropped invalid iopub message: %s", self.pid, exc)
                 continue
@@ -455,6 +466,12 @@ class KernelProcess:
             return
         if channel == "iopub":
             self.iopub_seen.set()
+            if (
+                msg_type == "status"
+                and parent_id in self.idle_waiters
+                and msg["content"].get("execution_state") == "idle"
+            ):
+                self.idle_waiters.pop(parent_id).set()
             if ex is None:
                 return  # e.g. a timed-out execution's late idle, or kernel_info's statuses
             if msg_type == "status":

@@ -482,13 +482,18 @@ class KernelSession:
         return handle
 
     async def _settle(self, kernel: KernelProcess) -> None:
-        # Shell requests run in order: our kernel_info_request is answered only after every
-        # execute_request the previous daemon queued there has run (their IOPub came first).
-        msg_id, reply = kernel.request("shell", "kernel_info_request", {})
+        # Shell requests run in order, and IOPub is one ordered stream: once the idle of our
+        # kernel_info_request has come through the nanny, every execute_request the previous
+        # daemon queued has run and all it published has been dispatched (the shell reply
+        # alone can overtake the journal's replay).
+        idle = anyio.Event()
+        msg_id, _reply = kernel.request("shell", "kernel_info_request", {})
+        kernel.idle_waiters[msg_id] = idle
         try:
-            await reply.event.wait()
+            await idle.wait()
         finally:
             kernel.forget(msg_id)
+            kernel.idle_waiters.pop(msg_id, None)
             self.settled.set()
 
     # -- execution ---------------------------------------------------------------------

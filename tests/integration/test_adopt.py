@@ -72,8 +72,10 @@ async def test_a_running_cell_survives_a_killed_daemon_and_finishes_on_the_next(
         assert (await nb.execute(first, timeout=DEADLINE)).ok
         execution = await nb.queue(running)
         await client.wait_until(
-            lambda: nb.runtime.ready
-            and any("before" in str(o.get("text")) for o in nb.outputs(running)),
+            lambda: (
+                nb.runtime.ready
+                and any("before" in str(o.get("text")) for o in nb.outputs(running))
+            ),
             timeout=DEADLINE,
         )
         kernel_pid = nb.runtime.kernel().get("pid")
@@ -95,7 +97,9 @@ async def test_a_running_cell_survives_a_killed_daemon_and_finishes_on_the_next(
         gate2.touch()
         result = await nb.wait_execution(execution, timeout=DEADLINE)
         assert result.status == "ok", result
-        text = "".join(str(o.get("text", "")) for o in result.outputs if o["output_type"] == "stream")
+        text = "".join(
+            str(o.get("text", "")) for o in result.outputs if o["output_type"] == "stream"
+        )
         assert text == "before\nwhile-down\nafter\n"
         assert nb.runtime.kernel().get("pid") == kernel_pid  # the same process group
 

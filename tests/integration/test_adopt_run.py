@@ -40,8 +40,14 @@ def _notebook(path: Path, cells: list[str]) -> Path:
         "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
         "cells": [
-            {"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": source,
-             "outputs": [], "execution_count": None}
+            {
+                "cell_type": "code",
+                "id": f"c{i}",
+                "metadata": {},
+                "source": source,
+                "outputs": [],
+                "execution_count": None,
+            }
             for i, source in enumerate(cells)
         ],
     }
@@ -56,18 +62,18 @@ def _wait(path: Path) -> str:
 async def test_runt_run_survives_a_killed_daemon_with_every_output(
     daemon_proc: DaemonProc, short_tmp: Path
 ) -> None:
-    started, gate, marker, gate2 = (short_tmp / n for n in ("started", "gate", "marker", "gate2"))
+    names = ("started", "gate", "marker", "gate2", "runs")
+    started, gate, marker, gate2, runs = (short_tmp / n for n in names)
     source = _notebook(
         short_tmp / "in.ipynb",
         [
             "x = 41\nprint('first')",
             "import os, time\nprint('before', flush=True)\n"
+            f"open({str(runs)!r}, 'a').write('ran ')\n"
             f"open({str(started)!r}, 'w').close()\n"
             + _wait(gate)
             + "print('while-down', flush=True)\n"
-            f"open({str(marker)!r}, 'w').close()\n"
-            + _wait(gate2)
-            + "print('after')",
+            f"open({str(marker)!r}, 'w').close()\n" + _wait(gate2) + "print('after')",
             "print(x + 1)",
         ],
     )
@@ -99,3 +105,4 @@ async def test_runt_run_survives_a_killed_daemon_with_every_output(
     texts = ["".join("".join(o.get("text", "")) for o in c["outputs"]) for c in cells]
     assert texts == ["first\n", "before\nwhile-down\nafter\n", "42\n"], cells
     assert [c["metadata"]["papermill"]["status"] for c in cells] == ["completed"] * 3
+    assert runs.read_text() == "ran "  # adopted: followed to its end, not run again
