@@ -71,10 +71,11 @@ def nanny_argv(
     kernel_argv: Sequence[str], *, directory: str, connection_file: str, orphan_timeout: float
 ) -> list[str]:
     """The command that runs ``kernel_argv`` under a nanny."""
-    # -I: the kernel's cwd (the notebook's folder) and PYTHON* variables do not shadow us.
+    # -P: the kernel's cwd (the notebook's folder) does not shadow our imports; PYTHONPATH
+    # is kept (a source checkout may rely on it).
     return [
         sys.executable,
-        "-I",
+        "-P",
         "-m",
         "runtimed.kernels.nanny",
         "--dir",
