@@ -38,8 +38,9 @@ def rss_bytes(pid: int | None) -> int | None:
     if own is None:
         return None
     try:
+        # /proc is memory, not disk: read like the status file below, on the caller's thread.
         with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
-            kids = [int(child) for child in children.read().split()]
+            kids = [int(child) for line in children for child in line.split()]
     except (OSError, ValueError):
         kids = []
     return own + sum(_rss_one(kid) or 0 for kid in kids)

@@ -75,12 +75,21 @@ async def test_a_new_daemon_stops_what_the_killed_daemons_kernel_started(
     assert alive(sleep_pid)  # today's main leaves it there forever
     await daemon_proc.start()  # nobody reopens the notebook: stopped after the window
     await wait_gone(sleep_pid, kernel_pid, group, within=DEADLINE)
-    with anyio.fail_after(DEADLINE):  # the records and directories go with them
-        while [d for d in old_dirs if d.exists()]:
+    with anyio.fail_after(DEADLINE):  # the directories go with them, then the records
+        while [d for d in old_dirs if d.exists()] or _by_daemon(records_dir, old_daemon):
             await anyio.sleep(0.02)
-    left = [json.loads(f.read_text()) for f in records_dir.iterdir()]
-    # Only the new daemon's own (a pool kernel, if the pool is on).
-    assert [r for r in left if r["daemon_pid"] == old_daemon] == []
+    # Only the new daemon's own are left (a pool kernel, if the pool is on).
+    assert _by_daemon(records_dir, old_daemon) == []
+
+
+def _by_daemon(records_dir: Path, daemon_pid: int) -> list[dict[str, object]]:
+    records = []
+    for f in records_dir.glob("*.json"):
+        try:
+            records.append(json.loads(f.read_text()))
+        except (FileNotFoundError, ValueError):  # removed (or replaced) while we looked
+            continue
+    return [r for r in records if r["daemon_pid"] == daemon_pid]
 
 
 async def test_a_clean_stop_leaves_no_record(daemon_proc: DaemonProc, short_tmp: Path) -> None:
