@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _FAILED = frozenset({"error", "died", "timeout"})
 _NOT_RUN = frozenset({"skipped", "cancelled", "aborted"})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
+_RECONNECT_WAIT = 20.0  # s; a daemon gone mid-run must be back within this (or the start timeout)
 _from_dict: Callable[[object], Any] = nbformat.from_dict
 
 
@@ -326,15 +327,15 @@ class LiveRun:
         self._apply(self.timeline.passed_over(len(self.cells), now_iso()))
 
     async def _reconnected(self, reconnects: int) -> bool:
-        """The daemon went away mid-run: wait (as long as a kernel may take to start) for
-        the client to reconnect to the next one (its ``reconnects`` count goes past
+        """The daemon went away mid-run: wait (``_RECONNECT_WAIT``, at most the start
+        timeout) for the client to reconnect to the next one (its ``reconnects`` count goes past
         ``reconnects``); False if it does not."""
         log.warning("the daemon went away during the run of %s; reconnecting", self.prepared.output)
         from runtimed.client import ConnectionState
 
         client = self.client
         try:
-            with anyio.fail_after(self.start_timeout):
+            with anyio.fail_after(min(self.start_timeout, _RECONNECT_WAIT)):
                 if client.reconnects == reconnects:  # it may not have noticed yet
                     await client.wait_state(ConnectionState.RECONNECTING, ConnectionState.GONE)
                 await client.wait_state(ConnectionState.CONNECTED)

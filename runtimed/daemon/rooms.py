@@ -130,10 +130,9 @@ class RoomRegistry:
             if new_document:
                 # Before any client has it: offline edits of a client that opened it merge
                 # into the next daemon's copy only if that copy is this one.
-                try:
-                    await entry.persister.durable()
-                except NotebookIOError as exc:  # a full disk: served anyway, retried later
-                    log.warning("%s: %s", path, exc)
+                # Everything at once (document, snapshot, record), so no follow-up persist is
+                # left pending; a refused write is logged and retried, the open goes on.
+                await entry.persister.persist_now()
             if self.orphans is not None and self.orphans.has(room.notebook_id):
                 self.executor(entry)  # adopts the kernel now: its running cell goes on
             return entry
