@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from protocol.states import ExecutionStatus
+from protocol.states import ExecutionStatus, KernelState
 from runtimed.automation import nodes, phases
 from runtimed.automation.progress import (
     ExecutionWatcher,
@@ -40,7 +40,7 @@ from runtimed.automation.report import (
     notebook_link,
     now_iso,
 )
-from runtimed.errors import ConnectionClosed, RuntimedError
+from runtimed.errors import ConnectionClosed, ConnectionLost, RuntimedError
 
 if TYPE_CHECKING:
     from runtimed.client import AsyncClient
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _FAILED = frozenset({ExecutionStatus.ERROR, ExecutionStatus.DIED, ExecutionStatus.TIMEOUT})
 _NOT_RUN = frozenset({ExecutionStatus.SKIPPED, ExecutionStatus.CANCELLED, ExecutionStatus.ABORTED})
 _RECORD_SYNC_DELAY = 0.1  # s; papermill records reach the daemon in batches this often
+_RECONNECT_WAIT = 20.0  # s; a daemon gone mid-run must be back within this (or the start timeout)
 _from_dict: Callable[[object], Any] = nodes.from_dict
 
 
@@ -249,6 +250,8 @@ class LiveRun:
             self._last_save = time.monotonic()
             try:
                 await self.nb.save()
+            except ConnectionLost:
+                continue  # the daemon is away; the client reconnects, the run goes on
             except ConnectionClosed:
                 raise
             except RuntimedError as exc:
@@ -295,19 +298,33 @@ class LiveRun:
     async def _follow(self, queued: list[tuple[str, str]]) -> None:
         self._queued = queued
         start_deadline = time.monotonic() + self.start_timeout
-        for cell_id, execution_id in queued:
+        position = 0
+        resumed = False
+        while position < len(self._queued):
+            if resumed:
+                resumed = await self._resume(position)
+                start_deadline = time.monotonic() + self.start_timeout
+            cell_id, execution_id = self._queued[position]
             index = self.index_of[cell_id]
             self._current = (index, execution_id)
             on_outputs = None
             if self.outputs.enabled:
                 on_outputs = functools.partial(self.outputs.outputs, cell_id, final=False)
-            done = await self.watcher.wait(
-                execution_id,
-                cell_id,
-                start_deadline=start_deadline,
-                on_start=functools.partial(self._cell_started, index),
-                on_outputs=on_outputs,
-            )
+            reconnects = self.client.reconnects
+            try:
+                done = await self.watcher.wait(
+                    execution_id,
+                    cell_id,
+                    start_deadline=start_deadline,
+                    on_start=functools.partial(self._cell_started, index),
+                    on_outputs=on_outputs,
+                )
+            except ConnectionLost:
+                if not await self._reconnected(reconnects):
+                    raise
+                resumed = True
+                continue
+            position += 1
             if done is None:
                 await self._start_timed_out(index)
                 return
@@ -317,6 +334,58 @@ class LiveRun:
                 self._last_save = time.monotonic()
                 await self.nb.save()
         self._apply(self.timeline.passed_over(len(self.cells), now_iso()))
+
+    async def _reconnected(self, reconnects: int) -> bool:
+        """The daemon went away mid-run: wait (``_RECONNECT_WAIT``, at most the start
+        timeout) for the client to reconnect to the next one (its ``reconnects`` count goes past
+        ``reconnects``); False if it does not."""
+        log.warning("the daemon went away during the run of %s; reconnecting", self.prepared.output)
+        from runtimed.client import ConnectionState
+
+        client = self.client
+        try:
+            with anyio.fail_after(min(self.start_timeout, _RECONNECT_WAIT)):
+                if client.reconnects == reconnects:  # it may not have noticed yet
+                    await client.wait_state(ConnectionState.RECONNECTING, ConnectionState.GONE)
+                await client.wait_state(ConnectionState.CONNECTED)
+        except (TimeoutError, ConnectionClosed):
+            return False
+        if client.reconnects == reconnects:
+            return False
+        self.watcher.reconnected()
+        return True
+
+    async def _resume(self, position: int) -> bool:
+        """After a reconnect, before following ``self._queued[position]``: the new daemon
+        adopted the kernel and knows the executions the old one had sent (they go on), or
+        it does not (the kernel did not survive, or the cell was still in the dead daemon's
+        queue): then this and the rest are queued again. True while unsure (the next
+        execution is checked the same way)."""
+        _, execution_id = self._queued[position]
+        nb = self.nb
+        busy = (KernelState.STARTING, KernelState.BUSY, KernelState.BUILDING_ENV)
+
+        def known_or_settled() -> bool:
+            runtime = nb.runtime
+            if not runtime.ready:
+                return False
+            if runtime.execution(execution_id) is not None:
+                return True
+            return runtime.kernel().get("state") not in busy
+
+        await self.client.wait_until(known_or_settled, timeout=self.start_timeout)
+        if nb.runtime.execution(execution_id) is not None:
+            return True
+        rest = self._queued[position:]
+        log.warning(
+            "the new daemon does not know %d queued cell(s) of %s; queueing them again",
+            len(rest),
+            self.prepared.output,
+        )
+        for offset, (cell_id, _) in enumerate(rest):
+            again = await nb.queue(cell_id, cell_timeout=self.execution_timeout)
+            self._queued[position + offset] = (cell_id, again)
+        return False
 
     # -------------------------------------------------------------- papermill records
 

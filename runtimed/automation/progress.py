@@ -311,6 +311,11 @@ class ExecutionWatcher:
         self.on_building: Callable[[str], None] | None = None  # environment build lines
         self._building = ""
 
+    def reconnected(self) -> None:
+        """The client reconnected to another daemon: its runtime document starts over (a
+        record missing there is not known to have finished)."""
+        self._synced = False
+
     def status(self, execution_id: str) -> str | None:
         """The execution's status; None before the record reached this replica."""
         runtime = self.nb.runtime

@@ -50,6 +50,7 @@ from protocol.messages import (
     encode,
 )
 from runtimed.config import DaemonConfig
+from runtimed.daemon.adopted import Orphans
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.handlers import runtimes as runtime_handlers
 from runtimed.daemon.handlers.blobs import BlobHandlers
@@ -136,7 +137,9 @@ class Daemon:
             # Holding the lock: whatever kernels a previous daemon on this home left running
             # are stopped before any of ours start (docs/principles.md, what survives).
             records = KernelRecords(self.paths.home / "kernels")
-            await anyio.to_thread.run_sync(records.reap)
+            # Live kernels of notebooks are kept for adoption (runtimed.daemon.adopted).
+            recovered = await anyio.to_thread.run_sync(records.recover)
+            self.rooms.orphans = Orphans(records, recovered.adoptable)
             CURRENT_KERNEL_RECORDS.set(records)
             listener = UnixListener(
                 self.paths.socket, self._on_connect, max_connections=self.config.max_connections
@@ -146,6 +149,7 @@ class Daemon:
                 "runtimed %s listening on %s (pid %d)", __version__, self.paths.socket, os.getpid()
             )
             async with anyio.create_task_group() as tg:
+                await tg.start(self.rooms.orphans.run)
                 await tg.start(self.runtimes.run)
                 await tg.start(self.rooms.run)
                 tg.start_soon(listener.run)

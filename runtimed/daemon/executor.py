@@ -35,6 +35,7 @@ import anyio
 from blobstore import BlobStore
 from protocol.messages import InputRequested, KernelStatusChanged, encode
 from protocol.states import ExecutionStatus, KernelState
+from runtimed.daemon.adopted import AdoptedExecutions, AdoptedLease
 from runtimed.daemon.comms import CommRecorder
 from runtimed.daemon.outputs import OutputRecorder
 from runtimed.daemon.queue import (
@@ -73,6 +74,7 @@ from runtimed.runtimes.selection import RuntimeRequest, runtime_request_for
 
 if TYPE_CHECKING:
     from runtimed.config import DaemonConfig
+    from runtimed.kernels.records import KernelRecord
     from runtimed.runtimes.manager import KernelLease, RuntimeManager
 
 __all__ = ["NotebookExecutor", "kernel_cwd_for"]
@@ -144,6 +146,7 @@ class NotebookExecutor:
         config: DaemonConfig,
         blobs: BlobStore,
         runtimes: RuntimeManager,
+        adopt: KernelRecord | None = None,
     ) -> None:
         self.room = room
         self.config = config
@@ -172,8 +175,18 @@ class NotebookExecutor:
         self._stopped = anyio.Event()
         self._idle_changed = anyio.Event()
         self._kernel_written: tuple[str, str | None, int | None, str, bool] | None = None
-        self._outputs = OutputRecorder(room, blobs, running=lambda: self._queue.running)
+        self._outputs = OutputRecorder(room, blobs, running=self._running_entry)
         self.comms = CommRecorder(room, blobs)  # the kernel's comms (widgets) into the document
+        # A kernel the previous daemon left running (runtimed.daemon.adopted): adopted first.
+        self._adopt = adopt
+        self._adopted = AdoptedExecutions(room, self._outputs)
+        if adopt is None:
+            self._adopted.done.set()
+        else:  # clients opening the notebook see it at once: a kernel is on its way
+            self._set_kernel(KernelState.STARTING)
+
+    def _running_entry(self) -> Entry | None:
+        return self._queue.running or self._adopted.entry
 
     # ------------------------------------------------------------ requests
 
@@ -282,6 +295,8 @@ class NotebookExecutor:
         # cancels, so closing cancels a start or releases the kernel gracefully.
         async with anyio.create_task_group() as kernels:
             self._tg = kernels
+            if self._adopt is not None:
+                self._start_adoption(self._adopt)
             if self._prewarm:
                 self._start_acquire_for_prewarm()
             try:
@@ -305,6 +320,9 @@ class NotebookExecutor:
                     self._stopped.set()
 
     async def _run_next(self) -> None:
+        # After what the previous daemon had sent to an adopted kernel (a no-op otherwise).
+        await self._adopted.done.wait()
+        self._queue.reserve_seq(self._adopted.highest_seq)
         effects = self._queue.handle(StartNext())
         started = self._queue.running
         assert started is not None
@@ -405,6 +423,58 @@ class NotebookExecutor:
             raise KernelNotRunning("the kernel start was cancelled")
         self._kernel_used = True
         return self._kernel
+
+    def _start_adoption(self, record: KernelRecord) -> None:
+        try:
+            request = self._runtime_request()
+        except RuntimedError:
+            request = RuntimeRequest()  # malformed metadata: a restart reports it
+        self._acquiring = _Acquisition(request)
+        assert self._tg is not None
+        self._tg.start_soon(self._adopt_kernel, self._acquiring, record)
+
+    async def _adopt_kernel(self, acquisition: _Acquisition, record: KernelRecord) -> None:
+        """Adopt the previous daemon's kernel; if that fails, get one as usual."""
+        room = self.room
+        env = {**room.kernel_env, "RUNTIMED_NOTEBOOK_ID": room.notebook_id}
+        if room.path is not None:
+            env["RUNTIMED_NOTEBOOK_PATH"] = str(room.path)
+        assert self._tg is not None
+        lease: AdoptedLease | None = None
+        try:
+            with acquisition.scope:
+                cwd = room.kernel_cwd  # for restarts; the adopted kernel runs where it ran
+                if cwd is None:
+                    metadata = room.notebook.metadata()
+                    cwd = await anyio.to_thread.run_sync(kernel_cwd_for, metadata, room.path)
+                lease = AdoptedLease(record, acquisition.request, cwd=cwd, env=env)
+                lease.kernel.on_adopted = self._adopted.on_adopted
+                self._set_kernel(KernelState.STARTING, name=lease.runtime.name)
+                await lease.start(self._tg)
+        except RuntimedError as exc:
+            log.warning("could not adopt kernel %s of %s: %s", record.pid, room.notebook_id, exc)
+            self._adopted.done.set()
+            await self._acquire(acquisition)
+            return
+        if acquisition.scope.cancelled_caught or lease is None:
+            self._adopted.done.set()
+            acquisition.done.set()
+            return
+        self._lease, self._kernel = lease, lease.kernel  # type: ignore[assignment]
+        if self._acquiring is acquisition:
+            self._acquiring = None
+        self._kernel_used = True
+        self._adopt_kernel_info(lease.kernel)
+        self._set_kernel(KernelState.BUSY, name=lease.runtime.name, pid=lease.kernel.pid)
+        acquisition.done.set()
+        self._tg.start_soon(self._follow_adopted, lease.kernel)
+
+    async def _follow_adopted(self, kernel: KernelSession) -> None:
+        await self._adopted.follow(kernel)
+        self._note_progress()
+        if self._queue.idle and kernel.state != KernelState.DEAD:
+            self._set_kernel(KernelState.IDLE)
+        self._wake.set()
 
     def _start_acquire(self, request: RuntimeRequest) -> _Acquisition:
         if self._acquiring is None:
@@ -610,6 +680,7 @@ class NotebookExecutor:
                         entry.source,
                         on_change=self._outputs.on_change,
                         stdin=self._stdin_for(entry) if entry.allow_stdin else None,
+                        **_request_tags(entry),
                     )
                 outcome = await kernel.wait(submitted, timeout=entry.timeout)
             except KernelError as exc:
@@ -649,7 +720,9 @@ class NotebookExecutor:
         if kernel is None or kernel.state == KernelState.DEAD:
             return
         try:
-            submitted = await kernel.submit(entry.source, on_change=self._outputs.on_change)
+            submitted = await kernel.submit(
+                entry.source, on_change=self._outputs.on_change, **_request_tags(entry)
+            )
         except KernelError:
             return  # the normal path tries again and records the error
         self._sent = (entry.execution_id, kernel, submitted)
@@ -676,6 +749,15 @@ class NotebookExecutor:
             return str(box[0])
 
         return answer
+
+
+def _request_tags(entry: Entry) -> dict[str, Any]:
+    # The execution id as msg_id, the cell and seq in the header: what a daemon adopting
+    # this kernel after a crash reads from IOPub (runtimed.daemon.adopted).
+    return {
+        "request_id": entry.execution_id,
+        "tags": {"cell_id": entry.cell_id, "seq": entry.seq},
+    }
 
 
 def _failed(entry: Entry, ename: str, evalue: str = _INTERNAL_ERROR) -> Finished:

@@ -30,10 +30,14 @@ log = logging.getLogger(__name__)
 
 async def load_room(
     path: Path, store: DocumentStore, blobs: BlobStore, *, callbacks: RoomCallbacks
-) -> tuple[NotebookRoom, str]:
+) -> tuple[NotebookRoom, str, bool]:
     """Read ``path`` and build its room (the persisted document when the file is unchanged
     since the daemon last saw it, so crash recovery keeps edits made after the last
-    checkpoint), reporting changes to ``callbacks``. Returns the room and the file's sha256.
+    checkpoint), reporting changes to ``callbacks``. Returns the room, the file's sha256
+    and whether the document is new (built from the file): the caller persists such a
+    document before any client sees it, because every client edit is a change on top of
+    it and a daemon killed before it was persisted would build a different one (another
+    actor, another history) that those edits cannot merge into.
 
     Raises:
         NotebookNotFound, NotebookIOError, NotebookInvalid: from reading the file.
@@ -41,7 +45,7 @@ async def load_room(
     nb, digest = await anyio.to_thread.run_sync(_read, path)
     room = await anyio.to_thread.run_sync(_from_persisted, path, digest, store, callbacks)
     if room is not None:
-        return room, digest
+        return room, digest, False
     manifests: dict[int, tuple[int | None, list[dict[str, Any]]]] = {}
     for index, cell in enumerate(nb.get("cells", [])):
         if cell.get("cell_type") != "code":
@@ -50,7 +54,7 @@ async def load_room(
         if outputs or cell.get("execution_count") is not None:
             manifests[index] = (cell.get("execution_count"), outputs)
     room = await anyio.to_thread.run_sync(_from_file, path, nb, manifests, callbacks)
-    return room, digest
+    return room, digest, True
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:

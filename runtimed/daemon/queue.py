@@ -427,6 +427,11 @@ class ExecutionQueue:
 
     # ------------------------------------------------------------ commands
 
+    def reserve_seq(self, seq: int) -> None:
+        """Executions queued from now on get a ``seq`` above ``seq`` (one recorded by other
+        means: an adopted kernel's)."""
+        self._seq = max(self._seq, seq + 1)
+
     def handle(self, command: Command) -> list[Effect]:
         """Apply ``command``; return the effects to perform, in order.
 

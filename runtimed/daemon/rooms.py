@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from blobstore import BlobStore
 from protocol.messages import NotebookFailed, encode
 from runtimed.config import DaemonConfig
+from runtimed.daemon.adopted import Orphans
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.executor import NotebookExecutor
 from runtimed.daemon.loading import load_room, new_room, notebook_for_save
@@ -65,6 +66,8 @@ class RoomRegistry:
         self._by_path: dict[Path, str] = {}
         self._open_locks: dict[Path, anyio.Lock] = {}
         self._tg: TaskGroup | None = None
+        self.orphans: Orphans | None = None
+        """Kernels a killed daemon left running, for their notebooks (set by the daemon)."""
         self.stopping = False
         self._callbacks = RoomCallbacks(
             on_notebook_change=self._notebook_changed, on_runtime_change=self._runtime_changed
@@ -124,8 +127,18 @@ class RoomRegistry:
             # No room has this file open, so no checkpoint of it is under way: a temp file
             # beside it is one a crashed daemon left.
             await anyio.to_thread.run_sync(remove_interrupted_temps, path)
-            room, digest = await load_room(path, self.store, self._blobs, callbacks=self._callbacks)
-            return await self._register(room, file_sha256=digest)
+            loaded = await load_room(path, self.store, self._blobs, callbacks=self._callbacks)
+            room, digest, new_document = loaded
+            entry = await self._register(room, file_sha256=digest)
+            if new_document:
+                # Before any client has it: offline edits of a client that opened it merge
+                # into the next daemon's copy only if that copy is this one.
+                # Everything at once (document, snapshot, record), so no follow-up persist is
+                # left pending; a refused write is logged and retried, the open goes on.
+                await entry.persister.persist_now()
+            if self.orphans is not None and self.orphans.has(room.notebook_id):
+                self.executor(entry)  # adopts the kernel now: its running cell goes on
+            return entry
 
     async def create(self, path: Path | None, kernel_name: str | None) -> OpenRoom:
         """A new notebook, saved at once when it has a ``path``.
@@ -393,8 +406,13 @@ class RoomRegistry:
         if entry.executor is None:
             if self.stopping:
                 raise ShuttingDown("the daemon is shutting down")
+            orphans = self.orphans
             executor = NotebookExecutor(
-                entry.room, config=self._config, blobs=self._blobs, runtimes=self._runtimes
+                entry.room,
+                config=self._config,
+                blobs=self._blobs,
+                runtimes=self._runtimes,
+                adopt=orphans.claim(entry.room.notebook_id) if orphans is not None else None,
             )
             entry.start_soon(executor.run, name=f"execute {entry.room.notebook_id}")
             entry.executor = executor

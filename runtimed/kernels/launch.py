@@ -31,6 +31,7 @@ from jupyter_client.connect import KernelConnectionInfo, write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from runtimed.errors import KernelNotFound, KernelStartFailed
+from runtimed.kernels.nanny import nanny_argv
 
 __all__ = [
     "ConsoleTail",
@@ -40,6 +41,7 @@ __all__ = [
     "choose_transport",
     "describe_exit",
     "make_kernel_dir",
+    "orphan_timeout",
     "resolve_spec",
     "runs_ipykernel",
     "signal_group",
@@ -66,6 +68,23 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     interrupt_mode: Literal["signal", "message"] = "signal"
     resource_dir: str = ""
+
+
+ORPHAN_TIMEOUT_VARIABLE = "RUNTIMED_KERNEL_ORPHAN_TIMEOUT"
+_ORPHAN_TIMEOUT = 60.0
+
+
+def orphan_timeout() -> float:
+    """How long a kernel outlives its daemon waiting for the next one to adopt it
+    (``$RUNTIMED_KERNEL_ORPHAN_TIMEOUT`` s, default 60); 0: it does not."""
+    raw = os.environ.get(ORPHAN_TIMEOUT_VARIABLE, "")
+    try:
+        return max(0.0, float(raw)) if raw else _ORPHAN_TIMEOUT
+    except ValueError:
+        logger.warning(
+            "%s=%r is not a number; using %g s", ORPHAN_TIMEOUT_VARIABLE, raw, _ORPHAN_TIMEOUT
+        )
+        return _ORPHAN_TIMEOUT
 
 
 def _own_python_spec() -> LaunchSpec:
@@ -183,7 +202,7 @@ def _format(template: str, ns: dict[str, str]) -> str:
 
 
 def _command(
-    spec: LaunchSpec, connection_file: Path, env: dict[str, str] | None
+    spec: LaunchSpec, connection_file: Path, env: dict[str, str] | None, nanny: bool
 ) -> tuple[list[str], dict[str, str]]:
     ns = {
         "connection_file": os.path.realpath(connection_file),
@@ -196,25 +215,41 @@ def _command(
     full_env = dict(os.environ)
     full_env.update({k: _format(v, ns) for k, v in spec.env.items()})
     full_env.update(env or {})
-    # ipykernel exits when this process goes away (its parent poller), like under Jupyter.
+    # ipykernel exits when its parent goes away (its parent poller), like under Jupyter. With
+    # a nanny, the nanny is the parent (it sets the variable): the kernel outlives us.
     full_env["JPY_PARENT_PID"] = str(os.getpid())
+    if nanny:
+        argv = nanny_argv(
+            argv,
+            directory=str(connection_file.parent),
+            connection_file=os.path.realpath(connection_file),
+            orphan_timeout=orphan_timeout(),
+        )
     return argv, full_env
 
 
 async def spawn_kernel(
-    spec: LaunchSpec, connection_file: Path, *, cwd: Path, env: dict[str, str] | None
+    spec: LaunchSpec,
+    connection_file: Path,
+    *,
+    cwd: Path,
+    env: dict[str, str] | None,
+    nanny: bool = True,
 ) -> Process:
     """Start the kernel in a new session (so its pid is also its process group id).
 
-    stdin is /dev/null; stdout and stderr share one pipe, drained by :class:`ConsoleTail`.
+    ``nanny`` (default): the process started is the kernel's nanny
+    (:mod:`runtimed.kernels.nanny`), which starts the kernel in its group; its stdin is a
+    pipe from us (its end tells the nanny we are gone). Without: the kernel itself, stdin
+    /dev/null. stdout and stderr share one pipe, drained by :class:`ConsoleTail`.
     Environment: the daemon's, then the kernelspec's ``env``, then ``env``.
     """
     # realpath and expanduser touch the filesystem: off the event loop.
-    argv, full_env = await anyio.to_thread.run_sync(_command, spec, connection_file, env)
+    argv, full_env = await anyio.to_thread.run_sync(_command, spec, connection_file, env, nanny)
     try:
         return await anyio.open_process(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if nanny else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=cwd,

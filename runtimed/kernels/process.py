@@ -25,6 +25,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol.states import ExecutionStatus, KernelState
 from runtimed.errors import KernelNotRunning
+from runtimed.kernels.adoption import NannyLink, adopted_reply
 from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
 from runtimed.kernels.outputs import OutputAccumulator, OutputChange
@@ -35,6 +36,9 @@ __all__ = ["Execution", "KernelProcess", "Reply", "StdinHandler"]
 logger = logging.getLogger(__name__)
 
 StdinHandler = Callable[[str, bool], Awaitable[str]]
+ForeignHandler = Callable[[str, dict[str, Any]], "Execution | None"]
+"""Called (adopted kernels) with the msg_id and request header of an execution another
+daemon sent, at its ``execute_input``; returns the Execution to feed, or None to ignore it."""
 """``async def handler(prompt: str, password: bool) -> str`` answering ``input()``."""
 
 _READY_RETRY = 1.0  # resend kernel_info_request this often while starting (as jupyter_client)
@@ -62,6 +66,8 @@ class Execution:
     __slots__ = (
         "abandoned",
         "acc",
+        "adopted",
+        "adopted_error",
         "busy_date",
         "callback_error",
         "died",
@@ -91,6 +97,8 @@ class Execution:
         self.input_date: object = None  # header date of its IOPub execute_input
         self.busy_date: object = None  # header dates of its IOPub status busy / idle
         self.idle_date: object = None
+        self.adopted = False  # sent by another daemon: its reply is read from IOPub
+        self.adopted_error: dict[str, Any] | None = None
 
 
 class KernelProcess:
@@ -99,7 +107,7 @@ class KernelProcess:
     def __init__(
         self,
         spec: LaunchSpec,
-        process: Process,
+        process: Process | NannyLink,
         client: AsyncKernelClient,
         conn_dir: Path,
         *,
@@ -108,6 +116,11 @@ class KernelProcess:
         self.spec = spec
         self.comms = comms if comms is not None else CommTracker()
         self.process = process
+        self.link = process if isinstance(process, NannyLink) else None
+        """An adopted kernel's nanny: IOPub comes from it, not from a SUB socket of ours."""
+        self.on_foreign: ForeignHandler | None = None
+        self.idle_waiters: dict[str, anyio.Event] = {}
+        """msg_id -> set when IOPub says ``status: idle`` for that request (or on exit)."""
         self.client = client
         self.conn_dir = conn_dir
         self.tail = ConsoleTail()
@@ -231,10 +244,13 @@ class KernelProcess:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def wait_ready(self, timeout: float) -> str | None:
-        """None once kernel_info_reply arrived and IOPub is live, else why not."""
+        """None once kernel_info_reply arrived and IOPub is live, else why not.
+
+        An adopted kernel is asked on control: its shell may be running a cell."""
+        channel = "control" if self.link is not None else "shell"
         with anyio.move_on_after(timeout):
             while not self.exited.is_set():
-                msg_id, reply = self.request("shell", "kernel_info_request", {})
+                msg_id, reply = self.request(channel, "kernel_info_request", {})
                 with anyio.move_on_after(_READY_RETRY):
                     await reply.event.wait()
                 self.forget(msg_id)
@@ -332,8 +348,13 @@ class KernelProcess:
                     tg.start_soon(self._watch)
                     tg.start_soon(self._watch_stdin_handshake)
                     tg.start_soon(self.tail.drain, self.process.stdout, self.pid)
-                    for channel in ("shell", "control", "iopub", "stdin"):
+                    for channel in ("shell", "control", "stdin"):
                         tg.start_soon(self._read, channel)
+                    if self.link is None:
+                        tg.start_soon(self._read, "iopub")
+                    else:
+                        tg.start_soon(self.link.pump)
+                        tg.start_soon(self._read_link, self.link)
                     task_status.started()
         finally:
             self.finished.set()
@@ -360,6 +381,9 @@ class KernelProcess:
         for reply in self.replies.values():
             reply.event.set()
         self.replies.clear()
+        for waiter in self.idle_waiters.values():
+            waiter.set()
+        self.idle_waiters.clear()
 
     async def _watch_stdin_handshake(self) -> None:
         socket = self.client.stdin_channel.socket
@@ -415,16 +439,53 @@ class KernelProcess:
             except KernelNotRunning as exc:
                 logger.warning("kernel %d: %s", self.pid, exc)
 
+    async def _read_link(self, link: NannyLink) -> None:
+        """An adopted kernel's IOPub: the nanny's journal, then live (see adoption)."""
+        session = self.client.session
+        self.iopub_seen.set()
+        async for frames in link.iopub:
+            try:
+                msg = decode_message(session, frames)
+                logger.debug(
+                    "kernel %d: adopted iopub %s (parent %s)",
+                    self.pid,
+                    msg["header"].get("msg_type"),
+                    msg["parent_header"].get("msg_id"),
+                )
+            except ValueError as exc:
+                logger.warning("kernel %d: dropped invalid iopub message: %s", self.pid, exc)
+                continue
+            try:
+                self._dispatch("iopub", msg)
+            except (KeyError, TypeError, AttributeError) as exc:
+                logger.warning("kernel %d: dropped malformed iopub message: %r", self.pid, exc)
+
     def _dispatch(self, channel: str, msg: dict[str, Any]) -> None:
         parent_id = msg["parent_header"].get("msg_id")
         msg_type = msg["header"]["msg_type"]
         ex = self.executions.get(parent_id)
+        if (
+            ex is None
+            and channel == "iopub"
+            and msg_type == "execute_input"
+            and self.on_foreign is not None
+        ):
+            ex = self.on_foreign(str(parent_id), dict(msg["parent_header"]))
+            if ex is not None:
+                ex.adopted = True
+                self.executions[parent_id] = ex
         if channel == "stdin":
             if msg_type == "input_request":
                 self._on_input_request(ex, msg)
             return
         if channel == "iopub":
             self.iopub_seen.set()
+            if (
+                msg_type == "status"
+                and parent_id in self.idle_waiters
+                and msg["content"].get("execution_state") == KernelState.IDLE
+            ):
+                self.idle_waiters.pop(parent_id).set()
             # Comm messages, and outputs an Output widget captures (whatever their parent).
             captured = self.comms.feed(msg)
             if ex is None:
@@ -439,7 +500,12 @@ class KernelProcess:
             elif not captured:
                 if msg_type == "execute_input":
                     ex.input_date = msg["header"].get("date")
+                elif msg_type == "error" and ex.adopted:
+                    ex.adopted_error = msg["content"]
                 self._feed(ex, msg_type, msg["content"])
+            if ex.adopted and ex.idle and ex.reply.msg is None:
+                ex.reply.msg = adopted_reply(msg, ex.acc.execution_count, ex.adopted_error)
+                ex.reply.event.set()
         else:
             reply = self.replies.get(parent_id)
             if reply is not None:

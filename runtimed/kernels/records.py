@@ -17,7 +17,12 @@ kernel whose environment carries the kernel's token (a pgid cannot be reused whi
 member of the group lives). Linux only (``/proc``); elsewhere records are removed and
 processes left alone, with a warning.
 
-Adopting the live kernels into the new daemon is not done here: they are stopped.
+Kernels started under a nanny (:mod:`runtimed.kernels.nanny`) survive a daemon crash: for
+those :meth:`KernelRecords.recover` keeps the records whose nanny still runs (the group's
+leader with the recorded start time, and its ``nanny.sock``) and that belong to a notebook,
+so the new daemon can adopt them (:mod:`runtimed.kernels.adoption`); it reaps the rest as
+above. The record also says how to start the kernel again (its launch spec), for a restart
+of an adopted kernel.
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["CURRENT", "TOKEN_VARIABLE", "KernelRecord", "KernelRecords", "ReapReport"]
+__all__ = [
+    "CURRENT",
+    "TOKEN_VARIABLE",
+    "KernelRecord",
+    "KernelRecords",
+    "ReapReport",
+    "RecoverReport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,14 @@ class KernelRecord:
     notebook_id: str | None = None
     started_at: float | None = None
     daemon_pid: int = field(default_factory=os.getpid)
+    nanny: bool = False
+    """Started under a nanny: it outlives the daemon and can be adopted."""
+    spec: dict[str, object] | None = None
+    """The launch spec (name, argv, env, interrupt_mode, resource_dir) it was started with."""
+
+    @property
+    def nanny_socket(self) -> Path:
+        return Path(self.conn_dir) / "nanny.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,13 @@ class ReapReport:
     records: int
     groups_killed: list[int]
     dirs_removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverReport:
+    adoptable: list[KernelRecord]
+    """Live kernels (under their nanny) of notebooks, records kept for the adopter."""
+    reaped: ReapReport
 
 
 class KernelRecords:
@@ -106,13 +133,31 @@ class KernelRecords:
         with contextlib.suppress(FileNotFoundError):
             self._path(record).unlink()
 
+    def recover(self) -> RecoverReport:
+        """Keep the adoptable kernels (see the module docstring); :meth:`reap` the rest."""
+        return RecoverReport(*self._sweep(keep=True))
+
     def reap(self) -> ReapReport:
         """Stop what the previous daemon's kernels left running; remove their records and
         connection directories. Call only while holding the home's instance lock."""
+        return self._sweep(keep=False)[1]
+
+    def discard(self, record: KernelRecord) -> bool:
+        """Stop an adoptable kernel nobody adopted (if it is still ours); remove its record
+        and directory. True if a process group was stopped."""
+        killed = record.boot_id == _boot_id() and record.pid is not None and _kill_if_ours(record)
+        conn_dir = Path(record.conn_dir)
+        if conn_dir.name.startswith("runtimed-kernel-") and conn_dir.is_dir():
+            shutil.rmtree(conn_dir, ignore_errors=True)
+        self.remove(record)
+        return killed
+
+    def _sweep(self, *, keep: bool) -> tuple[list[KernelRecord], ReapReport]:
+        kept: list[KernelRecord] = []
         try:
             entries = sorted(self.directory.iterdir())
         except FileNotFoundError:
-            return ReapReport(0, [], 0)
+            return kept, ReapReport(0, [], 0)
         killed: list[int] = []
         records = dirs = 0
         boot = _boot_id()
@@ -122,8 +167,11 @@ class KernelRecords:
                 continue
             if entry.suffix != ".json" or entry.is_symlink():
                 continue
-            records += 1
             record = _read(entry)
+            if keep and record is not None and _adoptable(record, boot):
+                kept.append(record)
+                continue
+            records += 1
             if record is not None:
                 if record.pid is not None and record.boot_id == boot and boot is not None:
                     if _kill_if_ours(record):
@@ -144,7 +192,7 @@ class KernelRecords:
                 killed,
                 dirs,
             )
-        return ReapReport(records, killed, dirs)
+        return kept, ReapReport(records, killed, dirs)
 
 
 CURRENT: ContextVar[KernelRecords | None] = ContextVar("runtimed_kernel_records", default=None)
@@ -159,6 +207,18 @@ def _read(path: Path) -> KernelRecord | None:
     except (OSError, ValueError, TypeError) as exc:
         log.warning("unreadable kernel record %s (%s); removed", path, exc)
         return None
+
+
+def _adoptable(record: KernelRecord, boot: str | None) -> bool:
+    """A nanny'd kernel of a notebook whose nanny (the group leader) still runs."""
+    if not record.nanny or record.pid is None or not record.notebook_id or boot is None:
+        return False
+    if record.boot_id != boot:
+        return False
+    leader = _stat(record.pid)
+    if leader is None or leader[0] != record.pid or leader[1] != record.start_ticks:
+        return False
+    return record.nanny_socket.is_socket()
 
 
 def _boot_id() -> str | None:

@@ -19,6 +19,7 @@ How the kernel goes away:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,12 @@ from runtimed.errors import (
     KernelRequestTimeout,
     KernelStartFailed,
 )
+from runtimed.kernels.adoption import (
+    NannyLink,
+    load_connection,
+    spec_from_record,
+    wait_journaling,
+)
 from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.cursor import from_kernel_cursor, protocol_version, to_kernel_cursor
 from runtimed.kernels.launch import (
@@ -52,7 +59,7 @@ from runtimed.kernels.launch import (
     write_connection,
 )
 from runtimed.kernels.outputs import Output, OutputChange
-from runtimed.kernels.process import Execution, KernelProcess, StdinHandler
+from runtimed.kernels.process import Execution, ForeignHandler, KernelProcess, StdinHandler
 from runtimed.kernels.records import CURRENT as CURRENT_RECORDS
 from runtimed.kernels.records import TOKEN_VARIABLE, KernelRecord
 
@@ -143,9 +150,22 @@ class KernelSession:
         env: dict[str, str] | None = None,
         spec: LaunchSpec | None = None,
         connect: Connect | None = None,
+        adopt: KernelRecord | None = None,
     ) -> None:
         self._kernel_name = kernel_name
         self._connect = connect
+        self._adopt = adopt
+        """A live kernel a previous daemon started (under its nanny): entering adopts it
+        instead of launching one (a later restart launches as usual)."""
+        if adopt is not None and spec is None:
+            spec = spec_from_record(adopt)
+        self.on_adopted: Callable[[Submitted, dict[str, Any]], bool] | None = None
+        """Adopted kernels: called with each execution the previous daemon had sent, when it
+        starts (``execute_input``), and its request header; True to follow it (then
+        :meth:`wait` on it), False to ignore it."""
+        self.settled = anyio.Event()
+        """Set once every request the previous daemon sent has been run (at once for a
+        kernel this session launched): new executions go after them."""
         self._cwd = cwd
         self._startup_timeout = startup_timeout
         self._env = dict(env or {})
@@ -180,7 +200,11 @@ class KernelSession:
             stack.push_async_callback(self._close)
             try:
                 async with self._lifecycle:
-                    self._kernel = await self._launch()
+                    if self._adopt is not None:
+                        self._kernel = await self._attach(self._adopt, self._tg)
+                    else:
+                        self._kernel = await self._launch()
+                        self.settled.set()
             except BaseException as exc:
                 # Close the stack without handing ``exc`` to the task group, which would
                 # wrap it in an ExceptionGroup: it is the caller's error, raised as is below.
@@ -378,7 +402,16 @@ class KernelSession:
             if records is not None:
                 # Written before the spawn: a crash from here on leaves a record to clean by.
                 record = KernelRecord(
-                    conn_dir=str(conn_dir), notebook_id=self._env.get("RUNTIMED_NOTEBOOK_ID")
+                    conn_dir=str(conn_dir),
+                    notebook_id=self._env.get("RUNTIMED_NOTEBOOK_ID"),
+                    nanny=True,
+                    spec={
+                        "name": spec.name,
+                        "argv": list(spec.argv),
+                        "env": dict(spec.env),
+                        "interrupt_mode": spec.interrupt_mode,
+                        "resource_dir": spec.resource_dir,
+                    },
                 )
                 await anyio.to_thread.run_sync(lambda: records.write(record, new=True))
                 env = {**self._env, TOKEN_VARIABLE: record.token}
@@ -407,12 +440,78 @@ class KernelSession:
             # the shielded run() and wait for it forever.
             tg.start_soon(kernel.run)
             failure = await kernel.wait_ready(self._startup_timeout)
+            if failure is None:
+                failure = await wait_journaling(
+                    conn_dir,
+                    lambda: kernel.forget(kernel.request("shell", "kernel_info_request", {})[0]),
+                    timeout=self._startup_timeout,
+                )
         except BaseException:
             await self._stop(kernel, grace=0, reason="aborted during startup")
             raise
         if failure is not None:
             await self._stop(kernel, grace=0, reason="failed to start")
         return kernel, failure
+
+    async def _attach(self, record: KernelRecord, tg: TaskGroup) -> KernelProcess:
+        """Adopt the live kernel of ``record`` (see :mod:`runtimed.kernels.adoption`)."""
+        assert self._spec is not None
+        self._adopt = None  # once: a restart launches a new kernel
+        self._starting = True
+        try:
+            info = await anyio.to_thread.run_sync(load_connection, record)
+            link = NannyLink(record)
+            await link.connect()
+            client = AsyncKernelClient()
+            client.load_connection_info(info)  # type: ignore[arg-type]
+            client.start_channels(iopub=False, hb=False)
+            kernel = KernelProcess(self._spec, link, client, Path(record.conn_dir))
+            kernel.on_foreign = self._foreign_handler(kernel)
+            self._processes.add(kernel)
+            if self._records is not None:
+                self._record_of[kernel] = record
+                record.daemon_pid = os.getpid()
+                await self._rewrite(record)
+            tg.start_soon(kernel.run)
+            try:
+                failure = await kernel.wait_ready(self._startup_timeout)
+            except BaseException:
+                await self._stop(kernel, grace=0, reason="aborted during adoption")
+                raise
+            if failure is not None:
+                await self._stop(kernel, grace=0, reason="failed to be adopted")
+                raise KernelStartFailed(f"cannot adopt kernel {record.pid}: it {failure}")
+            logger.info("adopted kernel %d of notebook %s", record.pid, record.notebook_id)
+            tg.start_soon(self._settle, kernel)
+            return kernel
+        finally:
+            self._starting = False
+
+    def _foreign_handler(self, kernel: KernelProcess) -> ForeignHandler:
+        def handle(msg_id: str, header: dict[str, Any]) -> Execution | None:
+            if self.on_adopted is None:
+                return None
+            ex = Execution(None, None)
+            if not self.on_adopted(Submitted(kernel, msg_id, ex), header):
+                return None
+            return ex
+
+        return handle
+
+    async def _settle(self, kernel: KernelProcess) -> None:
+        # Shell requests run in order, and IOPub is one ordered stream: once the idle of our
+        # kernel_info_request has come through the nanny, every execute_request the previous
+        # daemon queued has run and all it published has been dispatched (the shell reply
+        # alone can overtake the journal's replay).
+        idle = anyio.Event()
+        msg_id, _reply = kernel.request("shell", "kernel_info_request", {})
+        kernel.idle_waiters[msg_id] = idle
+        try:
+            await idle.wait()
+        finally:
+            kernel.forget(msg_id)
+            kernel.idle_waiters.pop(msg_id, None)
+            self.settled.set()
 
     # -- execution ---------------------------------------------------------------------
 
@@ -450,8 +549,15 @@ class KernelSession:
         on_change: Callable[[OutputChange], None] | None = None,
         stdin: StdinHandler | None = None,
         silent: bool = False,
+        request_id: str | None = None,
+        tags: dict[str, str | int] | None = None,
     ) -> Submitted:
         """Send ``code`` for execution and return at once (see :meth:`execute`).
+
+        ``request_id``: the request's ``msg_id`` (unique; the daemon uses the execution id);
+        ``tags``: put in the request header as ``runtimed_<key>``, so that IOPub (whose
+        parent header echoes it) names the cell and its queue position to a daemon that
+        adopts the kernel later.
 
         The kernel runs requests in the order they arrive; :meth:`wait` collects the result.
         Only send a request after the previous one finished if it must not run after a
@@ -469,7 +575,13 @@ class KernelSession:
             "allow_stdin": stdin is not None,
             "stop_on_error": True,
         }
-        msg = kernel.client.session.msg("execute_request", content)
+        header = kernel.client.session.msg_header("execute_request")
+        if request_id is not None:
+            header["msg_id"] = request_id
+        for key, value in (tags or {}).items():
+            # Scalars only: ipykernel keys its output buffers by the parent header's items.
+            header[f"runtimed_{key}"] = value
+        msg = kernel.client.session.msg("execute_request", content, header=header)
         msg_id = str(msg["header"]["msg_id"])
         # Register before sending so that no reply or IOPub message can be missed.
         kernel.executions[msg_id] = ex

@@ -31,9 +31,23 @@ _ids = itertools.count(1)
 
 
 def rss_bytes(pid: int | None) -> int | None:
-    """Resident set size of ``pid`` from ``/proc/<pid>/status`` (None if unavailable)."""
+    """Resident set size of ``pid`` and its children (a kernel's nanny and the kernel it
+    runs) from ``/proc/<pid>/status`` (None if unavailable)."""
     if pid is None:
         return None
+    own = _rss_one(pid)
+    if own is None:
+        return None
+    try:
+        # /proc is memory, not disk: read like the status file below, on the caller's thread.
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            kids = [int(child) for line in children for child in line.split()]
+    except (OSError, ValueError):
+        kids = []
+    return own + sum(_rss_one(kid) or 0 for kid in kids)
+
+
+def _rss_one(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
             for line in status:

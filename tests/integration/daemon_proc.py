@@ -23,9 +23,12 @@ class DaemonProc:
     """``python -m runtimed.daemon.main`` on ``paths``; every process started is stopped on
     exit (SIGTERM, then SIGKILL). Blocking waits run in worker threads."""
 
-    def __init__(self, paths: RuntimedPaths, config: Path) -> None:
+    def __init__(
+        self, paths: RuntimedPaths, config: Path, *, env: dict[str, str] | None = None
+    ) -> None:
         self.paths = paths
         self._env = dict(os.environ, PYTHONPATH=str(REPO), RUNTIMED_CONFIG=str(config))
+        self._env.update(env or {})
         self._procs: list[subprocess.Popen[bytes]] = []
 
     @property

@@ -172,6 +172,13 @@ def test_persist_killed_at_each_step_leaves_a_loadable_state(
     runner: DaemonRunner, short_tmp: Path, step: str
 ) -> None:
     path = write_notebook(short_tmp / "n.ipynb", [{"cell_type": "code", "source": "a = 1"}])
+    # A first daemon persists the document it builds from the file as it opens it; the
+    # persist under test is then the edit's, in the second.
+    first = runner.start()
+    with Client.connect(runner.paths.socket) as client:
+        client.open(path)
+    first.terminate()
+    assert first.wait(timeout=30) == 0
     proc = runner.start(**{CRASH_AFTER_ENV: step})
     with Client.connect(runner.paths.socket) as client:
         nb = client.open(path)

@@ -135,7 +135,8 @@ async def test_runt_run_runs_on_the_pooled_kernel_and_restarts_only_a_used_one(
     [pooled] = status.pool.kernels
     source = write_notebook(
         short_tmp / "in.ipynb",
-        [code("import os\nprint(os.getpid(), 'seen' in globals())\nseen = True")],
+        # The kernel's process group: the pid the daemon reports (its nanny leads it).
+        [code("import os\nprint(os.getpgid(0), 'seen' in globals())\nseen = True")],
     )
     out = short_tmp / "out.ipynb"
 

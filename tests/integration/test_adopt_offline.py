@@ -1,0 +1,57 @@
+"""Offline edits right after an open (issue 10 §4): a daemon killed within the persist
+debounce after it built a notebook's document from the file used to leave the next daemon
+to build another document (another actor, another history), into which the client's edits
+made while it was down could not merge. The document built from a file is now persisted
+before the open is answered, so the next daemon opens that same document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from runtimed.client import AsyncClient, ConnectionState
+from runtimed.paths import RuntimedPaths
+
+from .conftest import write_notebook
+from .daemon_proc import DaemonProc
+from .runtime_helpers import code
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+DEADLINE = 60
+
+
+@pytest.fixture
+async def daemon_proc(short_tmp: Path) -> AsyncIterator[DaemonProc]:
+    paths = RuntimedPaths(socket=short_tmp / "p" / "rt.sock", home=short_tmp / "phome")
+    async with DaemonProc(paths, short_tmp / "no-config.toml") as proc:
+        await proc.start()
+        yield proc
+
+
+async def test_an_edit_made_offline_just_after_opening_merges_into_the_next_daemon(
+    daemon_proc: DaemonProc, short_tmp: Path
+) -> None:
+    path = write_notebook(short_tmp / "fresh.ipynb", [code("before = 1")])
+    async with await AsyncClient.connect(daemon_proc.paths.socket) as client:
+        nb = await client.open(path)
+        first = nb.cell_ids()[0]
+        await daemon_proc.kill9()  # at once: well within the 0.2 s persist debounce
+        await client.wait_state(ConnectionState.RECONNECTING, timeout=DEADLINE)
+        await nb.set_source(first, "before = 10")
+        offline = await nb.add_cell("code", "during = 2")
+
+        await daemon_proc.start()
+        await client.wait_state(ConnectionState.CONNECTED, timeout=DEADLINE)
+        assert nb.cell_ids() == [first, offline]
+        saved = await nb.save()
+
+        async with await AsyncClient.connect(daemon_proc.paths.socket) as other:
+            again = await other.open(path)
+            assert again.cell_ids() == [first, offline]
+
+    cells = json.loads(saved.read_text())["cells"]
+    assert ["".join(c["source"]) for c in cells] == ["before = 10", "during = 2"]
