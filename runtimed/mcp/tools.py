@@ -40,6 +40,10 @@ class Tool:
 
 # ---------------------------------------------------------------- schemas
 
+VERSION = {
+    "type": "string",
+    "description": "a version a reply gave you (v1:...) or a saved checkpoint (ck:..., runt log)",
+}
 NOTEBOOK = {"type": "string", "description": "notebook path or notebook id"}
 CELL_ID = {"type": "string", "description": "cell id (from get_notebook)"}
 SOURCE = {"type": "string", "description": "cell source"}
@@ -205,7 +209,7 @@ TOOLS: dict[str, Tool] = {
               "output of run_notebook).", {"notebook": NOTEBOOK}, ["notebook"], h.read_scraps),
         _tool("changes_since", "What changed since a version you saw (cells added, deleted, "
               "moved, edited, who did it, what ran); use before reviewing or resuming.",
-              {"notebook": NOTEBOOK, "version": {"type": "string"}, "to": {"type": "string"}},
+              {"notebook": NOTEBOOK, "version": VERSION, "to": VERSION},
               ["notebook", "version"], h.changes_since),
         _tool("complete", "Ask the kernel for completions at a cursor in a code cell (code "
               "points; default: the end); answered even while a cell runs.",
