@@ -378,3 +378,22 @@ def test_execute_notebooks_python_api_on_the_cluster(shared: Shared, short_tmp: 
     assert results[0].scraps == {"x": 5}
     assert results[0].output_path == str(out)
     assert json.loads(out.read_text())["metadata"]["papermill"]["parameters"] == {"x": 5}
+
+
+def test_fsspec_urls_are_read_and_written_by_the_workers(shared: Shared, short_tmp: Path) -> None:
+    """``file://`` URLs (any fsspec location the workers reach): the worker opens the input and
+    writes the output itself; the caller sends neither notebook's bytes."""
+    source = write_notebook(
+        short_tmp / "url-in.ipynb",
+        [code("x = 1", "parameters"), code("from runtimed import glue\nglue('x', x * 2)")],
+    )
+    out = short_tmp / "url-out" / "o.ipynb"
+    in_url, out_url = source.as_uri(), out.as_uri()
+    results = execute_notebooks([(in_url, out_url)], cluster=shared.address, parameters={"x": 4})
+    assert [r.status for r in results] == ["ok"], results
+    assert results[0].scraps == {"x": 8}
+    assert results[0].output_path == out_url
+    papermill = json.loads(out.read_text())["metadata"]["papermill"]
+    assert papermill["input_path"] == in_url
+    assert papermill["output_path"] == out_url
+    assert papermill["parameters"] == {"x": 4}
