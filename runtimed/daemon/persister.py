@@ -1,8 +1,11 @@
 """Persisting one notebook's documents (crash recovery), in that notebook's own scope.
 
 Each open notebook has a :class:`RoomPersister`: edits reach disk ``persist_debounce`` after
-they stop (no acknowledged edit should wait long), runtime-only changes (outputs, states) at
-most every ``runtime_persist_interval`` — a running notebook changes those on every cell. A
+they stop, or ``_MAX_DEBOUNCES`` debounces after the first of a stream that does not stop (a
+client writing records as cells run: each persist serialises the whole document, 15 ms for 300
+cells here); runtime-only changes (outputs, states) at most every ``runtime_persist_interval`` —
+a running notebook changes those on every cell. Acknowledged edits never wait for either
+(:meth:`RoomPersister.durable`). A
 persist writes only what changed since the last one: the notebook document if its heads
 moved, the runtime snapshot if it changed, the file record if it changed. A write the disk
 refuses (full disk, ...) is kept in memory and retried every second until it succeeds.
@@ -31,6 +34,7 @@ __all__ = ["RoomPersister"]
 log = logging.getLogger(__name__)
 
 _PERSIST_RETRY = 1.0  # s between attempts to persist a notebook after a failed write
+_MAX_DEBOUNCES = 5  # a stream of changes is persisted at least every 5 debounces
 
 
 class RoomPersister:
@@ -81,8 +85,7 @@ class RoomPersister:
         """Persist changes until cancelled (runs in the room's task group)."""
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
-            await anyio.sleep(self._config.persist_debounce)  # debounce: batch a burst
+            await self._quiet()  # debounce: batch a burst
             self._wanted = False
             now = anyio.current_time()
             if now - self._failed_at < _PERSIST_RETRY:
@@ -96,6 +99,21 @@ class RoomPersister:
                     self._wanted = True  # later
             if self._wanted:
                 self._wake.set()
+
+    async def _quiet(self) -> None:
+        """Return once no change came for ``persist_debounce``, or ``_MAX_DEBOUNCES`` of them
+        after the first."""
+        debounce = self._config.persist_debounce
+        deadline = anyio.current_time() + debounce * _MAX_DEBOUNCES
+        while True:
+            self._wake = anyio.Event()
+            wait = min(debounce, deadline - anyio.current_time())
+            if wait <= 0:
+                return
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+                continue  # another change: wait for quiet again
+            return
 
     async def flush(self) -> None:
         """Persist now if a change waits (the debounce is skipped)."""
