@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ROOT_KEY", "Written", "object_key", "written_objects"]
+__all__ = ["ROOT_KEY", "Written", "complete_prefix", "object_key", "written_objects"]
 
 _MAGIC = b"\x85\x6f\x4a\x83"
 _CHUNK_CHANGE = 1
@@ -82,6 +82,23 @@ def object_key(exid: bytes) -> tuple[bytes, int]:
     except (_Bad, IndexError) as exc:
         raise ValueError(f"not an object id: {exid.hex()}") from exc
     return actor, counter
+
+
+def complete_prefix(data: bytes) -> int:
+    """How many leading bytes of ``data`` are whole chunks (a saved document, changes): a
+    file that changes are appended to may end in a torn chunk after a crash."""
+    pos = 0
+    while pos < len(data):
+        try:
+            if data[pos : pos + 4] != _MAGIC:
+                break
+            length, body = _uleb(data, pos + 9)
+        except _Bad:
+            break
+        if body + length > len(data):
+            break
+        pos = body + length
+    return pos
 
 
 def written_objects(chunks: list[bytes]) -> Written | None:
