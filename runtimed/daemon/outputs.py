@@ -27,11 +27,6 @@ __all__ = ["OutputRecorder"]
 log = logging.getLogger(__name__)
 
 _MIN_FLUSH_INTERVAL = 0.02
-# A cell's first live output write waits this long: a quick cell (most are) has finished by
-# then and its final outputs go out in one write with its outcome — one runtime-document
-# change and one sync message per client fewer per cell; a slow cell's first output shows
-# 10 ms later.
-_FIRST_FLUSH_DELAY = 0.01
 _FLUSH_BYTES_PER_SECOND = 50e6  # adapt the interval so re-serialising a growing output stays cheap
 
 
@@ -138,11 +133,8 @@ class OutputRecorder:
 
     async def run(self) -> None:
         """Write the running cell's outputs to the runtime document, at a bounded rate."""
-        flushed: Entry | None = None  # the job whose outputs were last written live
         while True:
             await self._wake.wait()
-            if flushed is None or flushed is not self._running():
-                await anyio.sleep(_FIRST_FLUSH_DELAY)
             self._wake = anyio.Event()
             if self._display_updates:
                 try:
@@ -159,7 +151,6 @@ class OutputRecorder:
                 log.warning("could not store outputs of %s: %s", job.cell_id, exc)
                 continue
             if self._running() is job and self._room.runtime.ready:
-                flushed = job
                 self._room.runtime.set_outputs(job.cell_id, manifests)
                 count = change.accumulator.execution_count
                 if count is not None:
