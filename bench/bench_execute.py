@@ -9,6 +9,7 @@ docs/runtimes.md), so the daemon's own overhead is the ratio against the second.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,17 +49,31 @@ def bare_loop(n: int, extra_arguments: list[str] | None = None) -> list[float]:
         km.shutdown_kernel(now=True)
 
 
-async def daemon_loop(sock: Path, work: Path, n: int) -> list[float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/<pid>/stat``): unlike wall time, barely
+    moved by other work on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def daemon_loop(
+    sock: Path, work: Path, n: int, daemon_pid: int
+) -> tuple[list[float], float, float]:
+    """Round trips after 20 warm-ups, and the daemon's and this client's CPU per cell."""
     path = write_notebook(work / "bench.ipynb", ["1+1"])
     async with await AsyncClient.connect(sock) as client:
         nb = await client.open(path)
         times = []
-        for _ in range(n + 20):
+        for i in range(n + 20):
+            if i == 20:
+                daemon_cpu, client_cpu = cpu_seconds(daemon_pid), time.process_time()
             start = time.perf_counter()
             result = await nb.execute("c0")
             assert result.outputs[0]["data"]["text/plain"] == "2", result
             times.append(time.perf_counter() - start)
-        return times[20:]
+        daemon_cpu = (cpu_seconds(daemon_pid) - daemon_cpu) / n
+        client_cpu = (time.process_time() - client_cpu) / n
+        return times[20:], daemon_cpu, client_cpu
 
 
 def main() -> None:
@@ -67,16 +82,25 @@ def main() -> None:
 
     bare = bare_loop(n)
     tuned = bare_loop(n, [NO_EXECUTE_SLEEP_ARG, MEMORY_HISTORY_ARG])
-    with daemon_process() as (sock, _proc, work):
-        ours = anyio.run(daemon_loop, sock, work, n, backend_options={"use_uvloop": True})
+    with daemon_process() as (sock, proc, work):
+        ours, daemon_cpu, client_cpu = anyio.run(
+            daemon_loop, sock, work, n, proc.pid, backend_options={"use_uvloop": True}
+        )
     import statistics
 
+    print(
+        f"load (uptime): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}, {os.cpu_count()} CPUs"
+    )
     print(summary("bare jupyter_client loop (peer, defaults)", bare))
     print(summary("bare loop, the daemon's kernel options", tuned))
     print(summary("runtimed ExecuteCell -> result at client", ours))
     for label, peer in (("defaults", bare), ("same options", tuned)):
         ratio = statistics.median(ours) / statistics.median(peer)
         print(f"ratio (median runtimed / median bare, {label}): {ratio:.2f}x")
+    print(
+        f"CPU per cell: daemon {daemon_cpu * 1000:.2f} ms, client {client_cpu * 1000:.2f} ms "
+        "(wall time minus these is mostly the kernel and waiting for a CPU)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Persisting one notebook's documents (crash recovery), in that notebook's own scope.
 
 Each open notebook has a :class:`RoomPersister`: edits reach disk ``persist_debounce`` after
-they stop (no acknowledged edit should wait long), runtime-only changes (outputs, states) at
-most every ``runtime_persist_interval`` — a running notebook changes those on every cell. A
+they stop, or ``_MAX_DEBOUNCES`` debounces after the first of a stream that does not stop (a
+client writing records as cells run: each persist serialises the whole document, 15 ms for 300
+cells here); runtime-only changes (outputs, states) at most every ``runtime_persist_interval`` —
+a running notebook changes those on every cell. Acknowledged edits never wait for either
+(:meth:`RoomPersister.durable`). A
 persist writes only what changed since the last one: the notebook document if its heads
 moved, the runtime snapshot if it changed, the file record if it changed. A write the disk
 refuses (full disk, ...) is kept in memory and retried every second until it succeeds.
@@ -31,6 +34,8 @@ __all__ = ["RoomPersister"]
 log = logging.getLogger(__name__)
 
 _PERSIST_RETRY = 1.0  # s between attempts to persist a notebook after a failed write
+_MAX_DEBOUNCES = 5  # a stream of changes is persisted at least every 5 debounces
+_MIN_LOG = 64 * 1024  # appended change bytes allowed before a rewrite, at least
 
 
 class RoomPersister:
@@ -61,6 +66,8 @@ class RoomPersister:
         self._saved_meta: NotebookMeta | None = None
         self._saved_pending: str | None = None
         self._failed_at = float("-inf")  # the last persist that failed (full disk, ...)
+        self._saved_size = 0  # bytes of the notebook document last written whole
+        self._appended = 0  # bytes of changes appended to it since
 
     @property
     def wanted(self) -> bool:
@@ -81,8 +88,7 @@ class RoomPersister:
         """Persist changes until cancelled (runs in the room's task group)."""
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
-            await anyio.sleep(self._config.persist_debounce)  # debounce: batch a burst
+            await self._quiet()  # debounce: batch a burst
             self._wanted = False
             now = anyio.current_time()
             if now - self._failed_at < _PERSIST_RETRY:
@@ -96,6 +102,21 @@ class RoomPersister:
                     self._wanted = True  # later
             if self._wanted:
                 self._wake.set()
+
+    async def _quiet(self) -> None:
+        """Return once no change came for ``persist_debounce``, or ``_MAX_DEBOUNCES`` of them
+        after the first."""
+        debounce = self._config.persist_debounce
+        deadline = anyio.current_time() + debounce * _MAX_DEBOUNCES
+        while True:
+            self._wake = anyio.Event()
+            wait = min(debounce, deadline - anyio.current_time())
+            if wait <= 0:
+                return
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+                continue  # another change: wait for quiet again
+            return
 
     async def flush(self) -> None:
         """Persist now if a change waits (the debounce is skipped)."""
@@ -140,8 +161,15 @@ class RoomPersister:
             else:
                 runtime = True
         # Serialise on the event loop (the documents are not shared with threads), write in one.
+        # The new changes are appended to the file (their size, not the document's) until
+        # they outgrow the document written whole; then it is written whole again.
         heads = room.notebook.heads()
-        notebook = room.notebook.save() if heads != self._saved_heads else None
+        notebook = changes = None
+        if heads != self._saved_heads:
+            if self._saved_heads is not None and self._appended < max(self._saved_size, _MIN_LOG):
+                changes = room.notebook.changes_since(self._saved_heads)
+            else:
+                notebook = room.notebook.save()
         snapshot = None
         if runtime and self._runtime_dirty:
             snapshot = room.runtime.snapshot()
@@ -152,7 +180,7 @@ class RoomPersister:
         pending = self.pending_sha256
         changed = (meta, pending) != (self._saved_meta, self._saved_pending)
         changed_meta = meta if changed else None
-        if notebook is None and snapshot is None and changed_meta is None:
+        if notebook is None and changes is None and snapshot is None and changed_meta is None:
             return
         try:
             await anyio.to_thread.run_sync(
@@ -162,9 +190,12 @@ class RoomPersister:
                     runtime=snapshot,
                     meta=changed_meta,
                     pending_sha256=pending,
+                    notebook_changes=changes,
                 )
             )
         except OSError as exc:
+            if changes is not None:
+                self._saved_heads = None  # the next attempt writes the document whole
             # Kept in memory and retried (run) until the disk takes it again.
             log.warning("could not persist notebook %s (retrying): %s", room.notebook_id, exc)
             self._runtime_dirty = self._runtime_dirty or snapshot is not None
@@ -174,4 +205,8 @@ class RoomPersister:
                 raise
             return
         self._saved_key, self._saved_heads, self._saved_meta = key, heads, meta
+        if notebook is not None:
+            self._saved_size, self._appended = len(notebook), 0
+        elif changes is not None:
+            self._appended += len(changes)
         self._saved_pending = pending

@@ -163,6 +163,12 @@ class NotebookDoc:
 
     # ------------------------------------------------------------ heads
 
+    def changes_since(self, heads: list[bytes]) -> bytes:
+        """The changes made since ``heads`` (which must be this document's own earlier
+        heads), as change chunks: appended to a saved copy, ``Document.load`` reads them."""
+        with automerge_errors("reading the notebook's new changes"):
+            return b"".join(bytes(change.raw_bytes) for change in self.doc.get_changes(heads))
+
     def heads(self) -> list[bytes]:
         return list(self.doc.get_heads())
 

@@ -2,7 +2,12 @@
 
 For every notebook the daemon keeps, in ``<home>/documents/``:
 
-* ``<key>.automerge`` — the notebook document (full history: no acknowledged edit is lost);
+* ``<key>.automerge`` — the notebook document (full history: no acknowledged edit is lost): a
+  saved document followed by the change chunks persisted since (appended and fsynced, which
+  costs the changes, not the document; ``Document.load`` reads the concatenation). A crash
+  during an append can leave a torn last chunk: :meth:`DocumentStore.load` drops it (it was
+  never fsynced, so never acknowledged). The persister rewrites the file whole once the
+  appended changes outgrow the saved document;
 * ``<key>.runtime.json`` — a snapshot of runtime state (outputs, counts), no history;
 * ``<key>.json`` — which file it belongs to and the file's sha256 when last loaded/saved
   (and, while a save is under way, the sha256 of the file being written: ``pending_sha256``).
@@ -39,6 +44,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runtimed.documents.changechunk import complete_prefix
 
 __all__ = [
     "CRASH_AFTER_ENV",
@@ -123,6 +130,9 @@ class DocumentStore:
             notebook = _read(doc_path)
         except OSError:
             return None
+        whole = complete_prefix(notebook)
+        if 0 < whole < len(notebook):
+            notebook = notebook[:whole]  # a torn append (crash): never acknowledged
         try:
             meta = json.loads(_read(meta_path))
         except (OSError, ValueError):
@@ -151,11 +161,18 @@ class DocumentStore:
         runtime: dict[str, Any] | None,
         meta: NotebookMeta | None,
         pending_sha256: str | None = None,
+        notebook_changes: bytes | None = None,
     ) -> None:
         """Write the parts given (None: that part is unchanged on disk), each atomically and
         durably: the record first, then the document, then the runtime snapshot (see the
         module docstring for why that order). ``pending_sha256`` (recorded with ``meta``):
-        the sha256 of the checkpoint about to be written."""
+        the sha256 of the checkpoint about to be written. ``notebook_changes``: change chunks
+        appended (fsynced) to the document already on disk instead of rewriting it.
+
+        Raises:
+            FileNotFoundError: ``notebook_changes`` for a document not on disk.
+            OSError: the disk refused a write.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         doc_path, runtime_path, meta_path = self._paths(key)
         if meta is not None:
@@ -171,6 +188,9 @@ class DocumentStore:
             crash_point("persist:record")
         if notebook is not None:
             _atomic_write(doc_path, notebook)
+            crash_point("persist:notebook")
+        elif notebook_changes:
+            _append(doc_path, notebook_changes)
             crash_point("persist:notebook")
         if runtime is not None:
             _atomic_write(runtime_path, json.dumps(runtime).encode())
@@ -249,6 +269,19 @@ def _read(path: Path) -> bytes:
     fd = os.open(path, _READ_FLAGS)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to the existing file ``path`` and fsync it (no rename: the directory
+    entry is already durable). Never creates the file: changes alone are not a document."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -491,6 +491,9 @@ async def test_a_persist_rewrites_only_the_parts_that_changed(
     def inodes() -> list[int | None]:  # every write is temp + rename: a new inode
         return [f.stat().st_ino if f.exists() else None for f in files]
 
+    def doc_size() -> int:  # the document's new changes are appended: same inode, longer
+        return files[0].stat().st_size
+
     async def until(predicate: Any) -> None:
         with anyio.fail_after(10):
             while not predicate():
@@ -506,17 +509,18 @@ async def test_a_persist_rewrites_only_the_parts_that_changed(
         await nb.set_source("cell0", "x = 'first'")
         await until(lambda: persisted("x = 'first'"))
         doc, runtime, record = inodes()
-        # An edit of the notebook: only its document is written again.
+        size = doc_size()
+        # An edit of the notebook: only its document is written again (its changes appended).
         await nb.set_source("cell0", "x = 'second'")
         await until(lambda: persisted("x = 'second'"))
         await anyio.sleep(0.5)  # more than the debounce: nothing else follows
-        assert inodes()[0] != doc
+        assert doc_size() > size
         assert inodes()[1:] == [runtime, record]
         # A save changes the file's hash: the record is written, the document is not.
-        doc = inodes()[0]
+        doc, size = inodes()[0], doc_size()
         before = files[2].read_text()
         await nb.save()
-        assert inodes()[0] == doc
+        assert (inodes()[0], doc_size()) == (doc, size)
         # (Compared by content: a save writes the record twice, intended hash first, and the
         # second write may get the first inode number back.)
         assert files[2].read_text() != before
@@ -534,12 +538,13 @@ async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
 
     import anyio
 
+    from runtimed.documents.changechunk import complete_prefix
     from runtimed.storage import documents as persistence
 
     path = write_notebook(short_tmp / "fail.ipynb", [{"cell_type": "code", "source": "1"}])
     key = DocumentStore.key_for(path.resolve(), "")
     doc_file = daemon.paths.documents / f"{key}.automerge"
-    real_write = persistence._atomic_write
+    real_write, real_append = persistence._atomic_write, persistence._append
     disk_full = True
 
     def full_disk_write(target: Path, data: bytes) -> None:
@@ -547,10 +552,17 @@ async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         real_write(target, data)
 
-    def persisted_source() -> str | None:
+    def full_disk_append(target: Path, data: bytes) -> None:
+        if disk_full:  # a full disk takes part of an append: a torn chunk is left behind
+            real_append(target, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        real_append(target, data)
+
+    def persisted_source() -> str | None:  # read as the daemon does (a torn append dropped)
         if not doc_file.exists():
             return None
-        return NotebookDoc.load(doc_file.read_bytes()).cell("cell0").source
+        data = doc_file.read_bytes()
+        return NotebookDoc.load(data[: complete_prefix(data)]).cell("cell0").source
 
     async def until(predicate: Any) -> None:
         with anyio.fail_after(10):
@@ -562,6 +574,7 @@ async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
         await nb.set_source("cell0", "x = 'before'")
         await until(lambda: persisted_source() == "x = 'before'")
         monkeypatch.setattr(persistence, "_atomic_write", full_disk_write)
+        monkeypatch.setattr(persistence, "_append", full_disk_append)
         await nb.set_source("cell0", "x = 'while the disk was full'")
         await until(lambda: "could not persist notebook" in caplog.text)
         assert persisted_source() == "x = 'before'"  # the old state is intact
