@@ -32,6 +32,7 @@ from anyio.abc import SocketStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import runtimed.aio  # noqa: F401  (anyio's raw-socket race under uvloop; see the module)
+from protocol.states import ExecutionStatus
 from runtimed.errors import KernelStartFailed
 from runtimed.kernels.launch import LaunchSpec
 from runtimed.kernels.nanny import SOCKET_NAME, exit_status, parse_records
@@ -173,10 +174,10 @@ def adopted_reply(
 ) -> dict[str, Any]:
     """An ``execute_reply`` for an execution whose real reply went to the dead daemon, from
     what IOPub said: ``error`` if it published an error, else ``ok``; dated by its idle."""
-    content: dict[str, Any] = {"status": "ok", "execution_count": count}
+    content: dict[str, Any] = {"status": ExecutionStatus.OK, "execution_count": count}
     if error is not None:
         content.update(
-            status="error",
+            status=ExecutionStatus.ERROR,
             ename=error.get("ename", "Error"),
             evalue=error.get("evalue", ""),
             traceback=list(error.get("traceback") or []),

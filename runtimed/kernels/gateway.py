@@ -74,6 +74,9 @@ class GatewayKernel(KernelProcess):
         self.tail = ConsoleTail()
         self.ready = False
         self.comms = CommTracker()
+        self.link = None  # no nanny: a gateway kernel is never adopted by a next daemon
+        self.on_foreign = None
+        self.idle_waiters = {}
         self.kernel_info: dict[str, Any] | None = None
         self.returncode: int | None = None
         self.stop_reason: str | None = None
