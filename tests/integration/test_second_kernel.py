@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -240,3 +242,41 @@ async def test_input_is_answered_through_the_daemon(
         tg.cancel_scope.cancel()
     assert result.status == "ok"
     assert stream("hello Ada\n") in result.outputs
+
+
+XEUS_SLIDER = """\
+import ipywidgets as widgets
+seen = []
+slider = widgets.IntSlider(value=3, min=0, max=10, description="n")
+slider.observe(lambda change: seen.append(change["new"]), names="value")
+display(slider)
+"""
+
+
+async def test_comms_and_a_widget_on_xeus_python(
+    daemon: Daemon, client: AsyncClient, xeus: Path, short_tmp: Path
+) -> None:
+    """The daemon follows xeus-python's comm_open/comm_msg into the runtime document, and a
+    client's comm message reaches the kernel's observe callback: nothing assumes ipykernel's
+    comm manager."""
+    nb = await open_xeus(client, short_tmp / "w.ipynb", [code(XEUS_SLIDER), code("print(seen)")])
+    assert (await nb.execute("cell0", timeout=DEADLINE)).status == "ok"
+
+    def slider_at(value: int) -> Callable[[dict[str, dict[str, Any]]], bool]:
+        def check(comms: dict[str, dict[str, Any]]) -> bool:
+            return any(
+                c.get("model_name") == "IntSliderModel" and c.get("state", {}).get("value") == value
+                for c in comms.values()
+            )
+
+        return check
+
+    comms = await nb.wait_comms(slider_at(3), timeout=DEADLINE)
+    (slider,) = [cid for cid, c in comms.items() if c.get("model_name") == "IntSliderModel"]
+    assert comms[slider]["target_name"] == "jupyter.widget"
+
+    await nb.send_comm(slider, {"method": "update", "state": {"value": 7}, "buffer_paths": []})
+    await nb.wait_comms(slider_at(7), timeout=DEADLINE)
+    printed = await nb.execute("cell1", timeout=DEADLINE)
+    assert printed.status == "ok"
+    assert printed.outputs == [stream("[7]\n")]
