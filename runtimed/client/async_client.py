@@ -29,6 +29,7 @@ from protocol.messages import (
     EnvsCleaned,
     GarbageCollected,
     GetConfig,
+    JoinNotebook,
     ListEnvs,
     ListNotebooks,
     ListRuntimes,
@@ -315,11 +316,12 @@ class AsyncClient:
             replica.fresh_sync()
             env, cwd = self._open_options.get(notebook_id, (None, None))
             try:
-                reply = await conn.request(_reopen(path, env, cwd), NotebookOpened)
+                reply = await conn.request(_reopen(notebook_id, path, env, cwd), NotebookOpened)
             except ConnectionClosed:
                 raise
             except RuntimedError as exc:
-                log.warning("could not reopen %s after reconnecting: %s", path, exc)
+                what = path or f"untitled notebook {notebook_id}"
+                log.warning("could not reopen %s after reconnecting: %s", what, exc)
                 continue
             if reply.notebook_id != notebook_id:
                 # Another document (the daemon lost ours): its history is not ours, so a merge
@@ -593,6 +595,19 @@ class AsyncClient:
             self._open_options[reply.notebook_id] = (kernel_env, cwd)
         return await self._attach(reply, timeout)
 
+    async def join(self, notebook_id: str, *, timeout: float = 60) -> AsyncNotebook:
+        """Join a notebook by its id: one open in the daemon (e.g. an untitled one another
+        client created), or an untitled one the daemon persisted before a restart.
+
+        Raises:
+            NotebookNotFound: the daemon has no notebook of that id.
+        """
+        await _load_replica()
+        reply = await self.request(
+            lambda i: JoinNotebook(id=i, notebook_id=notebook_id), NotebookOpened
+        )
+        return await self._attach(reply, timeout)
+
     async def create(
         self, path: str | Path | None = None, *, kernel_name: str | None = None, timeout: float = 60
     ) -> AsyncNotebook:
@@ -614,8 +629,9 @@ class AsyncClient:
         if replica is None:
             replica = self._replicas[reply.notebook_id] = Replica(reply.notebook_id)
         self._joined.add(reply.notebook_id)
-        if reply.path:
-            self._paths[reply.notebook_id] = reply.path
+        # Where a reconnect reopens it: its path, or "" for an untitled notebook (rejoined
+        # by id: the daemon persisted it before it answered the create).
+        self._paths[reply.notebook_id] = reply.path or ""
         notebook = AsyncNotebook(self, replica, reply.path)
         await notebook.wait_ready(timeout=timeout)
         return notebook
@@ -635,9 +651,11 @@ class AsyncClient:
 
 
 def _reopen(
-    path: str, env: dict[str, str] | None, cwd: str | None
+    notebook_id: str, path: str, env: dict[str, str] | None, cwd: str | None
 ) -> Callable[[int], ClientRequest]:
     def make(request_id: int) -> ClientRequest:
+        if not path:  # untitled: the daemon finds it by id (persisted at its create)
+            return JoinNotebook(id=request_id, notebook_id=notebook_id)
         return OpenNotebook(id=request_id, path=path, kernel_env=env, kernel_cwd=cwd)
 
     return make

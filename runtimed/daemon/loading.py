@@ -23,7 +23,7 @@ from runtimed.errors import BlobUnavailable
 from runtimed.storage.documents import DocumentStore
 from runtimed.storage.ipynb import read_notebook_with_digest, set_widget_state
 
-__all__ = ["load_room", "new_room", "notebook_for_save"]
+__all__ = ["load_room", "new_room", "notebook_for_save", "recover_untitled"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,34 @@ def _from_file(
         runtime=runtime,
         callbacks=callbacks,
     )
+
+
+def recover_untitled(
+    notebook_id: str, store: DocumentStore, callbacks: RoomCallbacks
+) -> NotebookRoom | None:
+    """The room of an untitled (never saved) notebook a previous daemon persisted, by its id,
+    or None when the store has no readable document of that id. A client that had it open
+    rejoins it after a restart (its replica then merges what it edited meanwhile)."""
+    persisted = store.load(DocumentStore.key_for(None, notebook_id))
+    if persisted is None:
+        return None
+    try:
+        notebook = NotebookDoc.load(persisted.notebook)
+        if not (notebook.ready and notebook.doc_id == notebook_id):
+            return None
+    except Exception:  # the binding raises bare Exceptions for corrupt documents
+        log.exception("persisted untitled notebook %s is unreadable", notebook_id)
+        return None
+    log.info("recovered untitled notebook %s from its persisted document", notebook_id)
+    room = NotebookRoom(
+        notebook_id=notebook_id,
+        path=None,
+        notebook=notebook,
+        runtime=RuntimeDoc.from_snapshot(persisted.runtime),
+        callbacks=callbacks,
+    )
+    room.dirty_since_save = True  # never saved to a file
+    return room
 
 
 def new_room(

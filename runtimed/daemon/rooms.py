@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from runtimed.config import DaemonConfig
 from runtimed.daemon.adopted import Orphans
 from runtimed.daemon.connection import ClientSession
 from runtimed.daemon.executor import NotebookExecutor
-from runtimed.daemon.loading import load_room, new_room, notebook_for_save
+from runtimed.daemon.loading import load_room, new_room, notebook_for_save, recover_untitled
 from runtimed.daemon.persister import RoomPersister
 from runtimed.daemon.room import NotebookRoom, RoomCallbacks
 from runtimed.daemon.scope import OpenRoom, first_leaf, is_fault
@@ -38,6 +39,8 @@ from runtimed.runtimes.manager import RuntimeManager
 from runtimed.storage.documents import DocumentStore, crash_point
 from runtimed.storage.ipynb import notebook_bytes, remove_interrupted_temps, write_bytes_atomic
 from runtimed.storage.journal import Checkpoint, append_checkpoint
+
+_UNTITLED_ID = re.compile(r"[0-9a-f]{32}")  # a document id (uuid4 hex)
 
 __all__ = ["RoomRegistry", "resolved"]
 
@@ -64,7 +67,7 @@ class RoomRegistry:
         self._config = config
         self._rooms: dict[str, OpenRoom] = {}
         self._by_path: dict[Path, str] = {}
-        self._open_locks: dict[Path, anyio.Lock] = {}
+        self._open_locks: dict[Path | str, anyio.Lock] = {}  # by path; untitled: by id
         self._tg: TaskGroup | None = None
         self.orphans: Orphans | None = None
         """Kernels a killed daemon left running, for their notebooks (set by the daemon)."""
@@ -101,6 +104,30 @@ class RoomRegistry:
                 f"no open notebook with id {notebook_id!r}; open it first (runt ps lists them)"
             )
         return entry
+
+    async def entry_or_recover(self, notebook_id: str) -> OpenRoom:
+        """The open room ``notebook_id``, or an untitled notebook a previous daemon persisted
+        under that id, loaded now (a client rejoining it after a restart).
+
+        Raises:
+            NotebookNotFound: neither.
+        """
+        entry = self._rooms.get(notebook_id)
+        if entry is not None:
+            return entry
+        if not _UNTITLED_ID.fullmatch(notebook_id):  # never a path component we did not make
+            return self.entry(notebook_id)
+        lock = self._open_locks.setdefault(notebook_id, anyio.Lock())
+        async with lock:
+            entry = self._rooms.get(notebook_id)
+            if entry is not None:
+                return entry
+            room = await anyio.to_thread.run_sync(
+                recover_untitled, notebook_id, self.store, self._callbacks
+            )
+            if room is None:
+                return self.entry(notebook_id)  # NotebookNotFound
+            return await self._register(room, file_sha256=None)
 
     def joined(self, session: ClientSession, notebook_id: str) -> OpenRoom:
         """The room ``session`` has open.
@@ -152,7 +179,12 @@ class RoomRegistry:
                 raise InvalidRequest(f"{path} already exists; open it instead")
         room = new_room(path, kernel_name=kernel_name, callbacks=self._callbacks)
         entry = await self._register(room, file_sha256=None)
-        if path is not None:
+        if path is None:
+            # Persisted before the reply, as a document built from a file: a client's edits
+            # are changes on top of this one, and the next daemon must be able to find it
+            # (by its id: a client rejoins an untitled notebook after a restart).
+            await entry.persister.persist_now()
+        else:
             try:
                 await self.save(entry, path)
             except BaseException:

@@ -65,7 +65,8 @@ class NotebookHandlers:
             case OpenNotebook():
                 return await self.open(session, request)
             case JoinNotebook():
-                return self._join(session, self._rooms.entry(request.notebook_id), request.id)
+                entry = await self._rooms.entry_or_recover(request.notebook_id)
+                return self._join(session, entry, request.id)
             case CreateNotebook():
                 return await self.create(session, request)
             case CloseNotebook():
