@@ -63,8 +63,8 @@ The tree (module in brackets when it is not this one)::
 
 Not in the tree, on purpose: exceptions that never leave the module raising them
 (``SlowClient`` in the daemon's connection, ``_Truncated`` in the sync wire helpers, the CLI's
-``_UsageError``, ``_BadInput`` in the web notebook's WebSocket bridge) — control flow, not
-errors a caller sees.
+``_UsageError``, ``_BadInput`` in the web notebook's WebSocket bridge, ``_Bad`` in the change
+decoder of ``documents/changechunk.py``) — control flow, not errors a caller sees.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from protocol.framing import FrameDecoder, FrameKind
 from protocol.handshake import ClientHandshake
 from protocol.messages import ClientRequest, ErrorReply, Reply, decode_daemon_message, encode
 from runtimed.errors import ConnectionClosed, DaemonNotRunning, error_from_reply
-from runtimed.paths import default_socket_path
+from runtimed.paths import check_socket_dir, default_socket_path
 
 __all__ = ["ask"]
 
@@ -41,6 +41,7 @@ def ask(
     its reply, which must be a ``reply_type``. Blocking; never starts a daemon.
 
     Raises:
+        UnsafeDirectory: the socket's directory is not ours alone (see ``check_socket_dir``).
         DaemonNotRunning: nothing listens on the socket.
         VersionMismatch: the daemon speaks another protocol version.
         RuntimedError: the matching subclass for an ``ErrorReply``.
@@ -48,6 +49,7 @@ def ask(
         TimeoutError: no reply within ``timeout`` seconds.
     """
     where = Path(path) if path else default_socket_path()
+    check_socket_dir(where)  # never talk through a socket directory someone else controls
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

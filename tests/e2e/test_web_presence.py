@@ -27,19 +27,28 @@ def chips(page: Page) -> list[str]:
     ]
 
 
+TEXT_BEFORE_CARET = """(sel) => {
+  const caret = document.querySelector(sel);
+  if (!caret) return null;
+  const range = document.createRange();
+  range.setStart(caret.closest('.cm-line'), 0);
+  range.setEndBefore(caret);
+  return range.toString();
+}"""
+
+
 def text_before_caret(page: Page, cell_id: str) -> str:
     """The text of the line holding the other viewer's caret, up to the caret."""
-    return str(
-        page.evaluate(
-            """(sel) => {
-              const caret = document.querySelector(sel);
-              const range = document.createRange();
-              range.setStart(caret.closest('.cm-line'), 0);
-              range.setEndBefore(caret);
-              return range.toString();
-            }""",
-            f"{cell(cell_id)} .remote-caret",
-        )
+    return str(page.evaluate(TEXT_BEFORE_CARET, f"{cell(cell_id)} .remote-caret"))
+
+
+def wait_caret_after(page: Page, cell_id: str, text: str) -> None:
+    """Until the other viewer's caret stands just after ``text`` on its line. Presence is
+    sent as the caret moves: the first caret drawn may show an earlier place (where a click
+    put it) before the later updates arrive."""
+    page.wait_for_function(
+        f"([sel, want]) => ({TEXT_BEFORE_CARET})(sel) === want",
+        arg=[f"{cell(cell_id)} .remote-caret", text],
     )
 
 
@@ -78,8 +87,8 @@ def test_two_browsers_see_each_others_cursor_and_selection_and_the_socket_client
         caret = b.wait_for_selector(f"{cell('cell0')} .cm-content .remote-caret")
         assert caret is not None
         assert caret.inner_text() == a_name
-        before = text_before_caret(b, "cell0")
-        assert before == f"greeting = '{WAVE}"
+        wait_caret_after(b, "cell0", f"greeting = '{WAVE}")
+        assert text_before_caret(b, "cell0") == f"greeting = '{WAVE}"
         # The daemon's copy of A's place counts code points (the documents' unit).
         viewer = b.evaluate(
             "(name) => window.runtimed.replica.viewers.find(v => v.name === name)", a_name
@@ -110,6 +119,7 @@ def test_two_browsers_see_each_others_cursor_and_selection_and_the_socket_client
             arg=f"{cell('cell0')} .remote-caret",
         )
         b.wait_for_selector(f"{cell('cell0')} .remote-selection", state="detached")
+        wait_caret_after(b, "cell0", f"greeting = '{WAVE}bye")  # after the last key's update
         assert text_before_caret(b, "cell0") == f"greeting = '{WAVE}bye"
         # A moves to the other cell: the caret leaves cell0 and the gutter marker moves.
         a.keyboard.press("Escape")
