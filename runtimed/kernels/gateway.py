@@ -162,16 +162,7 @@ class GatewayKernel(KernelProcess):
             text = f"{why} while running this cell"
         else:
             text = f"the kernel was {self.stop_reason} while running this cell"
-        for ex in self.executions.values():
-            ex.died = text
-            ex.reply.event.set()
-            ex.done.set()
-            for scope in ex.input_scopes:
-                scope.cancel()
-        self.executions.clear()
-        for reply in self.replies.values():
-            reply.event.set()
-        self.replies.clear()
+        self._end_pending(text)
 
     async def stop(self, *, grace: float, reason: str) -> None:
         """DELETE the kernel on the gateway (bounded), close the WebSocket, end the tasks.

@@ -371,6 +371,11 @@ class KernelProcess:
             why = f"the kernel process {describe_exit(self.returncode)} while running this cell"
         else:
             why = f"the kernel was {self.stop_reason} while running this cell"
+        self._end_pending(why)
+
+    def _end_pending(self, why: str) -> None:
+        """The process is gone: every execution still waiting ends as died (``why``), every
+        request and idle waiter is woken."""
         for ex in self.executions.values():
             ex.died = why
             ex.reply.event.set()

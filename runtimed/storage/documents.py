@@ -184,16 +184,16 @@ class DocumentStore:
                 "saved": saved,
                 "pending_sha256": pending_sha256,
             }
-            _atomic_write(meta_path, json.dumps(record).encode())
+            atomic_write(meta_path, json.dumps(record).encode())
             crash_point("persist:record")
         if notebook is not None:
-            _atomic_write(doc_path, notebook)
+            atomic_write(doc_path, notebook)
             crash_point("persist:notebook")
         elif notebook_changes:
             _append(doc_path, notebook_changes)
             crash_point("persist:notebook")
         if runtime is not None:
-            _atomic_write(runtime_path, json.dumps(runtime).encode())
+            atomic_write(runtime_path, json.dumps(runtime).encode())
 
     def remove_interrupted(self) -> int:
         """Delete temp files an interrupted write left behind (start-up); returns how many."""
@@ -254,7 +254,7 @@ class DocumentStore:
         return target
 
 
-#: What :func:`_atomic_write` names its temp files (``.<name>.<8 hex digits>.tmp``).
+#: What :func:`atomic_write` names its temp files (``.<name>.<8 hex digits>.tmp``).
 _TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
 
@@ -284,7 +284,7 @@ def _append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory (the
     rename itself is durable only once the directory is). The temp file is created new
     (``O_EXCL | O_NOFOLLOW``, 0600) and the rename replaces whatever entry ``path`` was, a

@@ -22,14 +22,14 @@ Blocking: call from a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runtimed.storage.documents import atomic_write
 
 __all__ = ["KEEP", "MAX_BYTES", "Checkpoint", "append_checkpoint", "read_checkpoints"]
 
@@ -43,7 +43,6 @@ _MAX_LINE = 64 * 1024  # a longer line is not one we wrote
 
 _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +117,7 @@ def append_checkpoint(journal: Path, entry: Checkpoint) -> None:
     finally:
         os.close(fd)
     kept = read_checkpoints(journal)[-(KEEP - 1) :]
-    _rewrite(journal, b"".join(_line(e) for e in [*kept, entry]))
+    atomic_write(journal, b"".join(_line(e) for e in [*kept, entry]))
 
 
 def read_checkpoints(journal: Path) -> list[Checkpoint]:
@@ -151,25 +150,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _rewrite(journal: Path, data: bytes) -> None:
-    # Named like DocumentStore's temps (.<name>.<8 hex>.tmp): removed at start-up if left.
-    tmp = journal.parent / f".{journal.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, _TEMP_FLAGS, 0o600)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, journal)
-        dir_fd = os.open(journal.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

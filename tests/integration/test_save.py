@@ -544,7 +544,7 @@ async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
     path = write_notebook(short_tmp / "fail.ipynb", [{"cell_type": "code", "source": "1"}])
     key = DocumentStore.key_for(path.resolve(), "")
     doc_file = daemon.paths.documents / f"{key}.automerge"
-    real_write, real_append = persistence._atomic_write, persistence._append
+    real_write, real_append = persistence.atomic_write, persistence._append
     disk_full = True
 
     def full_disk_write(target: Path, data: bytes) -> None:
@@ -573,7 +573,7 @@ async def test_a_failed_persist_loses_nothing_once_the_disk_is_back(
         nb = await client.open(path)
         await nb.set_source("cell0", "x = 'before'")
         await until(lambda: persisted_source() == "x = 'before'")
-        monkeypatch.setattr(persistence, "_atomic_write", full_disk_write)
+        monkeypatch.setattr(persistence, "atomic_write", full_disk_write)
         monkeypatch.setattr(persistence, "_append", full_disk_append)
         await nb.set_source("cell0", "x = 'while the disk was full'")
         await until(lambda: "could not persist notebook" in caplog.text)
