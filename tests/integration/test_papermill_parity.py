@@ -389,14 +389,24 @@ async def test_daemon_killed_during_a_run_is_one_screen(
 async def test_nbclient_output_notebook_runs_with_a_warning_like_papermill(
     daemon: Daemon, short_tmp: Path
 ) -> None:
-    src = FIXTURES / "Output.ipynb"
+    # nbclient's Output.ipynb is invalid (its kernelspec has no name). Its metadata, with one
+    # plain cell: papermill (nbclient) running the widget cells themselves can hang on
+    # ipykernel 7.4 once ipywidgets is installed (nbclient sends each Output widget's outputs
+    # back to the kernel; seen on a loaded machine, the papermill peer timed out after 120 s),
+    # and ours are checked in tests/integration/test_widgets.py.
+    fixture = json.loads((FIXTURES / "Output.ipynb").read_text())
+    fixture["cells"] = [
+        {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+         "source": "print('ran')"}
+    ]  # fmt: skip
+    src = short_tmp / "Output.ipynb"
+    src.write_text(json.dumps(fixture))
     ours, theirs = short_tmp / "ours.ipynb", short_tmp / "theirs.ipynb"
     status, _, err = await runt(
         daemon.paths.socket, "run", src, ours, "-k", "python3", "--no-autostart"
     )
     expected = papermill_cli(src, theirs, "-k", "python3")
-    # ipywidgets is not installed here: both run it and fail at its first cell.
-    assert status == expected, err
+    assert status == expected == 0, err
     assert "'name' is a required property" in err
     assert load(ours)["metadata"]["kernelspec"]["name"] == "python3"
     assert len(load(ours)["cells"]) == len(load(theirs)["cells"])
