@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtimed.documents.syncwire import _Truncated, _uleb
+
 __all__ = ["ROOT_KEY", "Written", "complete_prefix", "object_key", "written_objects"]
 
 _MAGIC = b"\x85\x6f\x4a\x83"
@@ -46,8 +48,9 @@ ROOT_KEY: tuple[bytes, int] = (b"", 0)
 _Reader = Callable[[bytes, int], tuple[int | str, int]]
 
 
-class _Bad(Exception):
-    """The bytes are not what this decoder understands."""
+# The bytes are not what this decoder understands: the sync wire helpers' own "cannot read
+# this" (its LEB128 reader is shared too).
+_Bad = _Truncated
 
 
 @dataclass
@@ -208,19 +211,6 @@ def _rle(data: bytes, span: tuple[int, int], read: _Reader) -> list[int | str | 
         if len(out) > _MAX_OPS or pos > end:
             raise _Bad
     return out
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _Bad
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
 
 
 def _sleb(data: bytes, pos: int) -> tuple[int, int]:

@@ -38,7 +38,7 @@ from runtimed.errors import (
 )
 
 # Exceptions that never leave the module raising them (named in runtimed.errors' docstring).
-CONTROL_FLOW = {"SlowClient", "_Truncated", "_UsageError", "_BadInput", "_Bad"}
+CONTROL_FLOW = {"SlowClient", "_Truncated", "_UsageError", "_BadInput"}
 
 
 def all_modules() -> list[ModuleType]:
