@@ -62,8 +62,9 @@ The tree (module in brackets when it is not this one)::
         └── EnvBuildFailed
 
 Not in the tree, on purpose: exceptions that never leave the module raising them
-(``SlowClient`` in the daemon's connection, ``_Truncated`` in the sync wire helpers and the change decoder, the CLI's
-``_UsageError``, ``_BadInput`` in the web notebook's WebSocket bridge) — control flow, not errors a caller sees.
+(``SlowClient`` in the daemon's connection, ``_Truncated`` in the sync wire helpers and the
+change decoder, the CLI's ``_UsageError``, ``_BadInput`` in the web notebook's WebSocket
+bridge) — control flow, not errors a caller sees.
 """
 
 from __future__ import annotations
