@@ -31,7 +31,9 @@ from protocol.messages import (
     Inspect,
     Inspection,
     InterruptKernel,
+    ListNotebooks,
     NotebookClosed,
+    NotebookList,
     NotebookSaved,
     Ok,
     Reply,
@@ -47,7 +49,7 @@ from runtimed.documents.boundary import DocumentError, automerge_errors, is_pani
 from runtimed.documents.manifests import manifest_hashes
 from runtimed.documents.notebook import Cell, NotebookDoc
 from runtimed.documents.runtime import FINISHED, RuntimeDoc
-from runtimed.errors import ConnectionClosed
+from runtimed.errors import ConnectionClosed, RuntimedError
 
 if TYPE_CHECKING:
     from runtimed.documents.history import NotebookDiff
@@ -392,6 +394,34 @@ class AsyncNotebook:
         execution_id = await self.queue(cell_id, allow_stdin=allow_stdin)
         return await self.wait_execution(execution_id, timeout=timeout)
 
+    async def _unfinished(self, execution_id: str, timeout: float | None) -> str:
+        """Why a wait for ``execution_id`` timed out, as far as this replica and the daemon
+        can tell: the status this replica shows, and the daemon's queue and kernel."""
+        mine = self.runtime.execution_status(execution_id) if self.runtime.ready else None
+        daemon = "did not answer"
+        with anyio.move_on_after(5):
+            try:
+                listed = await self._client.request(lambda i: ListNotebooks(id=i), NotebookList)
+                infos = listed.notebooks
+            except RuntimedError as exc:
+                daemon = f"could not be asked ({exc})"
+            else:
+                info = next((i for i in infos if i.notebook_id == self.id), None)
+                if info is None:
+                    daemon = "has no such notebook open"
+                else:
+                    state = info.kernel.state if info.kernel is not None else "none"
+                    where = (
+                        "running it" if info.running == execution_id
+                        else "queueing it" if execution_id in info.queue
+                        else "neither running nor queueing it"
+                    )  # fmt: skip
+                    daemon = f"is {where} (running {info.running}, kernel {state})"
+        return (
+            f"execution {execution_id} did not finish within {timeout:g} s: this client's "
+            f"replica shows it {mine or 'unknown'}; the daemon {daemon}"
+        )
+
     async def queue_all(self, *, cell_timeout: float | None = None) -> list[CellQueued]:
         """Queue every non-empty code cell (not tagged ``skip-execution``) in order."""
         await self._client.push(self.id, "notebook")
@@ -421,7 +451,10 @@ class AsyncNotebook:
                 return False
             return self.runtime.execution_status(execution_id) in FINISHED
 
-        await self._client.wait_until(finished, timeout=timeout)
+        try:
+            await self._client.wait_until(finished, timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(await self._unfinished(execution_id, timeout)) from None
         record = self.runtime.execution(execution_id) or {}
         cell_id = str(record.get("cell_id", ""))
         _, manifests = self.runtime.cell_state(cell_id)

@@ -333,3 +333,24 @@ async def test_a_flooding_notebook_does_not_stall_other_notebooks_or_pings(
     assert count >= 100, count
     expected = "".join(f"{k}\n" + FLOOD_LINE * 300 for k in range(count))
     assert out["text"] == expected + f"flood done {count}\n"
+
+
+async def test_a_wait_that_times_out_says_where_the_execution_is(
+    client: AsyncClient, short_tmp: Path
+) -> None:
+    gate = short_tmp / "go"
+    path = write_notebook(
+        short_tmp / "slow.ipynb", [code(wait_for_file_code(gate) + "1"), code("2")]
+    )
+    nb = await client.open(path)
+    running = await nb.queue("cell0")
+    behind = await nb.queue("cell1")
+    await client.wait_until(
+        lambda: nb.runtime.execution_status(running) == "running", timeout=DEADLINE
+    )
+    with pytest.raises(TimeoutError, match=r"replica shows it running; the daemon is running"):
+        await nb.wait_execution(running, timeout=0.2)
+    with pytest.raises(TimeoutError, match=r"shows it queued; the daemon is queueing it"):
+        await nb.wait_execution(behind, timeout=0.2)
+    gate.touch()
+    assert (await nb.wait_execution(behind, timeout=DEADLINE)).status == "ok"
