@@ -89,6 +89,24 @@ def write_notebook(path: Path, sources: list[str], *, markdown_every: int = 0) -
     return path
 
 
+def wait_listening(sock: Path, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:
+    """Return once a daemon accepts connections on ``sock``.
+
+    Raises:
+        RuntimeError: ``proc`` exited first, or ``timeout`` seconds passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(sock))
+                return
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the daemon did not start") from None
+                time.sleep(0.01)
+
+
 @contextmanager
 def daemon_process() -> Iterator[tuple[Path, subprocess.Popen[bytes], Path]]:
     """A daemon in a temp dir; yields (socket, process, workdir); stopped afterwards."""
@@ -112,16 +130,7 @@ def daemon_process() -> Iterator[tuple[Path, subprocess.Popen[bytes], Path]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket(socket.AF_UNIX) as probe:
-                try:
-                    probe.connect(str(sock))
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("daemon did not start") from None
-                    time.sleep(0.01)
+        wait_listening(sock, proc, timeout=30)
         yield sock, proc, work
     finally:
         proc.terminate()

@@ -37,7 +37,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ROOT, write_notebook
+from bench._common import ROOT, wait_listening, write_notebook
 from runtimed.client import AsyncClient, ConnectionState
 
 LINES = 40
@@ -54,18 +54,8 @@ def start(sock: Path, home: Path, env: dict[str, str]) -> subprocess.Popen[bytes
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    import socket
-
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(sock))
-                return proc
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("daemon did not start") from None
-                time.sleep(0.01)
+    wait_listening(sock, proc)
+    return proc
 
 
 def group_members(pgid: int) -> int:

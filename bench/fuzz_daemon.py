@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench._common import wait_listening
 from protocol.errors import ProtocolError
 from protocol.framing import FrameDecoder, FrameKind, encode_frame
 from protocol.handshake import CLIENT_HELLO_SIZE, decode_daemon_hello, encode_client_hello
@@ -534,16 +535,7 @@ def _daemon(work: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
         stderr=log,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket(socket.AF_UNIX) as probe:
-                try:
-                    probe.connect(str(sock))
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the daemon did not start") from None
-                    time.sleep(0.02)
+        wait_listening(sock, proc, timeout=30)
         yield sock, proc
     finally:
         if proc.poll() is None:

@@ -10,6 +10,7 @@ import tempfile
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import blockbuster.blockbuster as blockbuster_module
@@ -20,6 +21,9 @@ from runtimed.client import AsyncClient
 from runtimed.config import DaemonConfig, RuntimesConfig
 from runtimed.daemon.app import Daemon
 from runtimed.paths import RuntimedPaths
+
+if TYPE_CHECKING:
+    from .daemon_proc import DaemonProc
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -112,6 +116,18 @@ async def daemon(paths: RuntimedPaths, daemon_config: DaemonConfig) -> AsyncIter
 async def client(daemon: Daemon) -> AsyncIterator[AsyncClient]:
     async with await AsyncClient.connect(daemon.paths.socket) as connected:
         yield connected
+
+
+@pytest.fixture
+async def daemon_proc(short_tmp: Path) -> AsyncIterator[DaemonProc]:
+    """A daemon in its own process that a test can kill -9 and start again on the same
+    socket and home (:class:`tests.integration.daemon_proc.DaemonProc`); stopped after."""
+    from .daemon_proc import DaemonProc  # it imports this module
+
+    paths = RuntimedPaths(socket=short_tmp / "p" / "rt.sock", home=short_tmp / "phome")
+    async with DaemonProc(paths, short_tmp / "no-config.toml") as proc:
+        await proc.start()
+        yield proc
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ before the open is answered, so the next daemon opens that same document."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from runtimed.client import AsyncClient, ConnectionState
 from runtimed.errors import NotebookNotFound
-from runtimed.paths import RuntimedPaths
 
 from .conftest import write_notebook
 from .daemon_proc import DaemonProc
@@ -23,14 +21,6 @@ from .runtime_helpers import code
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 DEADLINE = 60
-
-
-@pytest.fixture
-async def daemon_proc(short_tmp: Path) -> AsyncIterator[DaemonProc]:
-    paths = RuntimedPaths(socket=short_tmp / "p" / "rt.sock", home=short_tmp / "phome")
-    async with DaemonProc(paths, short_tmp / "no-config.toml") as proc:
-        await proc.start()
-        yield proc
 
 
 async def test_an_edit_made_offline_just_after_opening_merges_into_the_next_daemon(

@@ -5,7 +5,6 @@ its notebooks, and merges what was edited while the daemon was down."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,7 +12,6 @@ import pytest
 
 from runtimed.client import AsyncClient, ConnectionState
 from runtimed.errors import ConnectionClosed, ConnectionLost
-from runtimed.paths import RuntimedPaths
 
 from .conftest import wait_for_file_code, write_notebook
 from .daemon_proc import DaemonProc
@@ -22,14 +20,6 @@ from .runtime_helpers import code
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 DEADLINE = 60
-
-
-@pytest.fixture
-async def daemon_proc(short_tmp: Path) -> AsyncIterator[DaemonProc]:
-    paths = RuntimedPaths(socket=short_tmp / "p" / "rt.sock", home=short_tmp / "phome")
-    async with DaemonProc(paths, short_tmp / "no-config.toml") as proc:
-        await proc.start()
-        yield proc
 
 
 def _sources(path: Path) -> list[str]:
