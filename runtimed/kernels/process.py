@@ -30,6 +30,7 @@ from runtimed.kernels.comms import CommTracker
 from runtimed.kernels.launch import ConsoleTail, LaunchSpec, describe_exit, signal_group
 from runtimed.kernels.outputs import OutputAccumulator, OutputChange
 from runtimed.kernels.wire import decode_message
+from runtimed.kernels.zmqread import read_frames
 
 __all__ = ["Execution", "KernelProcess", "Reply", "StdinHandler"]
 
@@ -393,10 +394,14 @@ class KernelProcess:
     async def _watch_stdin_handshake(self) -> None:
         socket = self.client.stdin_channel.socket
         try:
-            while not self.stdin_connected.is_set():
-                event = parse_monitor_message(await self._stdin_monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self.stdin_connected.set()
+            with anyio.CancelScope() as scope:
+
+                def on_event(frames: list[bytes]) -> None:
+                    if parse_monitor_message(frames)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        self.stdin_connected.set()
+                        scope.cancel()
+
+                await read_frames(self._stdin_monitor, on_event, what=f"kernel {self.pid} stdin")
         except zmq.ZMQError as exc:  # the socket closed under us: input() cannot work anyway
             logger.debug("kernel %d: stdin monitor ended: %s", self.pid, exc)
         finally:
@@ -418,31 +423,31 @@ class KernelProcess:
     # -- receiving ----------------------------------------------------------------------
 
     async def _read(self, channel: str) -> None:
-        """One long-lived reader per channel."""
+        """One long-lived reader per channel (:func:`read_frames`: a missed zmq wake-up
+        costs a fraction of a second, never the message)."""
         socket = getattr(self.client, f"{channel}_channel").socket
-        session = self.client.session
-        while True:
-            try:
-                frames = await socket.recv_multipart()
-            except zmq.ZMQError as exc:  # the boundary for socket failures
-                logger.error(
-                    "kernel %d: %s channel failed (%s); killing it", self.pid, channel, exc
-                )
-                signal_group(self.pid, signal.SIGKILL)
-                return
-            try:
-                msg = decode_message(session, frames)
-            except ValueError as exc:  # bad signature or malformed frames
-                logger.warning("kernel %d: dropped invalid %s message: %s", self.pid, channel, exc)
-                continue
-            try:
-                self._dispatch(channel, msg)
-            except (KeyError, TypeError, AttributeError) as exc:
-                logger.warning(
-                    "kernel %d: dropped malformed %s message: %r", self.pid, channel, exc
-                )
-            except KernelNotRunning as exc:
-                logger.warning("kernel %d: %s", self.pid, exc)
+        try:
+            await read_frames(
+                socket,
+                functools.partial(self._on_frames, channel),
+                what=f"kernel {self.pid} {channel}",
+            )
+        except zmq.ZMQError as exc:  # the boundary for socket failures
+            logger.error("kernel %d: %s channel failed (%s); killing it", self.pid, channel, exc)
+            signal_group(self.pid, signal.SIGKILL)
+
+    def _on_frames(self, channel: str, frames: list[bytes]) -> None:
+        try:
+            msg = decode_message(self.client.session, frames)
+        except ValueError as exc:  # bad signature or malformed frames
+            logger.warning("kernel %d: dropped invalid %s message: %s", self.pid, channel, exc)
+            return
+        try:
+            self._dispatch(channel, msg)
+        except (KeyError, TypeError, AttributeError) as exc:
+            logger.warning("kernel %d: dropped malformed %s message: %r", self.pid, channel, exc)
+        except KernelNotRunning as exc:
+            logger.warning("kernel %d: %s", self.pid, exc)
 
     async def _read_link(self, link: NannyLink) -> None:
         """An adopted kernel's IOPub: the nanny's journal, then live (see adoption)."""
