@@ -65,6 +65,7 @@ JOURNAL_BYTES = 32 * 1024 * 1024
 _HEADER = struct.Struct("!cI")
 _LEN = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
+_DRAIN_MAX = 256  # IOPub messages journaled per wake-up, at most
 
 
 def nanny_argv(
@@ -142,14 +143,16 @@ class _Nanny:
 
     # -- IOPub journal ------------------------------------------------------------------
 
-    def journal_message(self, frames: list[bytes]) -> None:
-        record = encode_record(b"M", frames)
+    def journal_messages(self, messages: list[list[bytes]]) -> None:
+        """Keep ``messages`` (as they arrived) and pass them to every adopter, in one go."""
+        records = [encode_record(b"M", frames) for frames in messages]
         with self.lock:
-            self.journal.append(record)
-            self.journal_size += len(record)
+            self.journal.extend(records)
+            self.journal_size += sum(map(len, records))
             while self.journal_size > JOURNAL_BYTES and len(self.journal) > 1:
                 self.journal_size -= len(self.journal.popleft())
-            self._send_all(record)
+            if self.adopters:
+                self._send_all(b"".join(records))
 
     def _send_all(self, record: bytes) -> None:
         for conn in list(self.adopters):
@@ -252,12 +255,26 @@ def _journal_iopub(nanny: _Nanny, sub: object) -> None:
     import zmq
 
     assert isinstance(sub, zmq.Socket)
+    # Block for one message, then take every one already waiting without blocking: a cell's
+    # messages come in bursts (busy + execute_input, result + idle), and each blocking
+    # receive is a wake-up of this process competing with the kernel for a CPU.
     while True:
         try:
-            frames = sub.recv_multipart(copy=True)
+            batch = [sub.recv_multipart(copy=True)]
         except zmq.ZMQError:
             return
-        nanny.journal_message(list(frames))
+        closed = False
+        while len(batch) < _DRAIN_MAX:
+            try:
+                batch.append(sub.recv_multipart(zmq.NOBLOCK, copy=True))
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                closed = True
+                break
+        nanny.journal_messages(batch)
+        if closed:
+            return
 
 
 def main(argv: Sequence[str] | None = None) -> int:
