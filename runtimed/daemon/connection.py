@@ -297,7 +297,8 @@ class ClientSession:
             room = self._rooms(notebook_id)
             if room is None or not room.has_peer(self):
                 continue
-            # Answers queued for this peer first, then what has changed since: one batch.
+            # Answers queued for this peer first, then what has changed since: one batch
+            # (the room marks the document dirty again when it may have more).
             for _ in range(_GENERATE_PER_FLUSH):
                 data = room.generate(self, doc)
                 if data is None:
@@ -317,9 +318,11 @@ class ClientSession:
                     break
                 batch.append(frame)
                 size += len(frame)
-                if size >= _WRITE_BATCH_BYTES:
-                    self.mark_dirty(notebook_id, doc)  # the rest in the next write
-                    break
+                if key not in self._dirty or size >= _WRITE_BATCH_BYTES:
+                    break  # nothing more now, or the rest in the next write
+                del self._dirty[key]
+            else:
+                self._dirty[key] = None  # more may follow: the next write asks again
         # Control frames queued so far go after the sync messages generated above, so an
         # event never overtakes the document changes made before it.
         while self._control and size < _WRITE_BATCH_BYTES:
