@@ -114,6 +114,7 @@ def main() -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            cwd=root,  # python -m puts the working directory first on sys.path
             text=True,
         )
         for root, python in targets
@@ -122,7 +123,9 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         for root, proc in drivers.items():
-            if _ask(proc.stdout).readline().strip() != "ready":
+            while (line := _ask(proc.stdout).readline()) and line.strip() != "ready":
+                pass  # what an older checkout prints on stdout while starting
+            if not line:
                 raise RuntimeError(f"{root}: the driver did not start")
             results[root] = {"times": [], "daemon": [], "tree": [], "client": []}
         order = list(drivers)
@@ -131,7 +134,10 @@ def main() -> None:
                 proc = drivers[root]
                 _ask(proc.stdin).write(f"{args.cells}\n")
                 _ask(proc.stdin).flush()
-                figures = json.loads(_ask(proc.stdout).readline())
+                while not (line := _ask(proc.stdout).readline()).startswith("{"):
+                    if not line:
+                        raise RuntimeError(f"{root}: the driver stopped")
+                figures = json.loads(line)
                 results[root]["times"] += figures["times"]
                 for key in ("daemon", "tree", "client"):
                     results[root][key].append(figures[key])
