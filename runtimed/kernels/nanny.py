@@ -16,7 +16,9 @@ the whole time and keep what it heard. The nanny is that, and nothing more:
 * It journals IOPub: a SUB socket of its own, connected before the kernel starts, keeps every
   message (the signed frames as the kernel sent them) in a bounded in-memory journal
   (``JOURNAL_BYTES``, oldest dropped first). Memory, not a file: the journal is only useful
-  while the kernel lives, and the kernel dies with the nanny.
+  while the kernel lives, and the kernel dies with the nanny. While no adopter is linked it
+  takes IOPub in bursts (``_BATCH_WINDOW`` after a message), so a cell costs this process
+  one wake-up rather than one per message.
 * It forwards the kernel's console (stdout/stderr) to its own, the daemon's pipe; once that
   pipe is gone (the daemon died) to ``console.log`` in the kernel's 0700 directory, so the
   kernel never writes into a broken pipe.
