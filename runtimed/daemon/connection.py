@@ -47,6 +47,7 @@ MAX_QUEUED_CONTROL_FRAMES = 10_000
 SEND_TIMEOUT = 30.0
 MAX_CONCURRENT_REQUESTS = 64
 _WRITE_BATCH_BYTES = 1 << 20
+_GENERATE_PER_FLUSH = 8  # sync messages for one document in one write, at most
 
 Handler = Callable[["ClientSession", ClientRequest], Awaitable[DaemonReply]]
 
@@ -270,6 +271,11 @@ class ClientSession:
         try:
             while True:
                 await self._wake.wait()
+                # One turn of the event loop before writing: the tasks woken with us (the
+                # executor starting the cell just queued, the reader's next frame) make
+                # their changes first, and they go out as one sync message in one write —
+                # on two cores every write is a wake-up of the client.
+                await anyio.lowlevel.checkpoint()
                 self._wake = anyio.Event()
                 while self._dirty or self._control:
                     if self._closed and not self._control:
@@ -291,8 +297,12 @@ class ClientSession:
             room = self._rooms(notebook_id)
             if room is None or not room.has_peer(self):
                 continue
-            data = room.generate(self, doc)
-            if data is not None:
+            # Answers queued for this peer first, then what has changed since: one batch
+            # (the room marks the document dirty again when it may have more).
+            for _ in range(_GENERATE_PER_FLUSH):
+                data = room.generate(self, doc)
+                if data is None:
+                    break
                 envelope = SyncEnvelope(notebook_id=notebook_id, doc=doc, data=data)
                 try:
                     # Outgoing frames are held to the protocol's limit (what every client
@@ -305,9 +315,14 @@ class ClientSession:
                         0, ErrorCode.PROTOCOL_ERROR, f"cannot sync notebook {notebook_id}: {exc}"
                     )
                     self._closed = True
-                    continue
+                    break
                 batch.append(frame)
                 size += len(frame)
+                if key not in self._dirty or size >= _WRITE_BATCH_BYTES:
+                    break  # nothing more now, or the rest in the next write
+                del self._dirty[key]
+            else:
+                self._dirty[key] = None  # more may follow: the next write asks again
         # Control frames queued so far go after the sync messages generated above, so an
         # event never overtakes the document changes made before it.
         while self._control and size < _WRITE_BATCH_BYTES:

@@ -321,7 +321,10 @@ class NotebookExecutor:
 
     async def _run_next(self) -> None:
         # After what the previous daemon had sent to an adopted kernel (a no-op otherwise).
-        await self._adopted.done.wait()
+        # Not awaited when already set: waiting on a set event still yields to the loop, and
+        # the connection writer would then send "queued" and "running" as two sync messages.
+        if not self._adopted.done.is_set():
+            await self._adopted.done.wait()
         self._queue.reserve_seq(self._adopted.highest_seq)
         effects = self._queue.handle(StartNext())
         started = self._queue.running

@@ -59,6 +59,8 @@ class RoomPersister:
         self._config = config
         self._wanted = False
         self._wake = anyio.Event()
+        self._quieting = False  # run() is waiting for the debounce: changes only stamp
+        self._changed_at = float("-inf")  # event-loop time of the last change
         self._persisted_at = float("-inf")  # when the runtime snapshot was last written
         self._runtime_dirty = True
         self._saved_key: str | None = None
@@ -75,9 +77,16 @@ class RoomPersister:
         return self._wanted
 
     def want(self) -> None:
-        """The notebook changed: persist it after the debounce."""
+        """The notebook changed: persist it after the debounce.
+
+        Called on every change (several per executed cell): while the persister waits for
+        quiet it only notes the time, and it looks at that time when its sleep ends, so a
+        stream of changes costs no task wake-up each."""
         self._wanted = True
-        self._wake.set()
+        if self._quieting:
+            self._changed_at = anyio.current_time()
+        else:
+            self._wake.set()
 
     def runtime_changed(self) -> None:
         """The runtime document changed: persist its snapshot when its interval allows."""
@@ -89,6 +98,7 @@ class RoomPersister:
         while True:
             await self._wake.wait()
             await self._quiet()  # debounce: batch a burst
+            self._wake = anyio.Event()  # a change from now on asks for the next persist
             self._wanted = False
             now = anyio.current_time()
             if now - self._failed_at < _PERSIST_RETRY:
@@ -107,16 +117,18 @@ class RoomPersister:
         """Return once no change came for ``persist_debounce``, or ``_MAX_DEBOUNCES`` of them
         after the first."""
         debounce = self._config.persist_debounce
-        deadline = anyio.current_time() + debounce * _MAX_DEBOUNCES
-        while True:
-            self._wake = anyio.Event()
-            wait = min(debounce, deadline - anyio.current_time())
-            if wait <= 0:
-                return
-            with anyio.move_on_after(wait):
-                await self._wake.wait()
-                continue  # another change: wait for quiet again
-            return
+        now = anyio.current_time()
+        deadline = now + debounce * _MAX_DEBOUNCES
+        self._changed_at = now
+        self._quieting = True
+        try:
+            while True:
+                wait = min(self._changed_at + debounce, deadline) - anyio.current_time()
+                if wait <= 0:
+                    return
+                await anyio.sleep(wait)  # changes meanwhile move _changed_at: sleep again
+        finally:
+            self._quieting = False
 
     async def flush(self) -> None:
         """Persist now if a change waits (the debounce is skipped)."""

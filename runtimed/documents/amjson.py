@@ -20,7 +20,7 @@ from typing import Any
 
 from automerge.core import Document, ObjType, ScalarType, Transaction
 
-from runtimed.documents.boundary import DocumentError, automerge_errors
+from runtimed.documents.boundary import DocumentError, automerge_errors, raise_converted
 
 __all__ = [
     "JsonValue",
@@ -128,8 +128,12 @@ def get(
     Raises:
         DocumentError: the binding cannot read the value (a Counter) or refused the read.
     """
-    with automerge_errors(f"reading {key!r}"):
+    # The hottest read: the boundary without a context manager, the message built on failure.
+    try:
         got: Got | None = doc.get(obj, key, heads=heads)
+    except BaseException as exc:
+        raise_converted(f"reading {key!r}", exc)
+        raise
     return got
 
 

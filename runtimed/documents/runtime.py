@@ -280,11 +280,19 @@ class RuntimeDoc:
         obj = self._maybe(self._obj("executions"), execution_id)
         if obj is None:
             return
+        status = fields.get("status")
+        # Only a queued execution is in the queue (add_execution puts it there, its first
+        # status change takes it out): a finished one is not looked for in a queue of
+        # hundreds (a RunAll) on every cell.
+        leaves_queue = (
+            status is not None
+            and status != ExecutionStatus.QUEUED
+            and scalar(get(self.doc, obj, "status")) in (ExecutionStatus.QUEUED, None)
+        )
         with self.doc.transaction() as tx:
             for key, value in fields.items():
                 put_json(tx, obj, key, value)
-            status = fields.get("status")
-            if status is not None and status != ExecutionStatus.QUEUED:
+            if leaves_queue:
                 queue = self._obj("queue")
                 # FIFO: the execution that starts is nearly always at the head; look there
                 # before reading the whole queue (hundreds of entries for a RunAll).
