@@ -243,12 +243,7 @@ class GatewayKernel(KernelProcess):
                     continue
                 if channel == "iopub" and self._gateway_lost_it(msg):
                     return
-                try:
-                    self._dispatch(channel, msg)
-                except (KeyError, TypeError, AttributeError) as exc:
-                    log.warning("%s: dropped malformed %s message: %r", self.where, channel, exc)
-                except KernelNotRunning as exc:
-                    log.warning("%s: %s", self.where, exc)
+                self._dispatch_logged(channel, msg, self.where)
         except ConnectionClosed as exc:
             self._died(f"the connection to {self.where} closed ({exc})")
             return

@@ -442,33 +442,22 @@ class KernelProcess:
         except ValueError as exc:  # bad signature or malformed frames
             logger.warning("kernel %d: dropped invalid %s message: %s", self.pid, channel, exc)
             return
+        self._dispatch_logged(channel, msg, f"kernel {self.pid}")
+
+    def _dispatch_logged(self, channel: str, msg: dict[str, Any], where: str) -> None:
+        """:meth:`_dispatch`, a malformed message or a send to a gone kernel logged."""
         try:
             self._dispatch(channel, msg)
         except (KeyError, TypeError, AttributeError) as exc:
-            logger.warning("kernel %d: dropped malformed %s message: %r", self.pid, channel, exc)
+            logger.warning("%s: dropped malformed %s message: %r", where, channel, exc)
         except KernelNotRunning as exc:
-            logger.warning("kernel %d: %s", self.pid, exc)
+            logger.warning("%s: %s", where, exc)
 
     async def _read_link(self, link: NannyLink) -> None:
         """An adopted kernel's IOPub: the nanny's journal, then live (see adoption)."""
-        session = self.client.session
         self.iopub_seen.set()
         async for frames in link.iopub:
-            try:
-                msg = decode_message(session, frames)
-                logger.debug(
-                    "kernel %d: adopted iopub %s (parent %s)",
-                    self.pid,
-                    msg["header"].get("msg_type"),
-                    msg["parent_header"].get("msg_id"),
-                )
-            except ValueError as exc:
-                logger.warning("kernel %d: dropped invalid iopub message: %s", self.pid, exc)
-                continue
-            try:
-                self._dispatch("iopub", msg)
-            except (KeyError, TypeError, AttributeError) as exc:
-                logger.warning("kernel %d: dropped malformed iopub message: %r", self.pid, exc)
+            self._on_frames("iopub", frames)
 
     def _dispatch(self, channel: str, msg: dict[str, Any]) -> None:
         parent_id = msg["parent_header"].get("msg_id")
