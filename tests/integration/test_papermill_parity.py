@@ -21,6 +21,7 @@ import anyio
 import nbformat
 import papermill
 import pytest
+from anyio.streams.text import TextReceiveStream
 
 from runtimed.automation.report import ERROR_MARKER_TAG, NotebookExecutionError
 from runtimed.automation.run import execute_notebook, execute_notebook_async
@@ -29,7 +30,7 @@ from runtimed.daemon.app import Daemon
 from runtimed.glue import read_scraps
 from runtimed.paths import RuntimedPaths
 
-from .conftest import write_notebook
+from .conftest import wait_for_file_code, write_notebook
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -355,25 +356,35 @@ async def test_daemon_killed_during_a_run_is_one_screen(
     daemon_subprocess: tuple[subprocess.Popen[bytes], RuntimedPaths], short_tmp: Path
 ) -> None:
     proc, paths = daemon_subprocess
-    gate = short_tmp / "running"
+    go, running = short_tmp / "go", short_tmp / "running"
     src = write_notebook(
         short_tmp / "in.ipynb",
         [
             code("print('first')"),
-            code(f"open({str(gate)!r}, 'w').close()\nimport time\ntime.sleep(30)"),
+            code(f"{wait_for_file_code(go)}open({str(running)!r}, 'w').close()\ntime.sleep(30)"),
         ],
     )
     out = short_tmp / "out.ipynb"
-
-    async def killer() -> None:
-        while not gate.exists():
-            await anyio.sleep(0.02)
-        proc.kill()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(killer)
-        with anyio.fail_after(60):
-            status, _, err = await runt(paths.socket, "run", src, out, "--no-autostart")
+    argv = [sys.executable, "-m", "runtimed.cli", "--socket", str(paths.socket), "run"]
+    argv += [str(src), str(out), "--no-autostart", "--log-output"]
+    lines: list[str] = []
+    with anyio.fail_after(120):
+        async with await anyio.open_process(
+            argv, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL
+        ) as run:
+            assert run.stderr is not None
+            async for chunk in TextReceiveStream(run.stderr):
+                lines.append(chunk)
+                # The kill comes once `runt` has printed the first cell's end (it has that
+                # cell's result), while the second runs: not in the moment between the two,
+                # when the first one's result may still be on its way.
+                if "Ending Cell 1-" in "".join(lines) and not go.exists():
+                    go.touch()
+                    while not running.exists():
+                        await anyio.sleep(0.02)
+                    proc.kill()
+            status = await run.wait()
+    err = "".join(lines)
     assert status == 2, err
     assert "Traceback" not in err
     assert len(err.splitlines()) < 25, err
