@@ -342,14 +342,16 @@ async def test_two_quick_ctrl_c_still_save_what_ran(
 def daemon_subprocess(short_tmp: Path) -> Any:
     from .conftest import spawn_test_daemon
 
-    proc, paths = spawn_test_daemon(short_tmp, "k", env={"RUNTIMED_POOL_SIZE": "0"})
+    # Its kernels are not kept for adoption: they go with the daemon (tests/integration/
+    # test_adopt*.py cover adoption).
+    env = {"RUNTIMED_POOL_SIZE": "0", "RUNTIMED_KERNEL_ORPHAN_TIMEOUT": "0"}
+    proc, paths = spawn_test_daemon(short_tmp, "k", env=env)
     try:
         yield proc, paths
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        # Its kernels (own sessions) exit when their parent goes (ipykernel's parent poller).
 
 
 async def test_daemon_killed_during_a_run_is_one_screen(
