@@ -621,7 +621,12 @@ class AsyncNotebook:
         been idle for its idle timeout; ``unload=True`` closes it (stopping the kernel) at once
         when no other client has it open.
         """
-        await self._client.push(self.id, "notebook")
+        # The daemon must have this replica's edits before it stops syncing: a push can
+        # send nothing while a sync message is in flight (the edit then goes with the answer
+        # to it), and once closing, answers are not read. So wait for the daemon to have
+        # (and persist) the heads, then stop syncing, then close.
+        with contextlib.suppress(ConnectionClosed):
+            await self.flush()
         heads = self.heads()
         self._client.closing(self.id)
         try:
