@@ -119,6 +119,8 @@ class Submitted:
     kernel: KernelProcess
     msg_id: str
     execution: Execution
+    silent: bool = False
+    """The daemon's own setup code, not a notebook's cell."""
 
     def abandon(self) -> None:
         """Nobody waits for it any more: deliver no more of its changes, answer no input."""
@@ -172,6 +174,10 @@ class KernelSession:
         self._spec: LaunchSpec | None = spec
         self.last_activity: float | None = None
         """Unix time an execution last started or finished (None: none yet)."""
+        self.cells_finished = 0
+        """How many non-silent executions (a notebook's cells) :meth:`wait` has seen end."""
+        self.cell_finished = anyio.Event()
+        """Set (and replaced by a fresh one) each time :attr:`cells_finished` grows."""
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None  # set while entered
         self._kernel: KernelProcess | None = None
@@ -592,7 +598,7 @@ class KernelSession:
             kernel.forget(msg_id)
             raise
         self.last_activity = time.time()
-        return Submitted(kernel, msg_id, ex)
+        return Submitted(kernel, msg_id, ex, silent)
 
     async def wait(self, submitted: Submitted, *, timeout: float | None = None) -> ExecutionOutcome:
         """The outcome of a submitted execution (see :meth:`execute`); ``timeout`` counts
@@ -612,6 +618,10 @@ class KernelSession:
         finally:
             self.last_activity = time.time()
             submitted.abandon()
+            if not submitted.silent:
+                self.cells_finished += 1
+                finished, self.cell_finished = self.cell_finished, anyio.Event()
+                finished.set()
         if ex.callback_error is not None:
             raise ex.callback_error
         return _outcome(ex, timed_out=timed_out, timeout=timeout)

@@ -5,11 +5,13 @@ Policy:
 
 * the refiller keeps ``size`` kernels ready or starting, one launch at a time, within the
   manager's kernel limit (capacity a notebook is waiting for is not taken);
-* after a kernel is taken after a quiet spell the refill waits ``refill_delay`` seconds
-  (unless a notebook asks for a kernel meanwhile; takes within ``BURST_WINDOW`` of each
-  other, a batch, refill at once): launching a kernel is a second of CPU, and on a small machine it
-  would compete with the very run that took the pooled one (``runt run`` of a small
-  notebook is over in a fraction of that);
+* after a kernel is taken after a quiet spell the refill waits ``refill_delay`` seconds,
+  and after a take within ``BURST_WINDOW`` of the previous one (a batch) it waits only until
+  the taking notebook's first cell has finished (at most ``refill_delay``); a notebook asking
+  for a kernel meanwhile starts it at once. Launching a kernel is a second of CPU, and on a
+  small machine it would compete with the very run that took the pooled one (``runt run``
+  of a small notebook is over in a fraction of that; opening a notebook and running its
+  first cell took twice as long with the refill under way);
 * a kernel leaves the pool for exactly one notebook and is never returned: it is shut down
   when that notebook releases it, so no code or state crosses notebooks;
 * a pooled kernel that dies while idle is dropped and replaced;
@@ -28,6 +30,7 @@ from anyio.abc import TaskGroup
 from protocol.runtimes import PoolInfo
 from protocol.states import KernelState
 from runtimed.errors import KernelError
+from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.hosting import ManagedKernel
 from runtimed.runtimes.registry import RuntimeRegistry, RuntimeSpec
 
@@ -58,6 +61,9 @@ class KernelPool:
         self._refill_at = 0.0  # anyio.current_time() before which the refill waits
         self._last_take = float("-inf")
         self._hurry = anyio.Event()  # a notebook wants a kernel: refill now
+        # In a batch: the taken kernel's session and the count of its finished cells at
+        # which the deferred refill may start (the taking notebook's first cell is over).
+        self._first_cell: tuple[KernelSession, int] | None = None
         self._registry = registry
         self._launch = launch
         self._has_capacity = has_capacity
@@ -111,7 +117,9 @@ class KernelPool:
                 # refill at once, so the next notebook's kernel is already starting.
                 burst = now - self._last_take < BURST_WINDOW
                 self._last_take = now
-                self._refill_at = now if burst else now + self.refill_delay
+                self._refill_at = now + self.refill_delay
+                session = kernel.session
+                self._first_cell = (session, session.cells_finished + 1) if burst else None
                 self.wake()
                 return kernel
             log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)
@@ -147,12 +155,23 @@ class KernelPool:
     def _deferred(self) -> bool:
         return anyio.current_time() < self._refill_at
 
+    def _first_cell_over(self) -> bool:
+        if self._first_cell is None:
+            return False
+        session, cells = self._first_cell
+        return session.cells_finished >= cells
+
     async def _wait_deferral(self) -> None:
-        """Until ``refill_delay`` after the last take, or a notebook waits for a kernel."""
-        while self._deferred() and not self._hurry.is_set():
+        """Until ``refill_delay`` after the last take, or (in a batch) until the taking
+        notebook's first cell is over, or a notebook waits for a kernel."""
+        while self._deferred() and not self._hurry.is_set() and not self._first_cell_over():
             with anyio.move_on_after(self._refill_at - anyio.current_time()):
-                await self._hurry.wait()
+                if self._first_cell is None:
+                    await self._hurry.wait()
+                else:
+                    await _either(self._hurry, self._first_cell[0].cell_finished)
         self._hurry = anyio.Event()
+        self._first_cell = None
 
     async def run(self, tg: TaskGroup) -> None:
         """Refill forever; pooled kernels and their watchers live in ``tg``."""
@@ -206,3 +225,15 @@ class KernelPool:
             self.discard(kernel)
             await kernel.stop()
             self.wake()
+
+
+async def _either(first: anyio.Event, second: anyio.Event) -> None:
+    """Return once either event is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait, first)
+        tg.start_soon(wait, second)

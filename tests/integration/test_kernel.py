@@ -415,3 +415,25 @@ async def test_kernel_ignoring_sigterm_is_killed(tmp_path: Path, test_kernelspec
         assert 2.4 < elapsed < HANG_BOUND, elapsed
         assert not alive(pid)
         assert not alive(grandchild)  # it ignored SIGTERM too (inherited SIG_IGN)
+
+
+async def test_cells_finished_counts_a_notebooks_cells_not_the_daemons_setup_code(
+    tmp_path: Path,
+) -> None:
+    # The pool defers its refill until a taken kernel's first cell is over (runtimes.pool).
+    async with KernelSession(cwd=tmp_path) as kernel:
+        first = kernel.cell_finished
+        setup = await kernel.execute("import os", silent=True, timeout=30)
+        assert setup.status == "ok"
+        assert kernel.cells_finished == 0
+        assert not first.is_set()
+        ok = await kernel.execute("1+1", timeout=30)
+        assert ok.status == "ok"
+        assert kernel.cells_finished == 1
+        assert first.is_set()
+        second = kernel.cell_finished
+        assert not second.is_set()  # a fresh event for the next cell
+        failed = await kernel.execute("1/0", timeout=30)
+        assert failed.status == "error"
+        assert kernel.cells_finished == 2
+        assert second.is_set()

@@ -512,3 +512,50 @@ def test_random_edits_on_forks_converge_and_round_trip(
     validate(first)
     reread = through_file(first)
     assert NotebookDoc.from_nbformat(reread).to_nbformat() == first
+
+
+# ---------------------------------------------------------------- the remembered cell order
+
+
+def uncached_order(doc: NotebookDoc) -> list[str]:
+    """The cell order read afresh: a new wrapper over the same document has nothing cached."""
+    return NotebookDoc(doc.doc).cell_ids()
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("edit"), st.integers(0, 1), OPS),
+            st.tuples(st.just("merge"), st.integers(0, 1)),
+            st.tuples(st.just("sync"), st.integers(0, 1)),
+        ),
+        max_size=12,
+    )
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_remembered_cell_order_follows_every_change(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    from automerge.core import SyncState
+
+    base = NotebookDoc.from_nbformat(notebook([code("a", "1"), markdown("b", "2"), code("c", "")]))
+    docs = [fork(base), fork(base)]
+    states = [SyncState(), SyncState()]
+    for doc in docs:
+        assert doc.cell_ids() == uncached_order(doc)  # remembered before any change
+    for step in steps:
+        target = docs[step[1]]
+        other = docs[1 - step[1]]
+        match step[0]:
+            case "edit":
+                apply(target, step[2])
+            case "merge":
+                target.doc.merge(other.doc)
+            case "sync":  # one round of the sync protocol, the way clients receive changes
+                message = other.doc.generate_sync_message(states[1 - step[1]])
+                if message is not None:
+                    target.doc.receive_sync_message(states[step[1]], message)
+        for doc in docs:
+            assert doc.cell_ids() == uncached_order(doc)
+            assert len(doc) == len(uncached_order(doc))
+            assert [c.id for c in doc.cells()] == doc.cell_ids()

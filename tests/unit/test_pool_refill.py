@@ -20,6 +20,15 @@ class _Session:
     state = "idle"
     pid = 1
 
+    def __init__(self) -> None:
+        self.cells_finished = 0
+        self.cell_finished = anyio.Event()
+
+    def finish_cell(self) -> None:  # what KernelSession.wait does when a cell ends
+        self.cells_finished += 1
+        finished, self.cell_finished = self.cell_finished, anyio.Event()
+        finished.set()
+
     async def wait_exited(self) -> None:
         await anyio.sleep_forever()
 
@@ -83,13 +92,51 @@ async def test_a_notebook_waiting_for_a_kernel_hurries_the_refill() -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_takes_in_a_burst_refill_at_once() -> None:
+async def _settle() -> None:
+    for _ in range(50):  # let the refiller run as far as it can
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_a_take_in_a_burst_refills_once_the_taking_notebooks_first_cell_is_over() -> None:
     launches: list[float] = []
     pool = _pool(launches, delay=60)
     async with anyio.create_task_group() as tg:
         tg.start_soon(pool.run, tg)
         await _until(lambda: pool.ready)
         assert pool.take() is not None  # after a quiet spell: deferred
-        assert await pool.take_or_wait() is not None  # hurried; a second take: a batch
+        second = await pool.take_or_wait()  # hurried; a second take: a batch
+        assert second is not None
+        await _settle()
+        assert len(launches) == 2  # the third waits: the second notebook's cell is running
+        cast(_Session, second.session).finish_cell()
         await _until(lambda: len(launches) == 3)  # not after the 60 s deferral
+        tg.cancel_scope.cancel()
+
+
+async def test_a_take_in_a_burst_refills_after_the_delay_if_no_cell_ends() -> None:
+    launches: list[float] = []
+    pool = _pool(launches, delay=0.3)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, tg)
+        await _until(lambda: pool.ready)
+        assert pool.take() is not None
+        assert await pool.take_or_wait() is not None  # a batch; its first cell never ends
+        await _settle()
+        assert len(launches) == 2
+        await _until(lambda: len(launches) == 3)  # the delay caps the wait
+        tg.cancel_scope.cancel()
+
+
+async def test_a_notebook_waiting_during_a_burst_deferral_hurries_the_refill() -> None:
+    launches: list[float] = []
+    pool = _pool(launches, delay=60)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.run, tg)
+        await _until(lambda: pool.ready)
+        assert pool.take() is not None
+        assert await pool.take_or_wait() is not None  # a batch: deferred to its first cell
+        await _settle()
+        with anyio.fail_after(10):  # a third notebook waits: launched at once
+            assert await pool.take_or_wait() is not None
+        assert len(launches) == 3
         tg.cancel_scope.cancel()
