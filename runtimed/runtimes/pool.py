@@ -5,10 +5,12 @@ Policy:
 
 * the refiller keeps ``size`` kernels ready or starting, one launch at a time, within the
   manager's kernel limit (capacity a notebook is waiting for is not taken);
-* after a kernel is taken after a quiet spell the refill waits ``refill_delay`` seconds,
-  and after a take within ``BURST_WINDOW`` of the previous one (a batch) it waits only until
-  the taking notebook's first cell has finished (at most ``refill_delay``); a notebook asking
-  for a kernel meanwhile starts it at once. Launching a kernel is a second of CPU, and on a
+* after a kernel is taken after a quiet spell the refill waits ``refill_delay`` seconds (a
+  notebook asking for a kernel meanwhile starts it at once); after a take within
+  ``BURST_WINDOW`` of the previous one (a batch) it waits only until the taking notebook's
+  first cell has finished (at most ``refill_delay``), and a notebook asking meanwhile
+  launches its own kernel (two launches at once: a batch on two cores is bound by kernel
+  launches). Launching a kernel is a second of CPU, and on a
   small machine it would compete with the very run that took the pooled one (``runt run``
   of a small notebook is over in a fraction of that; opening a notebook and running its
   first cell took twice as long with the refill under way);
@@ -61,9 +63,11 @@ class KernelPool:
         self._refill_at = 0.0  # anyio.current_time() before which the refill waits
         self._last_take = float("-inf")
         self._hurry = anyio.Event()  # a notebook wants a kernel: refill now
-        # In a batch: the taken kernel's session and the count of its finished cells at
-        # which the deferred refill may start (the taking notebook's first cell is over).
-        self._first_cell: tuple[KernelSession, int] | None = None
+        # In a batch: the taken kernel's session, the count of its finished cells at which
+        # the refill starts (the taking notebook's first cell is over), and the time at
+        # which it starts anyway. A notebook that asks for a kernel meanwhile is not made to
+        # wait for this refill: it launches its own (two launches at once, on two cores).
+        self._first_cell: tuple[KernelSession, int, float] | None = None
         self._registry = registry
         self._launch = launch
         self._has_capacity = has_capacity
@@ -114,12 +118,17 @@ class KernelPool:
             if kernel.session.state == KernelState.IDLE:
                 now = anyio.current_time()
                 # One run after a quiet spell: defer the refill. Takes in a burst (a batch):
-                # refill at once, so the next notebook's kernel is already starting.
+                # refill once the taker's first cell is over (the launch would slow exactly
+                # that), and let a notebook asking before then launch its own.
                 burst = now - self._last_take < BURST_WINDOW
                 self._last_take = now
-                self._refill_at = now + self.refill_delay
+                self._refill_at = now if burst else now + self.refill_delay
                 session = kernel.session
-                self._first_cell = (session, session.cells_finished + 1) if burst else None
+                self._first_cell = (
+                    (session, session.cells_finished + 1, now + self.refill_delay)
+                    if burst
+                    else None
+                )
                 self.wake()
                 return kernel
             log.info("pooled kernel %s is %s; not handing it out", kernel.id, kernel.session.state)
@@ -155,21 +164,27 @@ class KernelPool:
     def _deferred(self) -> bool:
         return anyio.current_time() < self._refill_at
 
-    def _first_cell_over(self) -> bool:
+    def _first_cell_pending(self) -> bool:
         if self._first_cell is None:
             return False
-        session, cells = self._first_cell
-        return session.cells_finished >= cells
+        session, cells, deadline = self._first_cell
+        return session.cells_finished < cells and anyio.current_time() < deadline
 
     async def _wait_deferral(self) -> None:
-        """Until ``refill_delay`` after the last take, or (in a batch) until the taking
-        notebook's first cell is over, or a notebook waits for a kernel."""
-        while self._deferred() and not self._hurry.is_set() and not self._first_cell_over():
-            with anyio.move_on_after(self._refill_at - anyio.current_time()):
-                if self._first_cell is None:
+        """Until ``refill_delay`` after a take after a quiet spell, or (a take in a batch)
+        until the taking notebook's first cell is over; at once when a notebook waits for
+        a kernel."""
+        while not self._hurry.is_set():
+            if self._deferred():
+                with anyio.move_on_after(self._refill_at - anyio.current_time()):
                     await self._hurry.wait()
-                else:
-                    await _either(self._hurry, self._first_cell[0].cell_finished)
+            elif self._first_cell_pending():
+                assert self._first_cell is not None
+                session, _, deadline = self._first_cell
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await _either(self._hurry, session.cell_finished)
+            else:
+                break
         self._hurry = anyio.Event()
         self._first_cell = None
 
