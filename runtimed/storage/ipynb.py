@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "read_notebook_with_digest",
     "remove_interrupted_temps",
     "set_widget_state",
+    "skip_unused_format_checkers",
     "write_bytes_atomic",
     "write_notebook_atomic",
 ]
@@ -278,3 +280,20 @@ def set_widget_state(nb: dict[str, Any], state: dict[str, Any] | None) -> None:
     widgets = metadata.get("widgets")
     kept = widgets if isinstance(widgets, dict) else {}
     metadata["widgets"] = {**kept, WIDGET_STATE_MIME: state}
+
+
+def skip_unused_format_checkers() -> None:
+    """Keep jsonschema from importing ``rfc3987_syntax`` in this process: a process's entry
+    point calls this before anything imports jsonschema (nbformat imports it).
+
+    jsonschema registers an ``iri`` format checker when ``rfc3987_syntax`` is importable
+    (jupyter_server's dependencies install it), and that module builds a lark grammar at
+    import: 1.5 of the 1.7 s ``import nbformat`` took here, paid by the daemon's first open
+    (a cold ``runt run`` was no faster than papermill). Nothing this process runs checks
+    formats: nbformat's schemas use no ``format`` keyword and it validates with
+    fastjsonschema. Marked absent in ``sys.modules``, the import fails the way jsonschema
+    expects of an uninstalled optional checker (it skips that format). Not for library
+    code running in someone else's process.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
