@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -248,3 +249,14 @@ def scraps_table(nbs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, object]
         for path, nb in nbs.items()
         for name, value in read_scraps(nb).items()
     ]
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``glue(name, value)`` is :func:`glue`, so that
+    ``from runtimed import glue`` gives what notebooks call (see :mod:`runtimed`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return glue(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,48 +12,15 @@ import msgspec
 
 from protocol.messages import ConfigReply
 from protocol.runtimes import KernelHealth
+from runtimed.cli.quick import ago as _ago
+from runtimed.cli.quick import describe_kernel, human_bytes
+from runtimed.cli.quick import err as _err
+from runtimed.cli.quick import out as _out
 from runtimed.errors import DaemonNotRunning
 
 __all__ = ["COMMANDS", "add_parsers", "describe_kernel", "human_bytes"]
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-
-
-def human_bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # pragma: no cover
-
-
-def _ago(timestamp: float | None) -> str:
-    if not timestamp:
-        return "never"
-    seconds = max(0.0, time.time() - timestamp)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.0f}h ago"
-    return f"{seconds / 86400:.0f}d ago"
-
-
-def describe_kernel(rss_bytes: int | None, last_activity: float | None) -> str:
-    """The health part of a kernel line: ``54.2 MiB, active 3s ago``."""
-    return f"{human_bytes(rss_bytes)}, active {_ago(last_activity)}"
 
 
 def _json(value: Any) -> None:

@@ -7,7 +7,7 @@ import argparse
 
 from runtimed.automation.batch import BatchProgress, format_summary
 from runtimed.automation.report import FailedCell, NotebookExecutionError, RunResult
-from runtimed.cli.main import build_parser
+from runtimed.cli.commands import build_parser
 from runtimed.cli.run import format_failure
 
 

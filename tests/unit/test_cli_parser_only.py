@@ -1,4 +1,4 @@
-"""``runt`` builds only the named command's arguments (runtimed.cli.main)."""
+"""``runt`` builds only the named command's arguments (runtimed.cli.commands)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from runtimed.cli.main import _command_of, build_parser
+from runtimed.cli.commands import _command_of, build_parser
 
 
 @pytest.mark.parametrize(

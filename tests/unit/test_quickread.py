@@ -132,7 +132,7 @@ def _modules_after(code: str) -> list[str]:
 
 def test_runt_run_imports_neither_nbformat_nor_yaml() -> None:
     loaded = _modules_after(
-        "import runtimed.cli.main, runtimed.automation.run, runtimed.automation.batch"
+        "import runtimed.cli.commands, runtimed.automation.run, runtimed.automation.batch"
     )
     assert not {"nbformat", "jsonschema", "yaml"} & set(loaded)
 
