@@ -282,20 +282,22 @@ class KernelSession:
         """The content of the current kernel's ``kernel_info_reply``."""
         return None if self._kernel is None else self._kernel.kernel_info
 
-    def set_launch_context(self, *, cwd: Path, env: dict[str, str]) -> None:
+    async def set_launch_context(self, *, cwd: Path, env: dict[str, str]) -> None:
         """Use ``cwd`` and ``env`` for kernels launched from now on (:meth:`restart`).
 
         The running kernel is not affected: a pre-started (pooled) kernel is pointed at its
-        notebook by its owner; this makes a restart come up in the same place.
+        notebook by its owner; this makes a restart come up in the same place. The running
+        kernel's record names its new owner before this returns, so before the notebook's
+        first cell: a daemon killed while that cell runs leaves a kernel the next one adopts
+        for the notebook (a record still naming no owner would be stopped instead).
         """
         self._cwd = cwd
         self._env = dict(env)
-        # The running kernel's record names its new owner (a pooled kernel handed over).
         record = self._record_of.get(self._kernel) if self._kernel is not None else None
         owner = env.get("RUNTIMED_NOTEBOOK_ID")
-        if record is not None and owner and self._tg is not None and self._records is not None:
+        if record is not None and owner and self._records is not None:
             record.notebook_id = owner
-            self._tg.start_soon(self._rewrite, record)
+            await self._rewrite(record)
 
     async def _rewrite(self, record: KernelRecord) -> None:
         assert self._records is not None

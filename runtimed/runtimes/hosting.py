@@ -105,11 +105,12 @@ class ManagedKernel:
         with anyio.CancelScope(shield=True):
             await self.gone.wait()
 
-    def take(self, notebook_id: str, *, cwd: Path, env: dict[str, str]) -> None:
-        """Hand a pooled kernel to a notebook (later restarts use ``cwd`` and ``env``)."""
+    async def take(self, notebook_id: str, *, cwd: Path, env: dict[str, str]) -> None:
+        """Hand a pooled kernel to a notebook (later restarts use ``cwd`` and ``env``; its
+        record names the notebook when this returns)."""
         self.pooled = False
         self.notebook_id = notebook_id
-        self.session.set_launch_context(cwd=cwd, env=env)
+        await self.session.set_launch_context(cwd=cwd, env=env)
 
     def health(self) -> KernelHealth:
         state = (

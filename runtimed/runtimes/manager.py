@@ -218,10 +218,10 @@ class RuntimeManager:
         self, kernel: ManagedKernel, notebook_id: str, *, cwd: Path, env: dict[str, str]
     ) -> bool:
         """Point a pooled kernel at its notebook; False (kernel stopped) if it cannot be."""
-        kernel.take(notebook_id, cwd=cwd, env=env)
-        code = kernel.runtime.handler.setup_code(kernel.runtime, cwd=cwd, env=env)
         ok = False
         try:
+            await kernel.take(notebook_id, cwd=cwd, env=env)
+            code = kernel.runtime.handler.setup_code(kernel.runtime, cwd=cwd, env=env)
             if code is not None:
                 outcome = await kernel.session.execute(code, silent=True, timeout=_SETUP_TIMEOUT)
                 ok = outcome.status == ExecutionStatus.OK
