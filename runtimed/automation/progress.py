@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -260,7 +260,7 @@ async def open_fresh(
             )
         want = [(c.id, c.cell_type, c.source, c.metadata) for c in expected.cells]
         have = [(c.id, c.cell_type, c.source, c.metadata) for c in nb.cells()]
-        if want != have or nb.metadata() != expected.metadata:
+        if want != have or _file_metadata(nb.metadata()) != _file_metadata(expected.metadata):
             log.info("%s was open in the daemon already; replacing its content", path)
             for cell_id in nb.cell_ids():
                 nb.doc.delete_cell(cell_id)
@@ -280,6 +280,15 @@ async def open_fresh(
             await nb.close()
         raise
     return nb
+
+
+def _file_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Notebook metadata as the file has it: without ``language_info``, which the daemon
+    rewrites when the kernel reports (a pooled kernel: often before this client compares;
+    counting it as a difference replaced every cell of every such run)."""
+    from runtimed.documents.notebook import KERNEL_METADATA_KEY  # loaded with the replica
+
+    return {k: v for k, v in metadata.items() if k != KERNEL_METADATA_KEY}
 
 
 # Error names the daemon gives executions that end without a kernel error of their own.

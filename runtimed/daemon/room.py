@@ -28,7 +28,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import DocKind, RuntimeResync, encode
 from runtimed.daemon.synccheck import check_readable
 from runtimed.documents.boundary import DocumentError, automerge_errors, is_panic
-from runtimed.documents.notebook import NotebookDoc
+from runtimed.documents.notebook import KERNEL_METADATA_KEY, NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
 from runtimed.documents.syncwire import may_carry_changes
 from runtimed.errors import HeadsTimeout, InvalidRequest, RuntimedError
@@ -122,8 +122,8 @@ class NotebookRoom:
             clean = json.loads(json.dumps(info))
         except (TypeError, ValueError):
             return
-        if self.notebook.metadata().get("language_info") != clean:
-            self.notebook.set_metadata("language_info", clean)
+        if self.notebook.metadata().get(KERNEL_METADATA_KEY) != clean:
+            self.notebook.set_metadata(KERNEL_METADATA_KEY, clean)
             self.notebook_changed()
 
     # ------------------------------------------------------------ peers

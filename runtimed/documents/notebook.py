@@ -59,10 +59,14 @@ from runtimed.documents.amjson import (
 from runtimed.documents.boundary import DocumentError, automerge_errors
 from runtimed.errors import CellNotFound, InvalidRequest
 
-__all__ = ["CELL_TYPES", "Cell", "NotebookDoc", "new_cell_id"]
+__all__ = ["CELL_TYPES", "KERNEL_METADATA_KEY", "Cell", "NotebookDoc", "new_cell_id"]
 
 SCHEMA_VERSION = 1
 CELL_TYPES = ("code", "markdown", "raw")
+KERNEL_METADATA_KEY = "language_info"
+"""The one notebook metadata key the daemon writes itself: the ``language_info`` of the
+kernel's ``kernel_info_reply`` (as nbclient does), whenever a new kernel process reports.
+A client comparing the daemon's copy of a notebook with its file leaves it out."""
 _CELL_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
