@@ -612,8 +612,9 @@ class InputRequested(Event, frozen=True, kw_only=True):
 
 
 class RuntimeResync(Event, frozen=True, kw_only=True):
-    """This connection's replica of the runtime document diverged (it carried changes the
-    daemon refused): drop it and sync the runtime document again from empty."""
+    """Drop this connection's replica of the runtime document and sync it again from empty:
+    the replica diverged (it carried changes the daemon refused), or the daemon replaced the
+    document with a copy of its state without history (``docs/schema.md``)."""
 
     notebook_id: str
 

@@ -101,6 +101,12 @@ class CommRecorder:
         async with self._writing:
             await self._flush()
 
+    @property
+    def writing(self) -> anyio.Lock:
+        """Held while comms are written (a write keeps the runtime document across awaits):
+        the document is not replaced meanwhile (``NotebookExecutor._compact_runtime``)."""
+        return self._writing
+
     async def _flush(self) -> None:
         runtime = self._room.runtime
         if not runtime.ready:

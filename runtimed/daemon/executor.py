@@ -62,6 +62,7 @@ from runtimed.daemon.queue import (
     StartNext,
 )
 from runtimed.daemon.room import NotebookRoom
+from runtimed.documents.boundary import DocumentError
 from runtimed.errors import (
     ExecutionNotFound,
     InvalidRequest,
@@ -92,6 +93,11 @@ _NEW_PROCESS_STATES = frozenset(
     }
 )
 _INTERNAL_ERROR = "the daemon failed running this cell; see its log"
+RUNTIME_COMPACT_EVERY = 200
+"""Executions after which an idle notebook's runtime document is replaced by a copy of its
+state without history (:meth:`RuntimeDoc.fresh_copy`): every read and write of a key costs
+time in proportion to its past values, and each execution overwrites the same keys (a
+``1+1`` went from 8 to 28 ms over 4,000 executions without it; ``bench/bench_execute.py``)."""
 
 # Effects performed without awaiting: document writes, events, dropping a request.
 _Immediate = RecordQueued | RecordRunning | RecordNotRun | ForgetRecords | Broadcast | AbandonSent
@@ -160,6 +166,7 @@ class NotebookExecutor:
             next_seq=room.runtime.max_seq() + 1,
         )
         self._runtime_dirty = False  # written since the last runtime_changed()
+        self._since_compact = 0  # executions started since the runtime document was replaced
         self._inputs: dict[str, tuple[anyio.Event, list[str]]] = {}  # execution id -> waiter
         self._wake = anyio.Event()
         self._kernel: KernelSession | None = None
@@ -309,6 +316,8 @@ class NotebookExecutor:
                                 written = self._kernel_written
                                 if written and written[0] == KernelState.BUSY:
                                     self._set_kernel(KernelState.IDLE)
+                                if self._since_compact >= RUNTIME_COMPACT_EVERY:
+                                    await self._compact_runtime()
                                 await self._wake.wait()
                                 self._wake = anyio.Event()
                             await self._run_next()
@@ -326,6 +335,7 @@ class NotebookExecutor:
         if not self._adopted.done.is_set():
             await self._adopted.done.wait()
         self._queue.reserve_seq(self._adopted.highest_seq)
+        self._since_compact += 1
         effects = self._queue.handle(StartNext())
         started = self._queue.running
         assert started is not None
@@ -343,6 +353,25 @@ class NotebookExecutor:
     @property
     def idle(self) -> bool:
         return self._queue.idle
+
+    async def _compact_runtime(self) -> None:
+        """Replace the runtime document by a copy of its state without history (see
+        :data:`RUNTIME_COMPACT_EVERY`). Only between executions, after adoption, and not
+        while comms are being written; a failure keeps the document as it is."""
+        if not self._adopted.done.is_set() or not self._queue.idle:
+            return
+        room = self.room
+        async with self.comms.writing:
+            if not self._queue.idle:
+                return  # an execution was queued meanwhile: at the next idle moment
+            self._since_compact = 0
+            try:
+                fresh = room.runtime.fresh_copy()
+            except DocumentError:
+                log.exception("notebook %s: could not copy its runtime document", room.notebook_id)
+                return
+            room.replace_runtime(fresh)
+        log.info("notebook %s: runtime document replaced by a copy of it", room.notebook_id)
 
     async def wait_idle(self) -> None:
         """Return once nothing runs or waits in the queue."""

@@ -30,7 +30,7 @@ from runtimed.daemon.synccheck import check_readable
 from runtimed.documents.boundary import DocumentError, automerge_errors, is_panic
 from runtimed.documents.notebook import KERNEL_METADATA_KEY, NotebookDoc
 from runtimed.documents.runtime import RuntimeDoc
-from runtimed.documents.syncwire import may_carry_changes
+from runtimed.documents.syncwire import heads_count, may_carry_changes
 from runtimed.errors import HeadsTimeout, InvalidRequest, RuntimedError
 
 __all__ = ["NotebookRoom", "Peer", "RoomCallbacks", "SyncRejected"]
@@ -96,6 +96,9 @@ class NotebookRoom:
         self._shadow: Document | None = None  # see _fork
         self._changed = anyio.Event()
         self._runtime_refused: set[Peer] = set()
+        # Told to drop their runtime replica (replace_runtime): no runtime sync until their
+        # replica is empty, which the first message after the drop says (no heads).
+        self._runtime_replaced: set[Peer] = set()
         self.dirty_since_save = False
         # A run's context (OpenNotebook.kernel_env / kernel_cwd): for kernels started later.
         self.kernel_env: dict[str, str] = {}
@@ -138,6 +141,7 @@ class NotebookRoom:
         self._sync[peer] = {"notebook": SyncState(), "runtime": SyncState()}
         self._replies.pop(peer, None)
         self._runtime_refused.discard(peer)
+        self._runtime_replaced.discard(peer)
         peer.mark_dirty(self.notebook_id, "notebook")
         peer.mark_dirty(self.notebook_id, "runtime")
 
@@ -145,6 +149,24 @@ class NotebookRoom:
         self._sync.pop(peer, None)
         self._replies.pop(peer, None)
         self._runtime_refused.discard(peer)
+        self._runtime_replaced.discard(peer)
+
+    def replace_runtime(self, runtime: RuntimeDoc) -> None:
+        """Make ``runtime`` (the same state without the history: :meth:`RuntimeDoc.fresh_copy`)
+        the live runtime document; every peer is told to drop its replica (``RuntimeResync``)
+        and gets the new document once its next message shows its replica empty. Messages
+        about the old document still in flight from a peer are ignored, and nothing of the
+        old one is sent after the event."""
+        self.runtime = runtime
+        event = encode(RuntimeResync(notebook_id=self.notebook_id))
+        for peer, states in self._sync.items():
+            states["runtime"] = SyncState()
+            self._replies.get(peer, {}).pop("runtime", None)
+            self._runtime_refused.discard(peer)
+            self._runtime_replaced.add(peer)
+            peer.send_event_bytes(event)
+        if self._callbacks.on_runtime_change is not None:
+            self._callbacks.on_runtime_change(self)
 
     def has_peer(self, peer: Peer) -> bool:
         return peer in self._sync
@@ -163,7 +185,9 @@ class NotebookRoom:
             DocumentError: the binding failed generating it (the peer cannot be synced).
         """
         states = self._sync.get(peer)
-        if states is None or (doc == "runtime" and peer in self._runtime_refused):
+        if states is None or (
+            doc == "runtime" and (peer in self._runtime_refused or peer in self._runtime_replaced)
+        ):
             return None
         pending = self._replies.get(peer, {}).get(doc)
         if pending:
@@ -268,6 +292,13 @@ class NotebookRoom:
     ) -> None:
         # The runtime document is daemon-authoritative: a client may only acknowledge.
         live = self.runtime.doc
+        if heads_count(data) == 0:
+            # The peer's replica is empty (new, or dropped after RuntimeResync): sync it from
+            # scratch, whatever this connection's sync state remembers having sent.
+            states["runtime"] = SyncState()
+            self._runtime_replaced.discard(peer)
+        elif peer in self._runtime_replaced:
+            return  # about the document replace_runtime retired: the peer drops it
         if not may_carry_changes(data):
             _apply(live, states["runtime"], message)
             self._runtime_refused.discard(peer)

@@ -23,7 +23,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from runtimed.documents.amjson import JsonValue, get, put_json, read_json, scalar
+from runtimed.documents.amjson import JsonValue, encode_key, get, put_json, read_json, scalar
 
 __all__ = ["CommRecord", "clear_comms", "plain", "put_comm", "read_comms", "remove_comm"]
 
@@ -84,7 +84,7 @@ def put_comm(
         if state_obj is None:
             state_obj = tx.put_object(obj, "state", ObjType.Map)
         for key, value in state.items():
-            put_json(tx, state_obj, key, value)
+            put_json(tx, state_obj, encode_key(key), value)  # "" is a valid trait name in JSON
         if buffers is not None:
             put_json(tx, obj, "buffers", dict(buffers))
 

@@ -13,7 +13,7 @@ fields. Anything unexpected answers "maybe" (True), so callers fall back to the 
 
 from __future__ import annotations
 
-__all__ = ["may_carry_changes"]
+__all__ = ["heads_count", "may_carry_changes"]
 
 _SYNC_TYPES = (0x42, 0x43)
 _HASH = 32
@@ -42,6 +42,20 @@ def _skip_hashes(data: bytes, pos: int) -> int:
     if pos > len(data):
         raise _Truncated
     return pos
+
+
+def heads_count(data: bytes) -> int | None:
+    """How many heads the sender's document has (0: it is empty), from a sync message's
+    first field; None when ``data`` is not a well-formed start of a sync message."""
+    if not data or data[0] not in _SYNC_TYPES:
+        return None
+    try:
+        count, pos = _uleb(data, 1)
+    except _Truncated:
+        return None
+    if pos + count * _HASH > len(data):
+        return None
+    return count
 
 
 def may_carry_changes(data: bytes) -> bool:

@@ -318,3 +318,63 @@ def test_kernel_info_is_kept_as_plain_json_and_written_only_when_it_changes() ->
 
     assert rt.set_kernel_info({"banner": float("nan"), "implementation": object()}) is True
     assert rt.kernel_info() == {}  # what is not plain JSON is left out, never written
+
+
+def test_heads_count_reads_the_senders_heads_from_a_sync_message() -> None:
+    from automerge.core import Document
+
+    from runtimed.documents.syncwire import heads_count
+
+    empty = Document().generate_sync_message(SyncState())
+    assert empty is not None
+    assert heads_count(bytes(empty.encode())) == 0
+    # Two actors' concurrent changes: two heads.
+    left, right = RuntimeDoc.new(), RuntimeDoc.new()
+    right.doc.merge(left.doc)
+    left.set_kernel(state="busy")
+    right.set_kernel(state="idle")
+    left.doc.merge(right.doc)
+    message = left.doc.generate_sync_message(SyncState())
+    assert message is not None
+    data = bytes(message.encode())
+    assert heads_count(data) == len(left.doc.get_heads()) == 2
+    # Not a sync message, or cut short: no answer rather than a wrong one.
+    for bad in (b"", b"\x00", b"\x42", data[:20], b"\x42\x05" + b"\x00" * 40, b"\xff" * 9):
+        assert heads_count(bad) is None
+
+
+def test_a_fresh_copy_holds_the_same_state_without_the_history() -> None:
+    from runtimed.documents.amjson import read_json
+
+    rt = RuntimeDoc.new()
+    rt.set_kernel(state="idle", name="python3", pid=42, used=True)
+    rt.set_kernel_info({"protocol_version": "5.3", "language_info": {"name": "python"}})
+    for n in range(50):  # a cell run again and again, then one queued and one running
+        rt.add_execution(f"e{n}", "c1", n + 1)
+        rt.update_execution(f"e{n}", status="running")
+        rt.start_cell_run("c1", f"e{n}")
+        rt.set_outputs("c1", [STREAM, RESULT] if n % 2 else [IMAGE_REF])
+        rt.set_execution_count("c1", n + 1)
+        rt.update_execution(f"e{n}", status="ok", execution_count=n + 1)
+    rt.forget([f"e{n}" for n in range(40)])
+    rt.add_execution("q", "c2", 51)
+    rt.add_execution("r", "c3", 52)
+    rt.update_execution("r", status="running")
+    rt.put_comm(
+        "w1",
+        target_name="jupyter.widget",
+        model=("m", "IntModel", "1"),
+        state={"value": 3, "": [1.5, None]},
+    )
+    copy = rt.fresh_copy()
+    assert read_json(copy.doc, ROOT) == read_json(rt.doc, ROOT)
+    assert (copy.queue(), copy.running(), copy.kernel()) == (["q"], "r", rt.kernel())
+    assert copy.cell_state("c1") == rt.cell_state("c1")
+    assert copy.comms() == rt.comms()
+    assert copy.kernel_info() == rt.kernel_info()
+    assert len(copy.doc.get_changes([])) == 1
+    assert len(rt.doc.get_changes([])) > 300
+    # A replica syncing from empty gets all of it.
+    replica = RuntimeDoc.empty()
+    sync(copy, replica)
+    assert read_json(replica.doc, ROOT) == read_json(rt.doc, ROOT)
