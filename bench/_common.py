@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,25 @@ def summary(label: str, seconds: list[float]) -> str:
         f"{label:<44} median {statistics.median(ms):8.3f} ms   p99 {percentile(ms, 99):8.3f} ms"
         f"   n={len(ms)}"
     )
+
+
+def bare_execute(kc: Any, code: str, *, timeout: float = 10) -> dict[str, Any] | None:
+    """A bare ``jupyter_client`` execution (the peer of several benchmarks): send ``code``,
+    wait for its IOPub idle and, when it has one, its execute_result (returned; None when it
+    has none), then its shell reply."""
+    msg_id = kc.execute(code)
+    result: dict[str, Any] | None = None
+    idle = False
+    while not idle:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "execute_result":
+            result = msg["content"]
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            idle = True
+    kc.get_shell_msg(timeout=timeout)
+    return result
 
 
 def compile_project() -> None:

@@ -21,7 +21,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import daemon_process, write_notebook
+from bench._common import bare_execute, daemon_process, write_notebook
 from runtimed.client import AsyncClient
 
 
@@ -41,17 +41,7 @@ class BareKernel:
         kc, times = self.kc, []
         for i in range(n):
             start = time.perf_counter()
-            msg_id = kc.execute("1+1" if i % 2 else "2+2")
-            got_result = idle = False
-            while not (got_result and idle):
-                msg = kc.get_iopub_msg(timeout=10)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "execute_result":
-                    got_result = True
-                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    idle = True
-            kc.get_shell_msg(timeout=10)
+            assert bare_execute(kc, "1+1" if i % 2 else "2+2") is not None
             times.append(time.perf_counter() - start)
         return times
 

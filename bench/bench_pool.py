@@ -21,7 +21,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import daemon_process, summary, write_notebook
+from bench._common import bare_execute, daemon_process, summary, write_notebook
 from runtimed.client import AsyncClient
 
 T = TypeVar("T")
@@ -36,17 +36,9 @@ def cold_peer(n: int) -> list[float]:
         start = time.perf_counter()
         km, kc = start_new_kernel(kernel_name="python3")
         try:
-            msg_id = kc.execute("1+1")
-            got_result = idle = False
-            while not (got_result and idle):
-                msg = kc.get_iopub_msg(timeout=30)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "execute_result":
-                    assert msg["content"]["data"]["text/plain"] == "2"
-                    got_result = True
-                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    idle = True
+            result = bare_execute(kc, "1+1", timeout=30)
+            assert result is not None
+            assert result["data"]["text/plain"] == "2"
             times.append(time.perf_counter() - start)
         finally:
             kc.stop_channels()

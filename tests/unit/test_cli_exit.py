@@ -42,7 +42,7 @@ def test_a_failing_command_keeps_its_status_and_message(tmp_path: Path) -> None:
 
 def _many_parameters(path: Path, count: int) -> Path:
     source = "\n".join(f"p{i} = {i}  # parameter number {i}" for i in range(count))
-    cell = {
+    cell: dict[str, object] = {
         "id": "p",
         "cell_type": "code",
         "metadata": {"tags": ["parameters"]},
