@@ -112,15 +112,25 @@ class Replica:
         self.notebook_id = notebook_id
         self.notebook = NotebookDoc.empty()
         self.runtime = RuntimeDoc.empty()
+        self.incoming: RuntimeDoc | None = None
+        """After ``RuntimeResync``: the runtime document being synced again from empty.
+        Reads keep using :attr:`runtime` until this one holds the state, then it replaces
+        it (so a replica never looks empty for a moment)."""
         self.states: dict[DocKind, SyncState] = {"notebook": SyncState(), "runtime": SyncState()}
         self.failure: DocumentError | None = None
         """The last sync failure with the daemon (None: none)."""
+
+    def _synced(self, doc: DocKind) -> Document:
+        """The document that sync messages for ``doc`` go into and come from."""
+        if doc == "notebook":
+            return self.notebook.doc
+        return (self.incoming or self.runtime).doc
 
     def _refused(self, doc: DocKind, exc: DocumentError) -> None:
         log.warning("notebook %s: %s; its %s sync starts again", self.notebook_id, exc, doc)
         self.failure = exc
         self.states[doc] = SyncState()
-        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        target = self._synced(doc)
         try:
             target.get_heads()
         except BaseException as health:
@@ -130,18 +140,22 @@ class Replica:
             _POISONED.append(target)
             if doc == "notebook":
                 self.notebook = NotebookDoc.empty()
+            elif self.incoming is not None:
+                self.incoming = RuntimeDoc.empty()
             else:
                 self.runtime = RuntimeDoc.empty()
 
     def receive(self, doc: DocKind, data: bytes) -> bool:
         """Apply a sync message from the daemon; False if the binding refused it (see
         :attr:`failure`)."""
-        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        target = self._synced(doc)
         try:
             with automerge_errors(
                 f"applying a {doc} sync message from the daemon for notebook {self.notebook_id}"
             ):
                 target.receive_sync_message(self.states[doc], Message.decode(data))
+                if doc == "runtime" and self.incoming is not None and self.incoming.ready:
+                    self.runtime, self.incoming = self.incoming, None
         except DocumentError as exc:
             self._refused(doc, exc)
             return False
@@ -150,7 +164,7 @@ class Replica:
     def generate(self, doc: DocKind) -> bytes | None:
         """The next sync message for ``doc`` (None: nothing to send, or the binding failed
         generating it — then :attr:`failure` says why and the sync state is fresh)."""
-        target = self.notebook.doc if doc == "notebook" else self.runtime.doc
+        target = self._synced(doc)
         try:
             with automerge_errors(
                 f"generating a {doc} sync message for notebook {self.notebook_id}"
@@ -167,17 +181,21 @@ class Replica:
         is the daemon's, and a new daemon has a new one)."""
         self.states = {"notebook": SyncState(), "runtime": SyncState()}
         self.runtime = RuntimeDoc.empty()
+        self.incoming = None
 
     def replace(self, notebook_id: str) -> None:
         """Become an empty replica of another document (the daemon's, after a reconnect)."""
         self.notebook_id = notebook_id
         self.notebook = NotebookDoc.empty()
         self.runtime = RuntimeDoc.empty()
+        self.incoming = None
         self.states = {"notebook": SyncState(), "runtime": SyncState()}
 
     def reset_runtime(self) -> None:
-        """Drop the runtime replica (the daemon refused it) to sync it again from empty."""
-        self.runtime = RuntimeDoc.empty()
+        """Sync the runtime document again from empty (``RuntimeResync``: the daemon refused
+        this replica, or replaced its document by a copy without history). The replica in
+        :attr:`runtime` is read until the new one holds the state (:attr:`incoming`)."""
+        self.incoming = RuntimeDoc.empty()
         self.states["runtime"] = SyncState()
 
 

@@ -38,7 +38,7 @@ async def test_results_survive_the_runtime_document_being_replaced(
         short_tmp / "nb.ipynb",
         [{"cell_type": "code", "source": COUNTER}, {"cell_type": "code", "source": "n * 10"}],
     )
-    resyncs = 0
+    resyncs = empty = 0
     async with await AsyncClient.connect(daemon.paths.socket) as client:
         nb = await client.open(path)
         first, second = nb.cell_ids()
@@ -49,8 +49,18 @@ async def test_results_survive_the_runtime_document_being_replaced(
                 if isinstance(event, RuntimeResync) and event.notebook_id == nb.id:
                     resyncs += 1
 
+        async def watch_reads() -> None:
+            # What code using the replica sees at every turn of the event loop: never an
+            # empty runtime document (the replaced replica is read until the copy arrived).
+            nonlocal empty
+            while True:
+                if not nb.runtime.ready:
+                    empty += 1
+                await anyio.sleep(0)
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(count_resyncs)
+            tg.start_soon(watch_reads)
             for n in range(1, 13):
                 result = await nb.execute(first, timeout=60)
                 assert (result.status, result.execution_count) == ("ok", n), result
@@ -62,6 +72,7 @@ async def test_results_survive_the_runtime_document_being_replaced(
             await client.wait_until(lambda: nb.runtime.ready, timeout=10)
             tg.cancel_scope.cancel()
         assert resyncs >= 2
+        assert empty == 0
         # The replica holds the copy's history only, not one change per write since the open.
         changes = len(nb.runtime.doc.get_changes([]))
         assert changes < 40, changes

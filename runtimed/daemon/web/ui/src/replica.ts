@@ -66,6 +66,9 @@ export function openSocket(notebookId: string, fresh: boolean): EarlySocket {
 export class Replica {
   notebook: Doc = A.init();
   runtime: Doc = A.init();
+  // After runtime_resync: the runtime document being synced again from empty; the view keeps
+  // reading `runtime` until this one holds the state (the page never shows it empty).
+  private rtIncoming: Doc | null = null;
   notebookId: string;
   path: string | null = null;
   viewerId: string | null = null;
@@ -113,6 +116,7 @@ export class Replica {
       this.nbSync = A.initSyncState();
       this.rtSync = A.initSyncState();
       this.runtime = A.init();
+      this.rtIncoming = null;
     };
     if (ws.readyState === WebSocket.OPEN) opened();
     ws.onopen = opened;
@@ -164,10 +168,21 @@ export class Replica {
         this.synced = !!this.notebook.cells;
         this.emit("change", { notebook: true, runtime: false });
       } else if (bytes[0] === DOC_RUNTIME) {
-        const [doc, state] = A.receiveSyncMessage(this.runtime, this.rtSync, message);
-        const changed = doc !== this.runtime;
-        this.runtime = doc;
+        const target = this.rtIncoming ?? this.runtime;
+        const [doc, state] = A.receiveSyncMessage(target, this.rtSync, message);
         this.rtSync = state;
+        let changed = false;
+        if (this.rtIncoming !== null) {
+          this.rtIncoming = doc;
+          if ((doc as any).cells) {
+            this.runtime = doc; // the copy arrived whole (one change): read it from now on
+            this.rtIncoming = null;
+            changed = true;
+          }
+        } else {
+          changed = doc !== this.runtime;
+          this.runtime = doc;
+        }
         this.flush(DOC_RUNTIME);
         if (changed) this.emit("change", { notebook: false, runtime: true });
       }
@@ -200,7 +215,7 @@ export class Replica {
         }
         return;
       case "runtime_resync":
-        this.runtime = A.init();
+        this.rtIncoming = A.init();
         this.rtSync = A.initSyncState();
         this.flush(DOC_RUNTIME);
         return;
@@ -216,7 +231,7 @@ export class Replica {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN || this.state !== "connected") return;
     for (;;) {
-      const doc = kind === DOC_NOTEBOOK ? this.notebook : this.runtime;
+      const doc = kind === DOC_NOTEBOOK ? this.notebook : (this.rtIncoming ?? this.runtime);
       const state = kind === DOC_NOTEBOOK ? this.nbSync : this.rtSync;
       const [next, message] = A.generateSyncMessage(doc, state);
       if (kind === DOC_NOTEBOOK) this.nbSync = next;
