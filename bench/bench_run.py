@@ -265,10 +265,11 @@ def main() -> None:
             if "big" in scenarios:
                 ours, peer = paired(
                     repeats,
-                    lambda i: timed(runt(socket, big, work / f"b{i}.ipynb")),
+                    lambda i: timed(runt(socket, big, work / f"b{i}.ipynb"), phases="big"),
                     lambda i: timed([*PAPERMILL, str(big), str(work / f"bp{i}.ipynb")]),
                 )
                 line("300 trivial cells (daemon warm)", ours, peer)
+                breakdown("big", interpreter)
 
             def runt_batch(i: int) -> float:
                 return timed(runt(socket, *inputs, "--output-dir", work / f"out{i}", "--jobs", "2"))

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+
+# packaging's parsers are imported where they are used: at module level they were ~10 ms of
+# every daemon's start, and most notebooks declare no dependencies.
 
 __all__ = [
     "MARKER",
@@ -90,6 +91,9 @@ _UV_DECORATION = " \u00d7\u2570\u2500\u25b6\u2502|"  # uv's error tree: cross, c
 
 def describe_uv_failure(output: str, requirements: tuple[str, ...]) -> tuple[str | None, str]:
     """(the requested package uv blames, or None; the sentence explaining why)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     wanted = {canonicalize_name(Requirement(r).name): r for r in requirements}
     text = " ".join(line.strip(_UV_DECORATION) for line in output.splitlines())
     package = None

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
-from packaging.specifiers import SpecifierSet
 
 from runtimed.errors import EnvBuildFailed
 from runtimed.kernels.launch import signal_group
@@ -47,6 +46,9 @@ from runtimed.runtimes.env_cache import (
     write_marker,
 )
 from runtimed.runtimes.selection import Dependencies
+
+# packaging's parsers are imported where they are used: at module level they were ~10 ms of
+# every daemon's start, and most notebooks declare no dependencies.
 
 __all__ = ["BuiltEnv", "EnvStore", "Progress"]
 
@@ -78,6 +80,8 @@ def target_python(deps: Dependencies) -> tuple[str, str]:
     The daemon's own interpreter unless the spec's ``requires-python`` excludes it; then the
     specifier itself (uv finds, or downloads, a matching Python).
     """
+    from packaging.specifiers import SpecifierSet
+
     version = platform.python_version()
     if deps.requires_python and not SpecifierSet(deps.requires_python).contains(version):
         return deps.requires_python, f"requires{deps.requires_python}"

@@ -22,13 +22,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtimed.config import RuntimesConfig
 from runtimed.errors import KernelStartFailed, RuntimeNotFound
-from runtimed.kernels.gateway import GatewayConnector
-from runtimed.kernels.gateway_rest import GatewayTarget
 from runtimed.kernels.session import KernelSession
 from runtimed.runtimes.registry import RuntimeSpec
+
+if TYPE_CHECKING:
+    from runtimed.kernels.gateway_rest import GatewayTarget
+
+# The gateway's HTTP and WebSocket clients (httpx, websockets, through
+# runtimed.kernels.gateway and gateway_rest) are imported where a gateway is first used, not
+# with this module: at start-up they were a fifth of a daemon's imports, which the first
+# 'runt run' waits for (bench/bench_run.py, the cold run).
 
 __all__ = [
     "GATEWAY_NAME",
@@ -63,6 +70,8 @@ class GatewayHandler:
     ) -> KernelSession:
         # The local cwd and environment mean nothing on the gateway's machine: not sent.
         local_env = {k: v for k, v in env.items() if k not in _RUN_KEYS}
+        from runtimed.kernels.gateway import GatewayConnector  # lazily: see the top
+
         return KernelSession(
             spec=runtime.launch_spec(),
             cwd=cwd,
@@ -100,6 +109,8 @@ def configured_gateway(
         raise RuntimeNotFound(
             name, ["(no gateway configured: set [gateway] url or RUNTIMED_GATEWAY_URL)"]
         )
+    from runtimed.kernels.gateway_rest import GatewayTarget  # lazily: see the top
+
     return GatewayTarget(
         url=config.gateway_url,
         kernel_name=kernel_name or config.gateway_kernel_name,
@@ -138,6 +149,8 @@ def gateway_target_for(
         kernel = gateway_kernel or kernel_from_name
         if kernel is None and runtime and not named:
             kernel = runtime  # the notebook's kernelspec name, on the gateway
+        from runtimed.kernels.gateway_rest import GatewayTarget  # lazily: see the top
+
         target = GatewayTarget(
             url=url,
             kernel_name=kernel or config.gateway_kernel_name,

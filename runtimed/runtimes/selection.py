@@ -24,11 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
-
 from runtimed.errors import EnvBuildFailed
+
+# packaging's parsers are imported where they are used: at module level they were ~10 ms of
+# every daemon's start, and most notebooks declare no dependencies.
 
 __all__ = [
     "Dependencies",
@@ -53,6 +52,9 @@ class Dependencies:
     requires_python: str | None = None
 
     def names(self) -> set[str]:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+
         return {canonicalize_name(Requirement(r).name) for r in self.requirements}
 
     def key(self, python: str) -> str:
@@ -88,6 +90,9 @@ def normalize_requirements(items: Iterable[object], *, where: str) -> tuple[str,
     Raises:
         EnvBuildFailed: an item is not a string or not a valid requirement.
     """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     out: set[str] = set()
     for item in items:
         if not isinstance(item, str):
@@ -191,6 +196,8 @@ def _requires_python(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise EnvBuildFailed(f"requires-python must be a string, not {value!r}")
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     try:
         return str(SpecifierSet(value))
     except InvalidSpecifier as exc:
