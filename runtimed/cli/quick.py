@@ -32,6 +32,7 @@ __all__ = [
     "list_notebooks",
     "out",
     "quick_command",
+    "split_socket",
 ]
 
 
@@ -46,15 +47,10 @@ def err(text: str) -> None:
 def quick_command(argv: list[str]) -> Callable[[], int] | None:
     """The command ``argv`` asks for when it is ``ps`` or ``daemon status`` with nothing but
     ``--json`` and a leading ``--socket``; None for anything else."""
-    socket: str | None = None
-    rest = list(argv)
-    while rest and rest[0].startswith("--socket"):
-        if rest[0] == "--socket" and len(rest) > 1 and not rest[1].startswith("-"):
-            socket, rest = rest[1], rest[2:]
-        elif rest[0].startswith("--socket="):
-            socket, rest = rest[0].partition("=")[2], rest[1:]
-        else:
-            return None
+    split = split_socket(argv)
+    if split is None:
+        return None
+    socket, rest = split
     as_json = rest[-1:] == ["--json"]
     words = rest[:-1] if as_json else rest
     if words == ["ps"]:
@@ -75,6 +71,21 @@ def quick_command(argv: list[str]) -> Callable[[], int] | None:
             return exit_status(exc)
 
     return run
+
+
+def split_socket(argv: list[str]) -> tuple[str | None, list[str]] | None:
+    """``argv``'s leading ``--socket PATH`` / ``--socket=PATH`` (the last one given, or None)
+    and the words after it; None when a leading ``--socket`` has no value."""
+    socket: str | None = None
+    rest = list(argv)
+    while rest and rest[0].startswith("--socket"):
+        if rest[0] == "--socket" and len(rest) > 1 and not rest[1].startswith("-"):
+            socket, rest = rest[1], rest[2:]
+        elif rest[0].startswith("--socket="):
+            socket, rest = rest[0].partition("=")[2], rest[1:]
+        else:
+            return None
+    return socket, rest
 
 
 def human_bytes(value: int | None) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import anyio
 from anyio.abc import SocketStream
@@ -32,6 +30,7 @@ from protocol.messages import (
     decode_sync,
     encode,
 )
+from runtimed.client.spawn import spawn_daemon, take_early
 from runtimed.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -61,25 +60,6 @@ class _Waiter:
         self.done = anyio.Event()
         self.reply: DaemonReply | None = None
         self.error: RuntimedError | None = None
-
-
-def spawn_daemon(
-    socket: Path, *, home: Path | None = None, stderr: Any = subprocess.DEVNULL
-) -> subprocess.Popen[bytes]:
-    """Start a daemon in the background (its own session, so it outlives this process).
-
-    ``stderr``: where its standard error goes (a file, to show why a start failed)."""
-    cmd = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(socket)]
-    if home is not None:
-        cmd += ["--home", str(home)]
-    return subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        start_new_session=True,
-        close_fds=True,
-    )
 
 
 class Connection:
@@ -304,9 +284,12 @@ class Connection:
 async def _autostart(path: Path, *, home: Path | None, timeout: float) -> SocketStream:
     import tempfile
 
-    log.info("starting a daemon on %s", path)
-    with tempfile.TemporaryFile() as said:  # its stderr: why it could not start
-        process = spawn_daemon(path, home=home, stderr=said)
+    # A daemon 'runt run' started before it got here (runtimed.client.spawn), else ours.
+    early = take_early(path) if home is None else None
+    if early is None:
+        log.info("starting a daemon on %s", path)
+    with early[1] if early is not None else tempfile.TemporaryFile() as said:  # its stderr
+        process = early[0] if early is not None else spawn_daemon(path, home=home, stderr=said)
         delay = 0.005
         # Readiness is a successful connect within the deadline.
         with anyio.fail_after(timeout):
