@@ -43,8 +43,8 @@ def spawn_daemon(
     )
 
 
-def start_early(socket: Path) -> bool:
-    """Start a daemon on ``socket`` now if nothing is there; True if one was started.
+def start_early(socket: Path) -> subprocess.Popen[bytes] | None:
+    """Start a daemon on ``socket`` now if nothing is there; the process, or None.
 
     "Nothing there" is no socket file: a file is a daemon, or a stale socket that the
     connection's own start deals with as before. Nothing is started in a directory
@@ -53,20 +53,21 @@ def start_early(socket: Path) -> bool:
 
     key = str(socket)
     if key in _EARLY:
-        return False
+        return None
     try:
         check_socket_dir(socket)
         if os.path.lexists(socket):
-            return False
+            return None
         said = tempfile.TemporaryFile()  # noqa: SIM115  (handed over with the process)
     except (UnsafeDirectory, OSError):
-        return False  # the connection finds the same problem and says what it is
+        return None  # the connection finds the same problem and says what it is
     try:
-        _EARLY[key] = (spawn_daemon(socket, stderr=said), said)
+        process = spawn_daemon(socket, stderr=said)
     except OSError:
         said.close()
-        return False
-    return True
+        return None
+    _EARLY[key] = (process, said)
+    return process
 
 
 def take_early(socket: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]] | None:
