@@ -143,20 +143,31 @@ class RoomRegistry:
 
     # ------------------------------------------------------------ opening
 
-    async def open_path(self, path: Path) -> OpenRoom:
-        """The room for ``path``, loading it if no client has it open."""
+    async def open_path(
+        self, path: Path, *, on_entry: Callable[[OpenRoom], None] | None = None
+    ) -> OpenRoom:
+        """The room for ``path``, loading it if no client has it open.
+
+        ``on_entry`` is called with the room's entry as soon as there is one: for a notebook
+        loaded now, before its new document is persisted, so that what it starts (the
+        kernel's hand-over, ``NotebookHandlers.open``) overlaps that write."""
         path = await resolved(path)
         lock = self._open_locks.setdefault(path, anyio.Lock())
         async with lock:
             existing = self._by_path.get(path)
             if existing is not None and existing in self._rooms:
-                return self._rooms[existing]
+                entry = self._rooms[existing]
+                if on_entry is not None:
+                    on_entry(entry)
+                return entry
             # No room has this file open, so no checkpoint of it is under way: a temp file
             # beside it is one a crashed daemon left.
             await anyio.to_thread.run_sync(remove_interrupted_temps, path)
             loaded = await load_room(path, self.store, self._blobs, callbacks=self._callbacks)
             room, digest, new_document = loaded
             entry = await self._register(room, file_sha256=digest)
+            if on_entry is not None:
+                on_entry(entry)
             if new_document:
                 # Before any client has it: offline edits of a client that opened it merge
                 # into the next daemon's copy only if that copy is this one.

@@ -84,9 +84,15 @@ class NotebookHandlers:
         cwd = request.kernel_cwd
         if cwd is not None and not (Path(cwd).is_absolute() and await anyio.Path(cwd).is_dir()):
             raise InvalidRequest(f"kernel_cwd {cwd!r} is not an absolute path to a folder")
-        entry = await self._rooms.open_path(Path(request.path))
-        # Before the prewarm in _join: the kernel it takes gets the run's environment.
-        entry.room.set_run_context(env=request.kernel_env, cwd=cwd)
+
+        def prepare(entry: OpenRoom) -> None:
+            # Before the prewarm: the kernel it takes gets the run's environment. Called
+            # before a newly loaded notebook is persisted: a pooled kernel's hand-over
+            # (an execution in the kernel) overlaps that write.
+            entry.room.set_run_context(env=request.kernel_env, cwd=cwd)
+            self._prewarm(entry)
+
+        entry = await self._rooms.open_path(Path(request.path), on_entry=prepare)
         return self._join(session, entry, request.id)
 
     async def create(self, session: ClientSession, request: CreateNotebook) -> NotebookOpened:
@@ -121,11 +127,14 @@ class NotebookHandlers:
         infos = [notebook_info(e, self._runtimes) for e in self._rooms.entries()]
         return NotebookList(id=request.id, notebooks=infos)
 
-    def _join(self, session: ClientSession, entry: OpenRoom, request_id: int) -> NotebookOpened:
+    def _prewarm(self, entry: OpenRoom) -> None:
         # Opening a notebook takes its kernel now (from the pool when it can), so the first
         # ExecuteCell skips the launch. Off when the pool is disabled (pool.size = 0).
         if self._runtimes.prewarm_on_open:
             self._rooms.executor(entry).prewarm()
+
+    def _join(self, session: ClientSession, entry: OpenRoom, request_id: int) -> NotebookOpened:
+        self._prewarm(entry)  # (done already by an open: prewarm is idempotent)
         self._rooms.join(session, entry)
         room = entry.room
         return NotebookOpened(
