@@ -228,8 +228,15 @@ async def _daemon_start(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else default_home()
     import tempfile
 
+    from runtimed.client.spawn import spawn_daemon
+
+    config = None
+    if args.config:  # made absolute here: the daemon does not run in our directory
+        config = await anyio.to_thread.run_sync(lambda: Path(args.config).expanduser().resolve())
     with tempfile.TemporaryFile() as stderr:
-        process = _spawn(socket, home, args, stderr)
+        process = spawn_daemon(
+            socket, home=home, stderr=stderr, log_level=args.log_level, config=config
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -253,27 +260,6 @@ async def _daemon_start(args: argparse.Namespace) -> int:
     _err("runt: runtimed did not start:\n  " + "\n  ".join(why))
     _err(f"runt: log: {home / 'logs' / 'runtimed.log'}")
     return 2
-
-
-def _spawn(socket: Path, home: Path, args: argparse.Namespace, stderr: Any) -> Any:
-    """``runtimed`` in the background (its own session); its stderr goes to ``stderr``
-    so a start failure can be shown (the daemon may fail before it has a log)."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(socket)]
-    cmd += ["--home", str(home)]
-    if args.log_level:
-        cmd += ["--log-level", args.log_level]
-    if args.config:
-        cmd += ["--config", str(Path(args.config).expanduser().resolve())]
-    return subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        start_new_session=True,
-        close_fds=True,
-    )
 
 
 async def _daemon_stop(args: argparse.Namespace) -> int:

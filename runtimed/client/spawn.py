@@ -25,14 +25,25 @@ _EARLY: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
 
 
 def spawn_daemon(
-    socket: Path, *, home: Path | None = None, stderr: Any = subprocess.DEVNULL
+    socket: Path,
+    *,
+    home: Path | None = None,
+    stderr: Any = subprocess.DEVNULL,
+    log_level: str | None = None,
+    config: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a daemon in the background (its own session, so it outlives this process).
 
-    ``stderr``: where its standard error goes (a file, to show why a start failed)."""
+    ``stderr``: where its standard error goes (a file, to show why a start failed: the
+    daemon may fail before it has a log); ``home``, ``log_level``, ``config``: its options
+    of those names (default: its own)."""
     cmd = [sys.executable, "-m", "runtimed.daemon.main", "--socket", str(socket)]
     if home is not None:
         cmd += ["--home", str(home)]
+    if log_level:
+        cmd += ["--log-level", log_level]
+    if config is not None:
+        cmd += ["--config", str(config)]
     return subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,

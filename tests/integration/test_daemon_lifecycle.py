@@ -281,3 +281,32 @@ def test_runt_daemon_start_twice_says_already_running(short_tmp: Path) -> None:
         assert f"already running (pid {status['pid']})" in second.stderr
         ping(paths)  # the first one is still there
     assert not paths.socket.exists()
+
+
+def test_runt_daemon_start_passes_its_config_and_log_level(short_tmp: Path) -> None:
+    # --config (relative: made absolute for the daemon) and --log-level reach the daemon.
+    paths = RuntimedPaths(socket=short_tmp / "c" / "rt.sock", home=short_tmp / "chome")
+    (short_tmp / "bad.toml").write_text("[envs]\nmax_age_days = 'many'\n")
+    env = env_for(paths)
+    result = subprocess.run(
+        [sys.executable, "-m", "runtimed.cli", "daemon", "start", "--config", "bad.toml"],
+        env=env,
+        cwd=short_tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "max_age_days" in result.stderr
+    assert str(short_tmp / "bad.toml") in result.stderr
+    with started_by_runt(paths) as started:
+        assert started.returncode == 0, started.stderr
+    debug = run_cli("daemon", "start", "--log-level", "DEBUG", env=env)
+    try:
+        assert debug.returncode == 0, debug.stderr
+        pid = json.loads(run_cli("daemon", "status", "--json", env=env).stdout)["pid"]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--log-level") + 1] == b"DEBUG"
+    finally:
+        run_cli("daemon", "stop", env=env)
