@@ -254,17 +254,22 @@ def test_runt_daemon_stop_stops_it(daemon_process: DaemonProcess) -> None:
 def started_by_runt(paths: RuntimedPaths) -> Iterator[subprocess.CompletedProcess[str]]:
     """``runt daemon start`` with RUNTIMED_HOME/RUNTIMED_SOCKET in a temp dir; whatever it
     started is stopped afterwards (``runt daemon stop``, then SIGKILL by pid if need be)."""
-    env = env_for(paths)
-    result = run_cli("daemon", "start", env=env)
+    result = run_cli("daemon", "start", env=env_for(paths))
     try:
         yield result
     finally:
-        status = run_cli("daemon", "status", "--json", env=env)
-        pid = json.loads(status.stdout).get("pid") if status.returncode == 0 else None
-        stopped = run_cli("daemon", "stop", env=env)
-        if pid is not None and stopped.returncode != 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_any(paths)
+
+
+def stop_any(paths: RuntimedPaths) -> None:
+    """Stop whatever daemon runs on ``paths`` (``runt daemon stop``, then SIGKILL by pid)."""
+    env = env_for(paths)
+    status = run_cli("daemon", "status", "--json", env=env)
+    pid = json.loads(status.stdout).get("pid") if status.returncode == 0 else None
+    stopped = run_cli("daemon", "stop", env=env)
+    if pid is not None and stopped.returncode != 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_runt_daemon_start_twice_says_already_running(short_tmp: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from runtimed.paths import RuntimedPaths
 
 from .conftest import write_notebook
 from .runtime_helpers import code
-from .test_daemon_lifecycle import env_for, run_cli
+from .test_daemon_lifecycle import env_for, run_cli, stop_any
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +29,10 @@ pytestmark = pytest.mark.integration
 @contextlib.contextmanager
 def stopped_afterwards(paths: RuntimedPaths) -> Iterator[None]:
     """Whatever daemon the test started on ``paths`` is stopped at the end."""
-    env = env_for(paths)
     try:
         yield
     finally:
-        status = run_cli("daemon", "status", "--json", env=env)
-        pid = json.loads(status.stdout).get("pid") if status.returncode == 0 else None
-        stopped = run_cli("daemon", "stop", env=env)
-        if pid is not None and stopped.returncode != 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_any(paths)
 
 
 def _listening_lines(paths: RuntimedPaths) -> list[str]:

@@ -3,25 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from .test_quickread import REPO
+from .test_quickread import modules_after
 
 _ON_USE = ("httpx", "websockets", "packaging.requirements", "packaging.specifiers")
 
 
 def _loaded_after(code: str) -> list[str]:
-    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {_ON_USE!r} if m in sys.modules))"
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    return done.stdout.split()
+    return modules_after(code, _ON_USE)
 
 
 def test_the_daemon_starts_without_the_gateway_clients_or_the_requirement_parsers() -> None:

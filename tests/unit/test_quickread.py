@@ -116,8 +116,11 @@ def test_upgrade_leaves_a_45_notebook_alone_and_upgrades_older_ones() -> None:
     assert older.metadata.orig_nbformat_minor == 4
 
 
-def _modules_after(code: str) -> list[str]:
-    heavy = ("nbformat", "jsonschema", "yaml", "asyncio", "anyio", "automerge")
+HEAVY = ("nbformat", "jsonschema", "yaml", "asyncio", "anyio", "automerge")
+
+
+def modules_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """Which of ``heavy`` a fresh interpreter has imported after running ``code``."""
     probe = f"{code}\nimport sys\nprint(' '.join(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", probe],
@@ -131,7 +134,7 @@ def _modules_after(code: str) -> list[str]:
 
 
 def test_runt_run_imports_neither_nbformat_nor_yaml() -> None:
-    loaded = _modules_after(
+    loaded = modules_after(
         "import runtimed.cli.commands, runtimed.automation.run, runtimed.automation.batch"
     )
     assert not {"nbformat", "jsonschema", "yaml"} & set(loaded)
@@ -142,4 +145,4 @@ def test_runt_ps_imports_no_event_loop(tmp_path: Path) -> None:
         "from runtimed.cli.main import main\n"
         f"assert main(['--socket', {str(tmp_path / 'none.sock')!r}, 'ps']) == 2"
     )
-    assert _modules_after(code) == []
+    assert modules_after(code) == []
