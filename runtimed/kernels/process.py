@@ -43,7 +43,12 @@ daemon sent, at its ``execute_input``; returns the Execution to feed, or None to
 """``async def handler(prompt: str, password: bool) -> str`` answering ``input()``."""
 
 _READY_RETRY = 1.0  # resend kernel_info_request this often while starting (as jupyter_client)
-_IOPUB_GRACE = 0.5  # after kernel_info_reply, wait this long for proof IOPub is subscribed
+# After kernel_info_reply, wait this long for proof that IOPub is subscribed, then ask
+# again: the kernel publishes its status for every request, and the first ones often go out
+# before the subscription reaches it (ZeroMQ's slow joiner). Waiting 0.5 s before asking
+# again cost a kernel start 0.5 s whenever that happened (bench_pool's "no pool" figure was
+# 420 or 820 ms, one or the other); jupyter_client's own wait is 0.2 s.
+_IOPUB_GRACE = 0.05
 _TERM_GRACE = 2.0  # after SIGTERM, wait this long before SIGKILL
 _KILL_WAIT = 3.0  # after SIGKILL, wait this long for the exit and the console's EOF
 _INTERRUPT_REPLY_WAIT = 3.0  # interrupt_mode "message": wait this long for interrupt_reply
