@@ -114,18 +114,28 @@ def test_a_run_that_needs_no_daemon_starts_none(short_tmp: Path, extra: list[str
 
 
 def test_an_early_start_is_only_for_the_command_line(short_tmp: Path) -> None:
-    # main(argv) called by a program (not the runt script) starts no daemon before parsing.
+    # main(argv) called by a program (not the runt script) starts no daemon before parsing
+    # (this run then fails on its missing input before it would connect and autostart).
     paths = RuntimedPaths(socket=short_tmp / "m" / "rt.sock", home=short_tmp / "home")
     program = (
+        "from pathlib import Path\n"
         "from runtimed.cli.main import main\n"
-        f"main(['--socket', {str(paths.socket)!r}, 'run', '--prepare-only', 'missing.ipynb',"
-        " 'o.ipynb'])"
+        "from runtimed.client.spawn import take_early\n"
+        f"main(['--socket', {str(paths.socket)!r}, 'run', 'missing.ipynb', 'o.ipynb'])\n"
+        f"early = take_early(Path({str(paths.socket)!r}))\n"
+        "print('started early' if early else 'none started')\n"
+        "if early:\n"
+        "    early.kill()\n"
     )
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", program],
-        env=env_for(),
+        env=env_for(paths),
         capture_output=True,
+        text=True,
+        cwd=short_tmp,
         timeout=60,
         check=False,
     )
+    assert "missing.ipynb" in done.stderr, done.stderr
+    assert done.stdout.strip() == "none started"
     assert not paths.socket.exists()
