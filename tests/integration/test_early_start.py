@@ -103,14 +103,45 @@ def test_a_stale_socket_is_left_to_the_connection(short_tmp: Path) -> None:
         assert json.loads(out.read_text())["cells"][0]["outputs"][0]["text"] == ["ran\n"]
 
 
+def _started_early(short_tmp: Path, paths: RuntimedPaths, argv: list[str]) -> str:
+    """Run ``runt`` as its script does (``main()``, ``sys.argv``) with ``argv`` and say
+    whether it started a daemon early (the process is then killed)."""
+    program = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        f"sys.argv = ['runt', '--socket', {str(paths.socket)!r}, *{argv!r}]\n"
+        "from runtimed.cli.main import main\n"
+        "from runtimed.client.spawn import take_early\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "finally:\n"
+        f"    early = take_early(Path({str(paths.socket)!r}))\n"
+        "    print('started early' if early else 'none started')\n"
+        "    if early:\n"
+        "        early.kill()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=dict(env_for(paths), RUNTIMED_NORMAL_EXIT="1"),  # main() returns, no os._exit
+        capture_output=True,
+        text=True,
+        cwd=short_tmp,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
+
+
 @pytest.mark.parametrize("extra", [["--prepare-only"], ["--no-autostart"], ["--help"]])
 def test_a_run_that_needs_no_daemon_starts_none(short_tmp: Path, extra: list[str]) -> None:
     paths = RuntimedPaths(socket=short_tmp / "n" / "rt.sock", home=short_tmp / "home")
     src = write_notebook(short_tmp / "in.ipynb", [code("1")])
+    argv = ["run", *extra, str(src), str(short_tmp / "out.ipynb")]
     with stopped_afterwards(paths):
-        run_cli("run", *extra, str(src), str(short_tmp / "out.ipynb"), env=env_for(paths))
+        assert _started_early(short_tmp, paths, argv) == "none started"
         assert not paths.socket.exists()
-        assert not (paths.home / "logs").exists()
 
 
 def test_an_early_start_is_only_for_the_command_line(short_tmp: Path) -> None:
