@@ -121,6 +121,16 @@ KEYS: tuple[ConfigKey, ...] = (
     ),
     ConfigKey(
         "daemon",
+        "warm_runner",
+        bool,
+        True,
+        "keep a process with runt run's code loaded and fork each runt run from it (a small "
+        "run then skips the interpreter's start and its imports)",
+        "warm_runner",
+        minimum=None,
+    ),
+    ConfigKey(
+        "daemon",
         "shutdown_timeout",
         float,
         10.0,
@@ -284,6 +294,7 @@ KEYS: tuple[ConfigKey, ...] = (
 
 _ENV_NAMES = {
     "daemon.idle_timeout": "RUNTIMED_IDLE_TIMEOUT",
+    "daemon.warm_runner": "RUNTIMED_WARM_RUNNER",
     "daemon.shutdown_timeout": "RUNTIMED_SHUTDOWN_TIMEOUT",
     "daemon.http_port": "RUNTIMED_HTTP_PORT",
     "daemon.gc_grace_seconds": "RUNTIMED_GC_GRACE_SECONDS",
@@ -481,6 +492,8 @@ class DaemonConfig:
     """Runtime-only changes (outputs, kernel state) are persisted at most this often."""
     idle_timeout: float = 900.0
     """Close a notebook nobody has open (stopping its kernel) after this many idle seconds."""
+    warm_runner: bool = True
+    """Keep a process with ``runt run`` imported to fork runs from (runtimed.cli.runner)."""
     runtimes: RuntimesConfig = field(default_factory=RuntimesConfig)
     """Pool, kernel limit, default runtime, environment cache (docs/runtimes.md)."""
     config_path: str = ""

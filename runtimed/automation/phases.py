@@ -11,10 +11,18 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["dump", "stamp"]
+__all__ = ["dump", "reset", "stamp"]
 
 _FILE = os.environ.get("RUNTIMED_PHASES_FILE")
 _STAMPS: list[tuple[str, float]] = []
+
+
+def reset() -> None:
+    """Forget the stamps and read ``RUNTIMED_PHASES_FILE`` again (a process that became
+    another command: the warm runner's child, :mod:`runtimed.cli.runner`)."""
+    global _FILE
+    _FILE = os.environ.get("RUNTIMED_PHASES_FILE")
+    _STAMPS.clear()
 
 
 def stamp(phase: str) -> None:

@@ -1,5 +1,6 @@
 """``runt``'s entry point: ``ps`` and ``daemon status`` are answered by
-:mod:`runtimed.cli.quick` without importing every command, the rest by
+:mod:`runtimed.cli.quick` without importing every command, a ``runt run`` goes to the
+daemon's warm runner when it has one (:mod:`runtimed.cli.runner`), the rest runs here, in
 :mod:`runtimed.cli.commands`.
 
 Run as a command (``argv`` None: the ``runt`` script, ``python -m runtimed.cli``), the
@@ -36,10 +37,24 @@ def _dispatch(argv: list[str] | None) -> int:
     if quick is not None:
         return quick()
     if argv is None:
-        _start_daemon_early(sys.argv[1:])
+        from runtimed.cli.runner import hand_over
+
+        status = hand_over(sys.argv[1:])
+        if status is not None:
+            return status
+        return run_here(sys.argv[1:])
     from runtimed.cli.commands import main as full
 
     return full(argv)
+
+
+def run_here(argv: list[str]) -> int:
+    """Run the command line ``argv`` in this process (the ``runt`` process, or the warm
+    runner's child that took it over: :mod:`runtimed.cli.runner`)."""
+    _start_daemon_early(argv)
+    from runtimed.cli.commands import main as full
+
+    return full(None)
 
 
 # A 'runt run' given any of these starts no daemon before its arguments are parsed.

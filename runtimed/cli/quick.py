@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtimed.errors import DaemonNotRunning, RuntimedError
-
 __all__ = [
     "daemon_status",
     "describe_kernel",
@@ -157,6 +155,7 @@ def daemon_status(socket: str | None, as_json: bool) -> int:
 
     from protocol.messages import DaemonStatus, StatusReply
     from runtimed.client.oneshot import ask
+    from runtimed.errors import DaemonNotRunning
 
     try:
         status = ask(socket, lambda i: DaemonStatus(id=i), StatusReply)
@@ -199,6 +198,8 @@ def exit_status(exc: BaseException) -> int:
     Errors raised inside a client's task group arrive wrapped in ExceptionGroups; the
     error itself is what the user needs to see.
     """
+    from runtimed.errors import RuntimedError
+
     leaf = _leaf(exc)
     if isinstance(leaf, RuntimedError):
         err(f"runt: {leaf}")

@@ -62,6 +62,7 @@ from runtimed.daemon.handlers.services import ServiceHandlers
 from runtimed.daemon.instance import InstanceLock
 from runtimed.daemon.listener import ReceiveBudget, UnixListener
 from runtimed.daemon.rooms import RoomRegistry
+from runtimed.daemon.runner import WarmRunner
 from runtimed.daemon.scope import is_fault
 from runtimed.errors import ShuttingDown
 from runtimed.kernels.records import CURRENT as CURRENT_KERNEL_RECORDS
@@ -105,6 +106,7 @@ class Daemon:
         self._services = ServiceHandlers(self.rooms, config=self.config)
         self._comms = CommHandlers(self.rooms)
         self._blob_handlers = BlobHandlers(self.rooms, self.blobs, config=self.config)
+        self.runner = WarmRunner(paths.socket, enabled=self.config.warm_runner)
         self._daemon_handlers = DaemonHandlers(
             paths,
             self.rooms,
@@ -153,6 +155,7 @@ class Daemon:
                 await tg.start(self.runtimes.run)
                 await tg.start(self.rooms.run)
                 tg.start_soon(listener.run)
+                await tg.start(self.runner.run)
                 if self.config.http_port is not None:
                     # Imported once the socket listens and the pool's kernel is starting
                     # (Starlette and uvicorn load while the first client's kernel launches),

@@ -15,10 +15,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from runtimed.cli.runner import DISABLE_ENV, runner_socket
 from runtimed.paths import RuntimedPaths
 
 from .daemon_proc import REPO, DaemonProc
 from .test_adopt import _wait_for_file
+from .test_warm_runner import CALLER as HANDED_OVER
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -59,9 +61,12 @@ def _wait(path: Path) -> str:
     return f"while not os.path.exists({str(path)!r}):\n    time.sleep(0.01)\n"
 
 
+@pytest.mark.parametrize("where", ["own process", "warm runner"])
 async def test_runt_run_survives_a_killed_daemon_with_every_output(
-    daemon_proc: DaemonProc, short_tmp: Path
+    daemon_proc: DaemonProc, short_tmp: Path, where: str
 ) -> None:
+    """Run in the ``runt`` process, and handed to the daemon's warm runner (the runner
+    dies with the daemon; the run it forked goes on)."""
     names = ("started", "gate", "marker", "gate2", "runs")
     started, gate, marker, gate2, runs = (short_tmp / n for n in names)
     source = _notebook(
@@ -79,8 +84,13 @@ async def test_runt_run_survives_a_killed_daemon_with_every_output(
     )
     output = short_tmp / "out.ipynb"
     argv = [sys.executable, "-m", "runtimed.cli", "--socket", str(daemon_proc.paths.socket)]
-    argv += ["run", str(source), str(output), "--no-autostart", "--no-progress-bar"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if where == "warm runner":
+        await _wait_for_file(Path(runner_socket(daemon_proc.paths.socket)))
+        argv[1:3] = ["-c", HANDED_OVER]  # fails unless the runner ran it
+    else:
+        env[DISABLE_ENV] = "0"
+    argv += ["run", str(source), str(output), "--no-autostart", "--no-progress-bar"]
     async with await anyio.open_process(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as runt:

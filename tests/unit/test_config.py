@@ -25,6 +25,7 @@ shutdown_timeout = 5.5
 http_port = -1
 gc_grace_seconds = 60
 max_connections = 32
+warm_runner = false
 
 [kernels]
 default_runtime = "myspec"
@@ -74,6 +75,7 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
     assert (config.idle_timeout, config.shutdown_timeout, config.http_port) == (30.0, 5.5, None)
     assert (config.gc_grace_seconds, config.kernel_startup_timeout) == (60.0, 20.0)
     assert config.max_connections == 32
+    assert config.warm_runner is False
     assert config.runtimes == RuntimesConfig(
         default_runtime="myspec",
         max_kernels=4,
