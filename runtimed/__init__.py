@@ -18,13 +18,16 @@ working. It is imported on first use, like ``execute_notebook``: ``import runtim
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from runtimed.version import __version__
 
 __all__ = ["__version__", "execute_notebook", "glue"]
 
+# Not ``typing.TYPE_CHECKING``: every ``runt`` command imports this package first, and
+# ``typing`` is a few milliseconds of a warm ``runt run`` handed to the warm runner.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from runtimed.automation.run import execute_notebook
 
 

@@ -177,6 +177,19 @@ class _OnlyOne:
         return parser if name == self._wanted else _Sink()
 
 
+_PARSERS: dict[str | None, argparse.ArgumentParser] = {}
+
+
+def parser_for(command: str | None) -> argparse.ArgumentParser:
+    """``build_parser(command)``, built once per process: the warm runner builds ``run``'s
+    before it forks (runtimed.cli.runner), a child then only parses (building took a tenth
+    of a small warm run: argparse looks up gettext translations for every string)."""
+    parser = _PARSERS.get(command)
+    if parser is None:
+        parser = _PARSERS[command] = build_parser(command)
+    return parser
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The command ``argv`` names after the global options, or None (help, version, none,
     or an abbreviation: then the whole parser is built, for argparse's own messages)."""
@@ -451,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = _command_of(argv)
-    parser = build_parser(command)
+    parser = parser_for(command)
     args = parser.parse_args(argv)
     if args.socket:
         os.environ["RUNTIMED_SOCKET"] = args.socket

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -74,6 +73,8 @@ def _start_daemon_early(argv: list[str]) -> None:
     socket, rest = split
     if any(word in _NOT_EARLY or word.startswith("--cluster") for word in rest):
         return
+    from pathlib import Path
+
     from runtimed.client.spawn import start_early
     from runtimed.paths import default_socket_path
 

@@ -14,12 +14,16 @@ command means for the user (:func:`exit_status`).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+
+# Not typing.TYPE_CHECKING: typing (and json, imported where it is used) would be a few
+# milliseconds of every command's start, a warm runt run's included (runtimed.cli.runner).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = [
     "daemon_status",
@@ -128,6 +132,8 @@ def list_notebooks(socket: str | None, as_json: bool) -> int:
 
     notebooks = ask(socket, lambda i: ListNotebooks(id=i), NotebookList).notebooks
     if as_json:
+        import json
+
         out(json.dumps(_rows(notebooks), indent=2))
         return 0
     if not notebooks:
@@ -161,6 +167,8 @@ def daemon_status(socket: str | None, as_json: bool) -> int:
         status = ask(socket, lambda i: DaemonStatus(id=i), StatusReply)
     except DaemonNotRunning as exc:
         if as_json:
+            import json
+
             from runtimed.paths import default_socket_path
 
             out(json.dumps({"running": False, "socket": str(socket or default_socket_path())}))
@@ -173,6 +181,8 @@ def daemon_status(socket: str | None, as_json: bool) -> int:
     data["running"] = True
     data["uptime_seconds"] = round(status.uptime_seconds, 3)
     if as_json:
+        import json
+
         out(json.dumps(data, indent=2))
         return 0
     out(f"runtimed {status.version} (protocol {status.protocol_version}), pid {status.pid}")

@@ -38,14 +38,20 @@ the child exits without running anything: a run never happens twice), then
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import json
 import os
-import socket
 import struct
 import sys
-from collections.abc import Iterable
-from typing import Any
+
+# The caller's half runs first thing in every ``runt run``: no typing, no socket module
+# (its enums take milliseconds to build), only the C socket module the runner's side shares.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterable
+    from typing import Any
 
 __all__ = ["PROTOCOL", "STALE_EXIT", "SUFFIX", "hand_over", "runner_socket", "serve"]
 
@@ -74,11 +80,15 @@ def disabled(environ: Any = None) -> bool:
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: Iterable[int] = ()) -> None:
+    """Send ``message`` (and the descriptors ``fds`` with its first bytes)."""
     body = json.dumps(message, separators=(",", ":")).encode()
     data = _LENGTH.pack(len(body)) + body
     fds = list(fds)
     if fds:
-        sent = socket.send_fds(sock, [data], fds)
+        import array
+
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))]
+        sent = sock.sendmsg([data], rights)
         data = data[sent:]
     if data:
         sock.sendall(data)
@@ -97,6 +107,8 @@ def receive(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict[str, Any] | 
             want = _LENGTH.size - len(buffer) if len(buffer) < _LENGTH.size else None
             want = want or (_LENGTH.size + _length(buffer) - len(buffer))
             if max_fds and not fds:
+                import socket
+
                 chunk, got, _flags, _addr = socket.recv_fds(sock, want, max_fds)
                 fds.extend(got)
             else:
@@ -129,7 +141,7 @@ def _close_all(fds: Iterable[int]) -> None:
 
 
 def _peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
 
@@ -161,7 +173,7 @@ def hand_over(argv: list[str]) -> int | None:
     conn = _connect(path)
     if conn is None:
         return None
-    with conn:
+    try:
         try:
             send(conn, request, fds=(0, 1, 2))
             reply, _ = receive(conn)
@@ -174,6 +186,8 @@ def hand_over(argv: list[str]) -> int | None:
         except OSError:
             return None  # the child is gone before it started: nothing ran
         return _follow(conn)
+    finally:
+        conn.close()  # a _socket.socket is no context manager
 
 
 def _request(argv: list[str]) -> dict[str, Any] | None:
@@ -205,7 +219,7 @@ def _connect(path: str) -> socket.socket | None:
     """A connection to the runner on ``path`` if it is this user's process. (The socket
     directory is not checked here: only our own process passes ``SO_PEERCRED``, and the
     full path checks the directory when it connects to the daemon.)"""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn: socket.socket = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # type: ignore[assignment]
     try:
         conn.settimeout(_READY_TIMEOUT)
         conn.connect(path)
@@ -279,11 +293,15 @@ def serve(daemon_socket: str) -> int:
     import importlib
     import selectors
     import signal
+    import socket
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops it
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the children reap themselves
     for name in _PRELOAD:
         importlib.import_module(name)
+    from runtimed.cli.commands import parser_for
+
+    parser_for("run")  # built once here, not in every child
     snapshot = _module_files()
     gc.collect()
     gc.freeze()  # the children inherit the loaded modules without copying their pages
