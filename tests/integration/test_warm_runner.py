@@ -201,5 +201,6 @@ async def test_the_runner_ends_with_its_daemon(short_tmp: Path) -> None:
         assert process is not None
         await _wait_for(lambda: os.path.exists(runner_socket(paths.socket)), "its socket")
         instance.request_stop()
-    assert process is not None and process.returncode is not None
+    assert process is not None
+    assert process.returncode is not None
     assert not os.path.exists(runner_socket(paths.socket))
