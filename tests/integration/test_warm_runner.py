@@ -117,18 +117,25 @@ async def test_the_output_notebook_goes_to_the_callers_stdout(
     assert nb["cells"][0]["outputs"][0]["text"] == ["to stdout\n"]
 
 
-async def test_ctrl_c_at_the_caller_interrupts_the_cell_and_saves_what_ran(
-    daemon: Daemon, short_tmp: Path
-) -> None:
-    started, gate = short_tmp / "started", short_tmp / "gate"
+def _stuck_notebook(where: Path) -> tuple[Path, Path]:
+    """A notebook whose second cell says it started (the returned file) and then waits for
+    a gate nobody opens; and that file."""
+    started, gate = where / "started", where / "gate"
     src = write_notebook(
-        short_tmp / "in.ipynb",
+        where / "in.ipynb",
         [
             code("print('first')"),
             code(f"open({str(started)!r}, 'w').close()\n" + wait_for_file_code(gate)),
             code("print('never')"),
         ],
     )
+    return src, started
+
+
+async def test_ctrl_c_at_the_caller_interrupts_the_cell_and_saves_what_ran(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    src, started = _stuck_notebook(short_tmp)
     out = short_tmp / "out.ipynb"
     async with await anyio.open_process(
         caller(daemon, src, out, "--no-progress-bar"), stderr=subprocess.PIPE
@@ -155,14 +162,7 @@ async def test_ctrl_c_at_the_caller_interrupts_the_cell_and_saves_what_ran(
 async def test_a_killed_caller_stops_its_run_which_saves_what_ran(
     daemon: Daemon, short_tmp: Path
 ) -> None:
-    started, gate = short_tmp / "started", short_tmp / "gate"
-    src = write_notebook(
-        short_tmp / "in.ipynb",
-        [
-            code("print('first')"),
-            code(f"open({str(started)!r}, 'w').close()\n" + wait_for_file_code(gate)),
-        ],
-    )
+    src, started = _stuck_notebook(short_tmp)
     out = short_tmp / "out.ipynb"
     async with await anyio.open_process(caller(daemon, src, out, "--no-progress-bar")) as proc:
         await _wait_for(started.exists, "the cell")
