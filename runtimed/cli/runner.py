@@ -101,23 +101,13 @@ def receive(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict[str, Any] | 
         ValueError: not a message of this exchange (too long, not JSON, not an object).
     """
     fds: list[int] = []
-    buffer = b""
     try:
-        while len(buffer) < _LENGTH.size or len(buffer) < _LENGTH.size + _length(buffer):
-            want = _LENGTH.size - len(buffer) if len(buffer) < _LENGTH.size else None
-            want = want or (_LENGTH.size + _length(buffer) - len(buffer))
-            if max_fds and not fds:
-                import socket
-
-                chunk, got, _flags, _addr = socket.recv_fds(sock, want, max_fds)
-                fds.extend(got)
-            else:
-                chunk = sock.recv(want)
-            if not chunk:
-                _close_all(fds)
-                return None, []
-            buffer += chunk
-        message = json.loads(buffer[_LENGTH.size :])
+        header = _read(sock, _LENGTH.size, fds, max_fds)
+        body = _read(sock, _length(header), fds, 0) if header is not None else None
+        if body is None:
+            _close_all(fds)
+            return None, []
+        message = json.loads(body)
     except BaseException:
         _close_all(fds)
         raise
@@ -125,6 +115,25 @@ def receive(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict[str, Any] | 
         _close_all(fds)
         raise ValueError("a runner message is a JSON object")
     return message, fds
+
+
+def _read(sock: socket.socket, size: int, fds: list[int], max_fds: int) -> bytes | None:
+    """Exactly ``size`` bytes (None: the peer closed first); descriptors that come with the
+    first bytes (at most ``max_fds``) are added to ``fds``."""
+    parts: list[bytes] = []
+    while size:
+        if max_fds and not parts:
+            import socket
+
+            chunk, got, _flags, _addr = socket.recv_fds(sock, size, max_fds)
+            fds.extend(got)
+        else:
+            chunk = sock.recv(size)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
 
 
 def _length(buffer: bytes) -> int:
