@@ -484,9 +484,11 @@ def test_add_move_retype_delete_and_clear_from_the_page(
         page.click(f"{cell('cell1')} .cell-input")
         page.keyboard.press("Escape")
         page.keyboard.press("b")
-        page.keyboard.type("# notes")
         wait_until(lambda: len(nb.cell_ids()) == 3, what="the added cell")
         added = nb.cell_ids()[2]
+        # Its editor takes the focus; keys typed before it has it are command-mode keys.
+        page.wait_for_selector(f"{cell(added)} .cm-editor.cm-focused")
+        page.keyboard.type("# notes")
         wait_until(lambda: nb.cell(added).source == "# notes", what="its source")
         # "m": it becomes markdown (rendered), as Python reads it too.
         page.keyboard.press("Escape")
